@@ -1,0 +1,33 @@
+"""shardmill: split a big dataset, run the pieces on many machines, get one correct answer back."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from shardmill.client import Client, Job  # noqa: E402
+from shardmill.errors import (  # noqa: E402
+    JobCancelled,
+    JobFailed,
+    JobSpecError,
+    JobTimeout,
+    MasterUnreachable,
+    ProtocolError,
+    RemoteError,
+    ShardmillError,
+)
+from shardmill.local import LocalCluster  # noqa: E402
+
+__all__ = [
+    "Client",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobSpecError",
+    "JobTimeout",
+    "LocalCluster",
+    "MasterUnreachable",
+    "ProtocolError",
+    "RemoteError",
+    "ShardmillError",
+    "__version__",
+]

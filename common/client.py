@@ -1,0 +1,259 @@
+"""The Python API: `Client` talks to a master's client port; `Job` is a handle on one job."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import zmq
+from pydantic import ValidationError
+
+from shardmill.codec import Decoded, decode, encode, pack_value, unpack_value
+from shardmill.config import ClientSettings
+from shardmill.errors import (
+    JobCancelled,
+    JobFailed,
+    JobSpecError,
+    JobTimeout,
+    MasterUnreachable,
+    ProtocolError,
+    RemoteError,
+    ServerError,
+)
+from shardmill.protocol import (
+    CancelJob,
+    ErrorReply,
+    JobInfo,
+    JobList,
+    JobResult,
+    JobSpec,
+    JobsQuery,
+    JobStatus,
+    Message,
+    Ping,
+    Pong,
+    ResultQuery,
+    StatusQuery,
+    Submit,
+    Submitted,
+    WorkerInfo,
+    WorkerList,
+    WorkersQuery,
+)
+
+MAX_CHUNKS = 64
+LONG_POLL = 10.0
+
+
+class Client:
+    """A connection to one master. Not thread-safe: use one Client per thread."""
+
+    def __init__(self, master: str | None = None, *, connect_timeout: float | None = None) -> None:
+        defaults = ClientSettings()
+        self.master = master or defaults.master
+        self.connect_timeout = connect_timeout or defaults.connect_timeout
+        self._ctx = zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._ids = itertools.count(1)
+
+    # ---- jobs ----------------------------------------------------------------------------------
+
+    def map(self, function: str, args: Iterable[Sequence[Any]], *, chunk_size: int | None = None,
+            max_attempts: int = 3, task_timeout: float | None = None, name: str = "") -> Job:
+        """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order."""
+        items = [tuple(a) for a in args]
+        spec = _spec(op="map", function=function, max_attempts=max_attempts,
+                     task_timeout=task_timeout, name=name)
+        size = chunk_size or max(1, math.ceil(len(items) / MAX_CHUNKS))
+        parts, counts, part_arrays, arrays = [], [], [], []
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            packed = pack_value(chunk)
+            parts.append(packed.data)
+            counts.append(len(chunk))
+            part_arrays.append(len(packed.arrays))
+            arrays.extend(packed.arrays)
+        msg = Submit(spec=spec, parts=parts, part_counts=counts, part_arrays=part_arrays)
+        return self._submit(msg, arrays)
+
+    def call(self, function: str, *args: Any, timeout: float | None = None) -> Any:
+        """Run one task and return its value (raises RemoteError if it raised)."""
+        return self.map(function, [args], chunk_size=1).result(timeout=timeout)[0]
+
+    def submit(self, op: str, dataset: str | os.PathLike[str], *, shards: int | None = None,
+               max_attempts: int = 3, task_timeout: float | None = None,
+               allow_failures: int = 0, name: str = "") -> Job:
+        """Run a built-in op (such as "column_stats") over a dataset the workers can read."""
+        spec = _spec(op=op, dataset=os.path.abspath(os.fspath(dataset)), shards=shards,
+                     max_attempts=max_attempts, task_timeout=task_timeout,
+                     allow_failures=allow_failures, name=name)
+        return self._submit(Submit(spec=spec), [])
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, job_id)
+
+    def _submit(self, msg: Submit, arrays: list[Any]) -> Job:
+        reply = self._request(msg, arrays)
+        assert isinstance(reply.msg, Submitted)
+        return Job(self, reply.msg.job_id)
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def jobs(self) -> list[JobInfo]:
+        reply = self._request(JobsQuery()).msg
+        assert isinstance(reply, JobList)
+        return list(reply.jobs)
+
+    def workers(self) -> list[WorkerInfo]:
+        reply = self._request(WorkersQuery()).msg
+        assert isinstance(reply, WorkerList)
+        return list(reply.workers)
+
+    def ping(self, timeout: float | None = None) -> Pong:
+        reply = self._request(Ping(), timeout=timeout).msg
+        assert isinstance(reply, Pong)
+        return reply
+
+    def status(self, job_id: str, *, shards: bool = False) -> JobInfo:
+        reply = self._request(StatusQuery(job_id=job_id, shards=shards)).msg
+        assert isinstance(reply, JobStatus)
+        return reply.job
+
+    def cancel(self, job_id: str) -> JobInfo:
+        reply = self._request(CancelJob(job_id=job_id)).msg
+        assert isinstance(reply, JobStatus)
+        return reply.job
+
+    # ---- transport -----------------------------------------------------------------------------
+
+    def _request(self, msg: Message, arrays: Sequence[Any] = (), *,
+                 timeout: float | None = None) -> Decoded:
+        """Send one request and wait for its reply; stale replies to earlier requests are skipped."""
+        req = next(self._ids)
+        msg = msg.model_copy(update={"req": req})
+        sock = self._socket()
+        sock.send_multipart(encode(msg, arrays), copy=False)
+        wait = self.connect_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1):
+                break
+            reply = decode(sock.recv_multipart(copy=False))
+            if getattr(reply.msg, "req", None) != req:
+                continue
+            if isinstance(reply.msg, ErrorReply):
+                raise _server_error(reply.msg)
+            return reply
+        self._reset()
+        raise MasterUnreachable(
+            f"no answer from the master at {self.master} within {wait:.1f} s; is it running? "
+            "Point clients at it with --master tcp://HOST:5556 or SHARDMILL_MASTER"
+        )
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.master)
+            self._sock = sock
+        return self._sock
+
+    def _reset(self) -> None:
+        # Lazy Pirate: a socket that lost a request is closed, so a late reply cannot confuse us.
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def close(self) -> None:
+        self._reset()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Job:
+    """A handle on a submitted job."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def status(self, *, shards: bool = False) -> JobInfo:
+        return self.client.status(self.id, shards=shards)
+
+    def progress(self) -> JobInfo:
+        """Shards done, failed and running out of the total, and the job's state."""
+        return self.client.status(self.id)
+
+    def cancel(self) -> JobInfo:
+        return self.client.cancel(self.id)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the merged result; raises JobTimeout, RemoteError, JobFailed or JobCancelled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
+            if left <= 0:
+                raise JobTimeout(f"job {self.id} did not finish within {timeout} s; it is still "
+                                 f"running: follow it with `shardmill watch {self.id}`")
+            try:
+                reply = self.client._request(ResultQuery(job_id=self.id, wait=True), timeout=left)
+            except MasterUnreachable:
+                if deadline is None or deadline > time.monotonic():
+                    self.client.ping()  # raises MasterUnreachable if the master is really gone
+                continue
+            assert isinstance(reply.msg, JobResult)
+            return _unpack_result(reply.msg, reply.arrays)
+
+
+def _unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
+    info = msg.job
+    if info.state == "cancelled":
+        raise JobCancelled(f"job {info.job_id} was cancelled")
+    if info.state != "done":
+        err = msg.failure
+        text = info.error or f"job {info.job_id} {info.state}"
+        if err is not None and err.kind == "error":
+            raise RemoteError(text, remote_type=err.type, remote_message=err.message,
+                              remote_traceback=err.traceback, worker=err.worker,
+                              shard=_failed_shard(info))
+        raise JobFailed(text)
+    values = []
+    offset = 0
+    for part, k in zip(msg.parts, msg.part_arrays, strict=True):
+        values.append(unpack_value(part, arrays[offset : offset + k]))
+        offset += k
+    if info.op == "map":
+        return [v for chunk in values for v in (chunk or [])]
+    return values[0]
+
+
+def _failed_shard(info: JobInfo) -> int | None:
+    return info.missing_shards[0] if info.missing_shards else None
+
+
+def _spec(**fields: Any) -> JobSpec:
+    try:
+        return JobSpec(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise JobSpecError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _server_error(msg: ErrorReply) -> Exception:
+    if msg.code == "bad_spec":
+        return JobSpecError(msg.message)
+    if msg.code == "protocol":
+        return ProtocolError(f"the master refused the request: {msg.message}")
+    return ServerError(msg.message, code=msg.code)

@@ -1,0 +1,161 @@
+"""Wire format: frame 0 is a msgpack header (one protocol message); NumPy arrays follow as frames.
+
+Values inside a message's `payload` are packed with `pack_value`: plain msgpack, where each
+NumPy array is an extension record `(dtype.str, shape, frame index)` and its bytes travel as a
+separate zero-copy frame. Every decode failure becomes one `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+from pydantic import ValidationError
+
+from shardmill.errors import ProtocolError, VersionMismatch
+from shardmill.protocol import MESSAGE_ADAPTER, PROTOCOL_VERSION, Message
+
+ARRAY_EXT = 1
+MAX_ARRAY_DIMS = 32
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded message and the raw buffers of its array frames."""
+
+    msg: Message
+    arrays: list[Buffer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A value packed for the wire: msgpack bytes plus the arrays it references."""
+
+    data: bytes
+    arrays: list[np.ndarray]
+
+
+def encode(msg: Message, arrays: Sequence[np.ndarray | Buffer] = ()) -> list[Buffer]:
+    """Turn a message and its array frames into zmq frames."""
+    header = msgpack.packb(msg.model_dump(mode="python"), use_bin_type=True)
+    frames: list[Buffer] = [header]
+    for arr in arrays:
+        frames.append(_array_bytes(arr) if isinstance(arr, np.ndarray) else arr)
+    return frames
+
+
+def decode(frames: Sequence[Any]) -> Decoded:
+    """Parse zmq frames (bytes or zmq.Frame) into a validated message; raise ProtocolError."""
+    if not frames:
+        raise ProtocolError("empty message: expected a msgpack header frame")
+    buffers = [_buffer(f) for f in frames]
+    try:
+        raw = msgpack.unpackb(buffers[0], raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"header frame is not valid msgpack: {e}") from e
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"header must be a map, got {type(raw).__name__}")
+    version = raw.get("v")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"peer speaks protocol version {version!r}, this side speaks {PROTOCOL_VERSION}; "
+            "run the same shardmill version on the master, workers and clients"
+        )
+    try:
+        msg = MESSAGE_ADAPTER.validate_python(raw)
+    except ValidationError as e:
+        kind = raw.get("kind")
+        raise ProtocolError(f"invalid {kind!r} message: {_short(e)}") from e
+    return Decoded(msg, buffers[1:])
+
+
+def pack_value(obj: object) -> Packed:
+    """Pack msgpack-able values and NumPy arrays; arrays become references to extra frames."""
+    arrays: list[np.ndarray] = []
+
+    def default(o: object) -> object:
+        if isinstance(o, np.ndarray):
+            if o.dtype.hasobject:
+                raise TypeError("object arrays cannot be sent; use a numeric or bytes dtype")
+            arr = o if o.flags.c_contiguous else o.copy(order="C")
+            arrays.append(arr)
+            meta = msgpack.packb([arr.dtype.str, list(arr.shape), len(arrays) - 1])
+            return msgpack.ExtType(ARRAY_EXT, meta)
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, tuple):
+            return list(o)
+        raise TypeError(
+            f"cannot send a {type(o).__name__}: only None, bool, int, float, str, bytes, "
+            "lists, dicts and NumPy arrays travel (no pickle)"
+        )
+
+    data = msgpack.packb(obj, default=default, use_bin_type=True, strict_types=False)
+    return Packed(data, arrays)
+
+
+def unpack_value(data: Buffer, arrays: Sequence[Buffer] = ()) -> Any:
+    """Inverse of `pack_value`; arrays are rebuilt read-only over the received buffers."""
+
+    def ext_hook(code: int, meta: bytes) -> object:
+        if code != ARRAY_EXT:
+            raise ProtocolError(f"unknown msgpack extension type {code}")
+        return _array_from_meta(meta, arrays)
+
+    try:
+        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
+    except ProtocolError:
+        raise
+    except Exception as e:
+        raise ProtocolError(f"payload is not valid packed data: {e}") from e
+
+
+def _array_from_meta(meta: bytes, arrays: Sequence[Buffer]) -> np.ndarray:
+    try:
+        dtype_str, shape, index = msgpack.unpackb(meta)
+        dtype = np.dtype(dtype_str)
+        shape = tuple(int(n) for n in shape)
+    except Exception as e:
+        raise ProtocolError(f"bad array reference: {e}") from e
+    if dtype.hasobject:
+        raise ProtocolError("object arrays are refused")
+    if len(shape) > MAX_ARRAY_DIMS or any(n < 0 for n in shape):
+        raise ProtocolError(f"bad array shape {shape}")
+    if not isinstance(index, int) or not 0 <= index < len(arrays):
+        raise ProtocolError(f"array frame {index!r} is missing ({len(arrays)} array frames)")
+    buf = arrays[index]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(buf) != expected:
+        raise ProtocolError(
+            f"array frame {index} holds {len(buf)} bytes, {dtype} {shape} needs {expected}"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _array_bytes(arr: np.ndarray) -> memoryview:
+    # A flat byte view without copying (empty and 0-d arrays included).
+    flat = arr if arr.flags.c_contiguous else arr.copy(order="C")
+    return flat.reshape(-1).view(np.uint8).data
+
+
+def _buffer(frame: Any) -> Buffer:
+    if isinstance(frame, bytes | memoryview | bytearray):
+        return frame
+    buf = getattr(frame, "buffer", None)  # zmq.Frame received with copy=False
+    if buf is not None:
+        return memoryview(buf)
+    raise ProtocolError(f"unexpected frame type {type(frame).__name__}")
+
+
+def _short(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,76 @@
+"""One exception hierarchy for everything shardmill raises on purpose."""
+
+from __future__ import annotations
+
+
+class ShardmillError(Exception):
+    """Root of every error shardmill raises on purpose."""
+
+
+class ProtocolError(ShardmillError):
+    """Raised when a message cannot be decoded or validated: garbage, a wrong version, bad arrays."""
+
+
+class VersionMismatch(ProtocolError):
+    """Raised when a peer speaks another protocol major version than ours."""
+
+
+class ConfigError(ShardmillError):
+    """Raised when settings or command-line flags are invalid or contradict each other."""
+
+
+class JobSpecError(ShardmillError):
+    """Raised when a job spec is rejected at submit: names the field and the reason."""
+
+
+class MasterUnreachable(ShardmillError):
+    """Raised by a client when the master does not answer within the connect timeout."""
+
+
+class JobTimeout(ShardmillError, TimeoutError):
+    """Raised by `Job.result(timeout=...)` when the job has not finished in time."""
+
+
+class JobFailed(ShardmillError):
+    """Raised by `Job.result()` when the job failed; the message says why and what to do next."""
+
+
+class JobCancelled(JobFailed):
+    """Raised by `Job.result()` when the job was cancelled."""
+
+
+class RemoteError(JobFailed):
+    """Raised when user code raised on a worker: carries the remote type, message and traceback."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_type: str = "",
+        remote_message: str = "",
+        remote_traceback: str = "",
+        shard: int | None = None,
+        worker: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.shard = shard
+        self.worker = worker
+
+
+class UnknownFunction(ShardmillError):
+    """Raised on a worker when a task names a function outside the modules it was started with."""
+
+
+class InvalidTransition(ShardmillError):
+    """Raised when the master's state machine is asked for a transition its table forbids."""
+
+
+class ServerError(ShardmillError):
+    """Raised by a client when the master answered a request with an error reply."""
+
+    def __init__(self, message: str, *, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code

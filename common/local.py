@@ -1,0 +1,134 @@
+"""LocalCluster: a real master and real worker processes on 127.0.0.1, for demos and tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from shardmill.client import Client
+from shardmill.errors import ShardmillError
+
+
+class ClusterStartError(ShardmillError):
+    """Raised when a LocalCluster's master or workers do not come up in time."""
+
+
+class LocalCluster:
+    """Start a master and `workers` worker agents as subprocesses; stop them on exit."""
+
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        slots: int = 1,
+        imports: Sequence[str] = (),
+        heartbeat_interval: float = 1.0,
+        heartbeat_liveness: int = 3,
+        log_level: str = "WARNING",
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 30.0,
+        master_args: Sequence[str] = (),
+        worker_args: Sequence[str] = (),
+    ) -> None:
+        self.n_workers = workers
+        self.slots = slots
+        self.imports = list(imports)
+        self.heartbeat = (heartbeat_interval, heartbeat_liveness)
+        self.log_level = log_level
+        self.startup_timeout = startup_timeout
+        self.master_args = list(master_args)
+        self.worker_args = list(worker_args)
+        self.env = dict(os.environ if env is None else env)
+        # Workers import user modules by name: let them find modules next to the caller.
+        paths = [os.getcwd(), *filter(None, self.env.get("PYTHONPATH", "").split(os.pathsep))]
+        self.env["PYTHONPATH"] = os.pathsep.join(paths)
+        self.master: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.worker_address = ""
+        self.client_address = ""
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        interval, liveness = self.heartbeat
+        self.master = subprocess.Popen(
+            [sys.executable, "-m", "shardmill.master", "--host", "127.0.0.1", "--port", "0",
+             "--client-port", "0", "--heartbeat-interval", str(interval),
+             "--heartbeat-liveness", str(liveness), "--log-level", self.log_level,
+             *self.master_args],
+            stdout=subprocess.PIPE, env=self.env,
+        )
+        assert self.master.stdout is not None
+        line = _read_line(self.master.stdout, self.startup_timeout)
+        try:
+            ready = json.loads(line)
+            self.worker_address, self.client_address = ready["workers"], ready["clients"]
+        except (ValueError, KeyError) as e:
+            self.stop()
+            raise ClusterStartError(f"master did not announce its ports (got {line!r})") from e
+        for _ in range(self.n_workers):
+            self.add_worker()
+        self.wait_for_workers(self.n_workers)
+        return self
+
+    def add_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        """Start one more worker agent; it gets work as soon as it registers."""
+        cmd = [sys.executable, "-m", "shardmill.worker", "--master", self.worker_address,
+               "--slots", str(self.slots), "--log-level", self.log_level,
+               "--heartbeat-interval", str(self.heartbeat[0]), *self.worker_args, *extra]
+        for mod in self.imports:
+            cmd += ["--import", mod]
+        proc = subprocess.Popen(cmd, env=self.env)
+        self.workers.append(proc)
+        return proc
+
+    def wait_for_workers(self, n: int, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.startup_timeout)
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                if len(client.workers()) >= n:
+                    return
+                time.sleep(0.01)  # poll-until-deadline
+        raise ClusterStartError(f"fewer than {n} workers registered within the startup timeout")
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.client_address, **kwargs)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        procs = [*self.workers, *([self.master] if self.master else [])]
+        for proc in procs:  # workers first, so they can say DISCONNECT to a live master
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.master is not None and self.master.stdout is not None:
+            self.master.stdout.close()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _read_line(stream: IO[bytes], timeout: float) -> str:
+    sel = selectors.DefaultSelector()
+    sel.register(stream, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            raise ClusterStartError(f"master did not start within {timeout} s")
+        return stream.readline().decode()
+    finally:
+        sel.close()

@@ -1,0 +1,336 @@
+"""Every message on the wire: frozen pydantic models in one discriminated union.
+
+Values (task arguments, results) never live in these models: they ride in `payload`
+(msgpack made by `codec.pack_value`) plus NumPy array frames, so the master can forward them
+without decoding. Evolve by appending fields with defaults; never reuse a `kind` tag.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+
+FunctionRef = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description='a function named as "pkg.module:function"',
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Msg(_Model):
+    v: int = PROTOCOL_VERSION
+
+
+# ---- shared value types -------------------------------------------------------------------
+
+
+class ErrorInfo(_Model):
+    """A failure as data: what went wrong on which worker, and whether a retry can help."""
+
+    kind: Literal["error", "crash", "timeout", "unknown_function", "bad_input", "lost", "cancelled"]
+    type: str = ""
+    message: str = ""
+    traceback: str = ""
+    exit_code: int | None = None
+    signal: str | None = None
+    worker: str = ""
+    retryable: bool = True
+
+
+class JobSpec(_Model):
+    """What to run. `op="map"` calls `function` on each argument tuple; other ops read `dataset`."""
+
+    op: str = Field(min_length=1, description='"map" or a built-in op such as "column_stats"')
+    function: FunctionRef | None = None
+    dataset: str | None = Field(default=None, description="path to a .npy file, as workers see it")
+    shards: int | None = Field(default=None, ge=1, le=1_000_000, description="number of shards")
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    task_timeout: float | None = Field(default=None, gt=0)
+    allow_failures: int = Field(default=0, ge=0)
+    name: str = ""
+
+
+class RowRange(_Model):
+    kind: Literal["rows"] = "rows"
+    path: str
+    start: int
+    stop: int
+
+
+class MapChunk(_Model):
+    kind: Literal["map"] = "map"
+    function: FunctionRef
+    count: int
+
+
+Descriptor = Annotated[RowRange | MapChunk, Field(discriminator="kind")]
+
+
+class Lease(_Model):
+    job_id: str
+    shard: int
+    attempt: int
+
+
+class AttemptInfo(_Model):
+    attempt: int
+    worker: str
+    started: float
+    ended: float | None = None
+    outcome: str = "running"
+    error: ErrorInfo | None = None
+
+
+class ShardInfo(_Model):
+    index: int
+    state: str
+    attempts: int
+    worker: str | None = None
+    merged: int = 0
+    history: list[AttemptInfo] = []
+
+
+class JobInfo(_Model):
+    job_id: str
+    name: str
+    op: str
+    state: str
+    shards_total: int
+    shards_done: int
+    shards_failed: int
+    shards_running: int
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    duplicates: int = 0
+    missing_shards: list[int] = []
+    shards: list[ShardInfo] | None = None
+
+
+class WorkerInfo(_Model):
+    worker_id: str
+    hostname: str
+    pid: int
+    slots: int
+    busy: int
+    heartbeat_age: float
+    shards_done: int
+    shards_failed: int
+    version: str
+    modules: list[str]
+    draining: bool = False
+
+
+# ---- worker -> master ------------------------------------------------------------------------
+
+
+class Ready(_Msg):
+    kind: Literal["ready"] = "ready"
+    slots: int = Field(ge=1, le=4096)
+    hostname: str
+    pid: int
+    version: str
+    modules: list[str] = []
+    held: list[Lease] = []
+
+
+class Heartbeat(_Msg):
+    kind: Literal["heartbeat"] = "heartbeat"
+
+
+class ShardDone(_Msg):
+    kind: Literal["done"] = "done"
+    job_id: str
+    shard: int
+    attempt: int
+    duration: float = 0.0
+    payload: bytes = b""
+
+
+class ShardFailed(_Msg):
+    kind: Literal["failed"] = "failed"
+    job_id: str
+    shard: int
+    attempt: int
+    duration: float = 0.0
+    error: ErrorInfo
+
+
+class Draining(_Msg):
+    kind: Literal["draining"] = "draining"
+
+
+class Disconnect(_Msg):
+    kind: Literal["disconnect"] = "disconnect"
+    handback: list[Lease] = []
+
+
+# ---- master -> worker ------------------------------------------------------------------------
+
+
+class Welcome(_Msg):
+    kind: Literal["welcome"] = "welcome"
+    heartbeat_interval: float
+    heartbeat_liveness: int
+
+
+class MasterPing(_Msg):
+    kind: Literal["ping"] = "ping"
+
+
+class Reregister(_Msg):
+    kind: Literal["reregister"] = "reregister"
+
+
+class Task(_Msg):
+    kind: Literal["task"] = "task"
+    job_id: str
+    shard: int
+    attempt: int
+    op: str
+    descriptor: Descriptor
+    timeout: float | None = None
+    payload: bytes = b""
+
+
+class CancelTasks(_Msg):
+    kind: Literal["cancel_tasks"] = "cancel_tasks"
+    job_id: str
+
+
+# ---- client -> master ------------------------------------------------------------------------
+
+
+class _Request(_Msg):
+    req: int = 0
+
+
+class Submit(_Request):
+    kind: Literal["submit"] = "submit"
+    spec: JobSpec
+    parts: list[bytes] = []
+    part_counts: list[int] = []
+    part_arrays: list[int] = []
+
+
+class StatusQuery(_Request):
+    kind: Literal["status"] = "status"
+    job_id: str
+    shards: bool = False
+
+
+class JobsQuery(_Request):
+    kind: Literal["jobs"] = "jobs"
+
+
+class WorkersQuery(_Request):
+    kind: Literal["workers"] = "workers"
+
+
+class ResultQuery(_Request):
+    kind: Literal["result"] = "result"
+    job_id: str
+    wait: bool = True
+
+
+class CancelJob(_Request):
+    kind: Literal["cancel"] = "cancel"
+    job_id: str
+
+
+class Ping(_Request):
+    kind: Literal["client_ping"] = "client_ping"
+
+
+# ---- master -> client ------------------------------------------------------------------------
+
+
+class _Reply(_Msg):
+    req: int = 0
+
+
+class Submitted(_Reply):
+    kind: Literal["submitted"] = "submitted"
+    job_id: str
+
+
+class JobStatus(_Reply):
+    kind: Literal["job_status"] = "job_status"
+    job: JobInfo
+
+
+class JobList(_Reply):
+    kind: Literal["job_list"] = "job_list"
+    jobs: list[JobInfo]
+
+
+class WorkerList(_Reply):
+    kind: Literal["worker_list"] = "worker_list"
+    workers: list[WorkerInfo]
+
+
+class JobResult(_Reply):
+    kind: Literal["job_result"] = "job_result"
+    job: JobInfo
+    parts: list[bytes] = []
+    part_arrays: list[int] = []
+    failure: ErrorInfo | None = None
+
+
+class Pong(_Reply):
+    kind: Literal["pong"] = "pong"
+    version: str
+    workers: int
+
+
+class ErrorReply(_Reply):
+    """Sent on either socket when a message is rejected; `code` is machine-readable."""
+
+    kind: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+Message = Annotated[
+    Ready
+    | Heartbeat
+    | ShardDone
+    | ShardFailed
+    | Draining
+    | Disconnect
+    | Welcome
+    | MasterPing
+    | Reregister
+    | Task
+    | CancelTasks
+    | Submit
+    | StatusQuery
+    | JobsQuery
+    | WorkersQuery
+    | ResultQuery
+    | CancelJob
+    | Ping
+    | Submitted
+    | JobStatus
+    | JobList
+    | WorkerList
+    | JobResult
+    | Pong
+    | ErrorReply,
+    Field(discriminator="kind"),
+]
+
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+WORKER_KINDS = frozenset({"ready", "heartbeat", "done", "failed", "draining", "disconnect"})
+CLIENT_KINDS = frozenset({"submit", "status", "jobs", "workers", "result", "cancel", "client_ping"})

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Build shardmill:latest with no package index reachable from inside Docker.
+#
+#   1. pick a base image: python:3.12-slim if it is present or can be pulled,
+#      else shardmill-base:bookworm built from the Debian mirror (build-base.sh);
+#      BASE_IMAGE=... in the environment overrides the choice.
+#   2. on the host, gather wheels for shardmill + all dependencies, matching the
+#      base image's Python, into docker/dist/wheels (the Dockerfile installs
+#      from there with --no-index).
+#   3. docker build with docker/ as the (small) context.
+# Usage: docker/build-image.sh [extra docker build args...]
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+wheels="$here/dist/wheels"
+TAG="${SHARDMILL_IMAGE:-shardmill:latest}"
+PY="${PYTHON:-python3}"
+
+# --- 1. base image
+if [[ -z "${BASE_IMAGE:-}" ]]; then
+    if docker image inspect python:3.12-slim >/dev/null 2>&1 ||
+       timeout 120 docker pull -q python:3.12-slim >/dev/null 2>&1; then
+        BASE_IMAGE=python:3.12-slim
+    else
+        echo "no registry access: using a debootstrapped base image"
+        "$here/build-base.sh"
+        BASE_IMAGE=shardmill-base:bookworm
+    fi
+fi
+base_py="$(docker run --rm --entrypoint python3 "$BASE_IMAGE" \
+           -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+host_py="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+echo "base image $BASE_IMAGE (Python $base_py), host Python $host_py"
+
+# --- 2. wheels. Build from a copy of the tree so setuptools' build/ and
+# *.egg-info don't land in the work tree (and stale ones aren't reused).
+rm -rf "$wheels" && mkdir -p "$wheels"
+src="$(mktemp -d)"
+trap 'rm -rf "$src"' EXIT
+tar -C "$repo" --exclude=./.git --exclude=./docker --exclude=./build \
+    --exclude='*.egg-info' --exclude=.venv --exclude=__pycache__ -c . | tar -C "$src" -x
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [[ "$base_py" == "$host_py" ]]; then
+    # Same interpreter version: host-built wheels fit; sdists get built too.
+    "$PY" -m pip wheel -q --wheel-dir "$wheels" "$src"
+else
+    # Different Python (e.g. 3.12 image, 3.11 host): build our own pure-Python
+    # wheel, then fetch binary wheels of the dependencies for the image's Python.
+    "$PY" -m pip wheel -q --no-deps --wheel-dir "$wheels" "$src"
+    arch="$(uname -m)"
+    plats=()
+    for p in manylinux_2_28 manylinux_2_17 manylinux2014 manylinux1; do
+        plats+=(--platform "${p}_${arch}")
+    done
+    "$PY" -m pip download -q --only-binary=:all: --implementation cp \
+        --python-version "$base_py" "${plats[@]}" \
+        --dest "$wheels" "$wheels"/shardmill-*.whl
+fi
+ls "$wheels"
+
+# --- 3. image (classic builder works; BuildKit is used if the CLI has buildx)
+docker build -f "$here/Dockerfile" --build-arg BASE_IMAGE="$BASE_IMAGE" \
+    -t "$TAG" "$@" "$here"
+docker run --rm "$TAG" --help >/dev/null && echo "built $TAG"

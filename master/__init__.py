@@ -1,0 +1,1 @@
+"""The master: a pure state machine (`state`), its socket loop (`loop`) and the merger (`merge`)."""

@@ -1,0 +1,89 @@
+"""Accepting a job: validate the spec, split it into shard descriptors, build each task."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardmill.codec import Buffer
+from shardmill.errors import JobSpecError
+from shardmill.master.merge import FinalResult, MapMerger, Merger, OpMerger
+from shardmill.ops import MAP_OP, get_op
+from shardmill.protocol import Descriptor, MapChunk, Submit, Task
+from shardmill.sharding import plan_rows, read_npy_header
+
+DEFAULT_DATASET_SHARDS = 16
+
+
+@dataclass
+class JobData:
+    """What the loop keeps per job beside the state machine: descriptors, inputs, results."""
+
+    descriptors: list[Descriptor]
+    merger: Merger
+    inputs: list[tuple[bytes, list[Buffer]]] = field(default_factory=list)
+    result: FinalResult | None = None
+    waiters: list[tuple[bytes, int]] = field(default_factory=list)
+
+    def task(self, job_id: str, shard: int, attempt: int, *, op: str, timeout: float | None
+             ) -> tuple[Task, list[Buffer]]:
+        payload, arrays = self.inputs[shard] if self.inputs else (b"", [])
+        msg = Task(job_id=job_id, shard=shard, attempt=attempt, op=op,
+                   descriptor=self.descriptors[shard], timeout=timeout, payload=payload)
+        return msg, arrays
+
+    def release_inputs(self) -> None:
+        self.inputs = []
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def accept(msg: Submit, arrays: list[Buffer]) -> JobData:
+    """Turn a Submit into JobData, or raise JobSpecError naming the field and the fix."""
+    spec = msg.spec
+    if spec.op == MAP_OP:
+        return _accept_map(msg, arrays)
+    try:
+        op = get_op(spec.op)
+    except KeyError as e:
+        raise JobSpecError(f"op: {e.args[0]}") from None
+    if not spec.dataset:
+        raise JobSpecError(f"dataset: op {spec.op!r} needs a dataset (a .npy file path)")
+    header = read_npy_header(spec.dataset)
+    if len(header.shape) not in (1, 2):
+        raise JobSpecError(
+            f"dataset: {spec.dataset} has shape {header.shape}; {op.name} needs 1-D or 2-D data"
+        )
+    why = op.check_dtype(header.dtype)
+    if why:
+        raise JobSpecError(f"dataset: {spec.dataset}: {why}")
+    shards = spec.shards or DEFAULT_DATASET_SHARDS
+    descriptors: list[Descriptor] = list(plan_rows(spec.dataset, shards, header.shape[0]))
+    return JobData(descriptors=descriptors, merger=OpMerger(op))
+
+
+def _accept_map(msg: Submit, arrays: list[Buffer]) -> JobData:
+    spec = msg.spec
+    if spec.function is None:
+        raise JobSpecError('function: a map job needs a function such as "pkg.mod:func"')
+    n = len(msg.parts)
+    if n == 0:
+        raise JobSpecError("args: a map job needs at least one argument tuple")
+    if len(msg.part_counts) != n or len(msg.part_arrays) != n:
+        raise JobSpecError("parts: part_counts and part_arrays must have one entry per part")
+    if sum(msg.part_arrays) != len(arrays) or any(c < 1 for c in msg.part_counts):
+        raise JobSpecError(
+            f"parts: the parts reference {sum(msg.part_arrays)} array frames, got {len(arrays)}"
+        )
+    inputs: list[tuple[bytes, list[Any]]] = []
+    offset = 0
+    for payload, k in zip(msg.parts, msg.part_arrays, strict=True):
+        inputs.append((payload, arrays[offset : offset + k]))
+        offset += k
+    descriptors: list[Descriptor] = [
+        MapChunk(function=spec.function, count=c) for c in msg.part_counts
+    ]
+    return JobData(descriptors=descriptors, merger=MapMerger(n), inputs=inputs)

@@ -1,0 +1,65 @@
+"""Merging partial results as they arrive: ordered parts for map jobs, `combine` for ops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardmill.codec import Buffer, pack_value, unpack_value
+from shardmill.errors import ProtocolError
+from shardmill.ops import DatasetOp
+
+
+@dataclass
+class FinalResult:
+    """What a client receives: packed parts in order and their array frames."""
+
+    parts: list[bytes]
+    part_arrays: list[int]
+    arrays: list[Any]
+
+
+@dataclass
+class MapMerger:
+    """Keeps each shard's packed results untouched; the client unpacks them in shard order."""
+
+    shards: int
+    parts: dict[int, tuple[bytes, list[Buffer]]] = field(default_factory=dict)
+
+    def add(self, shard: int, payload: bytes, arrays: list[Buffer]) -> None:
+        self.parts[shard] = (payload, arrays)
+
+    def final(self, missing: tuple[int, ...] = ()) -> FinalResult:
+        out = FinalResult([], [], [])
+        for i in range(self.shards):
+            payload, arrays = self.parts.get(i, (pack_value(None).data, []))
+            out.parts.append(payload)
+            out.part_arrays.append(len(arrays))
+            out.arrays.extend(arrays)
+        return out
+
+
+@dataclass
+class OpMerger:
+    """Folds each shard's partial into one accumulator with the op's associative combine."""
+
+    op: DatasetOp
+    acc: dict[str, Any] | None = None
+    shards_merged: list[int] = field(default_factory=list)
+
+    def add(self, shard: int, payload: bytes, arrays: list[Buffer]) -> None:
+        part = unpack_value(payload, arrays)
+        if not isinstance(part, dict):
+            raise ProtocolError(f"shard {shard}: {self.op.name} partial is not a map")
+        self.acc = part if self.acc is None else self.op.combine(self.acc, part)
+        self.shards_merged.append(shard)
+
+    def final(self, missing: tuple[int, ...] = ()) -> FinalResult:
+        value = self.op.finalize(self.acc or {"count": 0})
+        value["shards_merged"] = len(self.shards_merged)
+        value["missing_shards"] = list(missing)
+        packed = pack_value(value)
+        return FinalResult([packed.data], [len(packed.arrays)], list(packed.arrays))
+
+
+Merger = MapMerger | OpMerger

@@ -1,0 +1,413 @@
+"""The master's brain: pure, no sockets, no clock. `handle(event, now)` returns commands."""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shardmill.master import events as ev
+from shardmill.master.model import TERMINAL, Attempt, Job, JobState, Shard, ShardState, Worker
+from shardmill.protocol import ErrorInfo, JobInfo, Lease
+
+S = ShardState
+
+
+@dataclass(frozen=True)
+class Timing:
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 5.0
+
+    @property
+    def expiry(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+
+class MasterState:
+    """Jobs, shards, workers and credits; every decision the master makes is taken here."""
+
+    def __init__(self, timing: Timing | None = None) -> None:
+        self.timing = timing or Timing()
+        self.jobs: dict[str, Job] = {}
+        self.workers: dict[str, Worker] = {}
+        self._waiting: list[tuple[float, str, int]] = []  # (not_before, job, shard) heap
+        self._out: list[ev.Command] = []
+        self._now = 0.0
+
+    # ---- entry point ---------------------------------------------------------------------------
+
+    def handle(self, event: ev.Event, now: float) -> list[ev.Command]:
+        """Apply one event at time `now`, then hand out work; return the commands to carry out."""
+        self._now = now
+        self._out = []
+        match event:
+            case ev.WorkerReady():
+                self._on_ready(event)
+            case ev.WorkerSeen(worker=w):
+                self._touch(w)
+            case ev.WorkerDraining(worker=w):
+                if self._touch(w):
+                    self.workers[w].draining = True
+            case ev.WorkerLeft():
+                self._on_left(event)
+            case ev.ShardSucceeded():
+                self._on_success(event)
+            case ev.ShardFailed():
+                self._on_failure(event)
+            case ev.JobAdded():
+                self._on_job(event)
+            case ev.CancelRequested(job_id=j):
+                self._end_job(self.jobs[j], JobState.CANCELLED, "cancelled by a client")
+            case ev.JobBroken(job_id=j, message=m):
+                self._break_job(self.jobs[j], m)
+            case ev.Tick():
+                self._expire_workers()
+        self._release_waiting()
+        self._dispatch()
+        return self._out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time a Tick could change anything (expiry or end of a backoff)."""
+        times = [w.last_seen + self.timing.expiry for w in self.workers.values()]
+        if self._waiting:
+            times.append(self._waiting[0][0])
+        return min(times) if times else None
+
+    # ---- workers -------------------------------------------------------------------------------
+
+    def _touch(self, worker: str) -> bool:
+        w = self.workers.get(worker)
+        if w is None:
+            self._out.append(ev.AskReregister(worker))
+            return False
+        w.last_seen = self._now
+        return True
+
+    def _on_ready(self, e: ev.WorkerReady) -> None:
+        old = self.workers.pop(e.worker, None)
+        if old is not None:  # re-registration: what it no longer holds goes back to the queue
+            held = {(lease.job_id, lease.shard) for lease in e.held}
+            self._release_leases(old, charge=False, keep=held)
+        w = Worker(worker_id=e.worker, slots=e.slots, last_seen=self._now)
+        self.workers[e.worker] = w
+        for lease in e.held:
+            self._adopt(w, lease)
+
+    def _adopt(self, w: Worker, lease: Lease) -> None:
+        """A reconnecting worker still runs this shard: lease it back rather than re-run it."""
+        job = self.jobs.get(lease.job_id)
+        if job is None or job.finished or not 0 <= lease.shard < len(job.shards):
+            self._out.append(ev.CancelOnWorker(w.worker_id, lease.job_id))
+            return
+        shard = job.shards[lease.shard]
+        if shard.state in TERMINAL or (shard.lease and shard.lease != w.worker_id):
+            return  # done already, or re-run elsewhere: its result will be a counted duplicate
+        if shard.state is S.QUEUED:
+            job.ready.remove(shard.index)
+        if shard.state is S.WAITING:
+            job.move(shard, S.QUEUED, "held by reconnecting worker")
+        if shard.state is S.QUEUED:
+            job.move(shard, S.LEASED, f"held by reconnecting worker {w.worker_id}")
+        shard.lease = w.worker_id
+        w.leases.add((job.job_id, shard.index))
+
+    def _on_left(self, e: ev.WorkerLeft) -> None:
+        w = self.workers.pop(e.worker, None)
+        if w is None:
+            return
+        handed = {(lease.job_id, lease.shard) for lease in e.handback}
+        self._release_leases(w, charge=False, keep=set(), uncharged=handed)
+
+    def _expire_workers(self) -> None:
+        for w in list(self.workers.values()):
+            silence = self._now - w.last_seen
+            if silence >= self.timing.expiry:
+                del self.workers[w.worker_id]
+                n = len(w.leases)
+                self._release_leases(w, charge=True, keep=set(), silence=silence)
+                self._out.append(ev.WorkerExpired(w.worker_id, n, silence))
+
+    def _release_leases(
+        self,
+        w: Worker,
+        *,
+        charge: bool,
+        keep: set[tuple[str, int]],
+        uncharged: set[tuple[str, int]] | None = None,
+        silence: float = 0.0,
+    ) -> None:
+        """Give a departed worker's shards back. Leased shards were executing (credits = slots),
+        so a lost worker charges them an attempt; handed-back shards are never charged."""
+        for key in sorted(w.leases - keep):
+            job = self.jobs[key[0]]
+            shard = job.shards[key[1]]
+            if shard.lease != w.worker_id or shard.state is not S.LEASED:
+                continue
+            shard.lease = None
+            if uncharged is not None and key in uncharged:
+                self._close_attempt(shard, "handed back", None)
+                self._requeue(job, shard, "handed back", front=True)
+            elif charge or uncharged is not None:
+                why = (
+                    f"worker {w.worker_id} stopped answering heartbeats ({silence:.1f} s silent)"
+                    if charge
+                    else f"worker {w.worker_id} disconnected while running it"
+                )
+                err = ErrorInfo(kind="lost", message=why, worker=w.worker_id)
+                self._charge(job, shard, err)
+            else:
+                self._close_attempt(shard, "released", None)
+                self._requeue(job, shard, "released on re-registration", front=True)
+
+    # ---- jobs and shards -----------------------------------------------------------------------
+
+    def _on_job(self, e: ev.JobAdded) -> None:
+        shards = [Shard(job_id=e.job_id, index=i) for i in range(e.shards)]
+        job = Job(job_id=e.job_id, spec=e.spec, shards=shards, submitted_at=self._now)
+        job.ready.extend(range(e.shards))
+        job.counts[S.QUEUED] = e.shards
+        self.jobs[e.job_id] = job
+
+    def _shard_for(self, job_id: str, index: int) -> tuple[Job, Shard] | None:
+        job = self.jobs.get(job_id)
+        if job is None or not 0 <= index < len(job.shards):
+            return None
+        return job, job.shards[index]
+
+    def _free_lease(self, job: Job, shard: Shard) -> None:
+        if shard.lease is not None:
+            w = self.workers.get(shard.lease)
+            if w is not None:
+                w.leases.discard((job.job_id, shard.index))
+            shard.lease = None
+
+    def _on_success(self, e: ev.ShardSucceeded) -> None:
+        w = self.workers.get(e.worker)
+        if w is not None:
+            w.last_seen = self._now
+            w.leases.discard((e.job_id, e.shard))
+        else:
+            self._out.append(ev.AskReregister(e.worker))
+        found = self._shard_for(e.job_id, e.shard)
+        if found is None:
+            return
+        job, shard = found
+        if shard.state in TERMINAL or job.finished:
+            job.duplicates += 1
+            self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker))
+            return
+        if w is not None:
+            w.done += 1
+        self._close_attempt(shard, "ok", None, worker=e.worker)
+        if shard.state is S.QUEUED:
+            job.ready.remove(shard.index)
+        elif shard.state is S.WAITING:
+            shard.not_before = float("inf")  # its heap entry goes stale
+        self._free_lease(job, shard)
+        job.move(shard, S.DONE, f"result from {e.worker}")
+        shard.merged += 1
+        self._out.append(ev.MergeShard(e.job_id, e.shard))
+        self._maybe_finish(job)
+
+    def _on_failure(self, e: ev.ShardFailed) -> None:
+        w = self.workers.get(e.worker)
+        if w is not None:
+            w.last_seen = self._now
+            w.leases.discard((e.job_id, e.shard))
+            w.failed += 1
+        found = self._shard_for(e.job_id, e.shard)
+        if found is None:
+            return
+        job, shard = found
+        if shard.state is not S.LEASED or shard.lease != e.worker or job.finished:
+            return  # a stale report about an attempt that was already re-run or ended
+        self._free_lease(job, shard)
+        self._charge(job, shard, e.error)
+
+    def _charge(self, job: Job, shard: Shard, err: ErrorInfo) -> None:
+        """Count a failed attempt: retry after a backoff, or quarantine the shard."""
+        shard.charged += 1
+        self._close_attempt(shard, err.kind, err)
+        spec = job.spec
+        if not err.retryable or shard.charged >= spec.max_attempts:
+            job.move(shard, S.FAILED, f"{err.kind} on attempt {shard.charged}")
+            if job.counts[S.FAILED] > spec.allow_failures or not err.retryable:
+                self._end_job(job, JobState.FAILED, failure_message(job, shard))
+            else:
+                self._maybe_finish(job)
+            return
+        if err.kind == "lost":  # not the task's fault: run it again at once
+            self._requeue(job, shard, "worker lost", front=True)
+            return
+        delay = backoff(self.timing, job.job_id, shard.index, shard.charged)
+        shard.not_before = self._now + delay
+        job.move(shard, S.WAITING, f"retry in {delay:.2f} s after {err.kind}")
+        heapq.heappush(self._waiting, (shard.not_before, job.job_id, shard.index))
+
+    def _requeue(self, job: Job, shard: Shard, why: str, *, front: bool) -> None:
+        if job.finished:
+            return
+        job.move(shard, S.QUEUED, why)
+        if front:
+            job.ready.appendleft(shard.index)
+        else:
+            job.ready.append(shard.index)
+
+    def _close_attempt(
+        self, shard: Shard, outcome: str, err: ErrorInfo | None, *, worker: str | None = None
+    ) -> None:
+        for attempt in reversed(shard.history):
+            if attempt.ended is None and (worker is None or attempt.worker == worker):
+                attempt.ended = self._now
+                attempt.outcome = outcome
+                attempt.error = err
+                return
+
+    def _release_waiting(self) -> None:
+        while self._waiting and self._waiting[0][0] <= self._now:
+            _, job_id, index = heapq.heappop(self._waiting)
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            shard = job.shards[index]
+            if shard.state is S.WAITING and shard.not_before <= self._now:
+                self._requeue(job, shard, "backoff over", front=False)
+
+    def _maybe_finish(self, job: Job) -> None:
+        settled = job.counts[S.DONE] + job.counts[S.FAILED]
+        if job.finished or settled < len(job.shards):
+            return
+        job.state = JobState.DONE
+        job.finished_at = self._now
+        missing = tuple(s.index for s in job.shards if s.state is S.FAILED)
+        self._out.append(ev.FinalizeJob(job.job_id, missing))
+
+    def _end_job(self, job: Job, state: JobState, error: str) -> None:
+        if job.finished:
+            return
+        job.state = state
+        job.error = error
+        job.finished_at = self._now
+        job.ready.clear()
+        holders: set[str] = set()
+        for shard in job.shards:
+            if shard.state in TERMINAL:
+                continue
+            if shard.lease is not None:
+                holders.add(shard.lease)
+                self._close_attempt(shard, "cancelled", None)
+            self._free_lease(job, shard)
+            job.move(shard, S.CANCELLED, f"job {state}")
+        self._out.extend(ev.CancelOnWorker(w, job.job_id) for w in sorted(holders))
+        self._out.append(ev.JobEnded(job.job_id, str(state), error))
+
+    def _break_job(self, job: Job, message: str) -> None:
+        if job.state is JobState.DONE:  # finalize itself failed: the result never existed
+            job.state = JobState.FAILED
+            job.error = message
+            self._out.append(ev.JobEnded(job.job_id, str(job.state), message))
+            return
+        self._end_job(job, JobState.FAILED, message)
+
+    # ---- dispatch ------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Hand ready shards to workers with free credits, FIFO across jobs, spreading the load."""
+        free = {w.worker_id: w.free for w in self.workers.values() if w.free > 0}
+        if not free:
+            return
+        for job in self._runnable_jobs():
+            while job.ready and free:
+                shard = job.shards[job.ready[0]]
+                worker = self._pick_worker(free, shard)
+                job.ready.popleft()
+                self._lease(job, shard, self.workers[worker])
+                free[worker] -= 1
+                if free[worker] == 0:
+                    del free[worker]
+            if not free:
+                return
+
+    def _runnable_jobs(self) -> Iterator[Job]:
+        return (j for j in self.jobs.values() if not j.finished and j.ready)
+
+    def _pick_worker(self, free: dict[str, int], shard: Shard) -> str:
+        # Most free credits first; a retry avoids the worker its last attempt failed on.
+        last = shard.history[-1].worker if shard.history else None
+        ranked = sorted(free, key=lambda w: (w == last, -free[w], w))
+        return ranked[0]
+
+    def _lease(self, job: Job, shard: Shard, w: Worker) -> None:
+        job.move(shard, S.LEASED, f"leased to {w.worker_id}")
+        shard.lease = w.worker_id
+        w.leases.add((job.job_id, shard.index))
+        if job.started_at is None:
+            job.started_at = self._now
+        number = len(shard.history) + 1
+        shard.history.append(Attempt(number=number, worker=w.worker_id, started=self._now))
+        self._out.append(ev.SendTask(w.worker_id, job.job_id, shard.index, number))
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def job_info(self, job_id: str, *, shards: bool = False) -> JobInfo:
+        job = self.jobs[job_id]
+        return JobInfo(
+            job_id=job.job_id,
+            name=job.spec.name,
+            op=job.spec.op,
+            state=str(job.state),
+            shards_total=len(job.shards),
+            shards_done=job.counts[S.DONE],
+            shards_failed=job.counts[S.FAILED],
+            shards_running=job.counts[S.LEASED],
+            submitted_at=job.submitted_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            error=job.error,
+            duplicates=job.duplicates,
+            missing_shards=[s.index for s in job.shards if s.state is S.FAILED],
+            shards=[s.info(history=True) for s in job.shards] if shards else None,
+        )
+
+
+def backoff(timing: Timing, job_id: str, shard: int, attempt: int) -> float:
+    """Capped exponential backoff with deterministic jitter in [0.5, 1.5) (keeps `handle` pure)."""
+    base = min(timing.retry_backoff_max, timing.retry_backoff * 2 ** (attempt - 1))
+    jitter = 0.5 + (zlib.crc32(f"{job_id}:{shard}:{attempt}".encode()) % 1000) / 1000
+    return min(timing.retry_backoff_max, base * jitter)
+
+
+def failure_message(job: Job, shard: Shard) -> str:
+    """A failure that names the shard, every attempt's worker and error, and the next step."""
+    lines = [
+        f"job {job.job_id} failed: shard {shard.index} of {len(job.shards)} failed "
+        f"after {len(shard.history)} attempt(s) (max_attempts={job.spec.max_attempts})"
+    ]
+    for a in shard.history:
+        err = a.error
+        detail = "" if err is None else f"{err.kind}: {err.type} {err.message}".strip()
+        if err is not None and err.signal:
+            detail += f" (signal {err.signal})"
+        elif err is not None and err.exit_code is not None:
+            detail += f" (exit code {err.exit_code})"
+        lines.append(f"  attempt {a.number} on worker {a.worker}: {detail}")
+    last = shard.history[-1].error if shard.history else None
+    if last is not None and last.traceback:
+        lines.append("remote traceback (last attempt):\n" + last.traceback.rstrip())
+    lines.append(next_step(last))
+    return "\n".join(lines)
+
+
+def next_step(err: ErrorInfo | None) -> str:
+    if err is None:
+        return "next step: inspect it with `shardmill why JOB SHARD`"
+    if err.kind == "unknown_function":
+        return "next step: start the workers with the module imported (`shardmill worker --import MOD`)"
+    if err.kind == "timeout":
+        return "next step: raise the job's task_timeout or use more, smaller shards"
+    if err.kind in ("crash", "lost"):
+        return "next step: check the worker's logs and memory; the task may crash its process"
+    return "next step: fix the error in the task code (see the traceback) and resubmit"

@@ -1,0 +1,1 @@
+"""The worker: an agent owning the socket and heartbeats, children running shards."""

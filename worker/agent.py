@@ -1,0 +1,308 @@
+"""The worker agent: one DEALER socket, heartbeats both ways, children doing the compute.
+
+The agent never runs user code, so a GIL-bound or hung task cannot delay a heartbeat. It says
+READY on connect, HEARTBEAT while alive and DISCONNECT on a clean exit; when the master goes
+silent it reconnects with capped exponential backoff and re-registers with the shards it holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from shardmill import __version__
+from shardmill.codec import Buffer, decode, encode
+from shardmill.config import WorkerSettings
+from shardmill.errors import ProtocolError
+from shardmill.protocol import (
+    CancelTasks,
+    Disconnect,
+    Draining,
+    ErrorReply,
+    Heartbeat,
+    Lease,
+    Message,
+    Ready,
+    ShardDone,
+    ShardFailed,
+    Task,
+    Welcome,
+)
+from shardmill.worker.runner import Child, wait_all
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.interval = settings.heartbeat_interval
+        self.liveness = settings.heartbeat_liveness
+        self.ctx = zmq.Context.instance()
+        self.sock: zmq.Socket[bytes] | None = None
+        self.poller = zmq.Poller()
+        self.children = [self._spawn() for _ in range(settings.slots)]
+        self.pending: collections.deque[tuple[Task, list[Buffer]]] = collections.deque()
+        self.recent: collections.deque[tuple[float, list[Any]]] = collections.deque()
+        self.handback: list[Lease] = []
+        self.last_heard = time.monotonic()
+        self.next_beat = 0.0
+        self.reconnect_delay = self.interval
+        self.draining_since: float | None = None
+        self._health_written = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        for child in self.children:
+            self.poller.register(child.fileno(), zmq.POLLIN)
+        self._connect()
+        try:
+            while not self._drained():
+                self._step()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _step(self) -> None:
+        ready = dict(self.poller.poll(self._timeout_ms()))
+        now = time.monotonic()
+        if self._wake_r in ready:
+            self._on_signal(os.read(self._wake_r, 64))
+        if self.sock is not None and self.sock in ready:
+            self._drain_socket()
+        for child in list(self.children):
+            if child.fileno() in ready:
+                self._on_child(child)
+        self._check_timeouts(now)
+        self._assign(now)
+        if now >= self.next_beat:
+            self.next_beat = now + self.interval
+            self._send(Heartbeat())
+        if now - self.last_heard > self.interval * self.liveness and self.draining_since is None:
+            self._reconnect()
+
+    def _timeout_ms(self) -> int:
+        now = time.monotonic()
+        deadlines = [self.next_beat, self.last_heard + self.interval * self.liveness]
+        deadlines += [c.running.deadline for c in self.children if c.running and c.running.deadline]
+        if self.draining_since is not None:
+            deadlines.append(self.draining_since + self.settings.drain_grace)
+        return max(0, int((min(deadlines) - now) * 1000) + 1)
+
+    # ---- master connection ---------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+        sock.connect(self.settings.master)
+        self.sock = sock
+        self.poller.register(sock, zmq.POLLIN)
+        self._send(self._ready())
+        log.info("worker %s connecting to %s with %d slots", self.worker_id,
+                 self.settings.master, len(self.children))
+
+    def _reconnect(self) -> None:
+        now = time.monotonic()
+        log.warning("master silent for %.1f s; reconnecting (backoff %.1f s)",
+                    now - self.last_heard, self.reconnect_delay)
+        if self.sock is not None:
+            self.poller.unregister(self.sock)
+            self.sock.close(linger=0)
+        self._connect()
+        # Results sent just before the silence may be lost with the old socket: send them again.
+        # The master merges the first copy of each shard and counts the rest as duplicates.
+        for _, frames in self.recent:
+            self._send_frames(frames)
+        self.last_heard = now + self.reconnect_delay - self.interval * self.liveness
+        self.reconnect_delay = min(self.settings.reconnect_max, self.reconnect_delay * 2)
+
+    def _ready(self) -> Ready:
+        held = [c.running.lease for c in self.children if c.running]
+        held += [Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt) for t, _ in self.pending]
+        return Ready(slots=len(self.children), hostname=socket.gethostname(), pid=os.getpid(),
+                     version=__version__, modules=list(self.settings.imports), held=held)
+
+    def _drain_socket(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._heard()
+            try:
+                decoded = decode(frames)
+            except ProtocolError as e:
+                log.warning("bad message from master: %s", e)
+                continue
+            self._on_master(decoded.msg, decoded.arrays)
+
+    def _heard(self) -> None:
+        now = time.monotonic()
+        self.last_heard = now
+        self.reconnect_delay = self.interval
+        path = self.settings.health_file
+        if path is not None and now - self._health_written >= self.interval:
+            self._health_written = now
+            path.write_text(f"{time.time():.3f} {self.worker_id}\n")
+
+    def _on_master(self, msg: Message, arrays: list[Buffer]) -> None:
+        match msg:
+            case Task():
+                if self.draining_since is not None:
+                    self.handback.append(Lease(job_id=msg.job_id, shard=msg.shard,
+                                               attempt=msg.attempt))
+                else:
+                    self.pending.append((msg, arrays))
+            case CancelTasks(job_id=job):
+                self._cancel(job)
+            case Welcome():
+                self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness
+            case ErrorReply():
+                log.warning("master refused a message: %s %s", msg.code, msg.message)
+            case _ if msg.kind == "reregister":
+                log.info("master asked this worker to register again")
+                self._send(self._ready())
+
+    def _send(self, msg: Message, arrays: list[Any] | None = None) -> None:
+        self._send_frames(encode(msg, arrays or ()))
+
+    def _send_frames(self, frames: list[Any]) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("master queue full; message dropped (it will be re-run)")
+
+    # ---- children ------------------------------------------------------------------------------
+
+    def _spawn(self) -> Child:
+        return Child(self.worker_id, list(self.settings.imports))
+
+    def _replace(self, child: Child) -> None:
+        self.poller.unregister(child.fileno())
+        child.kill()
+        fresh = self._spawn()
+        self.children[self.children.index(child)] = fresh
+        self.poller.register(fresh.fileno(), zmq.POLLIN)
+
+    def _assign(self, now: float) -> None:
+        for child in self.children:
+            if not self.pending:
+                return
+            if child.running is None:
+                task, arrays = self.pending.popleft()
+                if not child.start(task, arrays, now):
+                    self._report_death(child)
+
+    def _on_child(self, child: Child) -> None:
+        decoded = child.read()
+        if decoded is None:
+            self._report_death(child)
+            return
+        running, child.running = child.running, None
+        reply = decoded.msg
+        if running is None or not isinstance(reply, ShardDone | ShardFailed):
+            log.error("child %d sent an unexpected %s; replacing it", child.pid, reply.kind)
+            self._replace(child)
+            return
+        frames = encode(reply, decoded.arrays)
+        self._send_frames(frames)
+        now = time.monotonic()
+        self.recent.append((now, frames))
+        while self.recent and self.recent[0][0] < now - 2 * self.interval * self.liveness:
+            self.recent.popleft()
+
+    def _report_death(self, child: Child) -> None:
+        running = child.running
+        err = child.death()  # before replacing: the exit code, not our SIGKILL, tells the story
+        self._replace(child)
+        if running is None:
+            log.warning("idle child %d died (%s); replaced", child.pid, err.message)
+            return
+        log.warning("shard %s/%d: %s", running.task.job_id, running.task.shard, err.message)
+        self._fail(running.task, err, running.started)
+
+    def _fail(self, task: Task, err: Any, started: float) -> None:
+        msg = ShardFailed(job_id=task.job_id, shard=task.shard, attempt=task.attempt,
+                          duration=time.monotonic() - started, error=err)
+        self._send(msg)
+
+    def _check_timeouts(self, now: float) -> None:
+        for child in list(self.children):
+            run = child.running
+            if run is None or run.deadline is None or now < run.deadline:
+                continue
+            self._replace(child)
+            timeout = run.task.timeout
+            log.warning("shard %s/%d exceeded task_timeout=%ss; child killed",
+                        run.task.job_id, run.task.shard, timeout)
+            err = child.death().model_copy(update={
+                "kind": "timeout", "type": "TaskTimeout",
+                "message": f"shard ran longer than task_timeout={timeout}s; its child was killed"})
+            self._fail(run.task, err, run.started)
+
+    def _cancel(self, job: str) -> None:
+        self.pending = collections.deque((t, a) for t, a in self.pending if t.job_id != job)
+        for child in list(self.children):
+            if child.running is not None and child.running.task.job_id == job:
+                log.info("cancelling shard %s/%d", job, child.running.task.shard)
+                self._replace(child)
+
+    # ---- drain and shutdown --------------------------------------------------------------------
+
+    def _on_signal(self, data: bytes) -> None:
+        if self.draining_since is None and data:
+            log.info("signal %d: draining (grace %.0f s)", data[0], self.settings.drain_grace)
+            self.draining_since = time.monotonic()
+            self._send(Draining())
+            self.handback.extend(Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt)
+                                 for t, _ in self.pending)
+            self.pending.clear()
+
+    def _drained(self) -> bool:
+        if self.draining_since is None:
+            return False
+        busy = [c for c in self.children if c.running]
+        if not busy:
+            return True
+        if time.monotonic() - self.draining_since < self.settings.drain_grace:
+            return False
+        for child in busy:  # grace is over: stop them and hand their shards back uncharged
+            assert child.running is not None
+            self.handback.append(child.running.lease)
+            child.running = None
+            child.kill()
+        return True
+
+    def _shutdown(self) -> None:
+        if self.sock is not None:
+            self._send(Disconnect(handback=self.handback))
+            self.sock.close(linger=1000)  # give the DISCONNECT a moment to leave
+        wait_all(self.children, timeout=2.0)
+        signal.set_wakeup_fd(-1)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("worker %s stopped", self.worker_id)
+
+
+def serve(settings: WorkerSettings) -> int:
+    return Agent(settings).run()

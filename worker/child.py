@@ -1,0 +1,104 @@
+"""A child process: reads tasks from stdin, runs them, writes results to its protocol pipe.
+
+Run by the agent as `python -m shardmill.worker.child WORKER MODULE...`. File descriptor 1 is
+pointed at stderr first, so a task that prints cannot corrupt the protocol stream.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from shardmill.codec import Buffer, decode, encode, pack_value, unpack_value
+from shardmill.errors import ProtocolError, UnknownFunction
+from shardmill.ops import get_op
+from shardmill.protocol import ErrorInfo, MapChunk, RowRange, ShardDone, ShardFailed, Task
+from shardmill.worker.pipes import read_frames, write_frames
+from shardmill.worker.registry import Registry
+
+_DATASETS: dict[str, np.ndarray] = {}
+
+
+def main(argv: list[str]) -> int:
+    proto_out: BinaryIO = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    worker, modules = argv[0], argv[1:]
+    registry = Registry(modules, worker=worker)
+    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
+    while True:
+        frames = read_frames(stdin)
+        if frames is None:
+            return 0
+        decoded = decode(frames)
+        task = decoded.msg
+        if not isinstance(task, Task):
+            raise ProtocolError(f"child expected a task, got {task.kind!r}")
+        reply, arrays = run_task(task, decoded.arrays, registry)
+        write_frames(proto_out, encode(reply, arrays))
+
+
+def run_task(task: Task, arrays: list[Buffer], registry: Registry
+             ) -> tuple[ShardDone | ShardFailed, list[np.ndarray]]:
+    """Run one shard; any failure comes back as data, never as an exception."""
+    start = time.monotonic()
+    try:
+        value = _execute(task, arrays, registry)
+    except UnknownFunction as e:
+        err = ErrorInfo(kind="unknown_function", type="UnknownFunction", message=str(e),
+                        retryable=False)
+        return _failed(task, start, err), []
+    except (Exception, SystemExit) as e:  # user code: all it raises is reported as data
+        err = ErrorInfo(kind="error", type=_qualname(e), message=str(e),
+                        traceback=traceback.format_exc())
+        return _failed(task, start, err), []
+    try:
+        packed = pack_value(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        what = getattr(task.descriptor, "function", task.op)
+        err = ErrorInfo(kind="error", type=_qualname(e), retryable=False,
+                        message=f"{what} returned a value that cannot be sent: {e}")
+        return _failed(task, start, err), []
+    done = ShardDone(job_id=task.job_id, shard=task.shard, attempt=task.attempt,
+                     duration=time.monotonic() - start, payload=packed.data)
+    return done, packed.arrays
+
+
+def _execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
+    desc = task.descriptor
+    if isinstance(desc, MapChunk):
+        func = registry.resolve(desc.function)
+        args_list = unpack_value(task.payload, arrays)
+        return [func(*args) for args in args_list]
+    assert isinstance(desc, RowRange)
+    op = get_op(task.op)
+    data = _dataset(desc.path)
+    return op.run(data[desc.start : desc.stop])
+
+
+def _dataset(path: str) -> np.ndarray:
+    # Memory-map once per child; the page cache is shared by every child on the host.
+    arr = _DATASETS.get(path)
+    if arr is None:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        _DATASETS[path] = arr
+    return arr
+
+
+def _failed(task: Task, start: float, err: ErrorInfo) -> ShardFailed:
+    return ShardFailed(job_id=task.job_id, shard=task.shard, attempt=task.attempt,
+                       duration=time.monotonic() - start, error=err)
+
+
+def _qualname(e: BaseException) -> str:
+    cls = type(e)
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,62 @@
+"""Resolve "pkg.mod:function" among the modules this worker was started with, and only those."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import traceback
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from shardmill.errors import UnknownFunction
+
+
+def missing_modules(names: list[str]) -> list[str]:
+    """Modules that cannot be found on sys.path (checked without running them)."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+class Registry:
+    """The modules named at start, imported once; functions are looked up by reference."""
+
+    def __init__(self, modules: list[str], *, worker: str = "") -> None:
+        self.worker = worker
+        self.modules: dict[str, ModuleType] = {}
+        self.broken: dict[str, str] = {}
+        for name in modules:
+            try:
+                self.modules[name] = importlib.import_module(name)
+            except Exception:  # user code: keep the worker up and report it per task
+                self.broken[name] = traceback.format_exc()
+
+    def resolve(self, ref: str) -> Callable[..., Any]:
+        module_name, _, func_name = ref.partition(":")
+        if module_name in self.broken:
+            raise UnknownFunction(
+                f"function {ref!r}: module {module_name!r} failed to import on worker "
+                f"{self.worker}:\n{self.broken[module_name]}"
+            )
+        module = self.modules.get(module_name)
+        if module is None:
+            started = ", ".join(sorted(self.modules)) or "none"
+            raise UnknownFunction(
+                f"function {ref!r}: module {module_name!r} is not imported on worker "
+                f"{self.worker} (imports: {started}); start the worker with "
+                f"`shardmill worker --import {module_name}`"
+            )
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise UnknownFunction(
+                f"function {ref!r}: module {module_name!r} has no function {func_name!r} on "
+                f"worker {self.worker}; check the name, or restart the workers after an update"
+            )
+        return func  # type: ignore[no-any-return]

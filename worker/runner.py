@@ -1,0 +1,126 @@
+"""Child processes, one per slot: start, feed a task, read its reply, kill, describe a death."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+from shardmill.codec import Buffer, Decoded, decode, encode
+from shardmill.errors import ProtocolError
+from shardmill.protocol import ErrorInfo, Lease, Task
+from shardmill.worker.pipes import read_frames, write_frames
+
+
+@dataclass
+class Running:
+    task: Task
+    started: float
+    deadline: float | None
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(job_id=self.task.job_id, shard=self.task.shard, attempt=self.task.attempt)
+
+
+class Child:
+    """One child process; the agent polls `fileno()` for its replies."""
+
+    def __init__(self, worker_id: str, modules: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shardmill.worker.child", worker_id, *modules],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+        assert self.proc.stdout is not None
+        self.fd = self.proc.stdout.fileno()
+        self.running: Running | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def start(self, task: Task, arrays: list[Buffer], now: float) -> bool:
+        """Hand the child a task; False if the child is already dead."""
+        deadline = now + task.timeout if task.timeout else None
+        self.running = Running(task, now, deadline)
+        assert self.proc.stdin is not None
+        try:
+            write_frames(self.proc.stdin, encode(task, arrays))  # type: ignore[arg-type]
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def read(self) -> Decoded | None:
+        """The child's reply, or None when it died (EOF or a cut-off message)."""
+        assert self.proc.stdout is not None
+        try:
+            frames = read_frames(self.proc.stdout)  # type: ignore[arg-type]
+        except EOFError:
+            return None
+        if frames is None:
+            return None
+        try:
+            return decode(frames)
+        except ProtocolError:
+            return None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.close()
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def death(self) -> ErrorInfo:
+        """Describe how the child died: exit code or signal name, for the failure report."""
+        self.close()
+        code = self.proc.returncode
+        if code is not None and code < 0:
+            name = _signal_name(-code)
+            return ErrorInfo(kind="crash", type="ChildCrashed", signal=name,
+                             message=f"child process {self.pid} was killed by {name}")
+        return ErrorInfo(kind="crash", type="ChildCrashed", exit_code=code,
+                         message=f"child process {self.pid} exited with code {code} mid-shard")
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def wait_all(children: list[Child], timeout: float) -> None:
+    """Close children politely (stdin EOF ends their loop), then kill what is left."""
+    deadline = time.monotonic() + timeout
+    for child in children:
+        if child.proc.stdin is not None:
+            try:
+                child.proc.stdin.close()
+            except OSError:
+                pass
+    for child in children:
+        try:
+            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+        child.close()
+
+
+__all__ = ["Child", "Running", "wait_all"]
