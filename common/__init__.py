@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from shardmill.client import Client, Job  # noqa: E402
-from shardmill.errors import (  # noqa: E402
+from shardmill.client import Client, Job
+from shardmill.errors import (
     JobCancelled,
     JobFailed,
     JobSpecError,
@@ -15,7 +15,7 @@ from shardmill.errors import (  # noqa: E402
     RemoteError,
     ShardmillError,
 )
-from shardmill.local import LocalCluster  # noqa: E402
+from shardmill.local import LocalCluster
 
 __all__ = [
     "Client",

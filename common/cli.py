@@ -88,8 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker agent")
     p.add_argument("--master", help="master worker address (default tcp://127.0.0.1:5555)")
     p.add_argument("--slots", type=int, help="shards at once, one child process each")
-    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                   help="module tasks may come from (repeatable)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="module tasks may come from (repeatable)",
+    )
     p.add_argument("--heartbeat-interval", type=float, help="until the master says otherwise")
     p.add_argument("--drain-grace", type=float, help="seconds to finish shards on SIGTERM")
     p.add_argument("--health-file", help="file touched whenever the master is heard")
@@ -146,11 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str,
-            handler: Handler) -> argparse.ArgumentParser:
+def _client(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, handler: Handler
+) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help)
-    p.add_argument("--master", default=os.environ.get("SHARDMILL_MASTER"),
-                   help="master client address (default $SHARDMILL_MASTER or tcp://127.0.0.1:5556)")
+    p.add_argument(
+        "--master",
+        default=os.environ.get("SHARDMILL_MASTER"),
+        help="master client address (default $SHARDMILL_MASTER or tcp://127.0.0.1:5556)",
+    )
     p.add_argument("--connect-timeout", type=float, help="seconds before 'master unreachable'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=handler)

@@ -40,8 +40,18 @@ def cmd_master(args: argparse.Namespace) -> int:
     from shardmill.cli import setup_logging
     from shardmill.master.loop import serve
 
-    settings = MasterSettings(**_given(args, "host", "port", "client_port", "heartbeat_interval",
-                                       "heartbeat_liveness", "state_dir", "log_level"))
+    settings = MasterSettings(
+        **_given(
+            args,
+            "host",
+            "port",
+            "client_port",
+            "heartbeat_interval",
+            "heartbeat_liveness",
+            "state_dir",
+            "log_level",
+        )
+    )
     setup_logging("master", settings.log_level)
     return serve(settings)
 
@@ -51,13 +61,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from shardmill.worker.agent import serve
     from shardmill.worker.registry import missing_modules
 
-    settings = WorkerSettings(**_given(args, "master", "slots", "imports", "heartbeat_interval",
-                                       "drain_grace", "health_file", "log_level"))
+    settings = WorkerSettings(
+        **_given(
+            args,
+            "master",
+            "slots",
+            "imports",
+            "heartbeat_interval",
+            "drain_grace",
+            "health_file",
+            "log_level",
+        )
+    )
     setup_logging("worker", settings.log_level)
     missing = missing_modules(settings.imports)
     if missing:
-        print(f"shardmill worker: cannot find module(s) {', '.join(missing)} on the Python path; "
-              "install them or set PYTHONPATH, then start the worker again", file=sys.stderr)
+        print(
+            f"shardmill worker: cannot find module(s) {', '.join(missing)} on the Python path; "
+            "install them or set PYTHONPATH, then start the worker again",
+            file=sys.stderr,
+        )
         return exitcodes.CONFIG
     return serve(settings)
 
@@ -68,9 +91,15 @@ def _connect(args: argparse.Namespace) -> Client:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     with _connect(args) as client:
-        job = client.submit(args.op, args.dataset, shards=args.shards,
-                            max_attempts=args.max_attempts, task_timeout=args.task_timeout,
-                            allow_failures=args.allow_failures, name=args.name)
+        job = client.submit(
+            args.op,
+            args.dataset,
+            shards=args.shards,
+            max_attempts=args.max_attempts,
+            task_timeout=args.task_timeout,
+            allow_failures=args.allow_failures,
+            name=args.name,
+        )
         if not args.wait:
             _out(args, {"job_id": job.id}, lambda: print(job.id))
             return exitcodes.OK
@@ -115,8 +144,16 @@ def cmd_workers(args: argparse.Namespace) -> int:
         table = Table("worker", "host", "pid", "slots", "busy", "heartbeat age", "done", "failed")
         for w in workers:
             name = w.worker_id + (" (draining)" if w.draining else "")
-            table.add_row(name, w.hostname, str(w.pid), str(w.slots), str(w.busy),
-                          f"{w.heartbeat_age:.2f} s", str(w.shards_done), str(w.shards_failed))
+            table.add_row(
+                name,
+                w.hostname,
+                str(w.pid),
+                str(w.slots),
+                str(w.busy),
+                f"{w.heartbeat_age:.2f} s",
+                str(w.shards_done),
+                str(w.shards_failed),
+            )
         console.print(table)
 
     _out(args, [w.model_dump(mode="json") for w in workers], show)
@@ -134,12 +171,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         job = client.job(args.job)
         if args.json:
-            info = _poll_until_done(job, args.timeout, on_update=lambda i: print(
-                json.dumps(i.model_dump(mode="json")), flush=True))
+            info = _poll_until_done(
+                job,
+                args.timeout,
+                on_update=lambda i: print(json.dumps(i.model_dump(mode="json")), flush=True),
+            )
         else:
             info = _follow(job, args.timeout)
     return {"done": exitcodes.OK, "cancelled": exitcodes.CANCELLED}.get(
-        info.state, exitcodes.JOB_FAILED if info.state == "failed" else exitcodes.TIMEOUT)
+        info.state, exitcodes.JOB_FAILED if info.state == "failed" else exitcodes.TIMEOUT
+    )
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -152,9 +193,11 @@ def cmd_why(args: argparse.Namespace) -> int:
     shard = shards[args.shard]
 
     def show() -> None:
-        console.print(f"job {info.job_id} shard {shard.index}: [bold]{shard.state}[/], "
-                      f"{shard.attempts} attempt(s), lease {shard.worker or '-'}, "
-                      f"merged {shard.merged}x")
+        console.print(
+            f"job {info.job_id} shard {shard.index}: [bold]{shard.state}[/], "
+            f"{shard.attempts} attempt(s), lease {shard.worker or '-'}, "
+            f"merged {shard.merged}x"
+        )
         for a in shard.history:
             took = f"{a.ended - a.started:.3f} s" if a.ended is not None else "running"
             line = f"  attempt {a.attempt} on {a.worker}: {a.outcome} ({took})"
@@ -189,8 +232,14 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from shardmill.demo import run_demo
 
-    return run_demo(rows=args.rows, cols=args.cols, shards=args.shards, workers=args.workers,
-                    directory=args.dir, as_json=args.json)
+    return run_demo(
+        rows=args.rows,
+        cols=args.cols,
+        shards=args.shards,
+        workers=args.workers,
+        directory=args.dir,
+        as_json=args.json,
+    )
 
 
 # ---- following a job ---------------------------------------------------------------------------
@@ -212,17 +261,29 @@ def _poll_until_done(job: Job, timeout: float | None, on_update: Any) -> JobInfo
 
 def _follow(job: Job, timeout: float | None) -> JobInfo:
     """A live progress bar: shards done/total, rate and ETA."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("shards"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     start = time.monotonic()
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(job.id, total=None, rate="")
 
         def update(info: JobInfo) -> None:
             rate = info.shards_done / max(1e-9, time.monotonic() - start)
-            bar.update(task, total=info.shards_total, completed=info.shards_done,
-                       rate=f"{rate:.1f} shards/s", description=f"{job.id} {info.state}")
+            bar.update(
+                task,
+                total=info.shards_total,
+                completed=info.shards_done,
+                rate=f"{rate:.1f} shards/s",
+                description=f"{job.id} {info.state}",
+            )
 
         info = _poll_until_done(job, timeout, update)
     if info.state == "failed" and info.error:
@@ -253,8 +314,9 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _show_value(value: Any) -> None:
-    if isinstance(value, dict) and all(isinstance(v, np.ndarray) for k, v in value.items()
-                                       if k in ("mean", "std", "min", "max")):
+    if isinstance(value, dict) and all(
+        isinstance(v, np.ndarray) for k, v in value.items() if k in ("mean", "std", "min", "max")
+    ):
         stats = [k for k in ("mean", "std", "min", "max", "sum") if k in value]
         table = Table("column", *stats)
         first = np.atleast_1d(value.get("mean", []))
@@ -282,6 +344,15 @@ def _show_jobs(jobs: list[JobInfo]) -> None:
     for j in jobs:
         end = j.finished_at if j.finished_at is not None else None
         elapsed = f"{end - j.submitted_at:.2f} s" if end is not None else "-"
-        table.add_row(j.job_id, j.name or "-", j.op, j.state, str(j.shards_done),
-                      str(j.shards_failed), str(j.shards_running), str(j.shards_total), elapsed)
+        table.add_row(
+            j.job_id,
+            j.name or "-",
+            j.op,
+            j.state,
+            str(j.shards_done),
+            str(j.shards_failed),
+            str(j.shards_running),
+            str(j.shards_total),
+            elapsed,
+        )
     console.print(table)

@@ -56,18 +56,31 @@ class Client:
         defaults = ClientSettings()
         self.master = master or defaults.master
         self.connect_timeout = connect_timeout or defaults.connect_timeout
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._ids = itertools.count(1)
 
     # ---- jobs ----------------------------------------------------------------------------------
 
-    def map(self, function: str, args: Iterable[Sequence[Any]], *, chunk_size: int | None = None,
-            max_attempts: int = 3, task_timeout: float | None = None, name: str = "") -> Job:
+    def map(
+        self,
+        function: str,
+        args: Iterable[Sequence[Any]],
+        *,
+        chunk_size: int | None = None,
+        max_attempts: int = 3,
+        task_timeout: float | None = None,
+        name: str = "",
+    ) -> Job:
         """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order."""
         items = [tuple(a) for a in args]
-        spec = _spec(op="map", function=function, max_attempts=max_attempts,
-                     task_timeout=task_timeout, name=name)
+        spec = _spec(
+            op="map",
+            function=function,
+            max_attempts=max_attempts,
+            task_timeout=task_timeout,
+            name=name,
+        )
         size = chunk_size or max(1, math.ceil(len(items) / MAX_CHUNKS))
         parts, counts, part_arrays, arrays = [], [], [], []
         for start in range(0, len(items), size):
@@ -84,13 +97,27 @@ class Client:
         """Run one task and return its value (raises RemoteError if it raised)."""
         return self.map(function, [args], chunk_size=1).result(timeout=timeout)[0]
 
-    def submit(self, op: str, dataset: str | os.PathLike[str], *, shards: int | None = None,
-               max_attempts: int = 3, task_timeout: float | None = None,
-               allow_failures: int = 0, name: str = "") -> Job:
+    def submit(
+        self,
+        op: str,
+        dataset: str | os.PathLike[str],
+        *,
+        shards: int | None = None,
+        max_attempts: int = 3,
+        task_timeout: float | None = None,
+        allow_failures: int = 0,
+        name: str = "",
+    ) -> Job:
         """Run a built-in op (such as "column_stats") over a dataset the workers can read."""
-        spec = _spec(op=op, dataset=os.path.abspath(os.fspath(dataset)), shards=shards,
-                     max_attempts=max_attempts, task_timeout=task_timeout,
-                     allow_failures=allow_failures, name=name)
+        spec = _spec(
+            op=op,
+            dataset=os.path.abspath(os.fspath(dataset)),
+            shards=shards,
+            max_attempts=max_attempts,
+            task_timeout=task_timeout,
+            allow_failures=allow_failures,
+            name=name,
+        )
         return self._submit(Submit(spec=spec), [])
 
     def job(self, job_id: str) -> Job:
@@ -130,9 +157,10 @@ class Client:
 
     # ---- transport -----------------------------------------------------------------------------
 
-    def _request(self, msg: Message, arrays: Sequence[Any] = (), *,
-                 timeout: float | None = None) -> Decoded:
-        """Send one request and wait for its reply; stale replies to earlier requests are skipped."""
+    def _request(
+        self, msg: Message, arrays: Sequence[Any] = (), *, timeout: float | None = None
+    ) -> Decoded:
+        """Send one request and wait for its reply; stale replies to old requests are skipped."""
         req = next(self._ids)
         msg = msg.model_copy(update={"req": req})
         sock = self._socket()
@@ -204,8 +232,10 @@ class Job:
         while True:
             left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
             if left <= 0:
-                raise JobTimeout(f"job {self.id} did not finish within {timeout} s; it is still "
-                                 f"running: follow it with `shardmill watch {self.id}`")
+                raise JobTimeout(
+                    f"job {self.id} did not finish within {timeout} s; it is still "
+                    f"running: follow it with `shardmill watch {self.id}`"
+                )
             try:
                 reply = self.client._request(ResultQuery(job_id=self.id, wait=True), timeout=left)
             except MasterUnreachable:
@@ -224,9 +254,14 @@ def _unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
         err = msg.failure
         text = info.error or f"job {info.job_id} {info.state}"
         if err is not None and err.kind == "error":
-            raise RemoteError(text, remote_type=err.type, remote_message=err.message,
-                              remote_traceback=err.traceback, worker=err.worker,
-                              shard=_failed_shard(info))
+            raise RemoteError(
+                text,
+                remote_type=err.type,
+                remote_message=err.message,
+                remote_traceback=err.traceback,
+                worker=err.worker,
+                shard=_failed_shard(info),
+            )
         raise JobFailed(text)
     values = []
     offset = 0

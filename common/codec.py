@@ -131,9 +131,10 @@ def _array_from_meta(meta: bytes, arrays: Sequence[Buffer]) -> np.ndarray:
         raise ProtocolError(f"array frame {index!r} is missing ({len(arrays)} array frames)")
     buf = arrays[index]
     expected = math.prod(shape) * dtype.itemsize
-    if len(buf) != expected:
+    size = memoryview(buf).nbytes
+    if size != expected:
         raise ProtocolError(
-            f"array frame {index} holds {len(buf)} bytes, {dtype} {shape} needs {expected}"
+            f"array frame {index} holds {size} bytes, {dtype} {shape} needs {expected}"
         )
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 

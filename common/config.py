@@ -41,8 +41,12 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHARDMILL_WORKER_", extra="ignore")
 
     master: str = Field("tcp://127.0.0.1:5555", description="the master's worker address")
-    slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=4096,
-                       description="shards run at once (one child process each)")
+    slots: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=4096,
+        description="shards run at once (one child process each)",
+    )
     imports: list[str] = Field(default_factory=list, description="modules tasks may come from")
     heartbeat_interval: float = Field(1.0, gt=0, description="until the master says otherwise")
     heartbeat_liveness: int = Field(3, ge=1, description="missed master beats before reconnect")
@@ -54,9 +58,7 @@ class WorkerSettings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
         if not self.master.startswith(("tcp://", "ipc://")):
-            raise ValueError(
-                f"master {self.master!r} is not a ZeroMQ address; use tcp://HOST:5555"
-            )
+            raise ValueError(f"master {self.master!r} is not a ZeroMQ address; use tcp://HOST:5555")
         return self
 
 

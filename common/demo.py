@@ -25,8 +25,9 @@ def generate(path: Path, rows: int, cols: int, seed: int = 0) -> None:
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(rows, cols))
     for start in range(0, rows, CHUNK_ROWS):
         stop = min(rows, start + CHUNK_ROWS)
-        out[start:stop] = rng.normal(loc=np.arange(cols), scale=1 + np.arange(cols),
-                                     size=(stop - start, cols))
+        out[start:stop] = rng.normal(
+            loc=np.arange(cols), scale=1 + np.arange(cols), size=(stop - start, cols)
+        )
     out.flush()
     del out
 
@@ -41,16 +42,19 @@ def one_process(path: Path) -> dict[str, Any]:
     return op.finalize(acc)
 
 
-def run_demo(*, rows: int, cols: int, shards: int, workers: int, directory: str | None,
-             as_json: bool) -> int:
+def run_demo(
+    *, rows: int, cols: int, shards: int, workers: int, directory: str | None, as_json: bool
+) -> int:
     console = Console(stderr=as_json)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         path = Path(tmp) / "demo.npy"
         t0 = time.perf_counter()
         generate(path, rows, cols)
         gen_s = time.perf_counter() - t0
-        console.print(f"generated {rows:,} x {cols} float64 ({path.stat().st_size / 1e6:.0f} MB) "
-                      f"in {gen_s:.2f} s")
+        console.print(
+            f"generated {rows:,} x {cols} float64 ({path.stat().st_size / 1e6:.0f} MB) "
+            f"in {gen_s:.2f} s"
+        )
 
         t0 = time.perf_counter()
         with LocalCluster(workers=workers) as cluster:
@@ -66,15 +70,29 @@ def run_demo(*, rows: int, cols: int, shards: int, workers: int, directory: str 
         single_s = time.perf_counter() - t0
 
         data = np.load(path, mmap_mode="r")
-        ref = {"mean": data.mean(axis=0), "std": data.std(axis=0),
-               "min": data.min(axis=0), "max": data.max(axis=0)}
-    errors = {k: float(np.max(np.abs(stats[k] - v) / np.maximum(1.0, np.abs(v))))
-              for k, v in ref.items()}
+        ref = {
+            "mean": data.mean(axis=0),
+            "std": data.std(axis=0),
+            "min": data.min(axis=0),
+            "max": data.max(axis=0),
+        }
+    errors = {
+        k: float(np.max(np.abs(stats[k] - v) / np.maximum(1.0, np.abs(v)))) for k, v in ref.items()
+    }
     ok = all(e <= 1e-9 for e in errors.values()) and stats["count"] == rows
-    report = {"rows": rows, "cols": cols, "shards": shards, "workers": workers,
-              "cluster_start_s": start_s, "shardmill_s": dist_s, "one_process_s": single_s,
-              "speedup": single_s / dist_s, "max_rel_error": errors, "matches_numpy": ok,
-              "single_matches": bool(np.allclose(single["mean"], stats["mean"]))}
+    report = {
+        "rows": rows,
+        "cols": cols,
+        "shards": shards,
+        "workers": workers,
+        "cluster_start_s": start_s,
+        "shardmill_s": dist_s,
+        "one_process_s": single_s,
+        "speedup": single_s / dist_s,
+        "max_rel_error": errors,
+        "matches_numpy": ok,
+        "single_matches": bool(np.allclose(single["mean"], stats["mean"])),
+    }
     if as_json:
         print(json.dumps(report))
     else:
@@ -84,6 +102,8 @@ def run_demo(*, rows: int, cols: int, shards: int, workers: int, directory: str 
         table.add_row("speedup", f"{single_s / dist_s:.2f}x")
         console.print(table)
         verdict = "[green]matches[/]" if ok else "[red]DOES NOT match[/]"
-        console.print(f"result {verdict} NumPy (max relative error "
-                      f"{max(errors.values()):.1e}, tolerance 1e-9)")
+        console.print(
+            f"result {verdict} NumPy (max relative error "
+            f"{max(errors.values()):.1e}, tolerance 1e-9)"
+        )
     return exitcodes.OK if ok else exitcodes.CHECK_FAILED

@@ -8,7 +8,7 @@ class ShardmillError(Exception):
 
 
 class ProtocolError(ShardmillError):
-    """Raised when a message cannot be decoded or validated: garbage, a wrong version, bad arrays."""
+    """Raised when a message cannot be decoded or validated: garbage, wrong version, bad arrays."""
 
 
 class VersionMismatch(ProtocolError):

@@ -59,11 +59,26 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         interval, liveness = self.heartbeat
         self.master = subprocess.Popen(
-            [sys.executable, "-m", "shardmill.master", "--host", "127.0.0.1", "--port", "0",
-             "--client-port", "0", "--heartbeat-interval", str(interval),
-             "--heartbeat-liveness", str(liveness), "--log-level", self.log_level,
-             *self.master_args],
-            stdout=subprocess.PIPE, env=self.env,
+            [
+                sys.executable,
+                "-m",
+                "shardmill.master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--client-port",
+                "0",
+                "--heartbeat-interval",
+                str(interval),
+                "--heartbeat-liveness",
+                str(liveness),
+                "--log-level",
+                self.log_level,
+                *self.master_args,
+            ],
+            stdout=subprocess.PIPE,
+            env=self.env,
         )
         assert self.master.stdout is not None
         line = _read_line(self.master.stdout, self.startup_timeout)
@@ -80,9 +95,21 @@ class LocalCluster:
 
     def add_worker(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start one more worker agent; it gets work as soon as it registers."""
-        cmd = [sys.executable, "-m", "shardmill.worker", "--master", self.worker_address,
-               "--slots", str(self.slots), "--log-level", self.log_level,
-               "--heartbeat-interval", str(self.heartbeat[0]), *self.worker_args, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shardmill.worker",
+            "--master",
+            self.worker_address,
+            "--slots",
+            str(self.slots),
+            "--log-level",
+            self.log_level,
+            "--heartbeat-interval",
+            str(self.heartbeat[0]),
+            *self.worker_args,
+            *extra,
+        ]
         for mod in self.imports:
             cmd += ["--import", mod]
         proc = subprocess.Popen(cmd, env=self.env)

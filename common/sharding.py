@@ -43,9 +43,7 @@ def read_npy_header(path: str) -> NpyHeader:
 
 
 def plan_rows(path: str, shards: int, rows: int) -> list[RowRange]:
-    """Split `rows` rows into `shards` contiguous, near-equal row ranges (fewer if rows < shards)."""
+    """Split `rows` rows into `shards` contiguous near-equal row ranges (fewer if rows < shards)."""
     n = max(1, min(shards, rows))
     bounds = np.linspace(0, rows, n + 1).round().astype(np.int64)
-    return [
-        RowRange(path=path, start=int(bounds[i]), stop=int(bounds[i + 1])) for i in range(n)
-    ]
+    return [RowRange(path=path, start=int(bounds[i]), stop=int(bounds[i + 1])) for i in range(n)]

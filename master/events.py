@@ -160,4 +160,3 @@ Command = (
     | WorkerExpired
     | DropDuplicate
 )
-

@@ -26,11 +26,19 @@ class JobData:
     result: FinalResult | None = None
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
 
-    def task(self, job_id: str, shard: int, attempt: int, *, op: str, timeout: float | None
-             ) -> tuple[Task, list[Buffer]]:
+    def task(
+        self, job_id: str, shard: int, attempt: int, *, op: str, timeout: float | None
+    ) -> tuple[Task, list[Buffer]]:
         payload, arrays = self.inputs[shard] if self.inputs else (b"", [])
-        msg = Task(job_id=job_id, shard=shard, attempt=attempt, op=op,
-                   descriptor=self.descriptors[shard], timeout=timeout, payload=payload)
+        msg = Task(
+            job_id=job_id,
+            shard=shard,
+            attempt=attempt,
+            op=op,
+            descriptor=self.descriptors[shard],
+            timeout=timeout,
+            payload=payload,
+        )
         return msg, arrays
 
     def release_inputs(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,7 +69,7 @@ class MasterLoop:
         )
         self.jobs: dict[str, JobData] = {}
         self.meta: dict[str, Ready] = {}
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.workers_sock = self._router(settings.port)
         self.clients_sock = self._router(settings.client_port)
         self.worker_handlers: dict[str, Callable[[bytes, Message, list[Buffer]], None]] = {
@@ -93,7 +92,7 @@ class MasterLoop:
         self._next_beat = 0.0
 
     def _router(self, port: int) -> zmq.Socket[bytes]:
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -105,14 +104,14 @@ class MasterLoop:
         return sock
 
     def endpoints(self) -> dict[str, str]:
-        ep_w = self.workers_sock.getsockopt(zmq.LAST_ENDPOINT)
-        ep_c = self.clients_sock.getsockopt(zmq.LAST_ENDPOINT)
-        return {"workers": _text(ep_w), "clients": _text(ep_c)}
+        ep_w = self.workers_sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        ep_c = self.clients_sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return {"workers": ep_w, "clients": ep_c}
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until SIGTERM or SIGINT; announce the bound endpoints on stdout as one JSON line."""
+        """Serve until SIGTERM or SIGINT; announce the bound endpoints on stdout as a JSON line."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _raise_stop)
         print(json.dumps({"event": "listening", "pid": _pid(), **self.endpoints()}), flush=True)
@@ -183,11 +182,19 @@ class MasterLoop:
         assert isinstance(msg, Ready)
         worker = _text(identity)
         self.meta[worker] = msg
-        log.info("worker %s ready: %s pid %d, %d slots, imports %s", worker, msg.hostname,
-                 msg.pid, msg.slots, msg.modules)
+        log.info(
+            "worker %s ready: %s pid %d, %d slots, imports %s",
+            worker,
+            msg.hostname,
+            msg.pid,
+            msg.slots,
+            msg.modules,
+        )
         timing = self.state.timing
-        welcome = Welcome(heartbeat_interval=timing.heartbeat_interval,
-                          heartbeat_liveness=timing.heartbeat_liveness)
+        welcome = Welcome(
+            heartbeat_interval=timing.heartbeat_interval,
+            heartbeat_liveness=timing.heartbeat_liveness,
+        )
         self._send(self.workers_sock, identity, welcome)
         self._apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held)))
 
@@ -197,8 +204,15 @@ class MasterLoop:
         if isinstance(msg, ShardFailed):
             error = msg.error.model_copy(update={"worker": worker})
             event = ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration)
-            log.info("shard %s/%d attempt %d failed on %s: %s %s", msg.job_id, msg.shard,
-                     msg.attempt, worker, error.kind, error.message)
+            log.info(
+                "shard %s/%d attempt %d failed on %s: %s %s",
+                msg.job_id,
+                msg.shard,
+                msg.attempt,
+                worker,
+                error.kind,
+                error.message,
+            )
         elif isinstance(msg, Disconnect):
             log.info("worker %s disconnected, handing back %d shards", worker, len(msg.handback))
             self.meta.pop(worker, None)
@@ -212,8 +226,7 @@ class MasterLoop:
 
     def _on_done(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
         assert isinstance(msg, ShardDone)
-        event = ev.ShardSucceeded(_text(identity), msg.job_id, msg.shard, msg.attempt,
-                                  msg.duration)
+        event = ev.ShardSucceeded(_text(identity), msg.job_id, msg.shard, msg.attempt, msg.duration)
         self._apply(event, result=(msg.payload, arrays))
 
     # ---- client socket -------------------------------------------------------------------------
@@ -254,8 +267,11 @@ class MasterLoop:
     def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:
         if job_id in self.jobs:
             return True
-        reply = ErrorReply(req=req, code="unknown_job",
-                           message=f"no job {job_id!r} on this master; list them: shardmill jobs")
+        reply = ErrorReply(
+            req=req,
+            code="unknown_job",
+            message=f"no job {job_id!r} on this master; list them: shardmill jobs",
+        )
         self._send(self.clients_sock, identity, reply)
         return False
 
@@ -273,12 +289,21 @@ class MasterLoop:
         infos = []
         for w in self.state.workers.values():
             meta = self.meta.get(w.worker_id)
-            infos.append(WorkerInfo(
-                worker_id=w.worker_id, hostname=meta.hostname if meta else "?",
-                pid=meta.pid if meta else 0, slots=w.slots, busy=len(w.leases),
-                heartbeat_age=round(now - w.last_seen, 3), shards_done=w.done,
-                shards_failed=w.failed, version=meta.version if meta else "?",
-                modules=list(meta.modules) if meta else [], draining=w.draining))
+            infos.append(
+                WorkerInfo(
+                    worker_id=w.worker_id,
+                    hostname=meta.hostname if meta else "?",
+                    pid=meta.pid if meta else 0,
+                    slots=w.slots,
+                    busy=len(w.leases),
+                    heartbeat_age=round(now - w.last_seen, 3),
+                    shards_done=w.done,
+                    shards_failed=w.failed,
+                    version=meta.version if meta else "?",
+                    modules=list(meta.modules) if meta else [],
+                    draining=w.draining,
+                )
+            )
         self._send(self.clients_sock, identity, WorkerList(req=msg.req, workers=infos))
 
     def _on_result(self, identity: bytes, msg: ResultQuery, arrays: list[Buffer]) -> None:
@@ -332,8 +357,9 @@ class MasterLoop:
                 if follow_up is not None:
                     pending.append(follow_up)
 
-    def _execute(self, cmd: ev.Command, result: tuple[bytes, list[Buffer]] | None
-                 ) -> ev.Event | None:
+    def _execute(
+        self, cmd: ev.Command, result: tuple[bytes, list[Buffer]] | None
+    ) -> ev.Event | None:
         match cmd:
             case ev.SendTask(worker=w, job_id=j, shard=s, attempt=a):
                 spec = self.state.jobs[j].spec
@@ -345,7 +371,9 @@ class MasterLoop:
                     self.jobs[j].merger.add(s, *result)
                 except (ShardmillError, ValueError, TypeError, KeyError) as e:
                     log.warning("job %s: shard %d result cannot be merged: %s", j, s, e)
-                    return ev.JobBroken(j, f"shard {s} returned a result that cannot be merged: {e}")
+                    return ev.JobBroken(
+                        j, f"shard {s} returned a result that cannot be merged: {e}"
+                    )
             case ev.FinalizeJob(job_id=j, missing=missing):
                 return self._finalize(j, missing)
             case ev.JobEnded(job_id=j, state=st, error=err):
@@ -357,7 +385,9 @@ class MasterLoop:
                 self._send_worker(w, Reregister())
             case ev.WorkerExpired(worker=w, requeued=n, silence=t):
                 self.meta.pop(w, None)
-                log.warning("worker %s expired after %.1f s of silence; %d shards requeued", w, t, n)
+                log.warning(
+                    "worker %s expired after %.1f s of silence; %d shards requeued", w, t, n
+                )
             case ev.DropDuplicate(job_id=j, shard=s, worker=w):
                 log.info("job %s shard %d: duplicate result from %s dropped", j, s, w)
         return None
@@ -385,8 +415,9 @@ class MasterLoop:
     def _send_worker(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
         self._send(self.workers_sock, worker.encode(), msg, arrays)
 
-    def _send(self, sock: zmq.Socket[bytes], identity: bytes, msg: Message,
-              arrays: Sequence[Any] = ()) -> None:
+    def _send(
+        self, sock: zmq.Socket[bytes], identity: bytes, msg: Message, arrays: Sequence[Any] = ()
+    ) -> None:
         try:
             sock.send_multipart([identity, *encode(msg, arrays)], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as e:  # peer gone or its queue is full: heartbeats will tell
@@ -415,4 +446,3 @@ def serve(settings: MasterSettings) -> int:
 
 
 __all__ = ["MasterLoop", "serve"]
-

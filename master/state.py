@@ -6,6 +6,7 @@ import heapq
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from shardmill.master import events as ev
 from shardmill.master.model import TERMINAL, Attempt, Job, JobState, Shard, ShardState, Worker
@@ -36,6 +37,20 @@ class MasterState:
         self._waiting: list[tuple[float, str, int]] = []  # (not_before, job, shard) heap
         self._out: list[ev.Command] = []
         self._now = 0.0
+        self._handlers: dict[type, Any] = {
+            ev.WorkerReady: self._on_ready,
+            ev.WorkerSeen: lambda e: self._touch(e.worker),
+            ev.WorkerDraining: self._on_draining,
+            ev.WorkerLeft: self._on_left,
+            ev.ShardSucceeded: self._on_success,
+            ev.ShardFailed: self._on_failure,
+            ev.JobAdded: self._on_job,
+            ev.CancelRequested: lambda e: self._end_job(
+                self.jobs[e.job_id], JobState.CANCELLED, "cancelled by a client"
+            ),
+            ev.JobBroken: lambda e: self._break_job(self.jobs[e.job_id], e.message),
+            ev.Tick: lambda e: self._expire_workers(),
+        }
 
     # ---- entry point ---------------------------------------------------------------------------
 
@@ -43,28 +58,8 @@ class MasterState:
         """Apply one event at time `now`, then hand out work; return the commands to carry out."""
         self._now = now
         self._out = []
-        match event:
-            case ev.WorkerReady():
-                self._on_ready(event)
-            case ev.WorkerSeen(worker=w):
-                self._touch(w)
-            case ev.WorkerDraining(worker=w):
-                if self._touch(w):
-                    self.workers[w].draining = True
-            case ev.WorkerLeft():
-                self._on_left(event)
-            case ev.ShardSucceeded():
-                self._on_success(event)
-            case ev.ShardFailed():
-                self._on_failure(event)
-            case ev.JobAdded():
-                self._on_job(event)
-            case ev.CancelRequested(job_id=j):
-                self._end_job(self.jobs[j], JobState.CANCELLED, "cancelled by a client")
-            case ev.JobBroken(job_id=j, message=m):
-                self._break_job(self.jobs[j], m)
-            case ev.Tick():
-                self._expire_workers()
+        handler = self._handlers[type(event)]
+        handler(event)
         self._release_waiting()
         self._dispatch()
         return self._out
@@ -85,6 +80,10 @@ class MasterState:
             return False
         w.last_seen = self._now
         return True
+
+    def _on_draining(self, e: ev.WorkerDraining) -> None:
+        if self._touch(e.worker):
+            self.workers[e.worker].draining = True
 
     def _on_ready(self, e: ev.WorkerReady) -> None:
         old = self.workers.pop(e.worker, None)
@@ -375,7 +374,7 @@ class MasterState:
 
 def backoff(timing: Timing, job_id: str, shard: int, attempt: int) -> float:
     """Capped exponential backoff with deterministic jitter in [0.5, 1.5) (keeps `handle` pure)."""
-    base = min(timing.retry_backoff_max, timing.retry_backoff * 2 ** (attempt - 1))
+    base = min(timing.retry_backoff_max, timing.retry_backoff * 2.0 ** (attempt - 1))
     jitter = 0.5 + (zlib.crc32(f"{job_id}:{shard}:{attempt}".encode()) % 1000) / 1000
     return min(timing.retry_backoff_max, base * jitter)
 
@@ -405,7 +404,7 @@ def next_step(err: ErrorInfo | None) -> str:
     if err is None:
         return "next step: inspect it with `shardmill why JOB SHARD`"
     if err.kind == "unknown_function":
-        return "next step: start the workers with the module imported (`shardmill worker --import MOD`)"
+        return "next step: start the workers with the module: `shardmill worker --import MOD`"
     if err.kind == "timeout":
         return "next step: raise the job's task_timeout or use more, smaller shards"
     if err.kind in ("crash", "lost"):

@@ -47,7 +47,7 @@ class Agent:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.interval = settings.heartbeat_interval
         self.liveness = settings.heartbeat_liveness
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.poller = zmq.Poller()
         self.children = [self._spawn() for _ in range(settings.slots)]
@@ -115,13 +115,20 @@ class Agent:
         self.sock = sock
         self.poller.register(sock, zmq.POLLIN)
         self._send(self._ready())
-        log.info("worker %s connecting to %s with %d slots", self.worker_id,
-                 self.settings.master, len(self.children))
+        log.info(
+            "worker %s connecting to %s with %d slots",
+            self.worker_id,
+            self.settings.master,
+            len(self.children),
+        )
 
     def _reconnect(self) -> None:
         now = time.monotonic()
-        log.warning("master silent for %.1f s; reconnecting (backoff %.1f s)",
-                    now - self.last_heard, self.reconnect_delay)
+        log.warning(
+            "master silent for %.1f s; reconnecting (backoff %.1f s)",
+            now - self.last_heard,
+            self.reconnect_delay,
+        )
         if self.sock is not None:
             self.poller.unregister(self.sock)
             self.sock.close(linger=0)
@@ -136,8 +143,14 @@ class Agent:
     def _ready(self) -> Ready:
         held = [c.running.lease for c in self.children if c.running]
         held += [Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt) for t, _ in self.pending]
-        return Ready(slots=len(self.children), hostname=socket.gethostname(), pid=os.getpid(),
-                     version=__version__, modules=list(self.settings.imports), held=held)
+        return Ready(
+            slots=len(self.children),
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            modules=list(self.settings.imports),
+            held=held,
+        )
 
     def _drain_socket(self) -> None:
         assert self.sock is not None
@@ -167,8 +180,9 @@ class Agent:
         match msg:
             case Task():
                 if self.draining_since is not None:
-                    self.handback.append(Lease(job_id=msg.job_id, shard=msg.shard,
-                                               attempt=msg.attempt))
+                    self.handback.append(
+                        Lease(job_id=msg.job_id, shard=msg.shard, attempt=msg.attempt)
+                    )
                 else:
                     self.pending.append((msg, arrays))
             case CancelTasks(job_id=job):
@@ -242,8 +256,13 @@ class Agent:
         self._fail(running.task, err, running.started)
 
     def _fail(self, task: Task, err: Any, started: float) -> None:
-        msg = ShardFailed(job_id=task.job_id, shard=task.shard, attempt=task.attempt,
-                          duration=time.monotonic() - started, error=err)
+        msg = ShardFailed(
+            job_id=task.job_id,
+            shard=task.shard,
+            attempt=task.attempt,
+            duration=time.monotonic() - started,
+            error=err,
+        )
         self._send(msg)
 
     def _check_timeouts(self, now: float) -> None:
@@ -253,11 +272,19 @@ class Agent:
                 continue
             self._replace(child)
             timeout = run.task.timeout
-            log.warning("shard %s/%d exceeded task_timeout=%ss; child killed",
-                        run.task.job_id, run.task.shard, timeout)
-            err = child.death().model_copy(update={
-                "kind": "timeout", "type": "TaskTimeout",
-                "message": f"shard ran longer than task_timeout={timeout}s; its child was killed"})
+            log.warning(
+                "shard %s/%d exceeded task_timeout=%ss; child killed",
+                run.task.job_id,
+                run.task.shard,
+                timeout,
+            )
+            err = child.death().model_copy(
+                update={
+                    "kind": "timeout",
+                    "type": "TaskTimeout",
+                    "message": f"shard ran past task_timeout={timeout}s; its child was killed",
+                }
+            )
             self._fail(run.task, err, run.started)
 
     def _cancel(self, job: str) -> None:
@@ -274,8 +301,9 @@ class Agent:
             log.info("signal %d: draining (grace %.0f s)", data[0], self.settings.drain_grace)
             self.draining_since = time.monotonic()
             self._send(Draining())
-            self.handback.extend(Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt)
-                                 for t, _ in self.pending)
+            self.handback.extend(
+                Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt) for t, _ in self.pending
+            )
             self.pending.clear()
 
     def _drained(self) -> bool:

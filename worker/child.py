@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     sys.stdout = sys.stderr
     worker, modules = argv[0], argv[1:]
     registry = Registry(modules, worker=worker)
-    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
+    stdin: BinaryIO = os.fdopen(0, "rb", buffering=0)
     while True:
         frames = read_frames(stdin)
         if frames is None:
@@ -43,29 +43,41 @@ def main(argv: list[str]) -> int:
         write_frames(proto_out, encode(reply, arrays))
 
 
-def run_task(task: Task, arrays: list[Buffer], registry: Registry
-             ) -> tuple[ShardDone | ShardFailed, list[np.ndarray]]:
+def run_task(
+    task: Task, arrays: list[Buffer], registry: Registry
+) -> tuple[ShardDone | ShardFailed, list[np.ndarray]]:
     """Run one shard; any failure comes back as data, never as an exception."""
     start = time.monotonic()
     try:
         value = _execute(task, arrays, registry)
     except UnknownFunction as e:
-        err = ErrorInfo(kind="unknown_function", type="UnknownFunction", message=str(e),
-                        retryable=False)
+        err = ErrorInfo(
+            kind="unknown_function", type="UnknownFunction", message=str(e), retryable=False
+        )
         return _failed(task, start, err), []
     except (Exception, SystemExit) as e:  # user code: all it raises is reported as data
-        err = ErrorInfo(kind="error", type=_qualname(e), message=str(e),
-                        traceback=traceback.format_exc())
+        err = ErrorInfo(
+            kind="error", type=_qualname(e), message=str(e), traceback=traceback.format_exc()
+        )
         return _failed(task, start, err), []
     try:
         packed = pack_value(value)
     except (TypeError, ValueError, OverflowError) as e:
         what = getattr(task.descriptor, "function", task.op)
-        err = ErrorInfo(kind="error", type=_qualname(e), retryable=False,
-                        message=f"{what} returned a value that cannot be sent: {e}")
+        err = ErrorInfo(
+            kind="error",
+            type=_qualname(e),
+            retryable=False,
+            message=f"{what} returned a value that cannot be sent: {e}",
+        )
         return _failed(task, start, err), []
-    done = ShardDone(job_id=task.job_id, shard=task.shard, attempt=task.attempt,
-                     duration=time.monotonic() - start, payload=packed.data)
+    done = ShardDone(
+        job_id=task.job_id,
+        shard=task.shard,
+        attempt=task.attempt,
+        duration=time.monotonic() - start,
+        payload=packed.data,
+    )
     return done, packed.arrays
 
 
@@ -91,8 +103,13 @@ def _dataset(path: str) -> np.ndarray:
 
 
 def _failed(task: Task, start: float, err: ErrorInfo) -> ShardFailed:
-    return ShardFailed(job_id=task.job_id, shard=task.shard, attempt=task.attempt,
-                       duration=time.monotonic() - start, error=err)
+    return ShardFailed(
+        job_id=task.job_id,
+        shard=task.shard,
+        attempt=task.attempt,
+        duration=time.monotonic() - start,
+        error=err,
+    )
 
 
 def _qualname(e: BaseException) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-
 
 from shardmill.codec import Buffer, Decoded, decode, encode
 from shardmill.errors import ProtocolError
@@ -93,10 +93,18 @@ class Child:
         code = self.proc.returncode
         if code is not None and code < 0:
             name = _signal_name(-code)
-            return ErrorInfo(kind="crash", type="ChildCrashed", signal=name,
-                             message=f"child process {self.pid} was killed by {name}")
-        return ErrorInfo(kind="crash", type="ChildCrashed", exit_code=code,
-                         message=f"child process {self.pid} exited with code {code} mid-shard")
+            return ErrorInfo(
+                kind="crash",
+                type="ChildCrashed",
+                signal=name,
+                message=f"child process {self.pid} was killed by {name}",
+            )
+        return ErrorInfo(
+            kind="crash",
+            type="ChildCrashed",
+            exit_code=code,
+            message=f"child process {self.pid} exited with code {code} mid-shard",
+        )
 
 
 def _signal_name(num: int) -> str:
@@ -111,10 +119,8 @@ def wait_all(children: list[Child], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for child in children:
         if child.proc.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 child.proc.stdin.close()
-            except OSError:
-                pass
     for child in children:
         try:
             child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -1,4 +1,4 @@
-"""Built-in operations: a worker-side `run` over one shard, an associative `combine`, a `finalize`."""
+"""Built-in operations: a worker-side `run` per shard, an associative `combine`, a `finalize`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,35 @@
+"""Fixtures: real shardmill processes on 127.0.0.1 with millisecond heartbeats."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SUPPORT = Path(__file__).parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+from helpers import FAST, cluster_env  # noqa: E402
+
+from shardmill import LocalCluster  # noqa: E402
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    """Two workers with one slot each, importing the test task module."""
+    with LocalCluster(workers=2, imports=["sm_tasks"], env=cluster_env(), **FAST) as c:
+        yield c
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> str:
+    d = tmp_path / "runs"
+    d.mkdir()
+    return str(d)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,0 +1,59 @@
+"""Garbage, wrong versions and wrong kinds on both master sockets: error replies, no crash."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import zmq
+
+from shardmill import LocalCluster
+from shardmill.codec import decode, encode
+from shardmill.protocol import ErrorReply, Heartbeat, JobsQuery
+
+
+def _dealer(address: str) -> zmq.Socket[bytes]:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def _reply(sock: zmq.Socket[bytes]) -> ErrorReply:
+    assert sock.poll(10_000), "the master sent no error reply"
+    msg = decode(sock.recv_multipart()).msg
+    assert isinstance(msg, ErrorReply), msg
+    return msg
+
+
+def test_garbage_on_both_sockets_then_a_job_completes(cluster: LocalCluster) -> None:
+    rng = random.Random(1234)
+    for address in (cluster.worker_address, cluster.client_address):
+        sock = _dealer(address)
+        try:
+            # Given random bytes / Then each gets a protocol error reply
+            for _ in range(200):
+                frames = [rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(1, 3))]
+                sock.send_multipart(frames)
+                assert _reply(sock).code == "protocol"
+            # Given a wrong protocol version / Then the reply names both versions
+            sock.send_multipart([msgpack.packb({"v": 99, "kind": "jobs", "req": 1})])
+            reply = _reply(sock)
+            assert "99" in reply.message and "speaks 1" in reply.message
+            # Given an unknown kind / Then it is refused by name
+            sock.send_multipart([msgpack.packb({"v": 1, "kind": "launch_missiles"})])
+            assert "launch_missiles" in _reply(sock).message
+            # Given a well-formed message on the wrong socket / Then it is refused
+            wrong = JobsQuery() if address == cluster.worker_address else Heartbeat()
+            sock.send_multipart(encode(wrong))
+            assert _reply(sock).code == "protocol"
+            # Given array frames that do not match / Then they are refused, not trusted
+            sock.send_multipart([*encode(Heartbeat()), b"extra"])
+        finally:
+            sock.close()
+    # Then the master still serves everyone: a real job completes
+    with cluster.client() as client:
+        assert client.map("sm_tasks:square", [(i,) for i in range(50)]).result(timeout=60) == [
+            i * i for i in range(50)
+        ]
+        assert len(client.workers()) == 2

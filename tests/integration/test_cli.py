@@ -1,0 +1,130 @@
+"""Every CLI command as a real process against a running cluster; --json parsed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cli_json, run_cli, wait_until
+
+from shardmill import LocalCluster, exitcodes
+
+
+@pytest.fixture
+def npy(tmp_path: Path) -> Path:
+    path = tmp_path / "d.npy"
+    np.save(path, np.random.default_rng(3).normal(size=(20_000, 4)))
+    return path
+
+
+def test_submit_status_jobs_result_workers_why(cluster: LocalCluster, npy: Path) -> None:
+    master = cluster.client_address
+    # submit without --wait prints the job id
+    job_id = cli_json("submit", "column_stats", str(npy), "--shards", "8", master=master)["job_id"]
+    # result waits and prints the merged statistics
+    result = cli_json("result", job_id, master=master)["result"]
+    data = np.load(npy)
+    np.testing.assert_allclose(result["mean"], data.mean(0), rtol=1e-9)
+    assert result["count"] == 20_000
+    status = cli_json("status", job_id, "--shards", master=master)
+    assert status["state"] == "done" and status["shards_done"] == 8
+    assert [s["merged"] for s in status["shards"]] == [1] * 8
+    jobs = cli_json("jobs", master=master)
+    assert [j["job_id"] for j in jobs] == [job_id]
+    assert cli_json("status", master=master) == jobs  # status without a job lists them
+    workers = cli_json("workers", master=master)
+    assert len(workers) == 2
+    assert {
+        "worker_id",
+        "hostname",
+        "pid",
+        "slots",
+        "busy",
+        "heartbeat_age",
+        "shards_done",
+        "shards_failed",
+    } <= set(workers[0])
+    assert sum(w["shards_done"] for w in workers) == 8
+    story = cli_json("why", job_id, "3", master=master)
+    assert story["state"] == "done" and story["history"][0]["outcome"] == "ok"
+
+
+def test_human_output_and_wait_progress(cluster: LocalCluster, npy: Path) -> None:
+    master = cluster.client_address
+    proc = run_cli("submit", "column_stats", str(npy), "--shards", "4", "--wait", master=master)
+    assert proc.returncode == 0, proc.stderr
+    assert "4/4" in proc.stdout and "shards" in proc.stdout  # the progress bar's last frame
+    assert "mean" in proc.stdout and "rows: 20000" in proc.stdout
+    for cmd in (["jobs"], ["workers"]):
+        out = run_cli(*cmd, master=master)
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    watch = run_cli("watch", cli_json("jobs", master=master)[0]["job_id"], master=master)
+    assert watch.returncode == 0 and "done" in watch.stdout
+
+
+def test_submit_wait_json_and_watch_json(cluster: LocalCluster, npy: Path) -> None:
+    master = cluster.client_address
+    out = cli_json("submit", "column_stats", str(npy), "--wait", master=master)
+    assert out["result"]["count"] == 20_000
+    lines = run_cli("watch", out["job_id"], "--json", master=master).stdout.splitlines()
+    assert json.loads(lines[-1])["state"] == "done"
+
+
+def test_cancel_a_running_job(cluster: LocalCluster, tmp_path: Path) -> None:
+    master = cluster.client_address
+    flag = tmp_path / "never"
+    with cluster.client() as client:
+        job = client.map("sm_tasks:wait_for_file", [(str(flag),) for _ in range(6)], chunk_size=1)
+        wait_until(lambda: job.status().shards_running == 2, what="two shards running")
+    out = cli_json("cancel", job.id, master=master)
+    assert out["state"] == "cancelled"
+    proc = run_cli("result", job.id, master=master)
+    assert proc.returncode == exitcodes.CANCELLED and "cancelled" in proc.stderr
+    # the workers are free again at once: a new job runs
+    with cluster.client() as client:
+        assert client.call("sm_tasks:square", 4, timeout=30) == 16
+        assert all(w.busy == 0 for w in client.workers())
+
+
+def test_exit_codes_name_the_problem(cluster: LocalCluster, tmp_path: Path) -> None:
+    master = cluster.client_address
+    missing = run_cli("status", "nosuchjob", master=master)
+    assert missing.returncode == exitcodes.NOT_FOUND and "no job 'nosuchjob'" in missing.stderr
+    bad = run_cli("submit", "column_stats", str(tmp_path / "x.npy"), master=master)
+    assert bad.returncode == exitcodes.BAD_SPEC and "does not exist" in bad.stderr
+    gone = run_cli("jobs", "--connect-timeout", "0.3", master="tcp://127.0.0.1:9")
+    assert gone.returncode == exitcodes.UNREACHABLE and "SHARDMILL_MASTER" in gone.stderr
+    assert run_cli("health", "--master", master).returncode == exitcodes.OK
+    sick = run_cli("health", "--file", str(tmp_path / "none"))
+    assert sick.returncode == exitcodes.UNHEALTHY
+
+
+def test_failed_job_exit_code_and_message(cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        job = client.map("sm_tasks:boom", [(1,)], max_attempts=2)
+    proc = run_cli("result", job.id, master=cluster.client_address)
+    assert proc.returncode == exitcodes.JOB_FAILED
+    assert "shard 0" in proc.stderr and "boom on 1" in proc.stderr
+    assert "attempt 2" in proc.stderr and "next step" in proc.stderr
+
+
+def test_console_script_and_module_entry_points() -> None:
+    exe = shutil.which("shardmill")
+    assert exe is not None, "the shardmill console script is not installed"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("shardmill ")
+    for module in ("shardmill.master", "shardmill.worker"):
+        help_text = subprocess.run(
+            ["python", "-m", module, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "--log-level" in help_text
+
+
+def test_worker_refuses_a_module_it_cannot_find() -> None:
+    proc = run_cli("worker", "--import", "no_such_module_xyz", "--master", "tcp://127.0.0.1:9")
+    assert proc.returncode == exitcodes.CONFIG
+    assert "no_such_module_xyz" in proc.stderr

@@ -1,0 +1,62 @@
+"""Test helpers: poll-until-deadline waits, the CLI as a real process, run counters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+SUPPORT = Path(__file__).parent
+FAST: dict[str, Any] = {"heartbeat_interval": 0.05, "heartbeat_liveness": 10}
+
+T = TypeVar("T")
+
+
+def cluster_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), env.get("PYTHONPATH")]))
+    return env
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll `pred` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def run_cli(
+    *args: str, master: str | None = None, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m shardmill ARGS` as a real process."""
+    full_env = dict(env or cluster_env())
+    if master is not None:
+        full_env["SHARDMILL_MASTER"] = master
+    return subprocess.run(
+        [sys.executable, "-m", "shardmill", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def cli_json(*args: str, master: str) -> Any:
+    proc = run_cli(*args, "--json", master=master)
+    assert proc.returncode == 0, f"shardmill {' '.join(args)} failed: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def runs(runs_dir: str, key: str) -> int:
+    path = Path(runs_dir) / f"{key}.runs"
+    return len(path.read_text().splitlines()) if path.exists() else 0

@@ -1,0 +1,109 @@
+"""Task functions the test workers import with `--import sm_tasks`."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def noop() -> None:
+    return None
+
+
+def scale(arr: np.ndarray, k: float) -> np.ndarray:
+    return arr * k
+
+
+def describe(arr: np.ndarray) -> dict[str, Any]:
+    return {"shape": list(arr.shape), "dtype": arr.dtype.str, "sum": float(arr.sum())}
+
+
+def boom(x: int) -> int:
+    raise ValueError(f"boom on {x}")
+
+
+def returns_object() -> Any:
+    return object()
+
+
+def _record(log_dir: str, key: str) -> int:
+    """Append one line per execution; returns how many times `key` has run (this included)."""
+    path = Path(log_dir) / f"{key}.runs"
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return len(path.read_text().splitlines())
+
+
+def flaky(log_dir: str, key: str, x: int) -> int:
+    """Raises on its first execution only."""
+    if _record(log_dir, key) == 1:
+        raise RuntimeError(f"first attempt of {key} fails")
+    return x * 10
+
+
+def counted(log_dir: str, key: str, x: int, delay: float = 0.0) -> int:
+    _record(log_dir, key)
+    if delay:
+        time.sleep(delay)
+    return x + 1
+
+
+def exit_first(log_dir: str, key: str, code: int) -> int:
+    """Calls os._exit(code) on its first execution only."""
+    if _record(log_dir, key) == 1:
+        os._exit(code)
+    return code
+
+
+def segfault_first(log_dir: str, key: str) -> str:
+    if _record(log_dir, key) == 1:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return "survived"
+
+
+def kill_self_first(log_dir: str, key: str) -> str:
+    if _record(log_dir, key) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def sleep_first(log_dir: str, key: str, seconds: float) -> str:
+    if _record(log_dir, key) == 1:
+        time.sleep(seconds)
+    return "quick"
+
+
+def hold_gil(seconds: float) -> int:
+    """A pure-Python loop that never releases the GIL voluntarily."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n > 0
+
+
+def wait_for_file(path: str, timeout: float = 30.0) -> str:
+    """Blocks until `path` exists (a test releases it), polling; returns the pid."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return str(os.getpid())
+
+
+def pid_and_wait(flag: str, x: int) -> list[int]:
+    wait_for_file(flag)
+    return [os.getpid(), x]

@@ -1,0 +1,112 @@
+"""Codec round trips and refusals."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from shardmill.codec import decode, encode, pack_value, unpack_value
+from shardmill.errors import ProtocolError, VersionMismatch
+from shardmill.protocol import JobSpec, ShardDone, Submit
+
+
+def _round_trip(value: object) -> object:
+    packed = pack_value(value)
+    msg = ShardDone(job_id="j", shard=0, attempt=1, payload=packed.data)
+    frames = [bytes(f) for f in encode(msg, packed.arrays)]
+    decoded = decode(frames)
+    assert decoded.msg == msg
+    return unpack_value(decoded.msg.payload, decoded.arrays)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(dtype=hnp.scalar_dtypes(), shape=hnp.array_shapes(min_dims=0, min_side=0)))
+def test_arrays_round_trip_any_dtype_and_shape(arr: np.ndarray) -> None:
+    got = _round_trip({"a": arr})["a"]  # type: ignore[index]
+    assert got.dtype == arr.dtype and got.shape == arr.shape
+    np.testing.assert_array_equal(got, arr)
+
+
+def test_non_contiguous_empty_and_zero_d_arrays() -> None:
+    base = np.arange(60, dtype=np.float64).reshape(3, 4, 5)
+    cases = [
+        base[:, ::2, 1:],
+        base.T,
+        np.zeros((0, 7), dtype=np.int8),
+        np.array(3.5),
+        np.asfortranarray(base),
+        np.array([True, False]),
+    ]
+    got = _round_trip(cases)
+    for want, have in zip(cases, got, strict=True):  # type: ignore[call-overload]
+        assert have.shape == want.shape and have.dtype == want.dtype
+        np.testing.assert_array_equal(have, want)
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats(allow_nan=False)
+        | st.text()
+        | st.binary(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_plain_values_round_trip(value: object) -> None:
+    assert _round_trip(value) == value
+
+
+def test_tuples_and_numpy_scalars_become_plain_values() -> None:
+    assert _round_trip((1, np.int64(2), np.float32(0.5))) == [1, 2, 0.5]
+
+
+def test_pickle_is_never_used_for_unknown_objects() -> None:
+    with pytest.raises(TypeError, match="no pickle"):
+        pack_value({"x": object()})
+    with pytest.raises(TypeError, match="object arrays"):
+        pack_value(np.array([object()]))
+
+
+@settings(max_examples=500)
+@given(st.lists(st.binary(max_size=80), min_size=0, max_size=4))
+def test_any_bytes_decode_to_a_message_or_a_protocol_error(frames: list[bytes]) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(frames)
+
+
+def test_version_mismatch_names_both_versions() -> None:
+    with pytest.raises(VersionMismatch, match=r"version 7.*speaks 1"):
+        decode([msgpack.packb({"v": 7, "kind": "jobs"})])
+
+
+def test_invalid_fields_are_named() -> None:
+    raw = {"v": 1, "kind": "submit", "spec": {"op": "column_stats", "shards": -1}}
+    with pytest.raises(ProtocolError, match=r"spec\.shards"):
+        decode([msgpack.packb(raw)])
+
+
+def test_array_references_are_checked_against_frames() -> None:
+    packed = pack_value(np.arange(4, dtype=np.int64))
+    with pytest.raises(ProtocolError, match="missing"):
+        unpack_value(packed.data, [])
+    with pytest.raises(ProtocolError, match="holds 3 bytes"):
+        unpack_value(packed.data, [b"abc"])
+    with pytest.raises(ProtocolError, match="extension type 9"):
+        unpack_value(msgpack.packb(msgpack.ExtType(9, b"")), [])
+
+
+def test_messages_are_frozen_and_strict() -> None:
+    spec = JobSpec(op="map", function="m:f")
+    with pytest.raises(ValueError):
+        Submit(spec=spec, unexpected=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        spec.op = "x"  # type: ignore[misc]

@@ -1,0 +1,156 @@
+"""The master's pure state machine: events in, commands out, time injected."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardmill.errors import InvalidTransition
+from shardmill.master import events as ev
+from shardmill.master.model import ShardState
+from shardmill.master.state import MasterState, Timing
+from shardmill.protocol import ErrorInfo, JobSpec, Lease
+
+SPEC = JobSpec(op="map", function="m:f", max_attempts=3)
+
+
+def _state() -> MasterState:
+    return MasterState(
+        Timing(
+            heartbeat_interval=1.0, heartbeat_liveness=3, retry_backoff=0.1, retry_backoff_max=1.0
+        )
+    )
+
+
+def _sends(cmds: list[ev.Command]) -> list[ev.SendTask]:
+    return [c for c in cmds if isinstance(c, ev.SendTask)]
+
+
+def _error(kind: str = "error", retryable: bool = True) -> ErrorInfo:
+    return ErrorInfo(kind=kind, type="ValueError", message="bad", retryable=retryable)
+
+
+def test_dispatch_never_exceeds_worker_credits() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=2), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0)
+    # When a 10-shard job arrives / Then exactly 3 shards go out, 2 to w1 and 1 to w2
+    sends = _sends(s.handle(ev.JobAdded("j", SPEC, 10), now=1))
+    assert sorted(c.worker for c in sends) == ["w1", "w1", "w2"]
+    assert [c.shard for c in sends] == [0, 1, 2]
+    # When one result arrives / Then one merge and exactly one new shard, to the freed worker
+    w2_shard = next(c.shard for c in sends if c.worker == "w2")
+    cmds = s.handle(ev.ShardSucceeded("w2", "j", w2_shard, 1), now=2)
+    assert [type(c) for c in cmds] == [ev.MergeShard, ev.SendTask]
+    assert _sends(cmds)[0].worker == "w2"
+
+
+def test_result_is_merged_once_and_duplicates_are_counted() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 1), now=0)
+    first = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=1)
+    assert ev.MergeShard("j", 0) in first and ev.FinalizeJob("j") in first
+    again = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=2)
+    assert again == [ev.DropDuplicate("j", 0, "w1")]
+    assert s.job_info("j").duplicates == 1 and s.jobs["j"].shards[0].merged == 1
+
+
+def test_failure_retries_after_backoff_then_quarantines_with_the_story() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 1), now=0)
+    now = 0.0
+    for attempt in (1, 2):
+        cmds = s.handle(ev.ShardFailed("w1", "j", 0, attempt, _error()), now=now)
+        assert _sends(cmds) == []  # backing off: nothing is re-sent at once
+        assert s.jobs["j"].shards[0].state is ShardState.WAITING
+        deadline = s.next_deadline()
+        assert deadline is not None and now < deadline <= now + 1.0
+        now = deadline
+        assert [c.attempt for c in _sends(s.handle(ev.Tick(), now=now))] == [attempt + 1]
+    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 3, _error()), now=now)
+    ended = [c for c in cmds if isinstance(c, ev.JobEnded)]
+    assert ended and ended[0].state == "failed"
+    assert "shard 0 of 1 failed after 3 attempt(s)" in ended[0].error
+    assert ended[0].error.count("on worker w1") == 3 and "next step" in ended[0].error
+
+
+def test_non_retryable_error_fails_the_job_at_once() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 3), now=0)
+    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, _error("unknown_function", False)), now=1)
+    assert any(isinstance(c, ev.JobEnded) for c in cmds)
+    assert "--import" in s.jobs["j"].error  # type: ignore[operator]
+
+
+def test_allow_failures_completes_and_lists_missing_shards() -> None:
+    s = _state()
+    spec = SPEC.model_copy(update={"max_attempts": 1, "allow_failures": 1})
+    s.handle(ev.WorkerReady("w1", slots=2), now=0)
+    s.handle(ev.JobAdded("j", spec, 2), now=0)
+    s.handle(ev.ShardFailed("w1", "j", 0, 1, _error()), now=1)
+    cmds = s.handle(ev.ShardSucceeded("w1", "j", 1, 1), now=2)
+    assert ev.FinalizeJob("j", missing=(0,)) in cmds
+
+
+def test_expired_worker_requeues_its_shards_charged_and_elsewhere() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 1), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0.5)
+    s.handle(ev.WorkerSeen("w2"), now=2.9)
+    # When w1 stays silent past 3 x 1 s / Then it expires and w2 gets the shard at once
+    cmds = s.handle(ev.Tick(), now=3.0)
+    assert ev.WorkerExpired("w1", 1, 3.0) in cmds
+    assert [(c.worker, c.attempt) for c in _sends(cmds)] == [("w2", 2)]
+    shard = s.jobs["j"].shards[0]
+    assert shard.charged == 1 and shard.history[0].outcome == "lost"
+    # And its late result, when it wakes, still counts once: first result wins
+    late = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=4)
+    assert ev.MergeShard("j", 0) in late and ev.AskReregister("w1") in late
+    assert s.handle(ev.ShardSucceeded("w2", "j", 0, 2), now=5) == [ev.DropDuplicate("j", 0, "w2")]
+
+
+def test_disconnect_hands_back_without_charging() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=2), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 2), now=0)
+    s.handle(ev.WorkerDraining("w1"), now=1)
+    s.handle(ev.WorkerReady("w2", slots=2), now=1)  # draining: w1 gets nothing new
+    handback = (Lease(job_id="j", shard=0, attempt=1), Lease(job_id="j", shard=1, attempt=1))
+    cmds = s.handle(ev.WorkerLeft("w1", handback), now=2)
+    assert sorted(c.shard for c in _sends(cmds)) == [0, 1]
+    assert all(sh.charged == 0 for sh in s.jobs["j"].shards)
+
+
+def test_cancel_frees_credits_and_tells_workers() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("a", SPEC, 2), now=0)
+    s.handle(ev.JobAdded("b", SPEC, 1), now=0)
+    cmds = s.handle(ev.CancelRequested("a"), now=1)
+    assert ev.CancelOnWorker("w1", "a") in cmds
+    assert [(c.job_id, c.worker) for c in _sends(cmds)] == [("b", "w1")]  # the slot is free
+    assert s.job_info("a").state == "cancelled"
+
+
+def test_unknown_worker_is_asked_to_register_and_held_shards_are_adopted() -> None:
+    s = _state()
+    assert s.handle(ev.WorkerSeen("ghost"), now=0) == [ev.AskReregister("ghost")]
+    s.handle(ev.JobAdded("j", SPEC, 2), now=0)
+    cmds = s.handle(
+        ev.WorkerReady("w9", slots=2, held=(Lease(job_id="j", shard=1, attempt=1),)), now=1
+    )
+    # the held shard is leased back, not re-sent; only shard 0 goes out
+    assert [c.shard for c in _sends(cmds)] == [0]
+    assert s.jobs["j"].shards[1].lease == "w9"
+
+
+def test_forbidden_transition_raises_with_the_story() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 1), now=0)
+    s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=1)
+    with pytest.raises(InvalidTransition, match=r"done -> leased.*recent story"):
+        s.jobs["j"].shards[0].transition(ShardState.LEASED, "test")
