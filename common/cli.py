@@ -136,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="exit 0 when the master (or this worker) is serving")
     p.add_argument("--master", help="ping this master client address")
-    p.add_argument("--file", help="a worker's health file")
+    p.add_argument(
+        "--file",
+        default=os.environ.get("SHARDMILL_WORKER_HEALTH_FILE"),
+        help="a worker's health file (default $SHARDMILL_WORKER_HEALTH_FILE)",
+    )
     p.add_argument("--max-age", type=float, default=10.0, help="seconds (with --file)")
     p.set_defaults(handler=c.cmd_health)
 

@@ -70,15 +70,21 @@ class Client:
         chunk_size: int | None = None,
         max_attempts: int = 3,
         task_timeout: float | None = None,
+        allow_failures: int = 0,
         name: str = "",
     ) -> Job:
-        """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order."""
+        """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order.
+
+        With `allow_failures=N`, up to N shards may fail for good: their items come back as
+        None and `job.status().missing_shards` lists them.
+        """
         items = [tuple(a) for a in args]
         spec = _spec(
             op="map",
             function=function,
             max_attempts=max_attempts,
             task_timeout=task_timeout,
+            allow_failures=allow_failures,
             name=name,
         )
         size = chunk_size or max(1, math.ceil(len(items) / MAX_CHUNKS))

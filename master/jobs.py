@@ -94,4 +94,4 @@ def _accept_map(msg: Submit, arrays: list[Buffer]) -> JobData:
     descriptors: list[Descriptor] = [
         MapChunk(function=spec.function, count=c) for c in msg.part_counts
     ]
-    return JobData(descriptors=descriptors, merger=MapMerger(n), inputs=inputs)
+    return JobData(descriptors=descriptors, merger=MapMerger(list(msg.part_counts)), inputs=inputs)

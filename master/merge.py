@@ -23,7 +23,7 @@ class FinalResult:
 class MapMerger:
     """Keeps each shard's packed results untouched; the client unpacks them in shard order."""
 
-    shards: int
+    counts: list[int]  # items per shard
     parts: dict[int, tuple[bytes, list[Buffer]]] = field(default_factory=dict)
 
     def add(self, shard: int, payload: bytes, arrays: list[Buffer]) -> None:
@@ -31,8 +31,9 @@ class MapMerger:
 
     def final(self, missing: tuple[int, ...] = ()) -> FinalResult:
         out = FinalResult([], [], [])
-        for i in range(self.shards):
-            payload, arrays = self.parts.get(i, (pack_value(None).data, []))
+        for i, count in enumerate(self.counts):
+            # A shard missing under allow_failures yields None for each of its items.
+            payload, arrays = self.parts.get(i, (pack_value([None] * count).data, []))
             out.parts.append(payload)
             out.part_arrays.append(len(arrays))
             out.arrays.extend(arrays)

@@ -7,6 +7,7 @@ pointed at stderr first, so a task that prints cannot corrupt the protocol strea
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -24,7 +25,20 @@ from shardmill.worker.registry import Registry
 _DATASETS: dict[str, np.ndarray] = {}
 
 
+def _die_with_parent() -> None:
+    # Linux: if the agent is SIGKILLed, its children die with it instead of computing on
+    # as orphans (the master re-runs their shards elsewhere anyway).
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the agent died before prctl took effect
+            os._exit(1)
+
+
 def main(argv: list[str]) -> int:
+    _die_with_parent()
     proto_out: BinaryIO = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr

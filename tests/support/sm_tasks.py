@@ -107,3 +107,24 @@ def wait_for_file(path: str, timeout: float = 30.0) -> str:
 def pid_and_wait(flag: str, x: int) -> list[int]:
     wait_for_file(flag)
     return [os.getpid(), x]
+
+
+def block_first(log_dir: str, key: str, x: int) -> int:
+    """First execution writes its pid to KEY.pid and blocks; later executions return at once."""
+    if _record(log_dir, key) == 1:
+        Path(log_dir, f"{key}.pid").write_text(str(os.getpid()))
+        time.sleep(120)
+    return x * 2
+
+
+def slow(log_dir: str, key: str, x: int, seconds: float) -> int:
+    """Records each execution, writes its pid, then sleeps: a shard that takes a while."""
+    _record(log_dir, key)
+    Path(log_dir, f"{key}.pid").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(log_dir, f"{key}.done").touch()
+    return x * 3
+
+
+def always_fails(x: int) -> int:
+    raise KeyError(f"no such thing as {x}")

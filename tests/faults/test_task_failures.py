@@ -1,0 +1,126 @@
+"""Code has bugs: crashes, exits, segfaults, raises and hangs in tasks, with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from faults import alive, assert_merged_once, read_pid
+from helpers import runs, wait_until
+
+from shardmill import LocalCluster, RemoteError
+
+
+def _history(job, shard: int = 0):  # type: ignore[no-untyped-def]
+    return job.status(shards=True).shards[shard].history
+
+
+def test_child_sigkilled_mid_shard_is_retried(cluster: LocalCluster, runs_dir: str) -> None:
+    with cluster.client() as client:
+        # Given a shard whose first execution blocks
+        job = client.map("sm_tasks:block_first", [(runs_dir, "k", 21)], chunk_size=1)
+        # When its child process is SIGKILLed from outside
+        os.kill(read_pid(runs_dir, "k"), signal.SIGKILL)
+        # Then the job ends with the right result and the crash is on record with its signal
+        assert job.result(timeout=60) == [42]
+        first = _history(job)[0]
+        assert first.outcome == "crash" and first.error.signal == "SIGKILL"
+        assert_merged_once(job)
+        assert runs(runs_dir, "k") == 2
+
+
+@pytest.mark.parametrize(
+    ("func", "args", "check"),
+    [
+        ("exit_first", (3,), lambda e: e.exit_code == 3),
+        ("segfault_first", (), lambda e: e.signal == "SIGSEGV"),
+        ("kill_self_first", (), lambda e: e.signal == "SIGKILL"),
+    ],
+)
+def test_child_death_is_reported_and_retried(
+    cluster: LocalCluster, runs_dir: str, func: str, args: tuple, check
+) -> None:  # type: ignore[no-untyped-def,type-arg]
+    with cluster.client() as client:
+        job = client.map(f"sm_tasks:{func}", [(runs_dir, "k", *args)])
+        value = job.result(timeout=60)[0]
+        first, second = _history(job)
+        assert first.outcome == "crash" and check(first.error), first
+        assert second.outcome == "ok"
+        assert value == (3 if func == "exit_first" else "survived")
+        assert_merged_once(job)
+        # the crashed child was replaced: both workers keep serving
+        assert client.call("sm_tasks:square", 6, timeout=30) == 36
+
+
+def test_raises_on_first_attempt_only(cluster: LocalCluster, runs_dir: str) -> None:
+    with cluster.client() as client:
+        job = client.map("sm_tasks:flaky", [(runs_dir, f"f{i}", i) for i in range(4)], chunk_size=1)
+        assert job.result(timeout=60) == [0, 10, 20, 30]
+        for shard in range(4):
+            outcomes = [a.outcome for a in _history(job, shard)]
+            assert outcomes == ["error", "ok"]
+        assert_merged_once(job)
+
+
+def test_always_raises_fails_with_every_attempt_named(cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        job = client.map("sm_tasks:always_fails", [(5,)], max_attempts=3)
+        with pytest.raises(RemoteError) as info:
+            job.result(timeout=60)
+        text = str(info.value)
+        assert "shard 0 of 1 failed after 3 attempt(s)" in text
+        for n in (1, 2, 3):
+            assert f"attempt {n} on worker" in text
+        assert "KeyError" in text and "no such thing as 5" in text and "next step" in text
+        attempts = _history(job)
+        # retries go to another worker when one exists
+        assert len({a.worker for a in attempts}) == 2
+        assert job.status().state == "failed"
+
+
+def test_allow_failures_completes_and_lists_missing(cluster: LocalCluster, runs_dir: str) -> None:
+    with cluster.client() as client:
+        # Given one poison shard among three, and a job that allows one failure
+        args = [(runs_dir, "a", 1, 0.0), "poison", (runs_dir, "b", 2, 0.0)]
+        job = client.map("sm_tasks:counted", args, chunk_size=1, max_attempts=2, allow_failures=1)
+        # Then the job completes, the missing shard's item is None and it is listed
+        assert job.result(timeout=60) == [2, None, 3]
+        info = job.status()
+        assert info.state == "done" and info.missing_shards == [1]
+        # And without allowance the same job fails
+        strict = client.map("sm_tasks:counted", args, chunk_size=1, max_attempts=1)
+        with pytest.raises(RemoteError, match="shard 1 of 3"):
+            strict.result(timeout=60)
+
+
+def test_task_past_its_timeout_is_killed_and_retried(cluster: LocalCluster, runs_dir: str) -> None:
+    with cluster.client() as client:
+        job = client.map("sm_tasks:sleep_first", [(runs_dir, "t", 30.0)], task_timeout=0.5)
+        assert job.result(timeout=60) == ["quick"]
+        first = _history(job)[0]
+        assert first.outcome == "timeout" and "task_timeout=0.5" in first.error.message
+        assert_merged_once(job)
+
+
+def test_gil_holding_task_does_not_starve_heartbeats(cluster: LocalCluster) -> None:
+    # Given heartbeats every 50 ms and expiry after 10 of them
+    with cluster.client() as client:
+        before = {w.worker_id for w in client.workers()}
+        # When a task holds the GIL for 20 heartbeat intervals
+        job = client.map("sm_tasks:hold_gil", [(1.0,)])
+        assert job.result(timeout=60) == [True]
+        # Then no worker was expired and the shard ran exactly once
+        assert {w.worker_id for w in client.workers()} == before
+        assert len(_history(job)) == 1
+        assert job.status().duplicates == 0
+
+
+def test_cancel_kills_running_children(cluster: LocalCluster, runs_dir: str) -> None:
+    with cluster.client() as client:
+        job = client.map("sm_tasks:slow", [(runs_dir, "c", 1, 60.0)], chunk_size=1)
+        pid = read_pid(runs_dir, "c")
+        job.cancel()
+        wait_until(lambda: not alive(pid), timeout=10, what="the cancelled child to die")
+        wait_until(lambda: all(w.busy == 0 for w in client.workers()), what="workers free")
+        assert client.call("sm_tasks:square", 2, timeout=30) == 4
