@@ -19,9 +19,24 @@ from shardmill.errors import (
     JobTimeout,
     MasterUnreachable,
     ServerError,
+    StateDirError,
 )
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+# The first matching class wins: subclasses come before their bases.
+EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
+    (ConfigError, exitcodes.CONFIG, "invalid settings: "),
+    (ValidationError, exitcodes.CONFIG, "invalid settings: "),
+    (MasterUnreachable, exitcodes.UNREACHABLE, ""),
+    (JobSpecError, exitcodes.BAD_SPEC, "job rejected: "),
+    (JobTimeout, exitcodes.TIMEOUT, ""),
+    (JobCancelled, exitcodes.CANCELLED, ""),
+    (JobFailed, exitcodes.JOB_FAILED, ""),
+    (StateDirError, exitcodes.STATE, ""),
+    (ServerError, exitcodes.ERROR, ""),
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,25 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return exitcodes.ERROR
-    except (ConfigError, ValidationError) as e:
-        return _fail(f"invalid settings: {e}", exitcodes.CONFIG)
-    except MasterUnreachable as e:
-        return _fail(str(e), exitcodes.UNREACHABLE)
-    except JobSpecError as e:
-        return _fail(f"job rejected: {e}", exitcodes.BAD_SPEC)
-    except JobTimeout as e:
-        return _fail(str(e), exitcodes.TIMEOUT)
-    except JobCancelled as e:
-        return _fail(str(e), exitcodes.CANCELLED)
-    except JobFailed as e:
-        text = str(e)
-        tb = getattr(e, "remote_traceback", "")
-        if tb and tb not in text:
-            text += "\nremote traceback:\n" + tb
-        return _fail(text, exitcodes.JOB_FAILED)
-    except ServerError as e:
-        code = exitcodes.NOT_FOUND if e.code == "unknown_job" else exitcodes.ERROR
-        return _fail(str(e), code)
+    except tuple(cls for cls, _, _ in EXIT_CODES) as e:
+        return _fail_with(e)
+
+
+def _fail_with(e: BaseException) -> int:
+    _, code, prefix = next(row for row in EXIT_CODES if isinstance(e, row[0]))
+    text = prefix + str(e)
+    tb = getattr(e, "remote_traceback", "")
+    if tb and tb not in text:
+        text += "\nremote traceback:\n" + tb
+    if isinstance(e, ServerError) and e.code == "unknown_job":
+        code = exitcodes.NOT_FOUND
+    return _fail(text, code)
 
 
 def _fail(message: str, code: int) -> int:
@@ -117,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", action="store_true", help="list every shard")
 
     p = _client(sub, "jobs", "list jobs", c.cmd_jobs)
+    p.add_argument("--prune", action="store_true", help="forget finished jobs")
+    p.add_argument("--older-than", type=float, help="with --prune: ended this many seconds ago")
     p = _client(sub, "workers", "list workers", c.cmd_workers)
 
     p = _client(sub, "result", "print a job's result (waits for it)", c.cmd_result)

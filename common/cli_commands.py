@@ -131,6 +131,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _connect(args) as client:
+        if getattr(args, "prune", False):
+            pruned = client.prune(args.older_than)
+            _out(
+                args,
+                [j.model_dump(mode="json") for j in pruned],
+                lambda: print(f"pruned {len(pruned)} finished job(s)"),
+            )
+            return exitcodes.OK
         jobs = client.jobs()
     _out(args, [j.model_dump(mode="json") for j in jobs], lambda: _show_jobs(jobs))
     return exitcodes.OK
@@ -248,8 +256,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _poll_until_done(job: Job, timeout: float | None, on_update: Any) -> JobInfo:
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
+    lost_since: float | None = None
     while True:
-        info = job.progress()
+        try:
+            info = job.progress()
+            lost_since = None
+        except MasterUnreachable:  # a restarting master: keep watching for a while
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if now - lost_since > job.client.reconnect_timeout:
+                raise
+            continue
         key = (info.state, info.shards_done, info.shards_failed, info.shards_running)
         if key != last:
             on_update(info)

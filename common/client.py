@@ -36,6 +36,7 @@ from shardmill.protocol import (
     Message,
     Ping,
     Pong,
+    PruneJobs,
     ResultQuery,
     StatusQuery,
     Submit,
@@ -46,7 +47,7 @@ from shardmill.protocol import (
 )
 
 MAX_CHUNKS = 64
-LONG_POLL = 10.0
+LONG_POLL = 2.0  # a waiting client re-asks this often, so it finds a restarted master quickly
 
 
 class Client:
@@ -56,6 +57,7 @@ class Client:
         defaults = ClientSettings()
         self.master = master or defaults.master
         self.connect_timeout = connect_timeout or defaults.connect_timeout
+        self.reconnect_timeout = defaults.reconnect_timeout
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._ids = itertools.count(1)
@@ -156,6 +158,12 @@ class Client:
         assert isinstance(reply, JobStatus)
         return reply.job
 
+    def prune(self, older_than: float | None = None) -> list[JobInfo]:
+        """Forget finished jobs that ended more than `older_than` seconds ago (all if None)."""
+        reply = self._request(PruneJobs(older_than=older_than)).msg
+        assert isinstance(reply, JobList)
+        return list(reply.jobs)
+
     def cancel(self, job_id: str) -> JobInfo:
         reply = self._request(CancelJob(job_id=job_id)).msg
         assert isinstance(reply, JobStatus)
@@ -235,6 +243,7 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the merged result; raises JobTimeout, RemoteError, JobFailed or JobCancelled."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        lost_since: float | None = None
         while True:
             left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
             if left <= 0:
@@ -245,8 +254,18 @@ class Job:
             try:
                 reply = self.client._request(ResultQuery(job_id=self.id, wait=True), timeout=left)
             except MasterUnreachable:
-                if deadline is None or deadline > time.monotonic():
-                    self.client.ping()  # raises MasterUnreachable if the master is really gone
+                # Still running, or is the master gone? A gone master may be restarting from
+                # its checkpoint: keep asking for up to the client's reconnect_timeout.
+                if deadline is not None and deadline <= time.monotonic():
+                    continue
+                try:
+                    self.client.ping()
+                    lost_since = None
+                except MasterUnreachable:
+                    now = time.monotonic()
+                    lost_since = lost_since or now - self.client.connect_timeout
+                    if now - lost_since > self.client.reconnect_timeout:
+                        raise
                 continue
             assert isinstance(reply.msg, JobResult)
             return _unpack_result(reply.msg, reply.arrays)

@@ -139,6 +139,13 @@ def _array_from_meta(meta: bytes, arrays: Sequence[Buffer]) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
+def to_bytes(buf: np.ndarray | Buffer) -> bytes:
+    """A copy of an array's or a frame's bytes (for storage)."""
+    if isinstance(buf, np.ndarray):
+        return bytes(_array_bytes(buf))
+    return bytes(memoryview(buf).cast("B")) if memoryview(buf).nbytes else b""
+
+
 def _array_bytes(arr: np.ndarray) -> memoryview:
     # A flat byte view without copying (empty and 0-d arrays included).
     flat = arr if arr.flags.c_contiguous else arr.copy(order="C")

@@ -21,7 +21,12 @@ class MasterSettings(BaseSettings):
     heartbeat_liveness: int = Field(3, ge=1, description="missed heartbeats before expiry")
     retry_backoff: float = Field(0.05, ge=0, description="first retry delay in seconds")
     retry_backoff_max: float = Field(5.0, ge=0, description="longest retry delay in seconds")
-    state_dir: Path | None = Field(None, description="directory for checkpoints (reserved)")
+    state_dir: Path | None = Field(
+        None, description="checkpoint directory; a restarted master resumes from it"
+    )
+    job_retention: float | None = Field(
+        7 * 24 * 3600.0, ge=0, description="seconds finished jobs are kept (None: forever)"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @model_validator(mode="after")
@@ -69,3 +74,6 @@ class ClientSettings(BaseSettings):
 
     master: str = Field("tcp://127.0.0.1:5556", description="the master's client address")
     connect_timeout: float = Field(5.0, gt=0, description="seconds before 'master unreachable'")
+    reconnect_timeout: float = Field(
+        60.0, gt=0, description="seconds a waiting client keeps retrying a vanished master"
+    )

@@ -68,6 +68,10 @@ class InvalidTransition(ShardmillError):
     """Raised when the master's state machine is asked for a transition its table forbids."""
 
 
+class StateDirError(ShardmillError):
+    """Raised when the state directory is locked, corrupt, foreign, newer or not writable."""
+
+
 class ServerError(ShardmillError):
     """Raised by a client when the master answered a request with an error reply."""
 

@@ -36,6 +36,7 @@ class LocalCluster:
         startup_timeout: float = 30.0,
         master_args: Sequence[str] = (),
         worker_args: Sequence[str] = (),
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.n_workers = workers
         self.slots = slots
@@ -45,6 +46,7 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         self.master_args = list(master_args)
         self.worker_args = list(worker_args)
+        self.state_dir = None if state_dir is None else os.fspath(state_dir)
         self.env = dict(os.environ if env is None else env)
         # Workers import user modules by name: let them find modules next to the caller.
         paths = [os.getcwd(), *filter(None, self.env.get("PYTHONPATH", "").split(os.pathsep))]
@@ -57,29 +59,37 @@ class LocalCluster:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> LocalCluster:
+        self.start_master()
+        for _ in range(self.n_workers):
+            self.add_worker()
+        self.wait_for_workers(self.n_workers)
+        return self
+
+    def start_master(self) -> subprocess.Popen[bytes]:
+        """Start the master; after a first start, on the same ports (and state dir)."""
         interval, liveness = self.heartbeat
-        self.master = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shardmill.master",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--client-port",
-                "0",
-                "--heartbeat-interval",
-                str(interval),
-                "--heartbeat-liveness",
-                str(liveness),
-                "--log-level",
-                self.log_level,
-                *self.master_args,
-            ],
-            stdout=subprocess.PIPE,
-            env=self.env,
-        )
+        ports = [_port(self.worker_address), _port(self.client_address)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shardmill.master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            ports[0],
+            "--client-port",
+            ports[1],
+            "--heartbeat-interval",
+            str(interval),
+            "--heartbeat-liveness",
+            str(liveness),
+            "--log-level",
+            self.log_level,
+            *self.master_args,
+        ]
+        if self.state_dir is not None:
+            cmd += ["--state-dir", self.state_dir]
+        self.master = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=self.env)
         assert self.master.stdout is not None
         line = _read_line(self.master.stdout, self.startup_timeout)
         try:
@@ -88,10 +98,15 @@ class LocalCluster:
         except (ValueError, KeyError) as e:
             self.stop()
             raise ClusterStartError(f"master did not announce its ports (got {line!r})") from e
-        for _ in range(self.n_workers):
-            self.add_worker()
-        self.wait_for_workers(self.n_workers)
-        return self
+        return self.master
+
+    def kill_master(self) -> None:
+        """SIGKILL the master, as a crash would (tests and demos of recovery)."""
+        if self.master is not None:
+            self.master.kill()
+            self.master.wait()
+            if self.master.stdout is not None:
+                self.master.stdout.close()
 
     def add_worker(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start one more worker agent; it gets work as soon as it registers."""
@@ -148,6 +163,10 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _port(address: str) -> str:
+    return address.rsplit(":", 1)[1] if address else "0"
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> str:

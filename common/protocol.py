@@ -248,6 +248,13 @@ class CancelJob(_Request):
     job_id: str
 
 
+class PruneJobs(_Request):
+    """Forget finished jobs that ended more than `older_than` seconds ago (all when None)."""
+
+    kind: Literal["prune"] = "prune"
+    older_than: float | None = Field(default=None, ge=0)
+
+
 class Ping(_Request):
     kind: Literal["client_ping"] = "client_ping"
 
@@ -319,6 +326,7 @@ Message = Annotated[
     | WorkersQuery
     | ResultQuery
     | CancelJob
+    | PruneJobs
     | Ping
     | Submitted
     | JobStatus
@@ -333,4 +341,6 @@ Message = Annotated[
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
 WORKER_KINDS = frozenset({"ready", "heartbeat", "done", "failed", "draining", "disconnect"})
-CLIENT_KINDS = frozenset({"submit", "status", "jobs", "workers", "result", "cancel", "client_ping"})
+CLIENT_KINDS = frozenset(
+    {"submit", "status", "jobs", "workers", "result", "cancel", "client_ping", "prune"}
+)

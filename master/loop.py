@@ -11,39 +11,27 @@ from typing import Any
 
 import zmq
 
-from shardmill import __version__
 from shardmill.codec import Buffer, decode, encode
 from shardmill.config import MasterSettings
-from shardmill.errors import InvalidTransition, JobSpecError, ProtocolError, ShardmillError
+from shardmill.errors import InvalidTransition, ProtocolError, ShardmillError
 from shardmill.master import events as ev
-from shardmill.master.jobs import JobData, accept, new_job_id
-from shardmill.master.model import ShardState
+from shardmill.master.checkpoint import Checkpointer
+from shardmill.master.clients import ClientRequests
+from shardmill.master.jobs import JobData
+from shardmill.master.model import JobState
 from shardmill.master.state import MasterState, Timing
 from shardmill.protocol import (
-    CLIENT_KINDS,
     WORKER_KINDS,
-    CancelJob,
     CancelTasks,
     Disconnect,
-    ErrorInfo,
     ErrorReply,
-    JobList,
-    JobResult,
-    JobStatus,
     MasterPing,
     Message,
-    Pong,
     Ready,
     Reregister,
-    ResultQuery,
     ShardDone,
     ShardFailed,
-    StatusQuery,
-    Submit,
-    Submitted,
     Welcome,
-    WorkerInfo,
-    WorkerList,
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +42,7 @@ class _Stop(BaseException):
     """Raised from a signal handler to leave the poll loop cleanly."""
 
 
-class MasterLoop:
+class MasterLoop(ClientRequests):
     """Binds the worker and client ports and serves until stopped."""
 
     def __init__(self, settings: MasterSettings) -> None:
@@ -67,8 +55,12 @@ class MasterLoop:
                 retry_backoff_max=settings.retry_backoff_max,
             )
         )
-        self.jobs: dict[str, JobData] = {}
         self.meta: dict[str, Ready] = {}
+        self.retention = settings.job_retention
+        # Open the state dir first: a locked or corrupt one must stop us before we bind ports.
+        self.checkpoint = Checkpointer(settings.state_dir)
+        self.state.wall_offset = time.time() - time.monotonic()
+        self.jobs: dict[str, JobData] = self.checkpoint.restore(self.state, time.monotonic())
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.workers_sock = self._router(settings.port)
         self.clients_sock = self._router(settings.client_port)
@@ -80,16 +72,8 @@ class MasterLoop:
             "done": self._on_done,
             "failed": self._on_worker_event,
         }
-        self.client_handlers: dict[str, Callable[[bytes, Any, list[Buffer]], None]] = {
-            "submit": self._on_submit,
-            "status": self._on_status,
-            "jobs": self._on_jobs,
-            "workers": self._on_workers,
-            "result": self._on_result,
-            "cancel": self._on_cancel,
-            "client_ping": self._on_ping,
-        }
         self._next_beat = 0.0
+        self._next_prune = 0.0
 
     def _router(self, port: int) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
@@ -129,6 +113,7 @@ class MasterLoop:
                 if self.clients_sock in ready:
                     self._drain(self.clients_sock, self._on_client_frames)
                 self._timers()
+                self.checkpoint.commit()  # one grouped commit per iteration
         except _Stop:
             log.info("master stopping")
         finally:
@@ -137,6 +122,7 @@ class MasterLoop:
     def close(self) -> None:
         self.workers_sock.close(linger=0)
         self.clients_sock.close(linger=0)
+        self.checkpoint.close()
 
     def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None]) -> None:
         for _ in range(1000):  # bounded, so one busy socket cannot starve the other or timers
@@ -156,6 +142,9 @@ class MasterLoop:
         deadline = self.state.next_deadline()
         if deadline is not None and deadline <= now:
             self._apply(ev.Tick())
+        if self.retention is not None and now >= self._next_prune:
+            self._next_prune = now + 60.0
+            self.prune(self.retention)
         if now >= self._next_beat:
             self._next_beat = now + self.settings.heartbeat_interval
             for worker in list(self.state.workers):
@@ -231,123 +220,6 @@ class MasterLoop:
         event = ev.ShardSucceeded(_text(identity), msg.job_id, msg.shard, msg.attempt, msg.duration)
         self._apply(event, result=(msg.payload, arrays))
 
-    # ---- client socket -------------------------------------------------------------------------
-
-    def _on_client_frames(self, frames: list[Any]) -> None:
-        identity = bytes(frames[0].bytes)
-        try:
-            decoded = decode(frames[1:])
-            kind = decoded.msg.kind
-            if kind not in CLIENT_KINDS:
-                raise ProtocolError(f"{kind!r} is not a client request; is this a worker?")
-        except ProtocolError as e:
-            log.warning("bad message from client %s: %s", identity.hex(), e)
-            self._send(self.clients_sock, identity, ErrorReply(code="protocol", message=str(e)))
-            return
-        try:
-            self.client_handlers[kind](identity, decoded.msg, decoded.arrays)
-        except (JobSpecError, ProtocolError) as e:
-            code = "bad_spec" if isinstance(e, JobSpecError) else "protocol"
-            req = getattr(decoded.msg, "req", 0)
-            self._send(self.clients_sock, identity, ErrorReply(req=req, code=code, message=str(e)))
-        except InvalidTransition:
-            raise
-        except Exception as e:  # the per-message boundary: log, reply, keep serving everyone
-            log.error("error handling a %s request", kind, exc_info=True)
-            req = getattr(decoded.msg, "req", 0)
-            reply = ErrorReply(req=req, code="internal", message=f"master error: {e}")
-            self._send(self.clients_sock, identity, reply)
-
-    def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
-        data = accept(msg, arrays)
-        job_id = new_job_id()
-        self.jobs[job_id] = data
-        log.info("job %s accepted: op %s, %d shards", job_id, msg.spec.op, len(data.descriptors))
-        self._send(self.clients_sock, identity, Submitted(req=msg.req, job_id=job_id))
-        self._apply(ev.JobAdded(job_id, msg.spec, len(data.descriptors)))
-
-    def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:
-        if job_id in self.jobs:
-            return True
-        reply = ErrorReply(
-            req=req,
-            code="unknown_job",
-            message=f"no job {job_id!r} on this master; list them: shardmill jobs",
-        )
-        self._send(self.clients_sock, identity, reply)
-        return False
-
-    def _on_status(self, identity: bytes, msg: StatusQuery, arrays: list[Buffer]) -> None:
-        if self._known_job(identity, msg.req, msg.job_id):
-            info = self.state.job_info(msg.job_id, shards=msg.shards)
-            self._send(self.clients_sock, identity, JobStatus(req=msg.req, job=info))
-
-    def _on_jobs(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
-        infos = [self.state.job_info(j) for j in self.state.jobs]
-        self._send(self.clients_sock, identity, JobList(req=msg.req, jobs=infos))
-
-    def _on_workers(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
-        now = time.monotonic()
-        infos = []
-        for w in self.state.workers.values():
-            meta = self.meta.get(w.worker_id)
-            infos.append(
-                WorkerInfo(
-                    worker_id=w.worker_id,
-                    hostname=meta.hostname if meta else "?",
-                    pid=meta.pid if meta else 0,
-                    slots=w.slots,
-                    busy=len(w.leases),
-                    heartbeat_age=round(now - w.last_seen, 3),
-                    shards_done=w.done,
-                    shards_failed=w.failed,
-                    version=meta.version if meta else "?",
-                    modules=list(meta.modules) if meta else [],
-                    draining=w.draining,
-                )
-            )
-        self._send(self.clients_sock, identity, WorkerList(req=msg.req, workers=infos))
-
-    def _on_result(self, identity: bytes, msg: ResultQuery, arrays: list[Buffer]) -> None:
-        if not self._known_job(identity, msg.req, msg.job_id):
-            return
-        job = self.state.jobs[msg.job_id]
-        if job.finished:
-            self._reply_result(msg.job_id, identity, msg.req)
-        elif msg.wait:
-            self.jobs[msg.job_id].waiters.append((identity, msg.req))
-        else:
-            info = self.state.job_info(msg.job_id)
-            self._send(self.clients_sock, identity, JobResult(req=msg.req, job=info))
-
-    def _on_cancel(self, identity: bytes, msg: CancelJob, arrays: list[Buffer]) -> None:
-        if not self._known_job(identity, msg.req, msg.job_id):
-            return
-        self._apply(ev.CancelRequested(msg.job_id))
-        info = self.state.job_info(msg.job_id)
-        self._send(self.clients_sock, identity, JobStatus(req=msg.req, job=info))
-
-    def _on_ping(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
-        reply = Pong(req=msg.req, version=__version__, workers=len(self.state.workers))
-        self._send(self.clients_sock, identity, reply)
-
-    def _reply_result(self, job_id: str, identity: bytes, req: int) -> None:
-        data = self.jobs[job_id]
-        info = self.state.job_info(job_id)
-        if data.result is not None and info.state == "done":
-            res = data.result
-            msg = JobResult(req=req, job=info, parts=res.parts, part_arrays=res.part_arrays)
-            self._send(self.clients_sock, identity, msg, res.arrays)
-        else:
-            failure = self._failure(job_id)
-            self._send(self.clients_sock, identity, JobResult(req=req, job=info, failure=failure))
-
-    def _failure(self, job_id: str) -> ErrorInfo | None:
-        for shard in self.state.jobs[job_id].shards:
-            if shard.state is ShardState.FAILED and shard.history:
-                return shard.history[-1].error
-        return None
-
     # ---- commands ------------------------------------------------------------------------------
 
     def _apply(self, event: ev.Event, result: tuple[bytes, list[Buffer]] | None = None) -> None:
@@ -371,6 +243,9 @@ class MasterLoop:
                 assert result is not None, "a merge needs the result in hand"
                 try:
                     self.jobs[j].merger.add(s, *result)
+                    shard = self.state.jobs[j].shards[s]
+                    offset = self.state.wall_offset
+                    self.checkpoint.shard_merged(j, shard, self.jobs[j], result, offset=offset)
                 except (ShardmillError, ValueError, TypeError, KeyError) as e:
                     log.warning("job %s: shard %d result cannot be merged: %s", j, s, e)
                     return ev.JobBroken(
@@ -407,6 +282,17 @@ class MasterLoop:
 
     def _finish(self, job_id: str) -> None:
         data = self.jobs[job_id]
+        job = self.state.jobs[job_id]
+        offset = self.state.wall_offset
+        self.checkpoint.job_ended(  # durable before any client hears of it
+            job_id,
+            job.shards,
+            state=str(job.state),
+            error=job.error,
+            finished_at=(job.finished_at or time.monotonic()) + offset,
+            result=data.result if job.state is JobState.DONE else None,
+            offset=offset,
+        )
         data.release_inputs()
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:

@@ -48,12 +48,13 @@ class Attempt:
     outcome: str = "running"
     error: ErrorInfo | None = None
 
-    def info(self) -> AttemptInfo:
+    def info(self, offset: float = 0.0) -> AttemptInfo:
+        """As users read it: `offset` turns the master's clock into wall-clock time."""
         return AttemptInfo(
             attempt=self.number,
             worker=self.worker,
-            started=self.started,
-            ended=self.ended,
+            started=self.started + offset,
+            ended=None if self.ended is None else self.ended + offset,
             outcome=self.outcome,
             error=self.error,
         )
@@ -81,14 +82,14 @@ class Shard:
         self.story.append(f"{self.state}->{new}: {why}")
         self.state = new
 
-    def info(self, *, history: bool) -> ShardInfo:
+    def info(self, *, history: bool, offset: float = 0.0) -> ShardInfo:
         return ShardInfo(
             index=self.index,
             state=str(self.state),
             attempts=len(self.history),
             worker=self.lease,
             merged=self.merged,
-            history=[a.info() for a in self.history] if history else [],
+            history=[a.info(offset) for a in self.history] if history else [],
         )
 
 

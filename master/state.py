@@ -10,7 +10,7 @@ from typing import Any
 
 from shardmill.master import events as ev
 from shardmill.master.model import TERMINAL, Attempt, Job, JobState, Shard, ShardState, Worker
-from shardmill.protocol import ErrorInfo, JobInfo, Lease
+from shardmill.protocol import ErrorInfo, JobInfo, JobSpec, Lease
 
 S = ShardState
 
@@ -37,6 +37,8 @@ class MasterState:
         self._waiting: list[tuple[float, str, int]] = []  # (not_before, job, shard) heap
         self._out: list[ev.Command] = []
         self._now = 0.0
+        self.wall_offset = 0.0  # wall clock minus the injected clock, for what users read
+        self.hold_until = 0.0  # after a restart: let workers re-register before dispatching
         self._handlers: dict[type, Any] = {
             ev.WorkerReady: self._on_ready,
             ev.WorkerSeen: lambda e: self._touch(e.worker),
@@ -67,6 +69,8 @@ class MasterState:
     def next_deadline(self) -> float | None:
         """The earliest time a Tick could change anything (expiry or end of a backoff)."""
         times = [w.last_seen + self.timing.expiry for w in self.workers.values()]
+        if self.hold_until > self._now:
+            times.append(self.hold_until)
         if self._waiting:
             times.append(self._waiting[0][0])
         return min(times) if times else None
@@ -315,6 +319,8 @@ class MasterState:
 
     def _dispatch(self) -> None:
         """Hand ready shards to workers with free credits, FIFO across jobs, spreading the load."""
+        if self._now < self.hold_until:
+            return
         free = {w.worker_id: w.free for w in self.workers.values() if w.free > 0}
         if not free:
             return
@@ -349,6 +355,50 @@ class MasterState:
         shard.history.append(Attempt(number=number, worker=w.worker_id, started=self._now))
         self._out.append(ev.SendTask(w.worker_id, job.job_id, shard.index, number))
 
+    # ---- restart -------------------------------------------------------------------------------
+
+    def restore_job(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        settled: dict[int, ShardState],
+        *,
+        shards: int,
+        submitted_at: float,
+        state: JobState,
+        error: str | None,
+        finished_at: float | None,
+    ) -> None:
+        """Rebuild a checkpointed job: settled shards stay settled, the rest wait in the queue.
+
+        Creation, not a transition: a restored shard starts in the state it was saved in.
+        """
+        job = Job(
+            job_id=job_id,
+            spec=spec,
+            shards=[],
+            submitted_at=submitted_at,
+            state=state,
+            error=error,
+            finished_at=finished_at,
+        )
+        for i in range(shards):
+            st = settled.get(i, S.QUEUED if state is JobState.RUNNING else S.CANCELLED)
+            shard = Shard(job_id=job_id, index=i, state=st, merged=int(st is S.DONE))
+            shard.story.append(f"restored as {st}")
+            job.shards.append(shard)
+            job.counts[st] += 1
+            if st is S.QUEUED:
+                job.ready.append(i)
+        self.jobs[job_id] = job
+
+    def forget_job(self, job_id: str) -> None:
+        """Drop a finished job (pruning); running jobs are never forgotten."""
+        job = self.jobs[job_id]
+        if not job.finished:
+            raise ValueError(f"job {job_id} is still running; cancel it first")
+        del self.jobs[job_id]
+
     # ---- queries -------------------------------------------------------------------------------
 
     def job_info(self, job_id: str, *, shards: bool = False) -> JobInfo:
@@ -362,13 +412,15 @@ class MasterState:
             shards_done=job.counts[S.DONE],
             shards_failed=job.counts[S.FAILED],
             shards_running=job.counts[S.LEASED],
-            submitted_at=job.submitted_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
+            submitted_at=job.submitted_at + self.wall_offset,
+            started_at=None if job.started_at is None else job.started_at + self.wall_offset,
+            finished_at=None if job.finished_at is None else job.finished_at + self.wall_offset,
             error=job.error,
             duplicates=job.duplicates,
             missing_shards=[s.index for s in job.shards if s.state is S.FAILED],
-            shards=[s.info(history=True) for s in job.shards] if shards else None,
+            shards=[s.info(history=True, offset=self.wall_offset) for s in job.shards]
+            if shards
+            else None,
         )
 
 

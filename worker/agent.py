@@ -39,6 +39,7 @@ from shardmill.protocol import (
 from shardmill.worker.runner import Child, wait_all
 
 log = logging.getLogger(__name__)
+MAX_RESEND = 10_000
 
 
 class Agent:
@@ -242,7 +243,10 @@ class Agent:
         self._send_frames(frames)
         now = time.monotonic()
         self.recent.append((now, frames))
-        while self.recent and self.recent[0][0] < now - 2 * self.interval * self.liveness:
+        # Keep what was sent since the master was last heard (it may never have arrived),
+        # bounded so a long outage cannot eat the worker's memory.
+        horizon = min(now, self.last_heard) - 2 * self.interval * self.liveness
+        while self.recent and (self.recent[0][0] < horizon or len(self.recent) > MAX_RESEND):
             self.recent.popleft()
 
     def _report_death(self, child: Child) -> None:

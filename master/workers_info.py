@@ -1,0 +1,28 @@
+"""The `workers` listing: the state machine's view joined with what each worker said at READY."""
+
+from __future__ import annotations
+
+from shardmill.master.state import MasterState
+from shardmill.protocol import Ready, WorkerInfo
+
+
+def worker_infos(state: MasterState, meta: dict[str, Ready], now: float) -> list[WorkerInfo]:
+    infos = []
+    for w in state.workers.values():
+        ready = meta.get(w.worker_id)
+        infos.append(
+            WorkerInfo(
+                worker_id=w.worker_id,
+                hostname=ready.hostname if ready else "?",
+                pid=ready.pid if ready else 0,
+                slots=w.slots,
+                busy=len(w.leases),
+                heartbeat_age=round(now - w.last_seen, 3),
+                shards_done=w.done,
+                shards_failed=w.failed,
+                version=ready.version if ready else "?",
+                modules=list(ready.modules) if ready else [],
+                draining=w.draining,
+            )
+        )
+    return infos

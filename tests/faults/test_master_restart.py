@@ -1,0 +1,197 @@
+"""Kill the master with SIGKILL at several points, restart it on the same state dir."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults import assert_merged_once
+from helpers import FAST, cluster_env, run_cli, runs, wait_until
+
+from shardmill import LocalCluster, exitcodes
+
+SHARDS = 64
+EXPECTED = [i + 1 for i in range(SHARDS)]
+
+
+@pytest.fixture
+def state_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(
+        workers=2, imports=["sm_tasks"], env=cluster_env(), state_dir=tmp_path / "state", **FAST
+    ) as c:
+        yield c
+
+
+def _submit(cluster: LocalCluster, runs_dir: str, delay: float = 0.03) -> str:
+    with cluster.client() as client:
+        args = [(runs_dir, f"k{i}", i, delay) for i in range(SHARDS)]
+        return client.map("sm_tasks:counted", args, chunk_size=1).id
+
+
+def _done_shards(cluster: LocalCluster, job_id: str) -> set[int]:
+    with cluster.client() as client:
+        info = client.status(job_id, shards=True)
+    return {s.index for s in info.shards or [] if s.state == "done"}
+
+
+def _restart_and_finish(
+    cluster: LocalCluster, job_id: str, runs_dir: str, merged_before: set[int]
+) -> None:
+    worker_pids = [p.pid for p in cluster.workers]
+    cluster.kill_master()
+    cluster.start_master()
+    with cluster.client() as client:
+        job = client.job(job_id)
+        assert job.result(timeout=60) == EXPECTED
+        assert_merged_once(job)
+        # Then shards merged before the kill never ran again
+        for i in merged_before:
+            assert runs(runs_dir, f"k{i}") == 1, f"shard {i} was merged before the kill but re-ran"
+        # And re-runs are bounded by the shards in flight at the kill (one per slot)
+        total = sum(runs(runs_dir, f"k{i}") for i in range(SHARDS))
+        assert SHARDS <= total <= SHARDS + 2, total
+        # And the same worker processes carry on, re-registered
+        assert all(p.poll() is None for p in cluster.workers)
+        wait_until(
+            lambda: sorted(w.pid for w in client.workers()) == sorted(worker_pids),
+            what="the same workers to re-register",
+        )
+
+
+def test_kill_before_the_first_merge(state_cluster: LocalCluster, runs_dir: str) -> None:
+    job_id = _submit(state_cluster, runs_dir, delay=0.2)
+    _restart_and_finish(state_cluster, job_id, runs_dir, merged_before=set())
+
+
+def test_kill_mid_job(state_cluster: LocalCluster, runs_dir: str) -> None:
+    job_id = _submit(state_cluster, runs_dir)
+    wait_until(lambda: len(_done_shards(state_cluster, job_id)) >= 20, what="20 merged shards")
+    merged = _done_shards(state_cluster, job_id)
+    _restart_and_finish(state_cluster, job_id, runs_dir, merged_before=merged)
+
+
+def test_kill_after_the_last_merge_before_the_result_is_read(
+    state_cluster: LocalCluster, runs_dir: str
+) -> None:
+    job_id = _submit(state_cluster, runs_dir, delay=0.0)
+    wait_until(lambda: len(_done_shards(state_cluster, job_id)) == SHARDS, what="all merged")
+    _restart_and_finish(state_cluster, job_id, runs_dir, merged_before=set(range(SHARDS)))
+
+
+def test_kill_inside_a_merge_commit(tmp_path: Path, runs_dir: str) -> None:
+    # Given a master that dies inside its 10th commit (fault injection), writes in flight
+    env = {**cluster_env(), "SHARDMILL_FAULT_CRASH_IN_COMMIT": "10"}
+    with LocalCluster(
+        workers=2, imports=["sm_tasks"], env=env, state_dir=tmp_path / "s", **FAST
+    ) as cluster:
+        job_id = _submit(cluster, runs_dir)
+        assert cluster.master is not None
+        assert cluster.master.wait(timeout=60) == 70
+        merged = _stored_merged(tmp_path / "s")
+        cluster.env.pop("SHARDMILL_FAULT_CRASH_IN_COMMIT")
+        _restart_and_finish(cluster, job_id, runs_dir, merged_before=merged)
+
+
+def _stored_merged(state_dir: Path) -> set[int]:
+    import sqlite3
+
+    db = sqlite3.connect(state_dir / "shardmill.db")
+    try:
+        return {s for (s,) in db.execute("SELECT shard FROM shards WHERE state = 'done'")}
+    finally:
+        db.close()
+
+
+def test_waiting_client_rides_through_a_restart(state_cluster: LocalCluster, runs_dir: str) -> None:
+    job_id = _submit(state_cluster, runs_dir)
+    got: dict[str, Any] = {}
+
+    def wait_for_it() -> None:
+        with state_cluster.client() as client:
+            got["result"] = client.job(job_id).result(timeout=120)
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    wait_until(lambda: len(_done_shards(state_cluster, job_id)) >= 10, what="10 merged shards")
+    state_cluster.kill_master()
+    state_cluster.start_master()
+    waiter.join(timeout=120)
+    assert got.get("result") == EXPECTED
+
+
+def test_finished_jobs_stay_queryable_and_can_be_pruned(
+    state_cluster: LocalCluster, runs_dir: str
+) -> None:
+    job_id = _submit(state_cluster, runs_dir, delay=0.0)
+    with state_cluster.client() as client:
+        assert client.job(job_id).result(timeout=60) == EXPECTED
+    state_cluster.kill_master()
+    state_cluster.start_master()
+    with state_cluster.client() as client:
+        assert client.job(job_id).result(timeout=10) == EXPECTED
+        assert client.status(job_id).state == "done"
+        assert [j.job_id for j in client.prune()] == [job_id]
+        assert client.jobs() == []
+    state_cluster.kill_master()
+    state_cluster.start_master()
+    with state_cluster.client() as client:
+        assert client.jobs() == []
+
+
+def test_a_second_master_on_the_same_state_dir_refuses(state_cluster: LocalCluster) -> None:
+    assert state_cluster.state_dir is not None and state_cluster.master is not None
+    proc = run_cli(
+        "master",
+        "--port",
+        "0",
+        "--client-port",
+        "0",
+        "--state-dir",
+        state_cluster.state_dir,
+        timeout=30,
+    )
+    assert proc.returncode == exitcodes.STATE
+    assert f"master pid {state_cluster.master.pid}" in proc.stderr
+    assert "one master per state directory" in proc.stderr
+
+
+def test_a_truncated_database_is_refused_and_left_untouched(tmp_path: Path, runs_dir: str) -> None:
+    state = tmp_path / "state"
+    with (
+        LocalCluster(
+            workers=1, imports=["sm_tasks"], env=cluster_env(), state_dir=state, **FAST
+        ) as cluster,
+        cluster.client() as client,
+    ):
+        assert client.call("sm_tasks:square", 3, timeout=30) == 9
+    db = state / "shardmill.db"
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 3])
+    for extra in ("shardmill.db-wal", "shardmill.db-shm"):
+        (state / extra).unlink(missing_ok=True)
+    before = db.read_bytes()
+    proc = run_cli(
+        "master", "--port", "0", "--client-port", "0", "--state-dir", str(state), timeout=30
+    )
+    assert proc.returncode == exitcodes.STATE, proc.stderr
+    assert "shardmill.db" in proc.stderr and "left untouched" in proc.stderr
+    assert db.read_bytes() == before
+
+
+def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "shardmill.db")
+    db.execute("CREATE TABLE users (name TEXT)")
+    db.commit()
+    db.close()
+    proc = run_cli(
+        "master", "--port", "0", "--client-port", "0", "--state-dir", str(state), timeout=30
+    )
+    assert proc.returncode == exitcodes.STATE
+    assert "not a shardmill state database" in proc.stderr
