@@ -77,6 +77,7 @@ def setup_logging(role: str, level: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from shardmill import cli_commands as c
+    from shardmill.cli_spec import add_spec_flags, cmd_plan
 
     parser = argparse.ArgumentParser(
         prog="shardmill", description="Split a dataset into shards, run them on workers, merge."
@@ -91,7 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, help="seconds (default 1.0)")
     p.add_argument("--heartbeat-liveness", type=int, help="missed beats before expiry (3)")
     p.add_argument("--state-dir", help="directory for checkpoints")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="module user ops come from, as on the workers (repeatable)",
+    )
+    p.add_argument(
+        "--data-root",
+        dest="data_roots",
+        action="append",
+        metavar="DIR",
+        help="datasets must lie under DIR (repeatable; default: cwd and temp dir)",
+    )
+    p.add_argument("--max-message-bytes", type=int, help="largest message accepted")
+    p.add_argument("--max-shards", type=int, help="most shards one job may have")
+    p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per client key")
+    p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    _security_flags(p)
     p.set_defaults(handler=c.cmd_master)
 
     p = sub.add_parser("worker", help="run a worker agent")
@@ -108,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-grace", type=float, help="seconds to finish shards on SIGTERM")
     p.add_argument("--health-file", help="file touched whenever the master is heard")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    _security_flags(p)
     p.set_defaults(handler=c.cmd_worker)
 
     p = _client(sub, "submit", "submit a job over a dataset", c.cmd_submit)
     p.add_argument("op", help='operation, e.g. "column_stats"')
-    p.add_argument("dataset", help="path to a .npy file, as the workers see it")
+    p.add_argument("dataset", nargs="?", help="a .npy, .csv or directory, as workers see it")
     p.add_argument("--shards", type=int, help="number of shards (default 16)")
     p.add_argument("--max-attempts", type=int, default=3)
     p.add_argument("--task-timeout", type=float)
@@ -120,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="")
     p.add_argument("--wait", action="store_true", help="show progress and print the result")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    add_spec_flags(p)
+
+    p = sub.add_parser("plan", help="dry run: print the shards a job would make, and the skew")
+    p.add_argument("op", help='operation, e.g. "column_stats"')
+    p.add_argument("dataset", nargs="?", help="a .npy, .csv or directory (read here)")
+    p.add_argument("--shards", type=int, help="number of shards (default 16)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_spec_flags(p)
+    p.set_defaults(handler=cmd_plan)
 
     p = _client(sub, "status", "show one job, or all jobs", c.cmd_status)
     p.add_argument("job", nargs="?")
@@ -153,7 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a worker's health file (default $SHARDMILL_WORKER_HEALTH_FILE)",
     )
     p.add_argument("--max-age", type=float, default=10.0, help="seconds (with --file)")
+    _security_flags(p)
     p.set_defaults(handler=c.cmd_health)
+
+    p = sub.add_parser("keygen", help="make master, worker and client CURVE key pairs in DIR")
+    p.add_argument("dir", help="key directory (created; keep the *_secret files private)")
+    p.add_argument("--force", action="store_true", help="replace existing keys (rotation)")
+    p.set_defaults(handler=c.cmd_keygen)
 
     p = sub.add_parser("demo", help="generate data, start a local cluster, check against NumPy")
     p.add_argument("--rows", type=int, default=2_000_000)
@@ -177,8 +214,19 @@ def _client(
     )
     p.add_argument("--connect-timeout", type=float, help="seconds before 'master unreachable'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _security_flags(p)
     p.set_defaults(handler=handler)
     return p
+
+
+def _security_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", help="CURVE key directory from `shardmill keygen` ($SHARDMILL_KEYS)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext, unauthenticated sockets: trusted networks only",
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from shardmill import exitcodes
+from shardmill.cli_spec import spec_fields
 from shardmill.client import Client, Job
 from shardmill.config import MasterSettings, WorkerSettings
 from shardmill.errors import MasterUnreachable
@@ -43,6 +44,13 @@ def cmd_master(args: argparse.Namespace) -> int:
     settings = MasterSettings(
         **_given(
             args,
+            "keys",
+            "insecure",
+            "data_roots",
+            "max_message_bytes",
+            "max_shards",
+            "max_queued_jobs",
+            "max_result_bytes",
             "host",
             "port",
             "client_port",
@@ -50,10 +58,23 @@ def cmd_master(args: argparse.Namespace) -> int:
             "heartbeat_liveness",
             "state_dir",
             "log_level",
+            "imports",
         )
     )
     setup_logging("master", settings.log_level)
+    if settings.imports and not _load_op_modules(settings.imports):
+        return exitcodes.CONFIG
     return serve(settings)
+
+
+def _load_op_modules(names: list[str]) -> bool:
+    """Import the modules user ops come from (the master combines and finalizes with them)."""
+    from shardmill.ops import load_modules
+
+    broken = load_modules(names)
+    for name, tb in broken.items():
+        print(f"shardmill master: cannot import module {name}:\n{tb}", file=sys.stderr)
+    return not broken
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -64,6 +85,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = WorkerSettings(
         **_given(
             args,
+            "keys",
+            "insecure",
             "master",
             "slots",
             "imports",
@@ -86,7 +109,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> Client:
-    return Client(args.master, connect_timeout=args.connect_timeout)
+    return Client(
+        args.master, connect_timeout=args.connect_timeout, keys=args.keys, insecure=args.insecure
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -99,6 +124,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             task_timeout=args.task_timeout,
             allow_failures=args.allow_failures,
             name=args.name,
+            **spec_fields(args),
         )
         if not args.wait:
             _out(args, {"job_id": job.id}, lambda: print(job.id))
@@ -230,10 +256,21 @@ def cmd_health(args: argparse.Namespace) -> int:
             return exitcodes.UNHEALTHY
         return exitcodes.OK
     try:
-        Client(args.master, connect_timeout=3.0).ping()
+        Client(args.master, connect_timeout=3.0, keys=args.keys, insecure=args.insecure).ping()
     except MasterUnreachable as e:
         print(f"unhealthy: {e}", file=sys.stderr)
         return exitcodes.UNHEALTHY
+    return exitcodes.OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from shardmill.security import keygen
+
+    directory = Path(args.dir)
+    written = keygen(directory, force=args.force)
+    print(f"keys in {directory}: " + (", ".join(p.name for p in written) or "all present"))
+    print(f"master: --keys {directory} (it trusts the public keys in {directory}/authorized)")
+    print("workers and clients: --keys DIR with their *.key_secret and master.key")
     return exitcodes.OK
 
 
@@ -331,14 +368,15 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _show_value(value: Any) -> None:
-    if isinstance(value, dict) and all(
-        isinstance(v, np.ndarray) for k, v in value.items() if k in ("mean", "std", "min", "max")
-    ):
+    # A table for per-column statistics (1-D arrays); anything else prints as it is.
+    if isinstance(value, dict) and "mean" in value and np.ndim(value["mean"]) == 1:
         stats = [k for k in ("mean", "std", "min", "max", "sum") if k in value]
         table = Table("column", *stats)
         first = np.atleast_1d(value.get("mean", []))
+        labels = list(value.get("columns", range(len(first))))
         for i in range(len(first)):
-            table.add_row(str(i), *(f"{np.atleast_1d(value[k])[i]:.6g}" for k in stats))
+            row = (f"{np.atleast_1d(value[k])[i]:.6g}" for k in stats)
+            table.add_row(str(labels[i]), *row)
         console.print(table)
         console.print(f"rows: {value.get('count')}, shards merged: {value.get('shards_merged')}")
         return

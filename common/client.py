@@ -7,8 +7,10 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 from pydantic import ValidationError
 
@@ -20,6 +22,7 @@ from shardmill.errors import (
     JobSpecError,
     JobTimeout,
     MasterUnreachable,
+    MessageTooLarge,
     ProtocolError,
     RemoteError,
     ServerError,
@@ -45,6 +48,7 @@ from shardmill.protocol import (
     WorkerList,
     WorkersQuery,
 )
+from shardmill.security import Security
 
 MAX_CHUNKS = 64
 LONG_POLL = 2.0  # a waiting client re-asks this often, so it finds a restarted master quickly
@@ -53,8 +57,19 @@ LONG_POLL = 2.0  # a waiting client re-asks this often, so it finds a restarted 
 class Client:
     """A connection to one master. Not thread-safe: use one Client per thread."""
 
-    def __init__(self, master: str | None = None, *, connect_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        master: str | None = None,
+        *,
+        connect_timeout: float | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        insecure: bool | None = None,
+    ) -> None:
         defaults = ClientSettings()
+        key_dir = Path(keys) if keys is not None else defaults.keys
+        plain = defaults.insecure if insecure is None else insecure
+        self.security = Security.resolve(key_dir, plain and key_dir is None, "client")
+        self.max_message_bytes = defaults.max_message_bytes
         self.master = master or defaults.master
         self.connect_timeout = connect_timeout or defaults.connect_timeout
         self.reconnect_timeout = defaults.reconnect_timeout
@@ -108,25 +123,43 @@ class Client:
     def submit(
         self,
         op: str,
-        dataset: str | os.PathLike[str],
+        dataset: str | os.PathLike[str] | np.ndarray | None = None,
         *,
         shards: int | None = None,
         max_attempts: int = 3,
         task_timeout: float | None = None,
         allow_failures: int = 0,
         name: str = "",
+        **spec: Any,
     ) -> Job:
-        """Run a built-in op (such as "column_stats") over a dataset the workers can read."""
-        spec = _spec(
-            op=op,
-            dataset=os.path.abspath(os.fspath(dataset)),
-            shards=shards,
-            max_attempts=max_attempts,
-            task_timeout=task_timeout,
-            allow_failures=allow_failures,
-            name=name,
+        """Run an op (such as "column_stats") over a dataset.
+
+        `dataset` is a path the workers can read (.npy, .csv, or a directory with
+        format="npy_dir"), an array (sent by value as zero-copy frames), or None with
+        synthetic={...}. `spec` takes any other JobSpec field: strategy, key, columns, ...
+        """
+        fields: dict[str, Any] = {
+            "shards": shards,
+            "max_attempts": max_attempts,
+            "task_timeout": task_timeout,
+            "allow_failures": allow_failures,
+            "name": name,
+            **spec,
+        }
+        if fields.get("output") is not None:
+            fields["output"] = os.path.abspath(os.fspath(fields["output"]))
+        if not isinstance(dataset, np.ndarray):
+            if dataset is not None:
+                fields["dataset"] = os.path.abspath(os.fspath(dataset))
+            return self._submit(Submit(spec=_spec(op=op, **fields)), [])
+        packed = pack_value(dataset)  # the array's own memory becomes the frame
+        msg = Submit(
+            spec=_spec(op=op, format="value", **fields),
+            parts=[packed.data],
+            part_counts=[int(dataset.shape[0]) if dataset.ndim else 1],
+            part_arrays=[len(packed.arrays)],
         )
-        return self._submit(Submit(spec=spec), [])
+        return self._submit(msg, list(packed.arrays))
 
     def job(self, job_id: str) -> Job:
         return Job(self, job_id)
@@ -177,8 +210,16 @@ class Client:
         """Send one request and wait for its reply; stale replies to old requests are skipped."""
         req = next(self._ids)
         msg = msg.model_copy(update={"req": req})
+        frames = encode(msg, arrays)
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > self.max_message_bytes:
+            raise MessageTooLarge(
+                f"this {msg.kind} request is {size:,} bytes, above the limit of "
+                f"{self.max_message_bytes:,}; send large data by reference (a dataset path), "
+                "in smaller chunks (chunk_size), or raise max_message_bytes on both ends"
+            )
         sock = self._socket()
-        sock.send_multipart(encode(msg, arrays), copy=False)
+        sock.send_multipart(frames, copy=False)
         wait = self.connect_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
@@ -200,6 +241,7 @@ class Client:
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            self.security.client(sock, "client")
             sock.connect(self.master)
             self._sock = sock
         return self._sock

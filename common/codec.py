@@ -21,6 +21,7 @@ from shardmill.protocol import MESSAGE_ADAPTER, PROTOCOL_VERSION, Message
 
 ARRAY_EXT = 1
 MAX_ARRAY_DIMS = 32
+MAX_FRAMES = 65_536
 
 Buffer = bytes | bytearray | memoryview
 
@@ -54,6 +55,8 @@ def decode(frames: Sequence[Any]) -> Decoded:
     """Parse zmq frames (bytes or zmq.Frame) into a validated message; raise ProtocolError."""
     if not frames:
         raise ProtocolError("empty message: expected a msgpack header frame")
+    if len(frames) > MAX_FRAMES:
+        raise ProtocolError(f"{len(frames)} frames in one message; the limit is {MAX_FRAMES}")
     buffers = [_buffer(f) for f in frames]
     try:
         raw = msgpack.unpackb(buffers[0], raw=False, strict_map_key=True)
@@ -73,6 +76,26 @@ def decode(frames: Sequence[Any]) -> Decoded:
         kind = raw.get("kind")
         raise ProtocolError(f"invalid {kind!r} message: {_short(e)}") from e
     return Decoded(msg, buffers[1:])
+
+
+def check_size(frames: Sequence[Any], limit: int) -> None:
+    """Refuse a message whose frames add up to more than `limit` bytes."""
+    size = sum(memoryview(_buffer(f)).nbytes for f in frames)
+    if size > limit:
+        raise ProtocolError(
+            f"message of {size:,} bytes exceeds the limit of {limit:,} (max_message_bytes); "
+            "send large data by reference or in smaller pieces"
+        )
+
+
+def peek_req(frames: Sequence[Any]) -> int:
+    """The request id in a header we refuse anyway, so the error reply reaches its caller."""
+    try:
+        header = msgpack.unpackb(_buffer(frames[0]), raw=False)
+        req = header.get("req", 0) if isinstance(header, dict) else 0
+        return req if isinstance(req, int) and 0 <= req < 2**63 else 0
+    except Exception:  # garbage has no request id
+        return 0
 
 
 def pack_value(obj: object) -> Packed:

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _keys_field(role: str) -> Path | None:
+    return Field(
+        None,
+        validation_alias=AliasChoices(f"SHARDMILL_{role}_KEYS", "SHARDMILL_KEYS"),
+        description="CURVE key directory made by `shardmill keygen`",
+    )
+
+
+def _insecure_field(role: str) -> bool:
+    return Field(
+        False,
+        validation_alias=AliasChoices(f"SHARDMILL_{role}_INSECURE", "SHARDMILL_INSECURE"),
+        description="plaintext, unauthenticated sockets (trusted networks only)",
+    )
 
 
 class MasterSettings(BaseSettings):
     """`shardmill master`; every field also reads SHARDMILL_MASTER_<FIELD>."""
 
-    model_config = SettingsConfigDict(env_prefix="SHARDMILL_MASTER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDMILL_MASTER_", extra="ignore", populate_by_name=True
+    )
 
     host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 for every interface")
     port: int = Field(5555, ge=0, le=65535, description="worker port (0 picks a free one)")
@@ -28,6 +47,17 @@ class MasterSettings(BaseSettings):
         7 * 24 * 3600.0, ge=0, description="seconds finished jobs are kept (None: forever)"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    keys: Path | None = _keys_field("MASTER")
+    insecure: bool = _insecure_field("MASTER")
+    data_roots: list[Path] = Field(
+        default_factory=lambda: [Path.cwd(), Path(tempfile.gettempdir())],
+        description="datasets must resolve inside one of these directories",
+    )
+    max_message_bytes: int = Field(256 * 2**20, ge=1024, description="largest message accepted")
+    max_shards: int = Field(100_000, ge=1, description="most shards one job may have")
+    max_queued_jobs: int = Field(1000, ge=1, description="unfinished jobs per client key")
+    max_result_bytes: int = Field(256 * 2**20, ge=1024, description="largest shard result")
+    imports: list[str] = Field(default_factory=list, description="modules user ops come from")
 
     @model_validator(mode="after")
     def _check(self) -> MasterSettings:
@@ -43,7 +73,9 @@ class MasterSettings(BaseSettings):
 class WorkerSettings(BaseSettings):
     """`shardmill worker`; every field also reads SHARDMILL_WORKER_<FIELD>."""
 
-    model_config = SettingsConfigDict(env_prefix="SHARDMILL_WORKER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDMILL_WORKER_", extra="ignore", populate_by_name=True
+    )
 
     master: str = Field("tcp://127.0.0.1:5555", description="the master's worker address")
     slots: int = Field(
@@ -58,6 +90,8 @@ class WorkerSettings(BaseSettings):
     reconnect_max: float = Field(5.0, gt=0, description="longest wait between reconnects")
     drain_grace: float = Field(30.0, ge=0, description="seconds to finish shards on SIGTERM")
     health_file: Path | None = Field(None, description="touched whenever the master is heard")
+    keys: Path | None = _keys_field("WORKER")
+    insecure: bool = _insecure_field("WORKER")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @model_validator(mode="after")
@@ -70,10 +104,15 @@ class WorkerSettings(BaseSettings):
 class ClientSettings(BaseSettings):
     """Clients and the CLI: SHARDMILL_MASTER and SHARDMILL_CONNECT_TIMEOUT."""
 
-    model_config = SettingsConfigDict(env_prefix="SHARDMILL_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SHARDMILL_", extra="ignore", populate_by_name=True
+    )
 
     master: str = Field("tcp://127.0.0.1:5556", description="the master's client address")
     connect_timeout: float = Field(5.0, gt=0, description="seconds before 'master unreachable'")
+    keys: Path | None = Field(None, description="CURVE key directory (SHARDMILL_KEYS)")
+    insecure: bool = Field(False, description="plaintext sockets (SHARDMILL_INSECURE)")
+    max_message_bytes: int = Field(256 * 2**20, ge=1024, description="largest request sent")
     reconnect_timeout: float = Field(
         60.0, gt=0, description="seconds a waiting client keeps retrying a vanished master"
     )

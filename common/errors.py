@@ -64,12 +64,24 @@ class UnknownFunction(ShardmillError):
     """Raised on a worker when a task names a function outside the modules it was started with."""
 
 
+class BadInput(ShardmillError):
+    """Raised on a worker when a shard's data cannot be read or parsed; names file, row, field."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable  # True when another worker might read it (a missing mount)
+
+
 class InvalidTransition(ShardmillError):
     """Raised when the master's state machine is asked for a transition its table forbids."""
 
 
 class StateDirError(ShardmillError):
     """Raised when the state directory is locked, corrupt, foreign, newer or not writable."""
+
+
+class MessageTooLarge(ShardmillError):
+    """Raised before sending a request larger than the configured message limit."""
 
 
 class ServerError(ShardmillError):

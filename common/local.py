@@ -8,12 +8,15 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from shardmill.client import Client
 from shardmill.errors import ShardmillError
+from shardmill.security import keygen
 
 
 class ClusterStartError(ShardmillError):
@@ -37,6 +40,8 @@ class LocalCluster:
         master_args: Sequence[str] = (),
         worker_args: Sequence[str] = (),
         state_dir: str | os.PathLike[str] | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
     ) -> None:
         self.n_workers = workers
         self.slots = slots
@@ -47,6 +52,15 @@ class LocalCluster:
         self.master_args = list(master_args)
         self.worker_args = list(worker_args)
         self.state_dir = None if state_dir is None else os.fspath(state_dir)
+        # Ephemeral CURVE keys unless given some (or told to run insecure).
+        self._tmp_keys: tempfile.TemporaryDirectory[str] | None = None
+        self.insecure = insecure
+        if keys is not None or insecure:
+            self.keys_dir = None if keys is None else os.fspath(keys)
+        else:
+            self._tmp_keys = tempfile.TemporaryDirectory(prefix="shardmill-keys-")
+            keygen(Path(self._tmp_keys.name))
+            self.keys_dir = self._tmp_keys.name
         self.env = dict(os.environ if env is None else env)
         # Workers import user modules by name: let them find modules next to the caller.
         paths = [os.getcwd(), *filter(None, self.env.get("PYTHONPATH", "").split(os.pathsep))]
@@ -89,6 +103,7 @@ class LocalCluster:
         ]
         if self.state_dir is not None:
             cmd += ["--state-dir", self.state_dir]
+        cmd += self._security_args()
         self.master = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=self.env)
         assert self.master.stdout is not None
         line = _read_line(self.master.stdout, self.startup_timeout)
@@ -127,6 +142,7 @@ class LocalCluster:
         ]
         for mod in self.imports:
             cmd += ["--import", mod]
+        cmd += self._security_args()
         proc = subprocess.Popen(cmd, env=self.env)
         self.workers.append(proc)
         return proc
@@ -140,8 +156,23 @@ class LocalCluster:
                 time.sleep(0.01)  # poll-until-deadline
         raise ClusterStartError(f"fewer than {n} workers registered within the startup timeout")
 
+    def _security_args(self) -> list[str]:
+        return ["--keys", self.keys_dir] if self.keys_dir else ["--insecure"]
+
     def client(self, **kwargs: Any) -> Client:
+        """A client of this cluster, with its keys."""
+        kwargs.setdefault("keys", self.keys_dir)
+        kwargs.setdefault("insecure", self.keys_dir is None)
         return Client(self.client_address, **kwargs)
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for a `shardmill` CLI process talking to this cluster."""
+        env = {"SHARDMILL_MASTER": self.client_address}
+        if self.keys_dir:
+            env["SHARDMILL_KEYS"] = self.keys_dir
+        else:
+            env["SHARDMILL_INSECURE"] = "1"
+        return env
 
     def stop(self, timeout: float = 10.0) -> None:
         procs = [*self.workers, *([self.master] if self.master else [])]
@@ -157,6 +188,9 @@ class LocalCluster:
                 proc.wait()
         if self.master is not None and self.master.stdout is not None:
             self.master.stdout.close()
+        if self._tmp_keys is not None:
+            self._tmp_keys.cleanup()
+            self._tmp_keys = None
 
     def __enter__(self) -> LocalCluster:
         return self.start()

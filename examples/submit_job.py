@@ -23,10 +23,15 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=32)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows when generating")
     parser.add_argument("--master", default=os.environ.get("SHARDMILL_MASTER"))
+    parser.add_argument(
+        "--keys",
+        default=os.environ.get("SHARDMILL_KEYS"),
+        help="CURVE key directory (client.key_secret and master.key)",
+    )
     args = parser.parse_args()
 
     path = Path(args.dataset) if args.dataset else _generate(args.rows)
-    with Client(args.master) as client:
+    with Client(args.master, keys=args.keys) as client:
         job = client.submit("column_stats", path, shards=args.shards)
         print(f"submitted job {job.id} over {path} in {args.shards} shards")
         stats = job.result(timeout=600)

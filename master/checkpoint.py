@@ -15,6 +15,7 @@ from shardmill.master.model import JobState, Shard, ShardState
 from shardmill.master.state import MasterState
 from shardmill.master.store import Store, StoredJob, pack_blob, unpack_blob
 from shardmill.ops import MAP_OP, get_op
+from shardmill.plan import provenance_of
 from shardmill.protocol import JobSpec
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ def _job_data(stored: StoredJob) -> JobData:
             if shard.state == "done" and shard.result is not None:
                 merger.add(i, *unpack_blob(shard.result))
     else:
-        merger = OpMerger(get_op(stored.spec.op))
+        provenance = provenance_of(stored.spec, list(stored.descriptors))
+        merger = OpMerger(get_op(stored.spec.op), provenance=provenance)
         merger.shards_merged = [i for i, s in stored.shards.items() if s.state == "done"]
         if stored.partial is not None:
             merger.acc = unpack_value(*unpack_blob(stored.partial))

@@ -10,7 +10,9 @@ from typing import Any
 import zmq
 
 from shardmill import __version__
-from shardmill.codec import Buffer, decode
+from shardmill.codec import Buffer, check_size, decode, peek_req
+from shardmill.config import MasterSettings
+from shardmill.datapaths import check_data_path
 from shardmill.errors import InvalidTransition, JobSpecError, ProtocolError, StateDirError
 from shardmill.master import events as ev
 from shardmill.master.checkpoint import Checkpointer
@@ -49,6 +51,8 @@ class ClientRequests:
     clients_sock: zmq.Socket[bytes]
     checkpoint: Checkpointer
     retention: float | None
+    settings: MasterSettings
+    _owner: str = ""
 
     def _send(
         self, sock: zmq.Socket[bytes], identity: bytes, msg: Message, arrays: Sequence[Any] = ()
@@ -75,14 +79,18 @@ class ClientRequests:
     def _on_client_frames(self, frames: list[Any]) -> None:
         identity = bytes(frames[0].bytes)
         try:
+            check_size(frames[1:], self.settings.max_message_bytes)
             decoded = decode(frames[1:])
             kind = decoded.msg.kind
             if kind not in CLIENT_KINDS:
                 raise ProtocolError(f"{kind!r} is not a client request; is this a worker?")
         except ProtocolError as e:
             log.warning("bad message from client %s: %s", identity.hex(), e)
-            self._send(self.clients_sock, identity, ErrorReply(code="protocol", message=str(e)))
+            reply = ErrorReply(req=peek_req(frames[1:]), code="protocol", message=str(e))
+            self._send(self.clients_sock, identity, reply)
             return
+        # With CURVE, ZAP sets User-Id to the client's public key: quotas follow the key.
+        self._owner = _user_id(frames[-1])
         try:
             self._client_handlers()[kind](identity, decoded.msg, decoded.arrays)
         except (JobSpecError, ProtocolError) as e:
@@ -98,7 +106,32 @@ class ClientRequests:
             self._send(self.clients_sock, identity, reply)
 
     def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
+        limits = self.settings
+        # The dataset, and row_stats' output (which the master creates), stay in the data roots.
+        paths = {
+            name: check_data_path(path, limits.data_roots)
+            for name in ("dataset", "output")
+            if (path := getattr(msg.spec, name))
+        }
+        if paths:
+            msg = msg.model_copy(update={"spec": msg.spec.model_copy(update=paths)})
+        queued = sum(
+            1
+            for j, d in self.jobs.items()
+            if d.owner == self._owner and not self.state.jobs[j].finished
+        )
+        if queued >= limits.max_queued_jobs:
+            raise JobSpecError(
+                f"this client already has {queued} unfinished jobs, the limit "
+                "(max_queued_jobs); wait for some to finish or cancel them"
+            )
         data = accept(msg, arrays)
+        if len(data.descriptors) > limits.max_shards:
+            raise JobSpecError(
+                f"shards: the job would have {len(data.descriptors):,} shards, "
+                f"above max_shards={limits.max_shards:,}; use bigger shards"
+            )
+        data.owner = self._owner
         job_id = new_job_id()
         try:
             self.checkpoint.job_added(job_id, data, spec=msg.spec, submitted_at=time.time())
@@ -199,3 +232,11 @@ class ClientRequests:
             if shard.state is ShardState.FAILED and shard.history:
                 return shard.history[-1].error
         return None
+
+
+def _user_id(frame: Any) -> str:
+    """The peer's CURVE public key as ZAP set it; empty on insecure sockets."""
+    try:
+        return str(frame.get("User-Id") or "")
+    except (zmq.ZMQError, AttributeError):
+        return ""

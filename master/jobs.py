@@ -9,11 +9,9 @@ from typing import Any
 from shardmill.codec import Buffer
 from shardmill.errors import JobSpecError
 from shardmill.master.merge import FinalResult, MapMerger, Merger, OpMerger
-from shardmill.ops import MAP_OP, get_op
+from shardmill.ops import MAP_OP
+from shardmill.plan import build_plan, values_sent
 from shardmill.protocol import Descriptor, MapChunk, Submit, Task
-from shardmill.sharding import plan_rows, read_npy_header
-
-DEFAULT_DATASET_SHARDS = 16
 
 
 @dataclass
@@ -25,6 +23,7 @@ class JobData:
     inputs: list[tuple[bytes, list[Buffer]]] = field(default_factory=list)
     result: FinalResult | None = None
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
+    owner: str = ""  # the submitting client's public key (CURVE), for per-client quotas
 
     def task(
         self, job_id: str, shard: int, attempt: int, *, op: str, timeout: float | None
@@ -54,23 +53,10 @@ def accept(msg: Submit, arrays: list[Buffer]) -> JobData:
     spec = msg.spec
     if spec.op == MAP_OP:
         return _accept_map(msg, arrays)
-    try:
-        op = get_op(spec.op)
-    except KeyError as e:
-        raise JobSpecError(f"op: {e.args[0]}") from None
-    if not spec.dataset:
-        raise JobSpecError(f"dataset: op {spec.op!r} needs a dataset (a .npy file path)")
-    header = read_npy_header(spec.dataset)
-    if len(header.shape) not in (1, 2):
-        raise JobSpecError(
-            f"dataset: {spec.dataset} has shape {header.shape}; {op.name} needs 1-D or 2-D data"
-        )
-    why = op.check_dtype(header.dtype)
-    if why:
-        raise JobSpecError(f"dataset: {spec.dataset}: {why}")
-    shards = spec.shards or DEFAULT_DATASET_SHARDS
-    descriptors: list[Descriptor] = list(plan_rows(spec.dataset, shards, header.shape[0]))
-    return JobData(descriptors=descriptors, merger=OpMerger(op))
+    # Datasets, strategies and ops are planned in shardmill.plan (headers and samples only).
+    plan = build_plan(spec, values_sent(msg, arrays))
+    merger = OpMerger(plan.op, provenance=plan.provenance)
+    return JobData(descriptors=plan.descriptors, merger=merger, inputs=plan.inputs)
 
 
 def _accept_map(msg: Submit, arrays: list[Buffer]) -> JobData:

@@ -11,7 +11,8 @@ from typing import Any
 
 import zmq
 
-from shardmill.codec import Buffer, decode, encode
+from shardmill import __version__
+from shardmill.codec import Buffer, check_size, decode, encode
 from shardmill.config import MasterSettings
 from shardmill.errors import InvalidTransition, ProtocolError, ShardmillError
 from shardmill.master import events as ev
@@ -24,6 +25,7 @@ from shardmill.protocol import (
     WORKER_KINDS,
     CancelTasks,
     Disconnect,
+    ErrorInfo,
     ErrorReply,
     MasterPing,
     Message,
@@ -33,9 +35,9 @@ from shardmill.protocol import (
     ShardFailed,
     Welcome,
 )
+from shardmill.security import Security
 
 log = logging.getLogger(__name__)
-MAX_MESSAGE_BYTES = 2**31
 
 
 class _Stop(BaseException):
@@ -62,6 +64,8 @@ class MasterLoop(ClientRequests):
         self.state.wall_offset = time.time() - time.monotonic()
         self.jobs: dict[str, JobData] = self.checkpoint.restore(self.state, time.monotonic())
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.security = Security.resolve(settings.keys, settings.insecure, "master")
+        self.auth = self.security.authenticator(self.ctx)  # ZAP must run before we bind
         self.workers_sock = self._router(settings.port)
         self.clients_sock = self._router(settings.client_port)
         self.worker_handlers: dict[str, Callable[[bytes, Message, list[Buffer]], None]] = {
@@ -81,7 +85,10 @@ class MasterLoop(ClientRequests):
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A worker that reconnects keeps its identity: the new connection takes it over.
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        # The hard cut (the peer is disconnected) sits above the soft limit, which gets a
+        # clear error reply instead.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_message_bytes)
+        self.security.server(sock)
         host = self.settings.host
         if port == 0:
             sock.bind_to_random_port(f"tcp://{host}")
@@ -123,6 +130,8 @@ class MasterLoop(ClientRequests):
         self.workers_sock.close(linger=0)
         self.clients_sock.close(linger=0)
         self.checkpoint.close()
+        if self.auth is not None:
+            self.auth.stop()
 
     def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None]) -> None:
         for _ in range(1000):  # bounded, so one busy socket cannot starve the other or timers
@@ -155,6 +164,7 @@ class MasterLoop(ClientRequests):
     def _on_worker_frames(self, frames: list[Any]) -> None:
         identity = bytes(frames[0].bytes)
         try:
+            check_size(frames[1:], self.settings.max_message_bytes)
             decoded = decode(frames[1:])
             kind = decoded.msg.kind
             if kind not in WORKER_KINDS:
@@ -172,6 +182,14 @@ class MasterLoop(ClientRequests):
     def _on_ready(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
         assert isinstance(msg, Ready)
         worker = _text(identity)
+        if msg.version != __version__:
+            text = (
+                f"worker {worker} runs shardmill {msg.version}, this master runs "
+                f"{__version__}; run the same version on the master and every worker"
+            )
+            log.warning("refused: %s", text)
+            self._send(self.workers_sock, identity, ErrorReply(code="version", message=text))
+            return
         self.meta[worker] = msg
         log.info(
             "worker %s ready: %s pid %d, %d slots, imports %s",
@@ -217,7 +235,22 @@ class MasterLoop(ClientRequests):
 
     def _on_done(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
         assert isinstance(msg, ShardDone)
-        event = ev.ShardSucceeded(_text(identity), msg.job_id, msg.shard, msg.attempt, msg.duration)
+        worker = _text(identity)
+        size = len(msg.payload) + sum(memoryview(a).nbytes for a in arrays)
+        limit = self.settings.max_result_bytes
+        if size > limit:  # refused as a failure that no retry can fix
+            err = ErrorInfo(
+                kind="bad_input",
+                type="ResultTooLarge",
+                worker=worker,
+                retryable=False,
+                message=f"shard {msg.shard} returned {size:,} bytes, above "
+                f"max_result_bytes={limit:,}; use more shards or write the output "
+                "to files",
+            )
+            self._apply(ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err))
+            return
+        event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration)
         self._apply(event, result=(msg.payload, arrays))
 
     # ---- commands ------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class OpMerger:
     op: DatasetOp
     acc: dict[str, Any] | None = None
     shards_merged: list[int] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)  # dataset, strategy, op, version
 
     def add(self, shard: int, payload: bytes, arrays: list[Buffer]) -> None:
         part = unpack_value(payload, arrays)
@@ -59,6 +60,8 @@ class OpMerger:
         value = self.op.finalize(self.acc or {"count": 0})
         value["shards_merged"] = len(self.shards_merged)
         value["missing_shards"] = list(missing)
+        if self.provenance:
+            value["provenance"] = {**self.provenance, "shards": sorted(self.shards_merged)}
         packed = pack_value(value)
         return FinalResult([packed.data], [len(packed.arrays)], list(packed.arrays))
 

@@ -237,7 +237,9 @@ class MasterState:
         spec = job.spec
         if not err.retryable or shard.charged >= spec.max_attempts:
             job.move(shard, S.FAILED, f"{err.kind} on attempt {shard.charged}")
-            if job.counts[S.FAILED] > spec.allow_failures or not err.retryable:
+            # A missing function dooms every shard: fail at once. Other failures (a bad CSV
+            # row, a poison shard) are covered by allow_failures.
+            if job.counts[S.FAILED] > spec.allow_failures or err.kind == "unknown_function":
                 self._end_job(job, JobState.FAILED, failure_message(job, shard))
             else:
                 self._maybe_finish(job)
@@ -459,6 +461,8 @@ def next_step(err: ErrorInfo | None) -> str:
         return "next step: start the workers with the module: `shardmill worker --import MOD`"
     if err.kind == "timeout":
         return "next step: raise the job's task_timeout or use more, smaller shards"
+    if err.kind == "bad_input":
+        return "next step: fix the input named above (file, line, field) and resubmit"
     if err.kind in ("crash", "lost"):
         return "next step: check the worker's logs and memory; the task may crash its process"
     return "next step: fix the error in the task code (see the traceback) and resubmit"

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from shardmill import __version__
+from shardmill import __version__, exitcodes
 from shardmill.codec import Buffer, decode, encode
 from shardmill.config import WorkerSettings
 from shardmill.errors import ProtocolError
@@ -36,6 +36,7 @@ from shardmill.protocol import (
     Task,
     Welcome,
 )
+from shardmill.security import Security
 from shardmill.worker.runner import Child, wait_all
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Agent:
         self.interval = settings.heartbeat_interval
         self.liveness = settings.heartbeat_liveness
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.security = Security.resolve(settings.keys, settings.insecure, "worker")
         self.sock: zmq.Socket[bytes] | None = None
         self.poller = zmq.Poller()
         self.children = [self._spawn() for _ in range(settings.slots)]
@@ -60,6 +62,7 @@ class Agent:
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
         self._health_written = 0.0
+        self.fatal: str | None = None  # set when the master refuses us for good
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
@@ -74,11 +77,11 @@ class Agent:
             self.poller.register(child.fileno(), zmq.POLLIN)
         self._connect()
         try:
-            while not self._drained():
+            while not self._drained() and self.fatal is None:
                 self._step()
         finally:
             self._shutdown()
-        return 0
+        return exitcodes.CONFIG if self.fatal else exitcodes.OK
 
     def _step(self) -> None:
         ready = dict(self.poller.poll(self._timeout_ms()))
@@ -112,6 +115,7 @@ class Agent:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+        self.security.client(sock, "worker")
         sock.connect(self.settings.master)
         self.sock = sock
         self.poller.register(sock, zmq.POLLIN)
@@ -190,6 +194,9 @@ class Agent:
                 self._cancel(job)
             case Welcome():
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness
+            case ErrorReply(code="version"):
+                log.error("master refused this worker: %s", msg.message)
+                self.fatal = msg.message
             case ErrorReply():
                 log.warning("master refused a message: %s %s", msg.code, msg.message)
             case _ if msg.kind == "reregister":

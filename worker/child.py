@@ -16,13 +16,21 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from shardmill.codec import Buffer, decode, encode, pack_value, unpack_value
-from shardmill.errors import ProtocolError, UnknownFunction
-from shardmill.ops import get_op
-from shardmill.protocol import ErrorInfo, MapChunk, RowRange, ShardDone, ShardFailed, Task
+from shardmill.errors import BadInput, ProtocolError, UnknownFunction
+from shardmill.protocol import (
+    ErrorInfo,
+    MapChunk,
+    NpyPiece,
+    NpySource,
+    RowRange,
+    ScanShard,
+    ShardDone,
+    ShardFailed,
+    Task,
+)
 from shardmill.worker.pipes import read_frames, write_frames
 from shardmill.worker.registry import Registry
-
-_DATASETS: dict[str, np.ndarray] = {}
+from shardmill.worker.scan import run_scan
 
 
 def _die_with_parent() -> None:
@@ -69,6 +77,9 @@ def run_task(
             kind="unknown_function", type="UnknownFunction", message=str(e), retryable=False
         )
         return _failed(task, start, err), []
+    except BadInput as e:  # names the file, row and field; retrying cannot fix bad data
+        err = ErrorInfo(kind="bad_input", type="BadInput", message=str(e), retryable=e.retryable)
+        return _failed(task, start, err), []
     except (Exception, SystemExit) as e:  # user code: all it raises is reported as data
         err = ErrorInfo(
             kind="error", type=_qualname(e), message=str(e), traceback=traceback.format_exc()
@@ -101,19 +112,13 @@ def _execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
         func = registry.resolve(desc.function)
         args_list = unpack_value(task.payload, arrays)
         return [func(*args) for args in args_list]
-    assert isinstance(desc, RowRange)
-    op = get_op(task.op)
-    data = _dataset(desc.path)
-    return op.run(data[desc.start : desc.stop])
-
-
-def _dataset(path: str) -> np.ndarray:
-    # Memory-map once per child; the page cache is shared by every child on the host.
-    arr = _DATASETS.get(path)
-    if arr is None:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        _DATASETS[path] = arr
-    return arr
+    if isinstance(desc, RowRange):  # a job checkpointed before ScanShard existed
+        desc = ScanShard(
+            source=NpySource(pieces=[NpyPiece(path=desc.path, start=desc.start, stop=desc.stop)]),
+            first_row=desc.start,
+        )
+        task = task.model_copy(update={"descriptor": desc})
+    return run_scan(task, arrays, registry)
 
 
 def _failed(task: Task, start: float, err: ErrorInfo) -> ShardFailed:

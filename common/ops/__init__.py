@@ -1,21 +1,48 @@
-"""Built-in operations: a worker-side `run` per shard, an associative `combine`, a `finalize`."""
+"""Operations over datasets: a worker-side `map` per block, an associative `combine`, `finalize`."""
 
 from __future__ import annotations
 
-from shardmill.ops.base import DatasetOp
+from shardmill.errors import UnknownFunction
+from shardmill.ops.base import Block, DatasetOp, OpTraits
 from shardmill.ops.column_stats import ColumnStats
+from shardmill.ops.groupby import GroupBy
+from shardmill.ops.histogram import Histogram
+from shardmill.ops.row_stats import RowStats
+from shardmill.ops.sum_count import SumCount
+from shardmill.ops.user import UserOp, load_modules, user_op
+from shardmill.ops.value_counts import ValueCounts
+from shardmill.worker.registry import Registry
 
-BUILTIN_OPS: dict[str, DatasetOp] = {op.name: op for op in (ColumnStats(),)}
+BUILTIN_OPS: dict[str, DatasetOp] = {
+    op.name: op
+    for op in (ColumnStats(), RowStats(), Histogram(), SumCount(), ValueCounts(), GroupBy())
+}
 MAP_OP = "map"
 
 
-def get_op(name: str) -> DatasetOp:
-    """Look up a built-in dataset op by name; KeyError names the ones that exist."""
+def get_op(name: str, registry: Registry | None = None) -> DatasetOp:
+    """A built-in op by name, or a user op "pkg.mod:name"; KeyError names the ones that exist."""
+    if ":" in name:
+        try:
+            return user_op(name, registry)
+        except UnknownFunction as e:
+            raise KeyError(str(e)) from None
     try:
         return BUILTIN_OPS[name]
     except KeyError:
         known = ", ".join(sorted([MAP_OP, *BUILTIN_OPS]))
-        raise KeyError(f"unknown op {name!r}; known ops: {known}") from None
+        raise KeyError(
+            f"unknown op {name!r}; known ops: {known}, or a user op as 'pkg.module:name'"
+        ) from None
 
 
-__all__ = ["BUILTIN_OPS", "MAP_OP", "DatasetOp", "get_op"]
+__all__ = [
+    "BUILTIN_OPS",
+    "MAP_OP",
+    "Block",
+    "DatasetOp",
+    "OpTraits",
+    "UserOp",
+    "get_op",
+    "load_modules",
+]

@@ -6,9 +6,16 @@ from typing import Any
 
 import numpy as np
 
+from shardmill.ops.base import Block, OpTraits, as_matrix, is_empty
+from shardmill.ops.columnwise import merge_columns
+from shardmill.protocol import OpOptions
+
+FIELDS = ("rows", "n", "sum", "mean", "m2", "min", "max")
+
 
 class ColumnStats:
     name = "column_stats"
+    traits = OpTraits()
 
     def check_dtype(self, dtype: np.dtype[Any]) -> str | None:
         if dtype.kind not in "biuf":
@@ -16,52 +23,73 @@ class ColumnStats:
         return None
 
     def run(self, rows: np.ndarray) -> dict[str, Any]:
-        block = np.asarray(rows, dtype=np.float64)
-        if block.ndim == 1:
-            block = block[:, None]
-        n = int(block.shape[0])
-        if n == 0:
-            return {"count": 0}
-        mean = block.mean(axis=0)
-        # Two-pass within the shard (numerically stable); Chan's formula merges the shards.
-        m2 = ((block - mean) ** 2).sum(axis=0)
+        """The partial of a plain array (every column): for one-process use and benchmarks."""
+        block = rows[:, None] if rows.ndim == 1 else rows
+        return self.map(Block(block, np.arange(block.shape[1])), OpOptions())
+
+    def map(self, block: Block, options: OpOptions) -> dict[str, Any]:
+        x = as_matrix(block)
+        if options.nan_aware:
+            valid = ~np.isnan(x)
+            n = valid.sum(axis=0)
+            total = np.where(valid, x, 0.0).sum(axis=0)
+            mean = np.divide(total, n, out=np.zeros_like(total), where=n > 0)
+            m2 = np.where(valid, (x - mean) ** 2, 0.0).sum(axis=0)
+            low = np.fmin.reduce(x, axis=0, initial=np.inf)
+            high = np.fmax.reduce(x, axis=0, initial=-np.inf)
+        else:
+            n = np.full(x.shape[1], x.shape[0], dtype=np.int64)
+            total = x.sum(axis=0)
+            mean = total / max(1, x.shape[0])
+            # Two-pass within the shard (numerically stable); Chan's formula merges the shards.
+            m2 = ((x - mean) ** 2).sum(axis=0)
+            low = np.minimum.reduce(x, axis=0, initial=np.inf)
+            high = np.maximum.reduce(x, axis=0, initial=-np.inf)
+        rows = np.full(x.shape[1], x.shape[0], dtype=np.int64)
         return {
-            "count": n,
-            "sum": block.sum(axis=0),
+            "cols": block.columns,
+            "rows": rows,
+            "n": n.astype(np.int64),
+            "sum": total,
             "mean": mean,
             "m2": m2,
-            "min": block.min(axis=0),
-            "max": block.max(axis=0),
+            "min": low,
+            "max": high,
         }
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        na, nb = int(a["count"]), int(b["count"])
-        if nb == 0:
-            return a
-        if na == 0:
-            return b
-        n = na + nb
-        delta = np.asarray(b["mean"]) - np.asarray(a["mean"])
-        return {
-            "count": n,
-            "sum": np.asarray(a["sum"]) + np.asarray(b["sum"]),
-            "mean": np.asarray(a["mean"]) + delta * (nb / n),
-            "m2": np.asarray(a["m2"]) + np.asarray(b["m2"]) + delta**2 * (na * nb / n),
-            "min": np.minimum(a["min"], b["min"]),
-            "max": np.maximum(a["max"], b["max"]),
-        }
+        return merge_columns(a, b, FIELDS, _chan)
 
     def finalize(self, acc: dict[str, Any]) -> dict[str, Any]:
-        n = int(acc["count"])
-        if n == 0:
+        if is_empty(acc):
             return {"count": 0}
-        var = np.asarray(acc["m2"]) / n
+        rows, n = np.asarray(acc["rows"]), np.asarray(acc["n"])
+        empty = n == 0
+        var = np.where(empty, np.nan, np.asarray(acc["m2"]) / np.maximum(n, 1))
         return {
-            "count": n,
+            "count": int(rows[0]) if rows.size and (rows == rows[0]).all() else rows,
+            "valid": n,
             "sum": np.asarray(acc["sum"]),
-            "mean": np.asarray(acc["mean"]),
+            "mean": np.where(empty, np.nan, acc["mean"]),
             "var": var,
             "std": np.sqrt(var),
-            "min": np.asarray(acc["min"]),
-            "max": np.asarray(acc["max"]),
+            "min": np.where(empty, np.nan, acc["min"]),
+            "max": np.where(empty, np.nan, acc["max"]),
+            "columns": np.asarray(acc["cols"]),
         }
+
+
+def _chan(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    na, nb = np.asarray(a["n"]), np.asarray(b["n"])
+    n = na + nb
+    share = np.divide(nb, n, out=np.zeros(n.shape), where=n > 0)  # nb / n
+    delta = np.asarray(b["mean"]) - np.asarray(a["mean"])
+    return {
+        "rows": np.asarray(a["rows"]) + np.asarray(b["rows"]),
+        "n": n,
+        "sum": np.asarray(a["sum"]) + np.asarray(b["sum"]),
+        "mean": np.asarray(a["mean"]) + delta * share,
+        "m2": np.asarray(a["m2"]) + np.asarray(b["m2"]) + delta**2 * na * share,
+        "min": np.minimum(a["min"], b["min"]),
+        "max": np.maximum(a["max"], b["max"]),
+    }

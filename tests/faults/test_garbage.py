@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import msgpack
 import zmq
@@ -10,11 +11,14 @@ import zmq
 from shardmill import LocalCluster
 from shardmill.codec import decode, encode
 from shardmill.protocol import ErrorReply, Heartbeat, JobsQuery
+from shardmill.security import Security
 
 
-def _dealer(address: str) -> zmq.Socket[bytes]:
+def _dealer(cluster: LocalCluster, address: str, role: str) -> zmq.Socket[bytes]:
+    """An authenticated but hostile peer: it holds real keys and sends garbage."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    Security(Path(str(cluster.keys_dir))).client(sock, role)
     sock.connect(address)
     return sock
 
@@ -28,8 +32,8 @@ def _reply(sock: zmq.Socket[bytes]) -> ErrorReply:
 
 def test_garbage_on_both_sockets_then_a_job_completes(cluster: LocalCluster) -> None:
     rng = random.Random(1234)
-    for address in (cluster.worker_address, cluster.client_address):
-        sock = _dealer(address)
+    for address, role in ((cluster.worker_address, "worker"), (cluster.client_address, "client")):
+        sock = _dealer(cluster, address, role)
         try:
             # Given random bytes / Then each gets a protocol error reply
             for _ in range(200):

@@ -22,7 +22,7 @@ def npy(tmp_path: Path) -> Path:
 
 
 def test_submit_status_jobs_result_workers_why(cluster: LocalCluster, npy: Path) -> None:
-    master = cluster.client_address
+    master = cluster
     # submit without --wait prints the job id
     job_id = cli_json("submit", "column_stats", str(npy), "--shards", "8", master=master)["job_id"]
     # result waits and prints the merged statistics
@@ -54,7 +54,7 @@ def test_submit_status_jobs_result_workers_why(cluster: LocalCluster, npy: Path)
 
 
 def test_human_output_and_wait_progress(cluster: LocalCluster, npy: Path) -> None:
-    master = cluster.client_address
+    master = cluster
     proc = run_cli("submit", "column_stats", str(npy), "--shards", "4", "--wait", master=master)
     assert proc.returncode == 0, proc.stderr
     assert "4/4" in proc.stdout and "shards" in proc.stdout  # the progress bar's last frame
@@ -67,7 +67,7 @@ def test_human_output_and_wait_progress(cluster: LocalCluster, npy: Path) -> Non
 
 
 def test_submit_wait_json_and_watch_json(cluster: LocalCluster, npy: Path) -> None:
-    master = cluster.client_address
+    master = cluster
     out = cli_json("submit", "column_stats", str(npy), "--wait", master=master)
     assert out["result"]["count"] == 20_000
     lines = run_cli("watch", out["job_id"], "--json", master=master).stdout.splitlines()
@@ -75,7 +75,7 @@ def test_submit_wait_json_and_watch_json(cluster: LocalCluster, npy: Path) -> No
 
 
 def test_cancel_a_running_job(cluster: LocalCluster, tmp_path: Path) -> None:
-    master = cluster.client_address
+    master = cluster
     flag = tmp_path / "never"
     with cluster.client() as client:
         job = client.map("sm_tasks:wait_for_file", [(str(flag),) for _ in range(6)], chunk_size=1)
@@ -91,14 +91,14 @@ def test_cancel_a_running_job(cluster: LocalCluster, tmp_path: Path) -> None:
 
 
 def test_exit_codes_name_the_problem(cluster: LocalCluster, tmp_path: Path) -> None:
-    master = cluster.client_address
+    master = cluster
     missing = run_cli("status", "nosuchjob", master=master)
     assert missing.returncode == exitcodes.NOT_FOUND and "no job 'nosuchjob'" in missing.stderr
     bad = run_cli("submit", "column_stats", str(tmp_path / "x.npy"), master=master)
     assert bad.returncode == exitcodes.BAD_SPEC and "does not exist" in bad.stderr
     gone = run_cli("jobs", "--connect-timeout", "0.3", master="tcp://127.0.0.1:9")
     assert gone.returncode == exitcodes.UNREACHABLE and "SHARDMILL_MASTER" in gone.stderr
-    assert run_cli("health", "--master", master).returncode == exitcodes.OK
+    assert run_cli("health", "--master", cluster.client_address, master=cluster).returncode == 0
     sick = run_cli("health", "--file", str(tmp_path / "none"))
     assert sick.returncode == exitcodes.UNHEALTHY
 
@@ -106,7 +106,7 @@ def test_exit_codes_name_the_problem(cluster: LocalCluster, tmp_path: Path) -> N
 def test_failed_job_exit_code_and_message(cluster: LocalCluster) -> None:
     with cluster.client() as client:
         job = client.map("sm_tasks:boom", [(1,)], max_attempts=2)
-    proc = run_cli("result", job.id, master=cluster.client_address)
+    proc = run_cli("result", job.id, master=cluster)
     assert proc.returncode == exitcodes.JOB_FAILED
     assert "shard 0" in proc.stderr and "boom on 1" in proc.stderr
     assert "attempt 2" in proc.stderr and "next step" in proc.stderr

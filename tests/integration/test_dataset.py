@@ -90,7 +90,7 @@ def test_unreachable_master_is_reported_after_the_connect_timeout() -> None:
     # Given no master on this port / When a client asks / Then it says so and does not hang
     start = time.monotonic()
     with (
-        Client("tcp://127.0.0.1:9", connect_timeout=0.5) as client,
+        Client("tcp://127.0.0.1:9", connect_timeout=0.5, insecure=True) as client,
         pytest.raises(MasterUnreachable, match="no answer from the master"),
     ):
         client.workers()

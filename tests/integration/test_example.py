@@ -27,6 +27,8 @@ def test_example_client_script(cluster: LocalCluster, tmp_path: Path) -> None:
             "5",
             "--master",
             cluster.client_address,
+            "--keys",
+            str(cluster.keys_dir),
         ],
         capture_output=True,
         text=True,

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shardmill import LocalCluster
+
 SUPPORT = Path(__file__).parent
 FAST: dict[str, Any] = {"heartbeat_interval": 0.05, "heartbeat_liveness": 10}
 
@@ -36,12 +38,18 @@ def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "condit
 
 
 def run_cli(
-    *args: str, master: str | None = None, timeout: float = 60.0, env: dict[str, str] | None = None
+    *args: str,
+    master: str | LocalCluster | None = None,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m shardmill ARGS` as a real process."""
+    """Run `python -m shardmill ARGS` as a real process (with a cluster's address and keys)."""
     full_env = dict(env or cluster_env())
-    if master is not None:
+    if isinstance(master, LocalCluster):
+        full_env.update(master.client_env())
+    elif master is not None:
         full_env["SHARDMILL_MASTER"] = master
+        full_env["SHARDMILL_INSECURE"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "shardmill", *args],
         capture_output=True,
@@ -51,7 +59,7 @@ def run_cli(
     )
 
 
-def cli_json(*args: str, master: str) -> Any:
+def cli_json(*args: str, master: str | LocalCluster) -> Any:
     proc = run_cli(*args, "--json", master=master)
     assert proc.returncode == 0, f"shardmill {' '.join(args)} failed: {proc.stderr}"
     return json.loads(proc.stdout)

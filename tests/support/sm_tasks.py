@@ -128,3 +128,9 @@ def slow(log_dir: str, key: str, x: int, seconds: float) -> int:
 
 def always_fails(x: int) -> int:
     raise KeyError(f"no such thing as {x}")
+
+
+def nap(x: int, seconds: float) -> int:
+    """Sleeps, then returns x*3: a slow shard with no side effects (the Docker tests use it)."""
+    time.sleep(seconds)
+    return x * 3

@@ -84,6 +84,19 @@ def test_non_retryable_error_fails_the_job_at_once() -> None:
     assert "--import" in s.jobs["j"].error  # type: ignore[operator]
 
 
+def test_allow_failures_covers_bad_input_but_not_unknown_functions() -> None:
+    s = _state()
+    spec = SPEC.model_copy(update={"allow_failures": 1})
+    s.handle(ev.WorkerReady("w1", slots=2), now=0)
+    s.handle(ev.JobAdded("j", spec, 2), now=0)
+    s.handle(ev.ShardFailed("w1", "j", 0, 1, _error("bad_input", False)), now=1)
+    assert s.job_info("j").state == "running"  # one bad shard is allowed
+    assert ev.FinalizeJob("j", missing=(0,)) in s.handle(ev.ShardSucceeded("w1", "j", 1, 1), 2)
+    s.handle(ev.JobAdded("k", spec, 2), now=3)
+    s.handle(ev.ShardFailed("w1", "k", 0, 1, _error("unknown_function", False)), now=4)
+    assert s.job_info("k").state == "failed"
+
+
 def test_allow_failures_completes_and_lists_missing_shards() -> None:
     s = _state()
     spec = SPEC.model_copy(update={"max_attempts": 1, "allow_failures": 1})

@@ -1,0 +1,29 @@
+"""A user operation the test master and workers import with `--import sm_ops`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shardmill.ops import Block, UserOp
+from shardmill.protocol import OpOptions
+
+
+def _map(block: Block, options: OpOptions) -> dict[str, Any]:
+    power = float(str(options.params.get("power", 2)))
+    x = np.abs(np.asarray(block.values, dtype=np.float64)) ** power
+    return {"n": block.rows, "total": x.sum(axis=0)}
+
+
+def _combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {"n": a["n"] + b["n"], "total": np.asarray(a["total"]) + np.asarray(b["total"])}
+
+
+def _finalize(acc: dict[str, Any]) -> dict[str, Any]:
+    return {"rows": acc["n"], "power_sum": np.asarray(acc["total"])}
+
+
+power_sum = UserOp(map=_map, combine=_combine, finalize=_finalize)
+
+not_an_op = 42
