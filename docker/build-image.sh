@@ -7,7 +7,9 @@
 #   2. on the host, gather wheels for shardmill + all dependencies, matching the
 #      base image's Python, into docker/dist/wheels (the Dockerfile installs
 #      from there with --no-index).
-#   3. docker build with docker/ as the (small) context.
+#   3. docker build with docker/ as the (small) context; tags $TAG and $TAG-build
+#      (the build stage). An unchanged tree gives the same wheels byte for byte, so
+#      the rebuild is all cache hits (about 10 s).
 # Usage: docker/build-image.sh [extra docker build args...]
 set -euo pipefail
 
@@ -41,6 +43,10 @@ trap 'rm -rf "$src"' EXIT
 tar -C "$repo" --exclude=./.git --exclude=./docker --exclude=./build \
     --exclude='*.egg-info' --exclude=.venv --exclude=__pycache__ -c . | tar -C "$src" -x
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Byte-reproducible wheels: with fixed zip timestamps an unchanged tree gives identical
+# wheels, so Docker's layer cache (keyed on file content) makes the rebuild a no-op, and any
+# change to what goes into a wheel busts it. 315532800 = 1980-01-01, the zip format's epoch.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-315532800}"
 if [[ "$base_py" == "$host_py" ]]; then
     # Same interpreter version: host-built wheels fit; sdists get built too.
     "$PY" -m pip wheel -q --wheel-dir "$wheels" "$src"
@@ -59,7 +65,17 @@ else
 fi
 ls "$wheels"
 
-# --- 3. image (classic builder works; BuildKit is used if the CLI has buildx)
-docker build -f "$here/Dockerfile" --build-arg BASE_IMAGE="$BASE_IMAGE" \
-    -t "$TAG" "$@" "$here"
+# --- 3. image (classic builder works; BuildKit is used if the CLI has buildx).
+# The build stage gets a tag of its own ($TAG-build) so that the image a rebuild replaces
+# can be deleted: every code change would otherwise leave ~450 MB of untagged images behind.
+# Unchanged wheels mean both builds are cache hits and nothing is replaced.
+old_ids="$(docker image inspect -f '{{.Id}}' "$TAG" "$TAG-build" 2>/dev/null || true)"
+build=(docker build -f "$here/Dockerfile" --build-arg BASE_IMAGE="$BASE_IMAGE")
+"${build[@]}" --target build -t "$TAG-build" "$@" "$here"
+"${build[@]}" -t "$TAG" "$@" "$here"
+new_ids="$(docker image inspect -f '{{.Id}}' "$TAG" "$TAG-build")"
+for id in $old_ids; do
+    # Still used (a container, another tag): rm refuses, and that is fine.
+    grep -qx "$id" <<<"$new_ids" || docker image rm "$id" >/dev/null 2>&1 || true
+done
 docker run --rm "$TAG" --help >/dev/null && echo "built $TAG"

@@ -1,0 +1,65 @@
+"""Fixtures for tests against real containers: the image, and one Compose project per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dockerenv import (
+    IMAGE,
+    BuildFailed,
+    Compose,
+    compose_env,
+    docker_daemon_error,
+    free_ports,
+    run_script,
+    stale_files,
+)
+from helpers import wait_until
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The image, built from the working tree, and the Compose plugin, both by docker/ scripts."""
+    why = docker_daemon_error()
+    if why is not None:
+        pytest.skip(f"no Docker daemon: `docker info` failed ({why})")
+    stale: list[str] = []
+    try:
+        run_script("install-compose.sh", timeout=300)
+        for _ in range(2):  # a second build only if the tree changed while the first ran
+            run_script("build-image.sh", timeout=600)
+            stale = stale_files()
+            if not stale:
+                return IMAGE
+    except BuildFailed as e:
+        pytest.fail(str(e))
+    pytest.fail(f"{IMAGE} does not hold the working tree's code; files that differ: {stale}")
+
+
+@pytest.fixture
+def compose(docker_image: str, tmp_path: Path) -> Iterator[Compose]:
+    """A master and 3 workers (2 slots each) in a project of their own; `down -v` after."""
+    worker_port, client_port = free_ports(2)
+    project = f"smtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    c = Compose(project, compose_env(worker_port, client_port), client_port, tmp_path / "keys")
+    try:
+        c("up", "-d", "--scale", "worker=3")
+        c.copy_client_keys()
+        with c.client() as client:
+            wait_until(lambda: len(client.workers()) == 3, what="3 workers to register")
+        yield c
+    finally:
+        try:  # shown only when the test fails: what each container said last
+            logs = c("logs", "--no-color", "--tail", "80", check=False)
+            print(f"--- docker compose logs ({project}) ---\n{logs.stdout}", file=sys.stderr)
+        finally:
+            down = c(
+                "--profile", "client", "down", "-v", "--remove-orphans", "-t", "5", check=False
+            )
+        left = c.leftovers()
+        assert not left, f"project {project} left {left} behind: {down.stderr}"
