@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dockerenv import (
+    BUILD_LOG,
     IMAGE,
     BuildFailed,
     Compose,
@@ -29,6 +30,7 @@ def docker_image() -> str:
     if why is not None:
         pytest.skip(f"no Docker daemon: `docker info` failed ({why})")
     stale: list[str] = []
+    BUILD_LOG.unlink(missing_ok=True)  # this session's build output only
     try:
         run_script("install-compose.sh", timeout=300)
         for _ in range(2):  # a second build only if the tree changed while the first ran
