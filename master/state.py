@@ -204,7 +204,18 @@ class MasterState:
             return
         if w is not None:
             w.done += 1
-        self._close_attempt(shard, "ok", None, worker=e.worker)
+        if not self._close_attempt(shard, "ok", None, worker=e.worker):
+            # A late result from a worker whose attempt was already written off as lost.
+            late = Attempt(
+                number=e.attempt,
+                worker=e.worker,
+                started=self._now - e.duration,
+                ended=self._now,
+                outcome="ok (late)",
+            )
+            shard.history.append(late)
+        while self._close_attempt(shard, "superseded", None):
+            pass  # a re-run still in flight elsewhere: its result will be a counted duplicate
         if shard.state is S.QUEUED:
             job.ready.remove(shard.index)
         elif shard.state is S.WAITING:
@@ -263,13 +274,14 @@ class MasterState:
 
     def _close_attempt(
         self, shard: Shard, outcome: str, err: ErrorInfo | None, *, worker: str | None = None
-    ) -> None:
+    ) -> bool:
         for attempt in reversed(shard.history):
             if attempt.ended is None and (worker is None or attempt.worker == worker):
                 attempt.ended = self._now
                 attempt.outcome = outcome
                 attempt.error = err
-                return
+                return True
+        return False
 
     def _release_waiting(self) -> None:
         while self._waiting and self._waiting[0][0] <= self._now:

@@ -194,6 +194,8 @@ class Agent:
                 self._cancel(job)
             case Welcome():
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness
+                # Beat at the master's pace from now on, not at our default's next tick.
+                self.next_beat = min(self.next_beat, time.monotonic() + self.interval)
             case ErrorReply(code="version"):
                 log.error("master refused this worker: %s", msg.message)
                 self.fatal = msg.message

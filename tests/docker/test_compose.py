@@ -203,7 +203,6 @@ def test_network_disconnect_a_worker_mid_job(compose: Compose, client: Client) -
     assert victim in _worker_ids(client)
 
 
-@pytest.mark.xfail(strict=False, reason="needs checkpointing (issue 6)")
 def test_master_restart_mid_job(compose: Compose, client: Client) -> None:
     # Given a job of 30 one-second shards, partly done
     job = _nap_job(client, 30)

@@ -122,6 +122,11 @@ def test_expired_worker_requeues_its_shards_charged_and_elsewhere() -> None:
     # And its late result, when it wakes, still counts once: first result wins
     late = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=4)
     assert ev.MergeShard("j", 0) in late and ev.AskReregister("w1") in late
+    assert [(a.worker, a.outcome) for a in shard.history] == [
+        ("w1", "lost"),
+        ("w2", "superseded"),
+        ("w1", "ok (late)"),
+    ]
     assert s.handle(ev.ShardSucceeded("w2", "j", 0, 2), now=5) == [ev.DropDuplicate("j", 0, "w2")]
 
 
