@@ -171,4 +171,4 @@ def _restore_histories(state: MasterState, stored: StoredJob) -> None:
 
 def _result_blob(result: FinalResult) -> bytes:
     arrays = [to_bytes(a) for a in result.arrays]
-    return msgpack.packb([result.parts, result.part_arrays, arrays])
+    return bytes(msgpack.packb([result.parts, result.part_arrays, arrays]))

@@ -52,7 +52,7 @@ CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEG
 
 def pack_blob(payload: bytes, arrays: Sequence[Buffer | np.ndarray]) -> bytes:
     """A packed value and its array frames as one blob."""
-    return msgpack.packb([payload, [to_bytes(a) for a in arrays]])
+    return bytes(msgpack.packb([payload, [to_bytes(a) for a in arrays]]))
 
 
 def unpack_blob(blob: bytes) -> tuple[bytes, list[Buffer]]:
