@@ -6,6 +6,7 @@ import itertools
 import math
 import os
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,29 @@ class Client:
 
     def call(self, function: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one task and return its value (raises RemoteError if it raised)."""
-        return self.map(function, [args], chunk_size=1).result(timeout=timeout)[0]
+        spec = _spec(op="map", function=function)
+        packed = pack_value([args])
+        job_id = uuid.uuid4().hex[:12]
+        msg = Submit(
+            spec=spec,
+            parts=[packed.data],
+            part_counts=[1],
+            part_arrays=[len(packed.arrays)],
+            wait=True,
+            job_id=job_id,
+        )
+        # One round trip: we name the job, so the master answers only with the result. If it
+        # is slow to come, fall back to the reconnecting long poll on that job.
+        start = time.monotonic()
+        req = self._send_request(msg, packed.arrays)
+        patience = LONG_POLL if timeout is None else min(LONG_POLL, timeout)
+        try:
+            reply = self._await_reply(req, patience)
+        except MasterUnreachable:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            return Job(self, job_id).result(timeout=left)[0]
+        assert isinstance(reply.msg, JobResult)
+        return _unpack_result(reply.msg, reply.arrays)[0]
 
     def submit(
         self,
@@ -208,6 +231,10 @@ class Client:
         self, msg: Message, arrays: Sequence[Any] = (), *, timeout: float | None = None
     ) -> Decoded:
         """Send one request and wait for its reply; stale replies to old requests are skipped."""
+        req = self._send_request(msg, arrays)
+        return self._await_reply(req, self.connect_timeout if timeout is None else timeout)
+
+    def _send_request(self, msg: Message, arrays: Sequence[Any]) -> int:
         req = next(self._ids)
         msg = msg.model_copy(update={"req": req})
         frames = encode(msg, arrays)
@@ -218,9 +245,11 @@ class Client:
                 f"{self.max_message_bytes:,}; send large data by reference (a dataset path), "
                 "in smaller chunks (chunk_size), or raise max_message_bytes on both ends"
             )
+        self._socket().send_multipart(frames, copy=False)
+        return req
+
+    def _await_reply(self, req: int, wait: float) -> Decoded:
         sock = self._socket()
-        sock.send_multipart(frames, copy=False)
-        wait = self.connect_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(int(left * 1000) + 1):

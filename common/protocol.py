@@ -341,6 +341,8 @@ class Submit(_Request):
     parts: list[bytes] = []
     part_counts: list[int] = []
     part_arrays: list[int] = []
+    wait: bool = False  # answer with the JobResult (same req) when the job ends: one round trip
+    job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class StatusQuery(_Request):

@@ -117,8 +117,8 @@ class ClientRequests:
             msg = msg.model_copy(update={"spec": msg.spec.model_copy(update=paths)})
         queued = sum(
             1
-            for j, d in self.jobs.items()
-            if d.owner == self._owner and not self.state.jobs[j].finished
+            for j in self.state.active.values()
+            if not j.finished and self.jobs[j.job_id].owner == self._owner
         )
         if queued >= limits.max_queued_jobs:
             raise JobSpecError(
@@ -132,7 +132,9 @@ class ClientRequests:
                 f"above max_shards={limits.max_shards:,}; use bigger shards"
             )
         data.owner = self._owner
-        job_id = new_job_id()
+        job_id = msg.job_id or new_job_id()
+        if job_id in self.jobs:
+            raise JobSpecError(f"job_id: a job {job_id!r} exists already; pick another id")
         try:
             self.checkpoint.job_added(job_id, data, spec=msg.spec, submitted_at=time.time())
         except StateDirError as e:
@@ -142,7 +144,10 @@ class ClientRequests:
             return
         self.jobs[job_id] = data
         log.info("job %s accepted: op %s, %d shards", job_id, msg.spec.op, len(data.descriptors))
-        self._send(self.clients_sock, identity, Submitted(req=msg.req, job_id=job_id))
+        if msg.wait:  # the caller named the job: its one answer is the result
+            data.waiters.append((identity, msg.req))
+        else:
+            self._send(self.clients_sock, identity, Submitted(req=msg.req, job_id=job_id))
         self._apply(ev.JobAdded(job_id, msg.spec, len(data.descriptors)))
 
     def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:

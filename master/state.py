@@ -33,6 +33,7 @@ class MasterState:
     def __init__(self, timing: Timing | None = None) -> None:
         self.timing = timing or Timing()
         self.jobs: dict[str, Job] = {}
+        self.active: dict[str, Job] = {}  # unfinished jobs, in submission order
         self.workers: dict[str, Worker] = {}
         self._waiting: list[tuple[float, str, int]] = []  # (not_before, job, shard) heap
         self._out: list[ev.Command] = []
@@ -173,6 +174,7 @@ class MasterState:
         job.ready.extend(range(e.shards))
         job.counts[S.QUEUED] = e.shards
         self.jobs[e.job_id] = job
+        self.active[e.job_id] = job
 
     def _shard_for(self, job_id: str, index: int) -> tuple[Job, Shard] | None:
         job = self.jobs.get(job_id)
@@ -351,7 +353,12 @@ class MasterState:
                 return
 
     def _runnable_jobs(self) -> Iterator[Job]:
-        return (j for j in self.jobs.values() if not j.finished and j.ready)
+        # Only unfinished jobs are scanned: finished ones leave `active` (see _settle_active).
+        for job_id, job in list(self.active.items()):
+            if job.finished:
+                del self.active[job_id]
+            elif job.ready:
+                yield job
 
     def _pick_worker(self, free: dict[str, int], shard: Shard) -> str:
         # Most free credits first; a retry avoids the worker its last attempt failed on.
@@ -405,6 +412,8 @@ class MasterState:
             if st is S.QUEUED:
                 job.ready.append(i)
         self.jobs[job_id] = job
+        if not job.finished:
+            self.active[job_id] = job
 
     def forget_job(self, job_id: str) -> None:
         """Drop a finished job (pruning); running jobs are never forgotten."""

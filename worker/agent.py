@@ -170,7 +170,7 @@ class Agent:
             except ProtocolError as e:
                 log.warning("bad message from master: %s", e)
                 continue
-            self._on_master(decoded.msg, decoded.arrays)
+            self._on_master(decoded.msg, [memoryview(f.buffer) for f in frames])
 
     def _heard(self) -> None:
         now = time.monotonic()
@@ -181,7 +181,7 @@ class Agent:
             self._health_written = now
             path.write_text(f"{time.time():.3f} {self.worker_id}\n")
 
-    def _on_master(self, msg: Message, arrays: list[Buffer]) -> None:
+    def _on_master(self, msg: Message, frames: list[Buffer]) -> None:
         match msg:
             case Task():
                 if self.draining_since is not None:
@@ -189,7 +189,7 @@ class Agent:
                         Lease(job_id=msg.job_id, shard=msg.shard, attempt=msg.attempt)
                     )
                 else:
-                    self.pending.append((msg, arrays))
+                    self.pending.append((msg, frames))  # forwarded as received
             case CancelTasks(job_id=job):
                 self._cancel(job)
             case Welcome():
@@ -238,17 +238,18 @@ class Agent:
                     self._report_death(child)
 
     def _on_child(self, child: Child) -> None:
-        decoded = child.read()
-        if decoded is None:
+        got = child.read()
+        if got is None:
             self._report_death(child)
             return
+        decoded, raw = got
         running, child.running = child.running, None
         reply = decoded.msg
         if running is None or not isinstance(reply, ShardDone | ShardFailed):
             log.error("child %d sent an unexpected %s; replacing it", child.pid, reply.kind)
             self._replace(child)
             return
-        frames = encode(reply, decoded.arrays)
+        frames: list[Any] = list(raw)  # forwarded as the child wrote them: no re-encoding
         self._send_frames(frames)
         now = time.monotonic()
         self.recent.append((now, frames))

@@ -1,7 +1,12 @@
-"""Length-prefixed frames over a pipe between the agent and its child processes (no pickle)."""
+"""Length-prefixed frames over a pipe between the agent and its child processes (no pickle).
+
+One message is `count` (u32), `count` lengths (u64 each), then the frames back to back: the
+writer sends it with one writev, the reader takes it in three reads.
+"""
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -9,19 +14,28 @@ from typing import BinaryIO
 from shardmill.codec import Buffer
 
 _COUNT = struct.Struct("!I")
-_LEN = struct.Struct("!Q")
 MAX_FRAMES = 1 << 16
+_IOV_MAX = 1024
 
 
 def write_frames(out: BinaryIO, frames: Sequence[Buffer]) -> None:
-    out.write(_COUNT.pack(len(frames)))
-    for frame in frames:
-        out.write(_LEN.pack(len(frame)))
-        out.write(frame)
-    out.flush()
+    views = [memoryview(f).cast("B") if memoryview(f).nbytes else b"" for f in frames]
+    head = _COUNT.pack(len(views)) + struct.pack(f"!{len(views)}Q", *(len(v) for v in views))
+    pending: list[Buffer] = [head, *(v for v in views if len(v))]
+    fd = out.fileno()
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        while written:  # drop what was written, keep the tail of a partly written buffer
+            first = memoryview(pending[0])
+            if written >= len(first):
+                written -= len(first)
+                pending.pop(0)
+            else:
+                pending[0] = first[written:]
+                written = 0
 
 
-def read_frames(inp: BinaryIO) -> list[bytearray] | None:
+def read_frames(inp: BinaryIO) -> list[memoryview] | None:
     """Read one message; None on a clean EOF before it starts, EOFError if cut off inside it."""
     head = _read_exact(inp, _COUNT.size, allow_eof=True)
     if head is None:
@@ -29,10 +43,13 @@ def read_frames(inp: BinaryIO) -> list[bytearray] | None:
     (count,) = _COUNT.unpack(head)
     if count > MAX_FRAMES:
         raise EOFError(f"pipe message claims {count} frames")
-    frames = []
-    for _ in range(count):
-        (n,) = _LEN.unpack(_read_exact(inp, _LEN.size) or b"")
-        frames.append(_read_exact(inp, n) or bytearray())
+    lengths = struct.unpack(f"!{count}Q", _read_exact(inp, 8 * count) or b"")
+    body = _read_exact(inp, sum(lengths)) or bytearray()
+    frames, offset = [], 0
+    view = memoryview(body)
+    for n in lengths:  # zero-copy slices of one buffer
+        frames.append(view[offset : offset + n])
+        offset += n
     return frames
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from shardmill.codec import Buffer, Decoded, decode, encode
+from shardmill.codec import Buffer, Decoded, decode
 from shardmill.errors import ProtocolError
 from shardmill.protocol import ErrorInfo, Lease, Task
 from shardmill.worker.pipes import read_frames, write_frames
@@ -47,19 +47,19 @@ class Child:
     def fileno(self) -> int:
         return self.fd
 
-    def start(self, task: Task, arrays: list[Buffer], now: float) -> bool:
-        """Hand the child a task; False if the child is already dead."""
+    def start(self, task: Task, frames: list[Buffer], now: float) -> bool:
+        """Hand the child a task (the frames as the master sent them); False if it is dead."""
         deadline = now + task.timeout if task.timeout else None
         self.running = Running(task, now, deadline)
         assert self.proc.stdin is not None
         try:
-            write_frames(self.proc.stdin, encode(task, arrays))  # type: ignore[arg-type]
+            write_frames(self.proc.stdin, frames)  # type: ignore[arg-type]
         except (BrokenPipeError, OSError):
             return False
         return True
 
-    def read(self) -> Decoded | None:
-        """The child's reply, or None when it died (EOF or a cut-off message)."""
+    def read(self) -> tuple[Decoded, list[memoryview]] | None:
+        """The child's reply and its raw frames, or None when it died (EOF or cut off)."""
         assert self.proc.stdout is not None
         try:
             frames = read_frames(self.proc.stdout)  # type: ignore[arg-type]
@@ -68,7 +68,7 @@ class Child:
         if frames is None:
             return None
         try:
-            return decode(frames)
+            return decode(frames), frames
         except ProtocolError:
             return None
 
