@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from shardmill.plan import provenance_of
 from shardmill.protocol import JobSpec
 
 log = logging.getLogger(__name__)
+GROUP_COMMIT = 0.05  # seconds: merges are committed in groups at most this far apart
 
 
 class Checkpointer:
@@ -27,6 +29,7 @@ class Checkpointer:
     def __init__(self, state_dir: Path | None) -> None:
         self.store = Store(state_dir) if state_dir is not None else None
         self._dirty = False
+        self._flush_at = 0.0
 
     def job_added(self, job_id: str, data: JobData, *, spec: JobSpec, submitted_at: float) -> None:
         """Durable before the client hears "submitted"."""
@@ -58,6 +61,8 @@ class Checkpointer:
             self.store.save_partial(
                 job_id, pack_blob(packed.data, packed.arrays), len(merger.shards_merged)
             )
+        if not self._dirty:
+            self._flush_at = time.monotonic() + GROUP_COMMIT
         self._dirty = True
 
     def job_ended(
@@ -70,16 +75,26 @@ class Checkpointer:
         finished_at: float,
         result: FinalResult | None,
         offset: float,
+        map_job: bool = False,
     ) -> None:
         """Final states, every shard's story and the result; committed before anyone is told."""
         if self.store is None:
             return
-        for shard in shards:
-            if shard.state is not ShardState.DONE or shard.history:
+        for shard in shards:  # merged shards were written, with their story, when they merged
+            if shard.state is not ShardState.DONE:
                 history = [a.info(offset) for a in shard.history]
                 self.store.shard_settled(job_id, shard.index, str(shard.state), history)
-        blob = None if result is None else _result_blob(result)
-        self.store.job_ended(job_id, state, error, finished_at, blob)
+        # A map job's result is its shards' results in order, already on disk: keep those
+        # rather than write everything a second time. An op's result is one small value.
+        blob = None if result is None or map_job else _result_blob(result)
+        self.store.job_ended(
+            job_id,
+            state,
+            error,
+            finished_at,
+            blob,
+            keep_shard_results=map_job and result is not None,
+        )
         self.store.commit()
         self._dirty = False
 
@@ -88,11 +103,19 @@ class Checkpointer:
             self.store.delete_jobs(job_ids)
             self.store.commit()
 
-    def commit(self) -> None:
-        """Group commit: called once per poll iteration."""
-        if self.store is not None and self._dirty:
+    def commit(self, now: float = float("inf")) -> None:
+        """Group commit: merges written since the last commit become durable together, at most
+        every GROUP_COMMIT seconds. Nothing waits on them: no client is told of a merge, and a
+        merge lost in a crash is re-delivered from the workers' resend buffers or re-run. Job
+        ends commit at once (job_ended), and so does everything before a client is answered
+        (commit() with no time), so whatever a client saw merged stays merged."""
+        if self.store is not None and self._dirty and now >= self._flush_at:
             self.store.commit()
             self._dirty = False
+
+    def flush_deadline(self) -> float | None:
+        """When the loop must wake up to commit pending merges."""
+        return self._flush_at if self._dirty else None
 
     def close(self) -> None:
         if self.store is not None:
@@ -148,6 +171,9 @@ def _job_data(stored: StoredJob) -> JobData:
     if stored.result is not None:
         parts, part_arrays, arrays = msgpack.unpackb(stored.result)
         data.result = FinalResult(list(parts), list(part_arrays), list(arrays))
+    elif stored.state == "done" and isinstance(merger, MapMerger):
+        missing = tuple(i for i, s in stored.shards.items() if s.state == "failed")
+        data.result = merger.final(missing)
     return data
 
 

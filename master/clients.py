@@ -89,6 +89,7 @@ class ClientRequests:
             reply = ErrorReply(req=peek_req(frames[1:]), code="protocol", message=str(e))
             self._send(self.clients_sock, identity, reply)
             return
+        self.checkpoint.commit()  # a client may see merges: make them durable first
         # With CURVE, ZAP sets User-Id to the client's public key: quotas follow the key.
         self._owner = _user_id(frames[-1])
         try:

@@ -19,6 +19,7 @@ from shardmill.master import events as ev
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.clients import ClientRequests
 from shardmill.master.jobs import JobData
+from shardmill.master.merge import MapMerger
 from shardmill.master.model import JobState
 from shardmill.master.state import MasterState, Timing
 from shardmill.protocol import (
@@ -120,7 +121,7 @@ class MasterLoop(ClientRequests):
                 if self.clients_sock in ready:
                     self._drain(self.clients_sock, self._on_client_frames)
                 self._timers()
-                self.checkpoint.commit()  # one grouped commit per iteration
+                self.checkpoint.commit(time.monotonic())  # grouped, see Checkpointer.commit
         except _Stop:
             log.info("master stopping")
         finally:
@@ -143,7 +144,11 @@ class MasterLoop(ClientRequests):
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
-        deadline = min(self._next_beat, self.state.next_deadline() or self._next_beat)
+        deadline = min(
+            self._next_beat,
+            self.state.next_deadline() or self._next_beat,
+            self.checkpoint.flush_deadline() or self._next_beat,
+        )
         return max(0, int((deadline - now) * 1000) + 1)
 
     def _timers(self) -> None:
@@ -325,6 +330,7 @@ class MasterLoop(ClientRequests):
             finished_at=(job.finished_at or time.monotonic()) + offset,
             result=data.result if job.state is JobState.DONE else None,
             offset=offset,
+            map_job=isinstance(data.merger, MapMerger),
         )
         data.release_inputs()
         waiters, data.waiters = data.waiters, []

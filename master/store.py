@@ -214,15 +214,24 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO partials VALUES (?, ?, ?)", (job_id, blob, merged))
 
     def job_ended(
-        self, job_id: str, state: str, error: str | None, finished_at: float, result: bytes | None
+        self,
+        job_id: str,
+        state: str,
+        error: str | None,
+        finished_at: float,
+        result: bytes | None,
+        *,
+        keep_shard_results: bool = False,
     ) -> None:
         self.db.execute(
             "UPDATE jobs SET state = ?, error = ?, finished_at = ?, result = ? WHERE job_id = ?",
             (state, error, finished_at, result, job_id),
         )
-        # The inputs and per-shard results were only needed to finish the job.
+        # The inputs and partials were only needed to finish the job; a map job's shard
+        # results are its result.
         self.db.execute("DELETE FROM inputs WHERE job_id = ?", (job_id,))
-        self.db.execute("UPDATE shards SET result = NULL WHERE job_id = ?", (job_id,))
+        if not keep_shard_results:
+            self.db.execute("UPDATE shards SET result = NULL WHERE job_id = ?", (job_id,))
         self.db.execute("DELETE FROM partials WHERE job_id = ?", (job_id,))
 
     def delete_jobs(self, job_ids: Sequence[str]) -> None:

@@ -40,7 +40,8 @@ from shardmill.security import Security
 from shardmill.worker.runner import Child, wait_all
 
 log = logging.getLogger(__name__)
-MAX_RESEND = 10_000
+MAX_RESEND = 10_000  # results kept for resending after a reconnect...
+MAX_RESEND_BYTES = 256 * 2**20  # ...and their bytes
 
 
 class Agent:
@@ -56,6 +57,7 @@ class Agent:
         self.children = [self._spawn() for _ in range(settings.slots)]
         self.pending: collections.deque[tuple[Task, list[Buffer]]] = collections.deque()
         self.recent: collections.deque[tuple[float, list[Any]]] = collections.deque()
+        self.recent_bytes = 0
         self.handback: list[Lease] = []
         self.last_heard = time.monotonic()
         self.next_beat = 0.0
@@ -140,10 +142,14 @@ class Agent:
         self._connect()
         # Results sent just before the silence may be lost with the old socket: send them again.
         # The master merges the first copy of each shard and counts the rest as duplicates.
-        for _, frames in self.recent:
-            self._send_frames(frames)
+        self._resend_recent()
         self.last_heard = now + self.reconnect_delay - self.interval * self.liveness
         self.reconnect_delay = min(self.settings.reconnect_max, self.reconnect_delay * 2)
+
+    def _resend_recent(self) -> None:
+        # The master merges the first copy of each shard and counts the rest as duplicates.
+        for _, frames in self.recent:
+            self._send_frames(frames)
 
     def _ready(self) -> Ready:
         held = [c.running.lease for c in self.children if c.running]
@@ -204,6 +210,7 @@ class Agent:
             case _ if msg.kind == "reregister":
                 log.info("master asked this worker to register again")
                 self._send(self._ready())
+                self._resend_recent()  # a restarted master may have lost uncommitted merges
 
     def _send(self, msg: Message, arrays: list[Any] | None = None) -> None:
         self._send_frames(encode(msg, arrays or ()))
@@ -253,11 +260,17 @@ class Agent:
         self._send_frames(frames)
         now = time.monotonic()
         self.recent.append((now, frames))
+        self.recent_bytes += sum(memoryview(f).nbytes for f in frames)
         # Keep what was sent since the master was last heard (it may never have arrived),
         # bounded so a long outage cannot eat the worker's memory.
         horizon = min(now, self.last_heard) - 2 * self.interval * self.liveness
-        while self.recent and (self.recent[0][0] < horizon or len(self.recent) > MAX_RESEND):
-            self.recent.popleft()
+        while self.recent and (
+            self.recent[0][0] < horizon
+            or len(self.recent) > MAX_RESEND
+            or self.recent_bytes > MAX_RESEND_BYTES
+        ):
+            _, old = self.recent.popleft()
+            self.recent_bytes -= sum(memoryview(f).nbytes for f in old)
 
     def _report_death(self, child: Child) -> None:
         running = child.running
