@@ -21,3 +21,20 @@ def check_data_path(path: str, roots: Sequence[Path]) -> str:
         f"dataset: {path} resolves to {real}, outside the master's data roots ({where}); put "
         "the data under one of them, or start the master with --data-root DIR"
     )
+
+
+def check_path(path: str, *, directory: bool, hint: str = "give the path of a data file") -> None:
+    """Refuse, by name, a dataset path that is relative, missing, the wrong kind or unreadable."""
+    if not os.path.isabs(path):
+        raise JobSpecError(f"dataset: {path!r} is not an absolute path; send absolute paths")
+    if not os.path.exists(path):
+        raise JobSpecError(
+            f"dataset: {path} does not exist on the master; put it on storage every worker "
+            "and the master see at the same path"
+        )
+    if directory and not os.path.isdir(path):
+        raise JobSpecError(f"dataset: {path} is not a directory (format npy_dir)")
+    if not directory and not os.path.isfile(path):
+        raise JobSpecError(f"dataset: {path} is not a file; {hint}")
+    if not os.access(path, os.R_OK):
+        raise JobSpecError(f"dataset: {path} is not readable; check its permissions")

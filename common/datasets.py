@@ -18,6 +18,7 @@ import numpy as np
 
 from shardmill import synthetic
 from shardmill.csvfile import CsvLayout, byte_splits, describe_csv, sample_columns
+from shardmill.datapaths import check_path
 from shardmill.errors import JobSpecError
 from shardmill.protocol import (
     JobSpec,
@@ -313,22 +314,6 @@ def open_dataset(spec: JobSpec, values: np.ndarray | None = None) -> Dataset:
 
         return ParquetDataset(spec.dataset)
     return NpyDataset(spec.dataset)
-
-
-def check_path(path: str, *, directory: bool) -> None:
-    if not os.path.isabs(path):
-        raise JobSpecError(f"dataset: {path!r} is not an absolute path; send absolute paths")
-    if not os.path.exists(path):
-        raise JobSpecError(
-            f"dataset: {path} does not exist on the master; put it on storage every worker "
-            "and the master see at the same path"
-        )
-    if directory and not os.path.isdir(path):
-        raise JobSpecError(f"dataset: {path} is not a directory (format npy_dir)")
-    if not directory and not os.path.isfile(path):
-        raise JobSpecError(f"dataset: {path} is not a file; give the path of a data file")
-    if not os.access(path, os.R_OK):
-        raise JobSpecError(f"dataset: {path} is not readable; check its permissions")
 
 
 def _check_npy_shape(path: str, header: NpyHeader) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from shardmill.datasets import Dataset, Part, check_path
+from shardmill.datapaths import check_path
+from shardmill.datasets import Dataset, Part
 from shardmill.errors import BadInput, JobSpecError
 from shardmill.protocol import ParquetSource
 from shardmill.readers import Chunk

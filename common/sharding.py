@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from shardmill.datapaths import check_path
 from shardmill.errors import JobSpecError
 from shardmill.protocol import RowRange
 
@@ -22,18 +22,12 @@ class NpyHeader:
 
 def read_npy_header(path: str) -> NpyHeader:
     """Read only the header of a .npy file; raise JobSpecError naming the file and the fix."""
-    if not os.path.isabs(path):
-        raise JobSpecError(f"dataset: {path!r} is not an absolute path; send absolute paths")
-    if not os.path.exists(path):
-        raise JobSpecError(
-            f"dataset: {path} does not exist on the master; put it on storage every worker "
-            "and the master see at the same path"
-        )
-    if not os.path.isfile(path):
-        raise JobSpecError(
-            f"dataset: {path} is not a file; give the path of a .npy file, or pass "
-            "format='npy_dir' (--format npy_dir) for a directory of .npy parts"
-        )
+    check_path(
+        path,
+        directory=False,
+        hint="give the path of a .npy file, or pass "
+        "format='npy_dir' (--format npy_dir) for a directory of .npy parts",
+    )
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
