@@ -1,0 +1,167 @@
+"""W1-W4 and the per-shard overhead curve, run side by side on every system."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+from bench_context import Bench
+from bench_data import WrongResult
+from bench_harness import Metric, Target, interleaved, timed, vm_hwm_mib
+from bench_systems import System
+
+
+def w1_throughput(b: Bench) -> list[Metric]:
+    n = b.sizes.w1_tasks
+    expected = list(range(n))
+
+    def run(system: System) -> float:
+        t0 = time.perf_counter()
+        got = system.map_noop(n)
+        seconds = time.perf_counter() - t0
+        if got != expected:
+            raise WrongResult(f"{system.name}: map of {n} no-ops returned wrong values")
+        return n / seconds
+
+    metric = Metric(
+        "W1", f"throughput: map a no-op over {n:,} tasks", "tasks/s", True, target=Target(">=", 1e4)
+    )
+    for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
+        metric.add(name, samples)
+    return [metric]
+
+
+def w2_latency(b: Bench) -> list[Metric]:
+    calls = b.sizes.w2_calls
+    pooled: dict[str, list[float]] = {}
+
+    def run(system: System) -> float:
+        system.forget_jobs()
+        lat = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            system.call_noop()
+            lat.append((time.perf_counter() - t0) * 1000)
+        pooled.setdefault(system.name, []).extend(lat)
+        return statistics.median(lat)
+
+    metric = Metric(
+        "W2",
+        f"latency: median of {calls} sequential no-op calls",
+        "ms",
+        False,
+        target=Target("<=", 1.0),
+    )
+    for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
+        metric.add(name, samples)
+        lat = np.asarray(pooled[name][calls:])  # without the warm-up repetition
+        metric.extra[name] = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)}
+    metric.note = "finished jobs pruned before each repetition: see the what-if `jobs`"
+    return [metric]
+
+
+def w3_by_reference(b: Bench) -> list[Metric]:
+    ds, shards = b.dataset, b.sizes.shards
+    ranges = ds.ranges(shards)
+
+    def run(system: System) -> float:
+        t0 = time.perf_counter()
+        stats = system.stats_by_reference(str(ds.path), ranges)
+        seconds = time.perf_counter() - t0
+        ds.check(stats, f"{system.name} W3")
+        return seconds
+
+    metric = Metric(
+        "W3",
+        f"column_stats by reference: {ds.rows:,} x {ds.cols} .npy "
+        f"({ds.nbytes / 1e9:.2f} GB), {shards} shards",
+        "s",
+        False,
+        target=Target("<=", 1.10, "pool"),
+    )
+    for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
+        metric.add(name, samples)
+    return [metric]
+
+
+def w4_by_value(b: Bench) -> list[Metric]:
+    ds, shards = b.dataset, b.sizes.shards
+    data = np.load(ds.path)  # in the client's memory: this is what travels by value
+    ranges = ds.ranges(shards)
+    blocks = [data[a:c] for a, c in ranges]
+
+    def run_map(system: System) -> float:
+        seconds = timed(lambda: ds.check(system.stats_by_value(blocks), f"{system.name} W4"))
+        return data.nbytes / 1e9 / seconds
+
+    def run_submit(system: System) -> float:
+        seconds = timed(lambda: ds.check(system.stats_of_array(data, ranges), system.name))
+        return data.nbytes / 1e9 / seconds
+
+    metric = Metric(
+        "W4",
+        f"by value: client.map over {shards} row blocks of the W3 data (Pool: pool.map)",
+        "GB/s",
+        True,
+        target=Target(">=", 1.5),
+    )
+    for name, samples in interleaved(b.systems(), b.reps, run_map, before=b.settle).items():
+        metric.add(name, samples)
+    master = b.shardmill.cluster.master
+    assert master is not None
+    metric.extra["master_vmhwm_mib_after"] = vm_hwm_mib(master.pid)
+    if not b.shardmill.can_submit_arrays():
+        return [metric]
+    submit = Metric(
+        "W4-submit",
+        f'by value: client.submit("column_stats", array, shards={shards}) (Pool: pool.map)',
+        "GB/s",
+        True,
+        target=Target(">=", 1.5),
+    )
+    for name, samples in interleaved(b.systems(), b.reps, run_submit, before=b.settle).items():
+        submit.add(name, samples)
+    return [metric, submit]
+
+
+def shard_curve(b: Bench) -> list[Metric]:
+    ds = b.dataset
+    metrics = []
+    for shards in b.sizes.curve_shards:
+        ranges = ds.ranges(shards)
+
+        def run(system: System, ranges: list[tuple[int, int]] = ranges) -> float:
+            t0 = time.perf_counter()
+            stats = system.stats_by_reference(str(ds.path), ranges)
+            seconds = time.perf_counter() - t0
+            ds.check(stats, f"{system.name} curve at {len(ranges)} shards")
+            return seconds
+
+        metric = Metric(
+            f"curve-{shards}", f"curve: column_stats, {ds.rows:,} rows, {shards} shards", "s", False
+        )
+        for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
+            metric.add(name, samples)
+        metrics.append(metric)
+    return [*metrics, _overhead(metrics, b.sizes.curve_shards)]
+
+
+def _overhead(curve: list[Metric], shards: tuple[int, ...]) -> Metric:
+    """Wall time each extra shard costs: the least-squares slope over the points >= 32 shards."""
+    points = [(n, m) for n, m in zip(shards, curve, strict=True) if n >= 32]
+    metric = Metric(
+        "curve-per-shard",
+        f"curve: wall time per extra shard (slope over {', '.join(str(n) for n, _ in points)})",
+        "ms",
+        False,
+        note="2 executors in parallel: the cost per shard on one executor is about twice this",
+    )
+    if len(points) < 2:
+        metric.note = "needs at least two shard counts >= 32"
+        return metric
+    for name in curve[0].values:
+        xs = [float(n) for n, _ in points]
+        ys = [float(m.values[name]) for _, m in points]
+        metric.values[name] = float(np.polyfit(xs, ys, 1)[0]) * 1000
+    return metric
