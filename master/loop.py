@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -39,10 +40,6 @@ from shardmill.protocol import (
 from shardmill.security import Security
 
 log = logging.getLogger(__name__)
-
-
-class _Stop(BaseException):
-    """Raised from a signal handler to leave the poll loop cleanly."""
 
 
 class MasterLoop(ClientRequests):
@@ -106,25 +103,35 @@ class MasterLoop(ClientRequests):
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT; announce the bound endpoints on stdout as a JSON line."""
+        # Signals arrive on a wake-up pipe the poll loop reads, never as an exception that
+        # could fire (and be swallowed) inside library code.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _raise_stop)
+            signal.signal(sig, lambda *_: None)
         print(json.dumps({"event": "listening", "pid": _pid(), **self.endpoints()}), flush=True)
         log.info("master listening %s", self.endpoints())
         poller = zmq.Poller()
         poller.register(self.workers_sock, zmq.POLLIN)
         poller.register(self.clients_sock, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
         try:
             while True:
                 ready = dict(poller.poll(self._poll_timeout_ms()))
+                if wake_r in ready:
+                    log.info("master stopping (signal %d)", os.read(wake_r, 64)[0])
+                    break
                 if self.workers_sock in ready:
                     self._drain(self.workers_sock, self._on_worker_frames)
                 if self.clients_sock in ready:
                     self._drain(self.clients_sock, self._on_client_frames)
                 self._timers()
                 self.checkpoint.commit(time.monotonic())  # grouped, see Checkpointer.commit
-        except _Stop:
-            log.info("master stopping")
         finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
             self.close()
 
     def close(self) -> None:
@@ -351,17 +358,11 @@ class MasterLoop(ClientRequests):
             log.debug("cannot send %s to %s: %s", msg.kind, identity.hex(), e)
 
 
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop()
-
-
 def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
 def _pid() -> int:
-    import os
-
     return os.getpid()
 
 
