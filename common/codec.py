@@ -88,6 +88,17 @@ def check_size(frames: Sequence[Any], limit: int) -> None:
         )
 
 
+def decode_checked(
+    frames: Sequence[Any], *, max_bytes: int, kinds: frozenset[str], expected: str
+) -> Decoded:
+    """Size limit, decode, and a kind this socket serves: one ProtocolError for any failure."""
+    check_size(frames, max_bytes)
+    decoded = decode(frames)
+    if decoded.msg.kind not in kinds:
+        raise ProtocolError(f"{decoded.msg.kind!r} is not {expected}")
+    return decoded
+
+
 def peek_req(frames: Sequence[Any]) -> int:
     """The request id in a header we refuse anyway, so the error reply reaches its caller."""
     try:

@@ -10,7 +10,7 @@ from typing import Any
 import zmq
 
 from shardmill import __version__
-from shardmill.codec import Buffer, check_size, decode, peek_req
+from shardmill.codec import Buffer, decode_checked, peek_req
 from shardmill.config import MasterSettings
 from shardmill.datapaths import check_data_path
 from shardmill.errors import InvalidTransition, JobSpecError, ProtocolError, StateDirError
@@ -79,11 +79,13 @@ class ClientRequests:
     def _on_client_frames(self, frames: list[Any]) -> None:
         identity = bytes(frames[0].bytes)
         try:
-            check_size(frames[1:], self.settings.max_message_bytes)
-            decoded = decode(frames[1:])
+            decoded = decode_checked(
+                frames[1:],
+                max_bytes=self.settings.max_message_bytes,
+                kinds=CLIENT_KINDS,
+                expected="a client request; is this a worker?",
+            )
             kind = decoded.msg.kind
-            if kind not in CLIENT_KINDS:
-                raise ProtocolError(f"{kind!r} is not a client request; is this a worker?")
         except ProtocolError as e:
             log.warning("bad message from client %s: %s", identity.hex(), e)
             reply = ErrorReply(req=peek_req(frames[1:]), code="protocol", message=str(e))

@@ -13,7 +13,7 @@ from typing import Any
 import zmq
 
 from shardmill import __version__
-from shardmill.codec import Buffer, check_size, decode, encode
+from shardmill.codec import Buffer, decode_checked, encode
 from shardmill.config import MasterSettings
 from shardmill.errors import InvalidTransition, ProtocolError, ShardmillError
 from shardmill.master import events as ev
@@ -176,12 +176,13 @@ class MasterLoop(ClientRequests):
     def _on_worker_frames(self, frames: list[Any]) -> None:
         identity = bytes(frames[0].bytes)
         try:
-            check_size(frames[1:], self.settings.max_message_bytes)
-            decoded = decode(frames[1:])
-            kind = decoded.msg.kind
-            if kind not in WORKER_KINDS:
-                raise ProtocolError(f"{kind!r} is not a worker message; is this a client?")
-            self.worker_handlers[kind](identity, decoded.msg, decoded.arrays)
+            decoded = decode_checked(
+                frames[1:],
+                max_bytes=self.settings.max_message_bytes,
+                kinds=WORKER_KINDS,
+                expected="a worker message; is this a client?",
+            )
+            self.worker_handlers[decoded.msg.kind](identity, decoded.msg, decoded.arrays)
         except ProtocolError as e:
             log.warning("bad message from worker %s: %s", _text(identity), e)
             self._send(self.workers_sock, identity, ErrorReply(code="protocol", message=str(e)))
