@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults import agent_pid, alive, assert_merged_once, pid_of_child, worker_of
+from faults import agent_pid, alive, assert_merged_once, attempts, pid_of_child, worker_of
 from helpers import FAST, cluster_env, runs, wait_until
 
 from shardmill import LocalCluster
@@ -44,12 +44,7 @@ def test_sigkill_worker_agent_mid_job(cluster: LocalCluster, runs_dir: str) -> N
         assert_merged_once(job)
         for child in children:
             wait_until(lambda c=child: not alive(c), timeout=10, what="orphaned child to die")
-        lost = [
-            a
-            for s in job.status(shards=True).shards or []
-            for a in s.history
-            if a.outcome == "lost"
-        ]
+        lost = [a for a in attempts(job) if a.outcome == "lost"]
         assert lost and all(a.worker == victim for a in lost)
         assert victim not in {w.worker_id for w in client.workers()}
 
@@ -72,7 +67,7 @@ def test_sigstop_then_sigcont_worker(cluster: LocalCluster, runs_dir: str) -> No
             what="the woken worker to re-register",
         )
         assert_merged_once(job)
-        history = [a for s in job.status(shards=True).shards or [] for a in s.history]
+        history = attempts(job)
         if any(a.worker == victim and a.outcome == "lost" for a in history):
             # its shard was re-run elsewhere: the result it finished while stopped is late
             wait_until(
@@ -98,7 +93,7 @@ def test_sigterm_drains_running_shard_without_charging(
         assert proc.wait(timeout=30) == 0
         assert job.result(timeout=60) == [i * 3 for i in range(4)]
         assert_merged_once(job)
-        outcomes = [a.outcome for s in job.status(shards=True).shards or [] for a in s.history]
+        outcomes = [a.outcome for a in attempts(job)]
         assert outcomes == ["ok"] * 4  # nothing was charged, nothing ran twice
         assert victim not in {w.worker_id for w in client.workers()}
 
@@ -114,7 +109,7 @@ def test_sigterm_past_grace_hands_shard_back(drain_cluster: LocalCluster, runs_d
         # Then the shard is handed back uncharged and re-run elsewhere
         assert job.result(timeout=60) == [0, 3]
         assert_merged_once(job)
-        history = [a for s in job.status(shards=True).shards or [] for a in s.history]
+        history = attempts(job)
         handed = [a for a in history if a.worker == victim]
         assert [a.outcome for a in handed] == ["handed back"]
         assert all(a.error is None for a in history)

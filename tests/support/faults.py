@@ -8,6 +8,7 @@ from pathlib import Path
 from helpers import wait_until
 
 from shardmill import Client, Job
+from shardmill.protocol import AttemptInfo
 
 
 def alive(pid: int) -> bool:
@@ -30,6 +31,11 @@ def assert_merged_once(job: Job) -> None:
     assert info.shards is not None
     merged = [s.merged for s in info.shards]
     assert merged == [1] * len(merged), f"merge counts per shard: {merged}"
+
+
+def attempts(job: Job) -> list[AttemptInfo]:
+    """Every attempt of every shard of the job, in shard order."""
+    return [a for s in job.status(shards=True).shards or [] for a in s.history]
 
 
 def worker_of(client: Client, job: Job) -> str:
@@ -58,6 +64,7 @@ __all__ = [
     "agent_pid",
     "alive",
     "assert_merged_once",
+    "attempts",
     "os",
     "pid_of_child",
     "read_pid",
