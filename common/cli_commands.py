@@ -175,7 +175,9 @@ def cmd_workers(args: argparse.Namespace) -> int:
         workers = client.workers()
 
     def show() -> None:
-        table = Table("worker", "host", "pid", "slots", "busy", "heartbeat age", "done", "failed")
+        table = Table(
+            "worker", "host", "pid", "slots", "busy", "heartbeat age", "done", "failed", "shm"
+        )
         for w in workers:
             name = w.worker_id + (" (draining)" if w.draining else "")
             table.add_row(
@@ -187,6 +189,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
                 f"{w.heartbeat_age:.2f} s",
                 str(w.shards_done),
                 str(w.shards_failed),
+                "yes" if w.shared_memory else "no",
             )
         console.print(table)
 

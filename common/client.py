@@ -15,6 +15,7 @@ import numpy as np
 import zmq
 from pydantic import ValidationError
 
+from shardmill import shm
 from shardmill.codec import Decoded, decode, encode, pack_value, unpack_value
 from shardmill.config import ClientSettings
 from shardmill.errors import (
@@ -74,6 +75,9 @@ class Client:
         self.master = master or defaults.master
         self.connect_timeout = connect_timeout or defaults.connect_timeout
         self.reconnect_timeout = defaults.reconnect_timeout
+        self.shared_memory = defaults.shared_memory
+        self.shm_min_bytes = defaults.shm_min_bytes
+        self._master_shares: bool | None = None  # found out with a probe on first need
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._ids = itertools.count(1)
@@ -133,10 +137,9 @@ class Client:
         # One round trip: we name the job, so the master answers only with the result. If it
         # is slow to come, fall back to the reconnecting long poll on that job.
         start = time.monotonic()
-        req = self._send_request(msg, packed.arrays)
         patience = LONG_POLL if timeout is None else min(LONG_POLL, timeout)
         try:
-            reply = self._await_reply(req, patience)
+            reply = self._submit_exchange(msg, packed.arrays, patience)
         except MasterUnreachable:
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             return Job(self, job_id).result(timeout=left)[0]
@@ -188,9 +191,48 @@ class Client:
         return Job(self, job_id)
 
     def _submit(self, msg: Submit, arrays: list[Any]) -> Job:
-        reply = self._request(msg, arrays)
+        reply = self._submit_exchange(msg, arrays, self.connect_timeout)
         assert isinstance(reply.msg, Submitted)
         return Job(self, reply.msg.job_id)
+
+    def _submit_exchange(self, msg: Submit, arrays: Sequence[Any], wait: float) -> Decoded:
+        """Send a Submit, its big arrays through shared memory when the master can see it."""
+        segment = self._to_shared(arrays)
+        if segment is None:
+            return self._await_reply(self._send_request(msg, arrays), wait)
+        name, frames, refs = segment
+        try:  # the master renames the segment when it takes the job: removing ours is then a no-op
+            shared = msg.model_copy(update={"shm": refs})
+            return self._await_reply(self._send_request(shared, frames), wait)
+        except ServerError as e:
+            if e.code != "shm":
+                raise
+            self._master_shares = False  # it could not open the segment: send bytes from now on
+        finally:
+            shm.remove(name)
+        return self._await_reply(self._send_request(msg, arrays), wait)
+
+    def _to_shared(self, arrays: Sequence[Any]) -> tuple[str, list[Any], list[Any]] | None:
+        if not self.shared_memory or not arrays:
+            return None
+        if sum(shm.frame_bytes(a) for a in arrays) < self.shm_min_bytes:
+            return None
+        if not self._shares_memory():
+            return None
+        return shm.write_segment(arrays, min_frame=max(1, self.shm_min_bytes // 16))
+
+    def _shares_memory(self) -> bool:
+        if self._master_shares is None:
+            probe = shm.create_probe()
+            if probe is None:
+                self._master_shares = False
+                return False
+            try:
+                pong = self._request(Ping(shm_probe=probe)).msg
+            finally:
+                shm.remove(probe)
+            self._master_shares = isinstance(pong, Pong) and pong.shared_memory
+        return self._master_shares
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -277,6 +319,7 @@ class Client:
 
     def _reset(self) -> None:
         # Lazy Pirate: a socket that lost a request is closed, so a late reply cannot confuse us.
+        self._master_shares = None  # the master may come back elsewhere
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

@@ -116,3 +116,10 @@ class ClientSettings(BaseSettings):
     reconnect_timeout: float = Field(
         60.0, gt=0, description="seconds a waiting client keeps retrying a vanished master"
     )
+    shared_memory: bool = Field(
+        True,
+        description="pass large arrays through /dev/shm when the master shares this host's",
+    )
+    shm_min_bytes: int = Field(
+        1 << 20, ge=0, description="arrays at least this big go through shared memory"
+    )

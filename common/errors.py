@@ -15,6 +15,10 @@ class VersionMismatch(ProtocolError):
     """Raised when a peer speaks another protocol major version than ours."""
 
 
+class SharedMemoryError(ProtocolError):
+    """Raised when a shared-memory segment named in a message cannot be used (see shardmill.shm)."""
+
+
 class ConfigError(ShardmillError):
     """Raised when settings or command-line flags are invalid or contradict each other."""
 

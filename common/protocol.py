@@ -195,6 +195,15 @@ class ScanShard(_Model):
 Descriptor = Annotated[RowRange | MapChunk | ScanShard, Field(discriminator="kind")]
 
 
+class ShmRef(_Model):
+    """Array frame `frame` of this message lives in shared memory: `segment`, at `offset`."""
+
+    frame: int = Field(ge=0)
+    segment: str = Field(max_length=64)
+    offset: int = Field(ge=0)
+    size: int = Field(ge=0)
+
+
 class Lease(_Model):
     job_id: str
     shard: int
@@ -249,6 +258,7 @@ class WorkerInfo(_Model):
     version: str
     modules: list[str]
     draining: bool = False
+    shared_memory: bool = False  # maps by-value inputs from the master's /dev/shm
 
 
 # ---- worker -> master ------------------------------------------------------------------------
@@ -262,6 +272,7 @@ class Ready(_Msg):
     version: str
     modules: list[str] = []
     held: list[Lease] = []
+    shm_probe: str = ""  # a /dev/shm file the master looks for: do we share memory?
 
 
 class Heartbeat(_Msg):
@@ -321,6 +332,7 @@ class Task(_Msg):
     descriptor: Descriptor
     timeout: float | None = None
     payload: bytes = b""
+    shm: list[ShmRef] = []  # array frames the worker maps from shared memory
 
 
 class CancelTasks(_Msg):
@@ -343,6 +355,7 @@ class Submit(_Request):
     part_arrays: list[int] = []
     wait: bool = False  # answer with the JobResult (same req) when the job ends: one round trip
     job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    shm: list[ShmRef] = []  # array frames written to shared memory (client on the master's host)
 
 
 class StatusQuery(_Request):
@@ -379,6 +392,7 @@ class PruneJobs(_Request):
 
 class Ping(_Request):
     kind: Literal["client_ping"] = "client_ping"
+    shm_probe: str = ""  # a /dev/shm file the master looks for: do we share memory?
 
 
 # ---- master -> client ------------------------------------------------------------------------
@@ -420,6 +434,7 @@ class Pong(_Reply):
     kind: Literal["pong"] = "pong"
     version: str
     workers: int
+    shared_memory: bool = False  # the master saw the ping's probe file
 
 
 class ErrorReply(_Reply):

@@ -9,11 +9,17 @@ from typing import Any
 
 import zmq
 
-from shardmill import __version__
+from shardmill import __version__, shm
 from shardmill.codec import Buffer, decode_checked, peek_req
 from shardmill.config import MasterSettings
 from shardmill.datapaths import check_data_path
-from shardmill.errors import InvalidTransition, JobSpecError, ProtocolError, StateDirError
+from shardmill.errors import (
+    InvalidTransition,
+    JobSpecError,
+    ProtocolError,
+    SharedMemoryError,
+    StateDirError,
+)
 from shardmill.master import events as ev
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.jobs import JobData, accept, new_job_id
@@ -52,6 +58,8 @@ class ClientRequests:
     checkpoint: Checkpointer
     retention: float | None
     settings: MasterSettings
+    segments: shm.Segments
+    shares_memory: set[str]
     _owner: str = ""
 
     def _send(
@@ -98,6 +106,7 @@ class ClientRequests:
             self._client_handlers()[kind](identity, decoded.msg, decoded.arrays)
         except (JobSpecError, ProtocolError) as e:
             code = "bad_spec" if isinstance(e, JobSpecError) else "protocol"
+            code = "shm" if isinstance(e, SharedMemoryError) else code
             req = getattr(decoded.msg, "req", 0)
             self._send(self.clients_sock, identity, ErrorReply(req=req, code=code, message=str(e)))
         except InvalidTransition:
@@ -128,6 +137,8 @@ class ClientRequests:
                 f"this client already has {queued} unfinished jobs, the limit "
                 "(max_queued_jobs); wait for some to finish or cancel them"
             )
+        if msg.shm:  # big arrays the client left in shared memory: map them, copy nothing
+            arrays = self.segments.attach(msg.shm, arrays)
         data = accept(msg, arrays)
         if len(data.descriptors) > limits.max_shards:
             raise JobSpecError(
@@ -146,6 +157,7 @@ class ClientRequests:
             self._send(self.clients_sock, identity, reply)
             return
         self.jobs[job_id] = data
+        data.segments = self.segments.adopt([ref.segment for ref in msg.shm])
         log.info("job %s accepted: op %s, %d shards", job_id, msg.spec.op, len(data.descriptors))
         if msg.wait:  # the caller named the job: its one answer is the result
             data.waiters.append((identity, msg.req))
@@ -174,7 +186,7 @@ class ClientRequests:
         self._send(self.clients_sock, identity, JobList(req=msg.req, jobs=infos))
 
     def _on_workers(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
-        infos = worker_infos(self.state, self.meta, time.monotonic())
+        infos = worker_infos(self.state, self.meta, time.monotonic(), shm_peers=self.shares_memory)
         self._send(self.clients_sock, identity, WorkerList(req=msg.req, workers=infos))
 
     def _on_prune(self, identity: bytes, msg: PruneJobs, arrays: list[Buffer]) -> None:
@@ -221,7 +233,12 @@ class ClientRequests:
         self._send(self.clients_sock, identity, JobStatus(req=msg.req, job=info))
 
     def _on_ping(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
-        reply = Pong(req=msg.req, version=__version__, workers=len(self.state.workers))
+        reply = Pong(
+            req=msg.req,
+            version=__version__,
+            workers=len(self.state.workers),
+            shared_memory=shm.probe_seen(msg.shm_probe),
+        )
         self._send(self.clients_sock, identity, reply)
 
     def _reply_result(self, job_id: str, identity: bytes, req: int) -> None:

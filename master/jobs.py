@@ -24,6 +24,7 @@ class JobData:
     result: FinalResult | None = None
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
     owner: str = ""  # the submitting client's public key (CURVE), for per-client quotas
+    segments: list[str] = field(default_factory=list)  # /dev/shm files holding `inputs`
 
     def task(
         self, job_id: str, shard: int, attempt: int, *, op: str, timeout: float | None

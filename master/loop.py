@@ -12,7 +12,7 @@ from typing import Any
 
 import zmq
 
-from shardmill import __version__
+from shardmill import __version__, shm
 from shardmill.codec import Buffer, decode_checked, encode
 from shardmill.config import MasterSettings
 from shardmill.errors import InvalidTransition, ProtocolError, ShardmillError
@@ -56,6 +56,8 @@ class MasterLoop(ClientRequests):
             )
         )
         self.meta: dict[str, Ready] = {}
+        self.segments = shm.Segments()  # by-value inputs clients left in /dev/shm
+        self.shares_memory: set[str] = set()  # workers that can open those segments
         self.retention = settings.job_retention
         # Open the state dir first: a locked or corrupt one must stop us before we bind ports.
         self.checkpoint = Checkpointer(settings.state_dir)
@@ -138,6 +140,7 @@ class MasterLoop(ClientRequests):
         self.workers_sock.close(linger=0)
         self.clients_sock.close(linger=0)
         self.checkpoint.close()
+        self.segments.close()  # a resumed job's inputs come from the state dir, not from these
         if self.auth is not None:
             self.auth.stop()
 
@@ -204,13 +207,18 @@ class MasterLoop(ClientRequests):
             self._send(self.workers_sock, identity, ErrorReply(code="version", message=text))
             return
         self.meta[worker] = msg
+        if shm.probe_seen(msg.shm_probe):
+            self.shares_memory.add(worker)
+        else:
+            self.shares_memory.discard(worker)
         log.info(
-            "worker %s ready: %s pid %d, %d slots, imports %s",
+            "worker %s ready: %s pid %d, %d slots, imports %s, shared memory %s",
             worker,
             msg.hostname,
             msg.pid,
             msg.slots,
             msg.modules,
+            "yes" if worker in self.shares_memory else "no",
         )
         timing = self.state.timing
         welcome = Welcome(
@@ -282,9 +290,7 @@ class MasterLoop(ClientRequests):
     ) -> ev.Event | None:
         match cmd:
             case ev.SendTask(worker=w, job_id=j, shard=s, attempt=a):
-                spec = self.state.jobs[j].spec
-                msg, arrays = self.jobs[j].task(j, s, a, op=spec.op, timeout=spec.task_timeout)
-                self._send_worker(w, msg, arrays)
+                self._send_task(w, j, s, a)
             case ev.MergeShard(job_id=j, shard=s):
                 assert result is not None, "a merge needs the result in hand"
                 try:
@@ -315,6 +321,14 @@ class MasterLoop(ClientRequests):
                 log.info("job %s shard %d: duplicate result from %s dropped", j, s, w)
         return None
 
+    def _send_task(self, worker: str, job_id: str, shard: int, attempt: int) -> None:
+        spec, data = self.state.jobs[job_id].spec, self.jobs[job_id]
+        msg, arrays = data.task(job_id, shard, attempt, op=spec.op, timeout=spec.task_timeout)
+        if data.segments and worker in self.shares_memory:  # it maps the pages itself
+            arrays, refs = self.segments.refs(arrays)
+            msg = msg.model_copy(update={"shm": refs})
+        self._send_worker(worker, msg, arrays)
+
     def _finalize(self, job_id: str, missing: tuple[int, ...]) -> ev.Event | None:
         data = self.jobs[job_id]
         try:
@@ -341,6 +355,8 @@ class MasterLoop(ClientRequests):
             map_job=isinstance(data.merger, MapMerger),
         )
         data.release_inputs()
+        self.segments.release(data.segments)
+        data.segments = []
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:
             self._reply_result(job_id, identity, req)

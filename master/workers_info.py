@@ -6,7 +6,9 @@ from shardmill.master.state import MasterState
 from shardmill.protocol import Ready, WorkerInfo
 
 
-def worker_infos(state: MasterState, meta: dict[str, Ready], now: float) -> list[WorkerInfo]:
+def worker_infos(
+    state: MasterState, meta: dict[str, Ready], now: float, *, shm_peers: set[str]
+) -> list[WorkerInfo]:
     infos = []
     for w in state.workers.values():
         ready = meta.get(w.worker_id)
@@ -23,6 +25,7 @@ def worker_infos(state: MasterState, meta: dict[str, Ready], now: float) -> list
                 version=ready.version if ready else "?",
                 modules=list(ready.modules) if ready else [],
                 draining=w.draining,
+                shared_memory=w.worker_id in shm_peers,
             )
         )
     return infos

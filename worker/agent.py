@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from shardmill import __version__, exitcodes
+from shardmill import __version__, exitcodes, shm
 from shardmill.codec import Buffer, decode, encode
 from shardmill.config import WorkerSettings
 from shardmill.errors import ProtocolError
@@ -65,6 +65,7 @@ class Agent:
         self.draining_since: float | None = None
         self._health_written = 0.0
         self.fatal: str | None = None  # set when the master refuses us for good
+        self._probe: str | None = None  # a /dev/shm file the master looks for at READY
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
@@ -154,6 +155,8 @@ class Agent:
     def _ready(self) -> Ready:
         held = [c.running.lease for c in self.children if c.running]
         held += [Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt) for t, _ in self.pending]
+        self._drop_probe()
+        self._probe = shm.create_probe()
         return Ready(
             slots=len(self.children),
             hostname=socket.gethostname(),
@@ -161,7 +164,13 @@ class Agent:
             version=__version__,
             modules=list(self.settings.imports),
             held=held,
+            shm_probe=self._probe or "",
         )
+
+    def _drop_probe(self) -> None:
+        if self._probe is not None:
+            shm.remove(self._probe)
+            self._probe = None
 
     def _drain_socket(self) -> None:
         assert self.sock is not None
@@ -199,6 +208,7 @@ class Agent:
             case CancelTasks(job_id=job):
                 self._cancel(job)
             case Welcome():
+                self._drop_probe()  # the master has looked
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness
                 # Beat at the master's pace from now on, not at our default's next tick.
                 self.next_beat = min(self.next_beat, time.monotonic() + self.interval)
@@ -353,6 +363,7 @@ class Agent:
             self._send(Disconnect(handback=self.handback))
             self.sock.close(linger=1000)  # give the DISCONNECT a moment to leave
         wait_all(self.children, timeout=2.0)
+        self._drop_probe()
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)

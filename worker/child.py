@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from shardmill import shm
 from shardmill.codec import Buffer, decode, encode, pack_value, unpack_value
 from shardmill.errors import BadInput, ProtocolError, UnknownFunction
 from shardmill.protocol import (
@@ -107,6 +108,8 @@ def run_task(
 
 
 def _execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
+    if task.shm:  # big inputs the master left in shared memory: map this shard's pages
+        arrays = shm.open_refs(task.shm, arrays)
     desc = task.descriptor
     if isinstance(desc, MapChunk):
         func = registry.resolve(desc.function)

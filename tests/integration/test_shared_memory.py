@@ -1,0 +1,99 @@
+"""Big by-value arrays through /dev/shm when client, master and workers share a host.
+
+The proof that bytes did not cross the sockets is a client whose message limit (1 MiB) is far
+below the arrays it sends, and tasks that report what holds their argument in the child.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import wait_until
+
+from shardmill import LocalCluster, shm
+from shardmill.errors import MessageTooLarge, ServerError
+from shardmill.protocol import JobSpec, ShmRef, Submit
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="no writable /dev/shm")
+
+
+def _segments() -> set[str]:
+    return {p.name for p in shm.SHM_DIR.glob("shardmill-*")}
+
+
+def test_submit_of_a_big_array_goes_through_shared_memory(cluster: LocalCluster) -> None:
+    # Given a 24 MB array and a client that may put at most 1 MiB on the wire
+    data = np.random.default_rng(3).normal(5.0, 2.0, size=(300_000, 10))
+    before = _segments()
+    with cluster.client() as client:
+        client.max_message_bytes = 1 << 20
+        assert all(w.shared_memory for w in client.workers())
+        # When column_stats runs over it by value
+        stats = client.submit("column_stats", data, shards=6).result(timeout=60)
+        # Then it matches NumPy, and the job's segment is gone once the job has ended
+        np.testing.assert_allclose(stats["mean"], data.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(stats["std"], data.std(axis=0), rtol=1e-9)
+        assert stats["count"] == 300_000
+    wait_until(lambda: _segments() <= before, what="the job's segment removed")
+
+
+def test_map_arguments_are_mapped_by_the_children(cluster: LocalCluster) -> None:
+    blocks = [np.full((100_000, 4), float(i)) for i in range(4)]  # 3.2 MB each
+    with cluster.client() as client:
+        client.max_message_bytes = 1 << 20
+        out = client.map("sm_tasks:backing", [(b,) for b in blocks]).result(timeout=60)
+        # Then each child read its block from a shared-memory mapping, not a socket frame
+        assert [holder for holder, _ in out] == ["mmap"] * 4
+        assert [total for _, total in out] == [float(b.sum()) for b in blocks]
+        # And with shared memory off, the same job is refused for size: it would be bytes
+        client.shared_memory = False
+        with pytest.raises(MessageTooLarge):
+            client.map("sm_tasks:backing", [(b,) for b in blocks])
+
+
+def test_small_arrays_still_travel_as_frames(cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        out = client.map("sm_tasks:backing", [(np.ones(10),)]).result(timeout=60)
+    assert out[0][0] != "mmap" and out[0][1] == 10.0
+
+
+@pytest.mark.parametrize(
+    ("segment", "offset", "size", "problem"),
+    [
+        ("shardmill-" + "0" * 32, 0, 8, "cannot open"),
+        ("../../etc/passwd", 0, 8, "not a shardmill"),
+        ("SELF", 4096, 8, "holds"),
+        ("LINK", 0, 8, "cannot open"),
+    ],
+)
+def test_bad_references_are_refused_and_the_client_told(
+    cluster: LocalCluster, tmp_path: Path, segment: str, offset: int, size: int, problem: str
+) -> None:
+    # Given a segment of 8 bytes this test owns, and a symlink to it
+    real = shm.new_name()
+    (shm.SHM_DIR / real).write_bytes(b"12345678")
+    link = shm.new_name()
+    (shm.SHM_DIR / link).symlink_to(shm.SHM_DIR / real)
+    name = {"SELF": real, "LINK": link}.get(segment, segment)
+    ref = ShmRef(frame=0, segment=name, offset=offset, size=size)
+    msg = Submit(
+        spec=JobSpec(op="map", function="sm_tasks:describe"),
+        parts=[b"\x91\x91\xc7\x0b\x01" + b"\x93\xa3<f8\x91\x01\x00"],
+        part_counts=[1],
+        part_arrays=[1],
+        shm=[ref],
+    )
+    try:
+        with cluster.client() as client:
+            # When a Submit names it badly / Then the master refuses it, naming the problem
+            with pytest.raises(ServerError) as info:
+                client._request(msg, [b""])
+            assert info.value.code == "shm" and problem in str(info.value)
+            # And the master still serves, and left our file alone
+            assert client.call("sm_tasks:square", 4, timeout=30) == 16
+        assert (shm.SHM_DIR / real).read_bytes() == b"12345678"
+    finally:
+        shm.remove(real)
+        shm.remove(link)
