@@ -58,6 +58,12 @@ class MasterSettings(BaseSettings):
     max_queued_jobs: int = Field(1000, ge=1, description="unfinished jobs per client key")
     max_result_bytes: int = Field(256 * 2**20, ge=1024, description="largest shard result")
     imports: list[str] = Field(default_factory=list, description="modules user ops come from")
+    shm_pool_bytes: int = Field(
+        2 << 30, ge=0, description="finished jobs' shared-memory segments kept for reuse"
+    )
+    shm_pool_idle: float = Field(
+        60.0, ge=0, description="seconds an unclaimed pooled segment is kept"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MasterSettings:

@@ -7,6 +7,12 @@ renaming it (so a client giving up after a timeout cannot remove it under a runn
 removes it when the job ends. Workers on the same host get the same references in their tasks
 and map just their shard's pages; workers elsewhere get the bytes as ordinary frames.
 
+Fresh tmpfs pages cost more than the copy into them (zeroing and mapping: 0.2 s per GB here),
+so the master does not delete a finished job's segment at once: it renames it into a *pool*
+(`shardmill-free-<hex>`, bounded in bytes and idle time) and the next big request claims it
+by renaming it back, overwriting pages that already exist. Children keep their last mapping
+and reuse it when the next task's segment is the same file (same inode).
+
 Who shares memory with whom is found out, never assumed: the client asks the master to look for
 a probe file it created (`Ping.shm_probe`), and each worker names a probe in its READY. Only
 files named `shardmill-<32 hex>` that are regular files owned by this user are ever opened, so a
@@ -34,7 +40,8 @@ from shardmill.protocol import ShmRef
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "shardmill-"
-_NAME = re.compile(r"shardmill-(?:probe-)?[0-9a-f]{32}\Z")
+_NAME = re.compile(r"shardmill-(?:probe-|free-)?[0-9a-f]{32}\Z")
+FREE = "free-"
 _ALIGN = 4096  # each frame starts on a page, so a worker maps exactly its shard's pages
 
 
@@ -86,7 +93,9 @@ def write_segment(
         size = frame_bytes(frames[i])
         refs.append(ShmRef(frame=i, segment=name, offset=offset, size=size))
         offset += -(-size // _ALIGN) * _ALIGN
-    fd = os.open(SHM_DIR / name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = _claim_pooled(name, offset)
+    if fd is None:
+        fd = os.open(SHM_DIR / name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, offset)
         for ref in refs:
@@ -105,6 +114,25 @@ def write_segment(
     return name, out, refs
 
 
+def _claim_pooled(name: str, size: int) -> int | None:
+    """Take a pooled segment (the smallest that fits, else the biggest) by renaming it to `name`."""
+    pooled = []
+    with os.scandir(SHM_DIR) as entries:
+        for entry in entries:
+            if entry.name.startswith(PREFIX + FREE) and _NAME.match(entry.name):
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                        pooled.append((info.st_size < size, abs(info.st_size - size), entry.name))
+    for _, _, free in sorted(pooled):
+        try:
+            os.rename(SHM_DIR / free, SHM_DIR / name)  # atomic: one claimant wins
+        except FileNotFoundError:
+            continue
+        return os.open(SHM_DIR / name, os.O_RDWR | os.O_NOFOLLOW)
+    return None
+
+
 @dataclass
 class _Mapping:
     buf: mmap.mmap
@@ -116,8 +144,11 @@ class _Mapping:
 class Segments:
     """The master's side: segments it has mapped, and how to refer to bytes inside them."""
 
+    pool_bytes: int = 0  # finished jobs' segments kept for reuse, at most this many bytes...
+    pool_idle: float = 60.0  # ...and for at most this long
     maps: dict[str, _Mapping] = field(default_factory=dict)
     owned: set[str] = field(default_factory=set)
+    pool: dict[str, tuple[int, float]] = field(default_factory=dict)  # name: (bytes, since)
 
     def attach(self, refs: Sequence[ShmRef], frames: list[Any]) -> list[Any]:
         """`frames` with each placeholder replaced by a read-only view of its segment."""
@@ -149,15 +180,33 @@ class Segments:
             held.append(mine)
         return held
 
-    def release(self, names: Sequence[str]) -> None:
-        """The job is over: forget the mappings (freed once no frame uses them) and the files."""
+    def release(self, names: Sequence[str], now: float) -> None:
+        """The job is over: forget the mappings, and pool the files (or delete them)."""
+        self.pool = {n: v for n, v in self.pool.items() if (SHM_DIR / n).exists()}  # claimed?
         for name in names:
-            self.maps.pop(name, None)
+            mapping = self.maps.pop(name, None)
             self.owned.discard(name)
+            size = mapping.size if mapping else 0
+            if size and sum(b for b, _ in self.pool.values()) + size <= self.pool_bytes:
+                free = new_name(FREE)
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(SHM_DIR / name, SHM_DIR / free)
+                    self.pool[free] = (size, now)
+                    continue
             remove(name)
 
+    def expire(self, now: float) -> None:
+        """Delete pooled segments nobody claimed within `pool_idle` seconds."""
+        for name, (_, since) in list(self.pool.items()):
+            if now - since >= self.pool_idle:
+                del self.pool[name]
+                remove(name)
+
     def close(self) -> None:
-        self.release(list(self.owned))
+        self.release(list(self.owned), 0.0)
+        for name in self.pool:
+            remove(name)
+        self.pool.clear()
         self.maps.clear()
 
     def refs(self, frames: Sequence[Any]) -> tuple[list[Any], list[ShmRef]]:
@@ -203,16 +252,27 @@ class Segments:
         return mapping
 
 
-def open_refs(refs: Sequence[ShmRef], frames: list[Any]) -> list[Any]:
-    """A worker's side: the frames with each reference replaced by a view of its pages."""
-    out = list(frames)
-    for ref in refs:
-        if not 0 <= ref.frame < len(out) or not _NAME.match(ref.segment):
-            raise SharedMemoryError(f"bad shared-memory reference {ref}")
-        if ref.size == 0:
-            out[ref.frame] = b""
-            continue
-        base = ref.offset // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+class WorkerMaps:
+    """A worker child's side: maps the segments its tasks name.
+
+    The last mapping is kept: the next shard of the same job, or of a later job whose segment is
+    the same pooled file (same inode), reads pages already in this process's page tables. Only
+    one is kept, so a deleted segment's memory is pinned by at most one mapping per child.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[int, int], mmap.mmap, int] | None = None  # (dev, ino), map, len
+
+    def open(self, refs: Sequence[ShmRef], frames: list[Any]) -> list[Any]:
+        """The frames with each reference replaced by a read-only view of its pages."""
+        out = list(frames)
+        for ref in refs:
+            if not 0 <= ref.frame < len(out) or not _NAME.match(ref.segment):
+                raise SharedMemoryError(f"bad shared-memory reference {ref}")
+            out[ref.frame] = self._view(ref) if ref.size else b""
+        return out
+
+    def _view(self, ref: ShmRef) -> memoryview:
         try:
             fd = os.open(SHM_DIR / ref.segment, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as e:
@@ -221,15 +281,28 @@ def open_refs(refs: Sequence[ShmRef], frames: list[Any]) -> list[Any]:
                 "have ended, or this worker does not share /dev/shm with the master)"
             ) from e
         try:
-            if os.fstat(fd).st_size < ref.offset + ref.size:
+            info = os.fstat(fd)
+            end = ref.offset + ref.size
+            if info.st_size < end:
                 raise SharedMemoryError(f"segment {ref.segment} is shorter than its reference")
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            buf = mmap.mmap(fd, ref.offset + ref.size - base, flags, mmap.PROT_READ, offset=base)
+            last = self._last
+            if last is None or last[0] != (info.st_dev, info.st_ino) or last[2] < end:
+                self._last = None  # drop the old mapping before making a new one
+                buf = mmap.mmap(fd, info.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+                last = self._last = ((info.st_dev, info.st_ino), buf, info.st_size)
         finally:
             os.close(fd)
-        start = ref.offset - base
-        out[ref.frame] = memoryview(buf)[start : start + ref.size]
-    return out
+        _populate(last[1], ref.offset, ref.size)
+        return memoryview(last[1])[ref.offset : end]
+
+
+_MADV_POPULATE_READ = 22  # Linux 5.14+: fault a range in with one call, not a fault per page
+
+
+def _populate(buf: mmap.mmap, offset: int, size: int) -> None:
+    start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+    with contextlib.suppress(OSError, ValueError):  # older kernels: pages fault in as read
+        buf.madvise(_MADV_POPULATE_READ, start, offset + size - start)
 
 
 def _owned_file(path: Path) -> bool:

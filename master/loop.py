@@ -56,7 +56,8 @@ class MasterLoop(ClientRequests):
             )
         )
         self.meta: dict[str, Ready] = {}
-        self.segments = shm.Segments()  # by-value inputs clients left in /dev/shm
+        # By-value inputs clients left in /dev/shm, and a pool of used segments for reuse.
+        self.segments = shm.Segments(settings.shm_pool_bytes, settings.shm_pool_idle)
         self.shares_memory: set[str] = set()  # workers that can open those segments
         self.retention = settings.job_retention
         # Open the state dir first: a locked or corrupt one must stop us before we bind ports.
@@ -166,6 +167,7 @@ class MasterLoop(ClientRequests):
         deadline = self.state.next_deadline()
         if deadline is not None and deadline <= now:
             self._apply(ev.Tick())
+        self.segments.expire(now)
         if self.retention is not None and now >= self._next_prune:
             self._next_prune = now + 60.0
             self.prune(self.retention)
@@ -355,11 +357,11 @@ class MasterLoop(ClientRequests):
             map_job=isinstance(data.merger, MapMerger),
         )
         data.release_inputs()
-        self.segments.release(data.segments)
-        data.segments = []
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:
             self._reply_result(job_id, identity, req)
+        self.segments.release(data.segments, time.monotonic())  # after the answers: it may unlink
+        data.segments = []
 
     # ---- sending -------------------------------------------------------------------------------
 

@@ -107,9 +107,12 @@ def run_task(
     return done, packed.arrays
 
 
+_MAPS = shm.WorkerMaps()
+
+
 def _execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
     if task.shm:  # big inputs the master left in shared memory: map this shard's pages
-        arrays = shm.open_refs(task.shm, arrays)
+        arrays = _MAPS.open(task.shm, arrays)
     desc = task.descriptor
     if isinstance(desc, MapChunk):
         func = registry.resolve(desc.function)

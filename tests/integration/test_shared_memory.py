@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import wait_until
+from helpers import FAST, cluster_env, wait_until
 
 from shardmill import LocalCluster, shm
 from shardmill.errors import MessageTooLarge, ServerError
@@ -26,17 +26,41 @@ def _segments() -> set[str]:
 def test_submit_of_a_big_array_goes_through_shared_memory(cluster: LocalCluster) -> None:
     # Given a 24 MB array and a client that may put at most 1 MiB on the wire
     data = np.random.default_rng(3).normal(5.0, 2.0, size=(300_000, 10))
-    before = _segments()
     with cluster.client() as client:
         client.max_message_bytes = 1 << 20
         assert all(w.shared_memory for w in client.workers())
         # When column_stats runs over it by value
         stats = client.submit("column_stats", data, shards=6).result(timeout=60)
-        # Then it matches NumPy, and the job's segment is gone once the job has ended
-        np.testing.assert_allclose(stats["mean"], data.mean(axis=0), rtol=1e-12)
-        np.testing.assert_allclose(stats["std"], data.std(axis=0), rtol=1e-9)
-        assert stats["count"] == 300_000
-    wait_until(lambda: _segments() <= before, what="the job's segment removed")
+    # Then it matches NumPy
+    np.testing.assert_allclose(stats["mean"], data.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats["std"], data.std(axis=0), rtol=1e-9)
+    assert stats["count"] == 300_000
+
+
+def _pooled(before: set[str]) -> set[tuple[str, int]]:
+    """Pooled segments that were not there before (name, inode)."""
+    paths = shm.SHM_DIR.glob("shardmill-free-*")
+    return {(p.name, p.stat().st_ino) for p in paths if p.name not in before}
+
+
+def test_segments_are_pooled_reused_and_expire() -> None:
+    # Given a master that keeps a finished job's segment for 1.5 s
+    env = {**cluster_env(), "SHARDMILL_MASTER_SHM_POOL_IDLE": "1.5"}
+    data = np.arange(4_000_000, dtype=np.float64).reshape(-1, 4)  # 32 MB
+    before = _segments()
+    cluster = LocalCluster(workers=1, imports=["sm_tasks"], env=env, **FAST)
+    with cluster, cluster.client() as client:
+        first = client.submit("sum_count", data, shards=4).result(timeout=60)
+        # Then the job's segment went to the pool when the job ended...
+        pooled = wait_until(lambda: _pooled(before), what="a pooled file")
+        # ...and the next big request takes that file (the same inode) back
+        second = client.submit("sum_count", data + 1.0, shards=4).result(timeout=60)
+        after = wait_until(lambda: _pooled(before), what="pooled again")
+        assert {ino for _, ino in after} == {ino for _, ino in pooled}
+        np.testing.assert_allclose(second["sum"], first["sum"] + data.shape[0])
+        # And an unclaimed pooled segment is deleted after the idle time
+        wait_until(lambda: not _pooled(before), timeout=30, what="pool expiry")
+    assert _segments() <= before  # a stopped master leaves nothing behind
 
 
 def test_map_arguments_are_mapped_by_the_children(cluster: LocalCluster) -> None:

@@ -38,7 +38,7 @@ def test_moments_equal_numpy_across_block_boundaries(
 def test_nan_and_non_contiguous_input() -> None:
     x = np.arange(60_000, dtype=np.float64).reshape(-1, 6)[:, ::2]  # a strided view
     x[7, 1] = np.nan
-    total, mean, m2, low, high = moments(x)
+    total, _, m2, low, high = moments(x)
     assert np.isnan(total[1]) and np.isnan(low[1]) and np.isnan(high[1])
     np.testing.assert_array_equal(low[[0, 2]], x[:, [0, 2]].min(axis=0))
     np.testing.assert_allclose(m2[0], ((x[:, 0] - x[:, 0].mean()) ** 2).sum())
