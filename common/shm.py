@@ -49,8 +49,9 @@ def available() -> bool:
     return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
 
 
-def new_name(kind: str = "") -> str:
-    return f"{PREFIX}{kind}{uuid.uuid4().hex}"
+def new_name(kind: str = "", tag: str = "") -> str:
+    """A fresh segment name; a master's own begin with its tag (see Segments.tag)."""
+    return f"{PREFIX}{kind}{tag}{uuid.uuid4().hex[len(tag) :]}"
 
 
 def create_probe() -> str | None:
@@ -146,6 +147,10 @@ class Segments:
 
     pool_bytes: int = 0  # finished jobs' segments kept for reuse, at most this many bytes...
     pool_idle: float = 60.0  # ...and for at most this long
+    # Names of the segments this master holds begin with `tag`. With a state directory the tag
+    # is derived from it, so a master restarted on that directory (one at a time: it is locked)
+    # finds and deletes what a killed predecessor left; its jobs' inputs are in the state dir.
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     maps: dict[str, _Mapping] = field(default_factory=dict)
     owned: set[str] = field(default_factory=set)
     pool: dict[str, tuple[int, float]] = field(default_factory=dict)  # name: (bytes, since)
@@ -169,7 +174,7 @@ class Segments:
         """Take the client's segments over (rename to our own names); the names we now hold."""
         held = []
         for name in dict.fromkeys(names):
-            mine = new_name()
+            mine = new_name(tag=self.tag)
             try:
                 os.rename(SHM_DIR / name, SHM_DIR / mine)
             except FileNotFoundError:  # the client gave up and removed it: send bytes instead
@@ -188,7 +193,7 @@ class Segments:
             self.owned.discard(name)
             size = mapping.size if mapping else 0
             if size and sum(b for b, _ in self.pool.values()) + size <= self.pool_bytes:
-                free = new_name(FREE)
+                free = new_name(FREE, self.tag)
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(SHM_DIR / name, SHM_DIR / free)
                     self.pool[free] = (size, now)
@@ -201,6 +206,16 @@ class Segments:
             if now - since >= self.pool_idle:
                 del self.pool[name]
                 remove(name)
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete segments with our tag that no one holds: a killed predecessor's."""
+        gone = []
+        for kind in ("", FREE):
+            for path in SHM_DIR.glob(f"{PREFIX}{kind}{self.tag}*"):
+                if path.name not in self.owned and path.name not in self.pool:
+                    remove(path.name)
+                    gone.append(path.name)
+        return gone
 
     def close(self) -> None:
         self.release(list(self.owned), 0.0)

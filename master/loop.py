@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -56,14 +57,13 @@ class MasterLoop(ClientRequests):
             )
         )
         self.meta: dict[str, Ready] = {}
-        # By-value inputs clients left in /dev/shm, and a pool of used segments for reuse.
-        self.segments = shm.Segments(settings.shm_pool_bytes, settings.shm_pool_idle)
         self.shares_memory: set[str] = set()  # workers that can open those segments
         self.retention = settings.job_retention
         # Open the state dir first: a locked or corrupt one must stop us before we bind ports.
         self.checkpoint = Checkpointer(settings.state_dir)
         self.state.wall_offset = time.time() - time.monotonic()
         self.jobs: dict[str, JobData] = self.checkpoint.restore(self.state, time.monotonic())
+        self.segments = _segments(settings)  # after the state dir's lock is ours
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.security = Security.resolve(settings.keys, settings.insecure, "master")
         self.auth = self.security.authenticator(self.ctx)  # ZAP must run before we bind
@@ -375,6 +375,17 @@ class MasterLoop(ClientRequests):
             sock.send_multipart([identity, *encode(msg, arrays)], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as e:  # peer gone or its queue is full: heartbeats will tell
             log.debug("cannot send %s to %s: %s", msg.kind, identity.hex(), e)
+
+
+def _segments(settings: MasterSettings) -> shm.Segments:
+    """By-value inputs clients left in /dev/shm, and a pool of used segments for reuse."""
+    segments = shm.Segments(settings.shm_pool_bytes, settings.shm_pool_idle)
+    if settings.state_dir is not None:  # we hold its lock: leftovers are a killed master's
+        path = str(settings.state_dir.resolve()).encode()
+        segments.tag = hashlib.sha256(path).hexdigest()[:8]
+        if gone := segments.remove_leftovers():
+            log.info("removed %d shared-memory segments a previous master left", len(gone))
+    return segments
 
 
 def _text(b: bytes) -> str:

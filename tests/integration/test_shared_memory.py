@@ -121,3 +121,25 @@ def test_bad_references_are_refused_and_the_client_told(
     finally:
         shm.remove(real)
         shm.remove(link)
+
+
+def test_a_killed_masters_segments_are_removed_and_its_job_resumes(tmp_path: Path) -> None:
+    # Given a checkpointing master holding a job whose 4 MB arguments came by shared memory
+    flag = str(tmp_path / "go")
+    blocks = [np.full((125_000, 4), float(i + 1)) for i in range(3)]
+    cluster = LocalCluster(
+        workers=2, imports=["sm_tasks"], env=cluster_env(), state_dir=tmp_path / "state", **FAST
+    )
+    with cluster, cluster.client() as client:
+        before = _segments()
+        job = client.map("sm_tasks:sum_after", [(b, flag) for b in blocks], chunk_size=1)
+        held = wait_until(lambda: _segments() - before, what="the job's segment")
+        # When the master is killed mid-job and started again on the same state dir
+        cluster.kill_master()
+        assert held <= _segments()  # nobody could clean up after a SIGKILL...
+        cluster.start_master()
+        # Then the new master removed what the old one left...
+        wait_until(lambda: not held & _segments(), what="the leftover segment removed")
+        # ...and the job finishes from the inputs in the state dir
+        Path(flag).touch()
+        assert job.result(timeout=60) == [float(b.sum()) for b in blocks]

@@ -143,3 +143,9 @@ def backing(arr: np.ndarray) -> list[Any]:
         base = base.base
     holder = base.obj if isinstance(base, memoryview) else base
     return [type(holder).__name__, float(arr.sum())]
+
+
+def sum_after(arr: np.ndarray, flag: str) -> float:
+    """The argument's sum, once the test creates `flag`."""
+    wait_for_file(flag)
+    return float(arr.sum())
