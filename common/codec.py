@@ -153,12 +153,10 @@ def unpack_value(data: Buffer, arrays: Sequence[Buffer] = ()) -> Any:
 def _array_from_meta(meta: bytes, arrays: Sequence[Buffer]) -> np.ndarray:
     try:
         dtype_str, shape, index = msgpack.unpackb(meta)
-        dtype = np.dtype(dtype_str)
+        dtype = _dtype(dtype_str)
         shape = tuple(int(n) for n in shape)
     except Exception as e:
         raise ProtocolError(f"bad array reference: {e}") from e
-    if dtype.hasobject:
-        raise ProtocolError("object arrays are refused")
     if len(shape) > MAX_ARRAY_DIMS or any(n < 0 for n in shape):
         raise ProtocolError(f"bad array shape {shape}")
     if not isinstance(index, int) or not 0 <= index < len(arrays):
@@ -171,6 +169,21 @@ def _array_from_meta(meta: bytes, arrays: Sequence[Buffer]) -> np.ndarray:
             f"array frame {index} holds {size} bytes, {dtype} {shape} needs {expected}"
         )
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _dtype(name: str) -> np.dtype[Any]:
+    """np.dtype(name), parsed once per name (a result of 8 arrays parses 8 names per shard)."""
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        dtype = np.dtype(name)
+        if dtype.hasobject:
+            raise ProtocolError("object arrays are refused")
+        if len(_DTYPES) < 256:  # a peer may send any number of names: keep the common ones
+            _DTYPES[name] = dtype
+    return dtype
 
 
 def to_bytes(buf: np.ndarray | Buffer) -> bytes:
