@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import time
@@ -52,6 +53,7 @@ from shardmill.protocol import (
 )
 from shardmill.security import Security
 
+log = logging.getLogger(__name__)
 MAX_CHUNKS = 64
 LONG_POLL = 2.0  # a waiting client re-asks this often, so it finds a restarted master quickly
 
@@ -219,7 +221,11 @@ class Client:
             return None
         if not self._shares_memory():
             return None
-        return shm.write_segment(arrays, min_frame=max(1, self.shm_min_bytes // 16))
+        try:
+            return shm.write_segment(arrays, min_frame=max(1, self.shm_min_bytes // 16))
+        except OSError as e:  # /dev/shm full (a container's is 64 MB by default): use the socket
+            log.warning("cannot use shared memory (%s); sending the arrays over the socket", e)
+            return None
 
     def _shares_memory(self) -> bool:
         if self._master_shares is None:

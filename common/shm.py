@@ -157,6 +157,7 @@ class Segments:
 
     def attach(self, refs: Sequence[ShmRef], frames: list[Any]) -> list[Any]:
         """`frames` with each placeholder replaced by a read-only view of its segment."""
+        self.drop_unowned()
         out = list(frames)
         for ref in refs:
             if not 0 <= ref.frame < len(out) or memoryview(out[ref.frame]).nbytes:
@@ -184,6 +185,11 @@ class Segments:
             self.owned.add(mine)
             held.append(mine)
         return held
+
+    def drop_unowned(self) -> None:
+        """Forget mappings of a request that was refused after `attach` (the client deletes it)."""
+        for name in [n for n in self.maps if n not in self.owned]:
+            del self.maps[name]
 
     def release(self, names: Sequence[str], now: float) -> None:
         """The job is over: forget the mappings, and pool the files (or delete them)."""

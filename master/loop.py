@@ -168,6 +168,7 @@ class MasterLoop(ClientRequests):
         if deadline is not None and deadline <= now:
             self._apply(ev.Tick())
         self.segments.expire(now)
+        self.segments.drop_unowned()  # a refused submit's mappings (its client deletes the file)
         if self.retention is not None and now >= self._next_prune:
             self._next_prune = now + 60.0
             self.prune(self.retention)
