@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate data, start a local cluster, check against NumPy")
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--cols", type=int, default=10)
-    p.add_argument("--shards", type=int, default=32)
+    # Four shards per worker: each shard costs ~1-2 ms of dispatch on a small VM, which a
+    # 160 MB job (50 ms of compute per core) notices; see bench/RESULTS.md for the curve.
+    p.add_argument("--shards", type=int, help="default: 4 per worker")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--dir", help="where to write the dataset (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -283,7 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         rows=args.rows,
         cols=args.cols,
-        shards=args.shards,
+        shards=args.shards or 4 * args.workers,
         workers=args.workers,
         directory=args.dir,
         as_json=args.json,
