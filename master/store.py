@@ -1,8 +1,10 @@
 """Checkpoints in the state directory: SQLite (WAL) for jobs, shards, partials and results.
 
-A shard's row and the partial it was merged into are written in one transaction, so "merged"
-on disk means merged. Writes are grouped: the loop commits once per poll iteration, and always
-before it tells a client anything that depends on them.
+A running job is its row (spec, descriptors, inputs), a row per merged shard and, for an op, its
+partial; a shard's row and the partial it was merged into are written in one transaction, so
+"merged" on disk means merged. A finished job is its one row: state, result and every shard's
+story (a map job whose results are in its shard rows already keeps those). What is written is
+committed in groups (see Checkpointer), always before a client hears of it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import numpy as np
@@ -24,12 +25,17 @@ from pydantic import TypeAdapter
 
 from shardmill.codec import Buffer, to_bytes
 from shardmill.errors import StateDirError
-from shardmill.protocol import AttemptInfo, Descriptor, JobSpec
+from shardmill.protocol import AttemptInfo, Descriptor, ErrorInfo, JobSpec
 
 log = logging.getLogger(__name__)
 
+# A shard's row: job_id, shard, state, history (JSON list of AttemptInfo), result blob or None.
+ShardRow = tuple[str, int, str, str, bytes | None]
+
 FORMAT = "shardmill-state"
-SCHEMA_VERSION = 1
+# 2: a job's inputs are one blob in its row, and a finished job's shards one blob in its row
+# (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
+SCHEMA_VERSION = 2
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
 
@@ -41,8 +47,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE jobs (
     job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, descriptors TEXT NOT NULL,
     part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
-    error TEXT, finished_at REAL, result BLOB);
-CREATE TABLE inputs (job_id TEXT, shard INTEGER, blob BLOB NOT NULL, PRIMARY KEY (job_id, shard));
+    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB);
 CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
@@ -58,6 +63,19 @@ def pack_blob(payload: bytes, arrays: Sequence[Buffer | np.ndarray]) -> bytes:
 def unpack_blob(blob: bytes) -> tuple[bytes, list[Buffer]]:
     payload, arrays = msgpack.unpackb(blob)
     return payload, list(arrays)
+
+
+def pack_inputs(inputs: Sequence[tuple[bytes, Sequence[Buffer | np.ndarray]]]) -> bytes | None:
+    """Every shard's input (packed value and array frames) as one blob; None when there are none.
+
+    One blob per job rather than a row per shard: a 64-shard map job's inputs cost one row."""
+    if not inputs:
+        return None
+    return bytes(msgpack.packb([[p, [to_bytes(a) for a in arrays]] for p, arrays in inputs]))
+
+
+def unpack_inputs(blob: bytes | None) -> list[tuple[bytes, list[Buffer]]]:
+    return [] if blob is None else [(p, list(arrays)) for p, arrays in msgpack.unpackb(blob)]
 
 
 @dataclass
@@ -78,7 +96,7 @@ class StoredJob:
     error: str | None
     finished_at: float | None
     result: bytes | None
-    inputs: list[bytes] = field(default_factory=list)
+    inputs: bytes | None = None  # pack_inputs()
     shards: dict[int, StoredShard] = field(default_factory=dict)
     partial: bytes | None = None
 
@@ -162,6 +180,8 @@ class Store:
                 f"{self.path} was written by a newer shardmill (state version {version}, this "
                 f"master understands {SCHEMA_VERSION}); upgrade this master"
             )
+        if version == 1:
+            _migrate_from_1(db)
 
     def _max_seq(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
@@ -173,42 +193,28 @@ class Store:
         self,
         job_id: str,
         spec: JobSpec,
-        descriptors: Sequence[Any],
+        descriptors: Sequence[Descriptor],
         part_counts: Sequence[int],
         submitted_at: float,
         inputs: Sequence[tuple[bytes, Sequence[Buffer]]],
     ) -> None:
         self._seq += 1
-        descs = json.dumps([d.model_dump(mode="json") for d in descriptors])
         self.db.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL)",
+            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
             (
                 job_id,
                 self._seq,
                 spec.model_dump_json(),
-                descs,
+                _DESCRIPTORS.dump_json(list(descriptors)).decode(),
                 json.dumps(list(part_counts)),
                 submitted_at,
+                pack_inputs(inputs),
             ),
         )
-        self.db.executemany(
-            "INSERT INTO inputs VALUES (?, ?, ?)",
-            [(job_id, i, pack_blob(p, a)) for i, (p, a) in enumerate(inputs)],
-        )
 
-    def shard_settled(
-        self,
-        job_id: str,
-        shard: int,
-        state: str,
-        history: list[AttemptInfo],
-        result: bytes | None = None,
-    ) -> None:
-        hist = json.dumps([a.model_dump(mode="json") for a in history])
-        self.db.execute(
-            "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)",
-            (job_id, shard, state, hist, result),
-        )
+    def shards_settled(self, rows: Sequence[ShardRow]) -> None:
+        """Shard rows: (job_id, shard, state, history as JSON, result blob or None)."""
+        self.db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)", rows)
 
     def save_partial(self, job_id: str, blob: bytes, merged: int) -> None:
         self.db.execute("INSERT OR REPLACE INTO partials VALUES (?, ?, ?)", (job_id, blob, merged))
@@ -216,26 +222,30 @@ class Store:
     def job_ended(
         self,
         job_id: str,
+        *,
         state: str,
         error: str | None,
         finished_at: float,
         result: bytes | None,
-        *,
-        keep_shard_results: bool = False,
+        settled: bytes,
+        keep_shard_rows: bool = False,
     ) -> None:
+        """A finished job: its state, result and `settled` in its one row. Its inputs and
+        partial go, and its shard rows too unless they hold its (map) result.
+
+        `settled` is every shard's state and story, msgpack: [[index, state, [[attempt, worker,
+        started, ended, outcome, error as a dict or None], ...]], ...]."""
         self.db.execute(
-            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, result = ? WHERE job_id = ?",
-            (state, error, finished_at, result, job_id),
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, result = ?, inputs = NULL, "
+            "settled = ? WHERE job_id = ?",
+            (state, error, finished_at, result, settled, job_id),
         )
-        # The inputs and partials were only needed to finish the job; a map job's shard
-        # results are its result.
-        self.db.execute("DELETE FROM inputs WHERE job_id = ?", (job_id,))
-        if not keep_shard_results:
-            self.db.execute("UPDATE shards SET result = NULL WHERE job_id = ?", (job_id,))
+        if not keep_shard_rows:
+            self.db.execute("DELETE FROM shards WHERE job_id = ?", (job_id,))
         self.db.execute("DELETE FROM partials WHERE job_id = ?", (job_id,))
 
     def delete_jobs(self, job_ids: Sequence[str]) -> None:
-        for table in ("jobs", "inputs", "shards", "partials"):
+        for table in ("jobs", "shards", "partials"):
             self.db.executemany(f"DELETE FROM {table} WHERE job_id = ?", [(j,) for j in job_ids])
 
     def commit(self) -> None:
@@ -256,7 +266,7 @@ class Store:
         """Every stored job, oldest first, with what is needed to resume or serve it."""
         rows = self.db.execute(
             "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
-            "finished_at, result FROM jobs ORDER BY seq"
+            "finished_at, result, inputs, settled FROM jobs ORDER BY seq"
         ).fetchall()
         for row in rows:
             job = StoredJob(
@@ -269,17 +279,14 @@ class Store:
                 error=row[6],
                 finished_at=row[7],
                 result=row[8],
+                inputs=row[9],
             )
+            if row[10] is not None:
+                job.shards = _unpack_settled(row[10])
             for shard, st, hist, result in self.db.execute(
                 "SELECT shard, state, history, result FROM shards WHERE job_id = ?", (job.job_id,)
             ):
                 job.shards[shard] = StoredShard(st, _HISTORY.validate_json(hist), result)
-            job.inputs = [
-                b
-                for (b,) in self.db.execute(
-                    "SELECT blob FROM inputs WHERE job_id = ? ORDER BY shard", (job.job_id,)
-                )
-            ]
             partial = self.db.execute(
                 "SELECT blob FROM partials WHERE job_id = ?", (job.job_id,)
             ).fetchone()
@@ -293,3 +300,44 @@ class Store:
             log.error("final checkpoint failed", exc_info=True)
         self.db.close()
         os.close(self._lock_fd)
+
+
+def _unpack_settled(blob: bytes) -> dict[int, StoredShard]:
+    """Store.job_ended's `settled`, read back."""
+    return {
+        index: StoredShard(
+            state,
+            [
+                AttemptInfo(
+                    attempt=attempt,
+                    worker=worker,
+                    started=started,
+                    ended=ended,
+                    outcome=outcome,
+                    error=None if error is None else ErrorInfo.model_validate(error),
+                )
+                for attempt, worker, started, ended, outcome, error in history
+            ],
+            None,
+        )
+        for index, state, history in msgpack.unpackb(blob)
+    }
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """State version 1 kept a row per shard input in `inputs`: fold them into the jobs' rows."""
+    db.execute("BEGIN")
+    db.execute("ALTER TABLE jobs ADD COLUMN inputs BLOB")
+    db.execute("ALTER TABLE jobs ADD COLUMN settled BLOB")
+    rows = db.execute("SELECT job_id, blob FROM inputs ORDER BY job_id, shard").fetchall()
+    per_job: dict[str, list[tuple[bytes, list[Buffer]]]] = {}
+    for job_id, blob in rows:
+        per_job.setdefault(job_id, []).append(unpack_blob(blob))
+    db.executemany(
+        "UPDATE jobs SET inputs = ? WHERE job_id = ?",
+        [(pack_inputs(inputs), job_id) for job_id, inputs in per_job.items()],
+    )
+    db.execute("DROP TABLE inputs")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),))
+    db.execute("COMMIT")
+    log.info("state database migrated from version 1 to %d", SCHEMA_VERSION)

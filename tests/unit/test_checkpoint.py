@@ -1,0 +1,312 @@
+"""Checkpoints in a real state dir: what is on disk when, and what a restarted master reads back.
+
+The pure state machine decides; a small driver carries out its commands the way loop.py does,
+against a real SQLite state directory. A second master is a second Checkpointer on that dir.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+from inprocess import shard_partials
+
+from shardmill.codec import pack_value, to_bytes, unpack_value
+from shardmill.master import events as ev
+from shardmill.master.checkpoint import GROUP_COMMIT, Checkpointer
+from shardmill.master.jobs import JobData, accept
+from shardmill.master.merge import MapMerger
+from shardmill.master.model import JobState
+from shardmill.master.state import MasterState
+from shardmill.master.store import DB_NAME, SCHEMA_VERSION
+from shardmill.plan import build_plan
+from shardmill.protocol import AttemptInfo, ErrorInfo, JobSpec, Submit
+
+WALL = 1_700_000_000.0  # wall-clock time at the injected clock's zero
+MAP = JobSpec(op="map", function="m:f", max_attempts=3)
+
+
+class Master:
+    """The checkpointing half of a master: state machine in, Checkpointer out, as loop.py."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state = MasterState()
+        self.state.wall_offset = WALL
+        self.ck = Checkpointer(state_dir)
+        self.jobs = self.ck.restore(self.state, now=0.0)
+        self.state.handle(ev.WorkerReady("w1", slots=100), now=0.0)
+
+    def submit(self, job_id: str, msg: Submit) -> JobData:
+        data = accept(msg, [])
+        self.ck.job_added(job_id, data, spec=msg.spec, submitted_at=WALL)
+        self.jobs[job_id] = data
+        self.state.handle(ev.JobAdded(job_id, msg.spec, len(data.descriptors)), now=0.0)
+        return data
+
+    def succeed(self, job_id: str, shard: int, result: tuple[bytes, list[Any]], now: float) -> None:
+        done = ev.ShardSucceeded("w1", job_id, shard, attempt=1, duration=0.5)
+        self._carry_out(self.state.handle(done, now), job_id, result, now)
+
+    def fail(self, job_id: str, shard: int, now: float) -> None:
+        error = ErrorInfo(kind="error", type="ValueError", message="bad", retryable=False)
+        self._carry_out(self.state.handle(ev.ShardFailed("w1", job_id, shard, 1, error), now))
+
+    def _carry_out(
+        self,
+        cmds: list[ev.Command],
+        job_id: str = "",
+        result: tuple[bytes, list[Any]] = (b"", []),
+        now: float = 0.0,
+    ) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, ev.MergeShard):
+                data, shard = self.jobs[job_id], self.state.jobs[job_id].shards[cmd.shard]
+                data.merger.add(cmd.shard, *result)
+                self.ck.shard_merged(job_id, shard, data, result, offset=WALL)
+            elif isinstance(cmd, ev.FinalizeJob):
+                self.jobs[cmd.job_id].result = self.jobs[cmd.job_id].merger.final(cmd.missing)
+                self._end(cmd.job_id, now)
+            elif isinstance(cmd, ev.JobEnded):
+                self._end(cmd.job_id, now)
+
+    def _end(self, job_id: str, now: float) -> None:
+        job, data = self.state.jobs[job_id], self.jobs[job_id]
+        self.ck.job_ended(
+            job_id,
+            job.shards,
+            state=str(job.state),
+            error=job.error,
+            finished_at=now + WALL,
+            result=data.result if job.state is JobState.DONE else None,
+            offset=WALL,
+            map_job=isinstance(data.merger, MapMerger),
+        )
+
+
+def _map_submit(n: int) -> Submit:
+    parts = [pack_value([(i,)]).data for i in range(n)]
+    return Submit(spec=MAP, parts=parts, part_counts=[1] * n, part_arrays=[0] * n)
+
+
+def _square(i: int) -> tuple[bytes, list[Any]]:
+    return pack_value([i * i]).data, []
+
+
+def _rows(state_dir: Path, sql: str) -> list[Any]:
+    """What another process would read from the database: committed rows only."""
+    db = sqlite3.connect(state_dir / DB_NAME)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def _kill(master: Master) -> None:
+    """The master dies: what it had not committed never reaches the disk (the Store alone is
+    closed, which commits nothing the Checkpointer still holds), and the dir is unlocked."""
+    assert master.ck.store is not None
+    master.ck.store.close()
+
+
+def _values(master: Master, job_id: str) -> list[Any]:
+    result = master.jobs[job_id].result
+    assert result is not None
+    return [unpack_value(p, []) for p in result.parts]
+
+
+def test_a_short_map_job_ends_as_one_row_and_reads_back_whole(tmp_path: Path) -> None:
+    # Given a 5-shard map job that ends before its merges' group commit
+    m = Master(tmp_path)
+    m.submit("j", _map_submit(5))
+    for i in range(5):
+        m.succeed("j", i, _square(i), now=0.001 * i)
+    expected = [a.info(WALL) for s in m.state.jobs["j"].shards for a in s.history]
+    # Then the job is its one row: no shard rows, inputs gone, result and stories in it
+    assert _rows(tmp_path, "SELECT COUNT(*) FROM shards") == [(0,)]
+    assert _rows(tmp_path, "SELECT state, inputs IS NULL FROM jobs") == [("done", 1)]
+    m.ck.close()
+    # When a new master reads the state dir
+    again = Master(tmp_path)
+    # Then the result, every shard's state and every attempt's story are the same
+    assert _values(again, "j") == [[i * i] for i in range(5)]
+    job = again.state.jobs["j"]
+    assert job.state is JobState.DONE and all(s.state == "done" for s in job.shards)
+    assert [a.info(WALL) for s in job.shards for a in s.history] == expected
+    assert expected[0].worker == "w1" and expected[0].outcome == "ok"
+    again.ck.close()
+
+
+def test_merges_wait_for_their_group_commit_or_a_client(tmp_path: Path) -> None:
+    # Given a map job with two merged shards
+    m = Master(tmp_path)
+    m.submit("j", _map_submit(4))
+    before = time.monotonic()
+    m.succeed("j", 0, _square(0), now=0.0)
+    m.succeed("j", 1, _square(1), now=0.0)
+    # Then nothing of them is on disk yet, and the loop knows when to commit them
+    deadline = m.ck.flush_deadline()
+    assert deadline is not None and before + GROUP_COMMIT <= deadline
+    assert deadline <= time.monotonic() + GROUP_COMMIT
+    m.ck.commit(deadline - 0.001)
+    assert _rows(tmp_path, "SELECT COUNT(*) FROM shards") == [(0,)]
+    # When their group commit is due (or a client is about to be answered: commit())
+    m.ck.commit(deadline)
+    # Then both shards are on disk, with their results, in one commit
+    assert _rows(tmp_path, "SELECT shard, state FROM shards ORDER BY shard") == [
+        (0, "done"),
+        (1, "done"),
+    ]
+    assert m.ck.flush_deadline() is None
+    m.ck.close()
+
+
+def test_a_map_job_keeps_results_it_committed_in_shard_rows(tmp_path: Path) -> None:
+    # Given a map job whose first merges were committed before it ended
+    m = Master(tmp_path)
+    m.submit("j", _map_submit(4))
+    m.succeed("j", 0, _square(0), now=0.0)
+    m.ck.commit()
+    for i in (1, 2, 3):
+        m.succeed("j", i, _square(i), now=0.0)
+    # Then its results stay in its shard rows, written once, and its row holds no copy
+    assert _rows(tmp_path, "SELECT COUNT(*) FROM shards WHERE result IS NOT NULL") == [(4,)]
+    assert _rows(tmp_path, "SELECT result IS NULL, settled IS NOT NULL FROM jobs") == [(1, 1)]
+    m.ck.close()
+    # And a new master reads the same result back
+    again = Master(tmp_path)
+    assert _values(again, "j") == [[i * i] for i in range(4)]
+    again.ck.close()
+
+
+def test_an_unfinished_map_job_resumes_with_the_merges_committed(tmp_path: Path) -> None:
+    # Given a map job with shard 1 merged and committed, and shard 2 merged but not committed
+    m = Master(tmp_path)
+    m.submit("j", _map_submit(4))
+    m.succeed("j", 1, _square(1), now=0.0)
+    m.ck.commit()
+    m.succeed("j", 2, _square(2), now=0.0)
+    _kill(m)
+    # When a new master reads the state dir
+    again = Master(tmp_path)
+    # Then shard 1 stays merged, the rest run again from their stored inputs
+    states = [str(s.state) for s in again.state.jobs["j"].shards]
+    assert states == ["queued", "done", "queued", "queued"]
+    data = again.jobs["j"]
+    assert [unpack_value(p, list(a)) for p, a in data.inputs] == [[[i]] for i in range(4)]
+    assert [d.model_dump() for d in data.descriptors] == [
+        {"kind": "map", "function": "m:f", "count": 1}
+    ] * 4
+    # And it finishes with every result
+    for i in (0, 2, 3):
+        again.succeed("j", i, _square(i), now=1.0)
+    assert _values(again, "j") == [[i * i] for i in range(4)]
+    again.ck.close()
+
+
+def test_an_op_job_resumes_from_its_partial(tmp_path: Path) -> None:
+    # Given a sum_count job over 4 row shards, two merged and committed, one not committed
+    data = np.arange(40.0).reshape(20, 2)
+    np.save(tmp_path / "d.npy", data)
+    spec = JobSpec(op="sum_count", dataset=str(tmp_path / "d.npy"), shards=4)
+    partials = [pack_value(p) for p in shard_partials(build_plan(spec))]
+
+    def part(i: int) -> tuple[bytes, list[Any]]:
+        return partials[i].data, [to_bytes(a) for a in partials[i].arrays]
+
+    m = Master(tmp_path / "state")
+    m.submit("j", Submit(spec=spec))
+    m.succeed("j", 2, part(2), now=0.0)
+    m.succeed("j", 0, part(0), now=0.0)
+    m.ck.commit()
+    m.succeed("j", 3, part(3), now=0.0)
+    _kill(m)
+    # When a new master resumes it and the other two shards run again
+    again = Master(tmp_path / "state")
+    states = [str(s.state) for s in again.state.jobs["j"].shards]
+    assert states == ["done", "queued", "done", "queued"]
+    for i in (1, 3):
+        again.succeed("j", i, part(i), now=1.0)
+    # Then the result is the whole data's, each shard merged once
+    final = again.jobs["j"].result
+    assert final is not None
+    value = unpack_value(final.parts[0], final.arrays)
+    np.testing.assert_allclose(value["sum"], data.sum(axis=0))
+    np.testing.assert_array_equal(value["count"], [20, 20])
+    assert value["shards_merged"] == 4
+    assert _rows(tmp_path / "state", "SELECT COUNT(*) FROM partials") == [(0,)]
+    again.ck.close()
+
+
+def test_a_failed_job_keeps_every_shards_story(tmp_path: Path) -> None:
+    # Given a map job whose shard 1 fails for good after shard 0 merged
+    m = Master(tmp_path)
+    m.submit("j", _map_submit(3))
+    m.succeed("j", 0, _square(0), now=0.0)
+    m.fail("j", 1, now=0.5)
+    assert m.state.jobs["j"].state is JobState.FAILED
+    m.ck.close()
+    # When a new master reads it back
+    again = Master(tmp_path)
+    job = again.state.jobs["j"]
+    # Then the job failed with its error, and the failed attempt's error is kept
+    assert job.state is JobState.FAILED and job.error == m.state.jobs["j"].error
+    assert str(job.shards[0].state) == "done" and str(job.shards[1].state) == "failed"
+    error = job.shards[1].history[0].error
+    assert error is not None and error.type == "ValueError" and not error.retryable
+    assert _rows(tmp_path, "SELECT COUNT(*) FROM shards") == [(0,)]
+    again.ck.close()
+
+
+def test_a_version_1_state_dir_is_migrated_and_resumed(tmp_path: Path) -> None:
+    # Given a state dir written by a version-1 master: one row per shard input
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(V1_SCHEMA)
+    descs = '[{"kind":"map","function":"m:f","count":1},{"kind":"map","function":"m:f","count":1}]'
+    db.execute(
+        "INSERT INTO jobs VALUES ('j', 1, ?, ?, '[1, 1]', ?, 'running', NULL, NULL, NULL)",
+        (MAP.model_dump_json(), descs, WALL),
+    )
+    for i in range(2):
+        blob = msgpack.packb([pack_value([(i,)]).data, []])
+        db.execute("INSERT INTO inputs VALUES ('j', ?, ?)", (i, blob))
+    history = [AttemptInfo(attempt=1, worker="w9", started=WALL, ended=WALL + 1, outcome="ok")]
+    hist = "[" + ",".join(a.model_dump_json() for a in history) + "]"
+    db.execute("INSERT INTO shards VALUES ('j', 0, 'done', ?, ?)", (hist, _v1_blob(0)))
+    db.commit()
+    db.close()
+    # When this master opens it
+    m = Master(tmp_path)
+    # Then it is on the current version, and the job resumes where it was
+    assert _rows(tmp_path, "SELECT value FROM meta WHERE key = 'version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    data = m.jobs["j"]
+    assert [unpack_value(p, list(a)) for p, a in data.inputs] == [[[0]], [[1]]]
+    assert [str(s.state) for s in m.state.jobs["j"].shards] == ["done", "queued"]
+    assert m.state.jobs["j"].shards[0].history[0].worker == "w9"
+    m.succeed("j", 1, _square(1), now=1.0)
+    assert _values(m, "j") == [[0], [1]]
+    m.ck.close()
+
+
+def _v1_blob(i: int) -> bytes:
+    return bytes(msgpack.packb([pack_value([i * i]).data, []]))
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('format', 'shardmill-state'), ('version', '1');
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, descriptors TEXT NOT NULL,
+    part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
+    error TEXT, finished_at REAL, result BLOB);
+CREATE TABLE inputs (job_id TEXT, shard INTEGER, blob BLOB NOT NULL, PRIMARY KEY (job_id, shard));
+CREATE TABLE shards (
+    job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
+    PRIMARY KEY (job_id, shard));
+CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
+"""
