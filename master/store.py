@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ FORMAT = "shardmill-state"
 SCHEMA_VERSION = 2
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
+WAL_INTERVAL = 5.0  # seconds between WAL checkpoints at most (see WalCheckpointer)
 
 _DESCRIPTORS: TypeAdapter[list[Descriptor]] = TypeAdapter(list[Descriptor])
 _HISTORY: TypeAdapter[list[AttemptInfo]] = TypeAdapter(list[AttemptInfo])
@@ -104,7 +106,7 @@ class StoredJob:
 class Store:
     """One master's checkpoint database; holds an exclusive lock on the directory."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, wal_interval: float = WAL_INTERVAL) -> None:
         self.dir = state_dir
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,7 @@ class Store:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         self.db = self._open(fresh)
         self._seq = self._max_seq()
+        self._wal = WalCheckpointer(self.path, wal_interval)
         # Fault injection for the crash tests: die inside the Nth commit, its writes in flight.
         self._crash_in_commit = int(os.environ.get("SHARDMILL_FAULT_CRASH_IN_COMMIT", "0"))
         self._commits = 0
@@ -145,6 +148,7 @@ class Store:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # WalCheckpointer does it, off this thread
             if fresh:
                 db.executescript("BEGIN;" + SCHEMA + "COMMIT;")
                 db.executemany(
@@ -259,6 +263,7 @@ class Store:
         except sqlite3.Error as e:
             raise StateDirError(f"cannot write checkpoint {self.path}: {e}") from e
         self.db.execute("BEGIN")
+        self._wal.poke()
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -298,8 +303,54 @@ class Store:
             self.commit()
         except StateDirError:
             log.error("final checkpoint failed", exc_info=True)
-        self.db.close()
+        self._wal.stop()
+        self.db.close()  # the last connection to close copies the rest of the WAL back
         os.close(self._lock_fd)
+
+
+class WalCheckpointer:
+    """Copies the write-ahead log back into the database, on a thread of its own, every few
+    seconds while there are commits.
+
+    SQLite would do it inside whichever commit takes the log past 1000 pages, with an fsync of
+    both files: about 20 ms, every 25 or so small jobs, on the loop's thread while a client
+    waits. A passive checkpoint takes no lock the loop's commits need, so it runs beside them;
+    it only copies committed pages, so a crash in the middle of one loses nothing. Rare is
+    cheaper: each costs an fsync of both files, and a page rewritten by many commits (the
+    jobs table's, the freelist's) is copied once. Every 0.5 s cost a 10k-task map 5 % more.
+    """
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self._path = path
+        self.interval = interval  # seconds: the WAL holds at most about this much of commits
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Something was committed: checkpoint within `interval`."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            while True:
+                self._wake.wait()
+                if self._stopping.wait(self.interval):  # let commits gather meanwhile
+                    break
+                self._wake.clear()
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:  # the WAL only grows until the next try; commits go on
+                    log.warning("WAL checkpoint of %s failed", self._path, exc_info=True)
+        finally:
+            db.close()
 
 
 def _unpack_settled(blob: bytes) -> dict[int, StoredShard]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from helpers import wait_until
 from inprocess import shard_partials
 
 from shardmill.codec import pack_value, to_bytes, unpack_value
@@ -22,7 +23,7 @@ from shardmill.master.jobs import JobData, accept
 from shardmill.master.merge import MapMerger
 from shardmill.master.model import JobState
 from shardmill.master.state import MasterState
-from shardmill.master.store import DB_NAME, SCHEMA_VERSION
+from shardmill.master.store import DB_NAME, SCHEMA_VERSION, Store
 from shardmill.plan import build_plan
 from shardmill.protocol import AttemptInfo, ErrorInfo, JobSpec, Submit
 
@@ -291,6 +292,20 @@ def test_a_version_1_state_dir_is_migrated_and_resumed(tmp_path: Path) -> None:
     m.succeed("j", 1, _square(1), now=1.0)
     assert _values(m, "j") == [[0], [1]]
     m.ck.close()
+
+
+def test_the_wal_is_copied_back_off_the_loops_thread(tmp_path: Path) -> None:
+    # Given a store (SQLite's own checkpoint, inside some commit, is off)
+    store = Store(tmp_path, wal_interval=0.05)
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    # When it commits jobs with 100 kB of inputs
+    for i in range(10):
+        store.add_job(f"j{i}", MAP, [], [1], WALL, [(bytes(10_000), [])])
+        store.commit()
+    # Then they reach the database file itself, copied from the WAL by the store's own thread
+    db_file = tmp_path / DB_NAME
+    wait_until(lambda: db_file.stat().st_size > 100_000, what="a WAL checkpoint")
+    store.close()
 
 
 def _v1_blob(i: int) -> bytes:
