@@ -99,7 +99,8 @@ class ClientRequests:
             reply = ErrorReply(req=peek_req(frames[1:]), code="protocol", message=str(e))
             self._send(self.clients_sock, identity, reply)
             return
-        self.checkpoint.commit()  # a client may see merges: make them durable first
+        if _may_tell_of_merges(decoded.msg):
+            self.checkpoint.commit()  # make them durable first
         # With CURVE, ZAP sets User-Id to the client's public key: quotas follow the key.
         self._owner = _user_id(frames[-1])
         try:
@@ -257,6 +258,12 @@ class ClientRequests:
             if shard.state is ShardState.FAILED and shard.history:
                 return shard.history[-1].error
         return None
+
+
+def _may_tell_of_merges(msg: Message) -> bool:
+    """Whether the answer may tell of merges still waiting for their group commit. A submit's
+    does not; a waiting result query is answered at the job's end, which commits first."""
+    return not isinstance(msg, Submit) and not (isinstance(msg, ResultQuery) and msg.wait)
 
 
 def _user_id(frame: Any) -> str:
