@@ -212,6 +212,7 @@ class MasterLoop(ClientRequests):
         self.meta[worker] = msg
         if shm.probe_seen(msg.shm_probe):
             self.shares_memory.add(worker)
+            shm.remove(msg.shm_probe)  # seen: a worker killed before our WELCOME leaves nothing
         else:
             self.shares_memory.discard(worker)
         log.info(
