@@ -68,7 +68,9 @@ def create_probe() -> str | None:
 
 def probe_seen(name: str) -> bool:
     """Whether the probe `name` (made by a peer) is visible here: we share its /dev/shm."""
-    return bool(name) and _NAME.match(name) is not None and _owned_file(SHM_DIR / name)
+    if not name.startswith(PREFIX + "probe-") or _NAME.match(name) is None:
+        return False  # only a probe: a peer must not make us look at (or delete) a segment
+    return _owned_file(SHM_DIR / name)
 
 
 def remove(name: str) -> None:
