@@ -257,8 +257,10 @@ def limited() -> Iterator[LocalCluster]:
 def test_limits_give_the_sender_a_clear_error(limited: LocalCluster, tmp_path: Path) -> None:
     flag = tmp_path / "release"
     with limited.client() as client:
+        client.shared_memory = False  # the limit is on bytes that cross the socket
         with pytest.raises(ProtocolError, match="exceeds the limit"):
             client.map("sm_tasks:describe", [(np.zeros(200_000),)])
+        client.shared_memory = True
         with pytest.raises(JobSpecError, match="max_shards"):
             client.map("sm_tasks:square", [(i,) for i in range(20)], chunk_size=1)
         big = client.map("sm_tasks:scale", [(np.ones(10_000), 2.0)])
