@@ -33,7 +33,8 @@ class MapMerger:
         out = FinalResult([], [], [])
         for i, count in enumerate(self.counts):
             # A shard missing under allow_failures yields None for each of its items.
-            payload, arrays = self.parts.get(i, (pack_value([None] * count).data, []))
+            part = self.parts.get(i)
+            payload, arrays = part if part is not None else (pack_value([None] * count).data, [])
             out.parts.append(payload)
             out.part_arrays.append(len(arrays))
             out.arrays.extend(arrays)
