@@ -135,9 +135,18 @@ class Checkpointer:
         """When the loop must wake up to commit pending merges."""
         return self._flush_at
 
+    def check(self) -> None:
+        """Raise the StateDirError of a write that failed, if one did: the loop stops on it."""
+        if self.store is not None and self.store.failure is not None:
+            raise self.store.failure
+
     def close(self) -> None:
-        if self.store is not None:
-            self._write_merges()
+        if self.store is None:
+            return
+        try:
+            if self.store.failure is None:
+                self._write_merges()
+        finally:
             self.store.close()
 
     def _write_merges(self) -> None:

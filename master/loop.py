@@ -13,10 +13,10 @@ from typing import Any
 
 import zmq
 
-from shardmill import __version__, shm
+from shardmill import __version__, exitcodes, shm
 from shardmill.codec import Buffer, decode_checked, encode
 from shardmill.config import MasterSettings
-from shardmill.errors import InvalidTransition, ProtocolError, ShardmillError
+from shardmill.errors import InvalidTransition, ProtocolError, ShardmillError, StateDirError
 from shardmill.master import events as ev
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.clients import ClientRequests
@@ -140,10 +140,12 @@ class MasterLoop(ClientRequests):
     def close(self) -> None:
         self.workers_sock.close(linger=0)
         self.clients_sock.close(linger=0)
-        self.checkpoint.close()
-        self.segments.close()  # a resumed job's inputs come from the state dir, not from these
-        if self.auth is not None:
-            self.auth.stop()
+        try:
+            self.checkpoint.close()
+        finally:
+            self.segments.close()  # a resumed job's inputs come from the state dir, not these
+            if self.auth is not None:
+                self.auth.stop()
 
     def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None]) -> None:
         for _ in range(1000):  # bounded, so one busy socket cannot starve the other or timers
@@ -152,6 +154,9 @@ class MasterLoop(ClientRequests):
             except zmq.Again:
                 return
             handle(frames)
+            # A handler's boundary may have caught a failed write (a refused submit is answered
+            # "state"): stop before the next message is answered from state not on disk.
+            self.checkpoint.check()
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
@@ -192,8 +197,8 @@ class MasterLoop(ClientRequests):
         except ProtocolError as e:
             log.warning("bad message from worker %s: %s", _text(identity), e)
             self._send(self.workers_sock, identity, ErrorReply(code="protocol", message=str(e)))
-        except InvalidTransition:
-            raise  # a broken invariant: crash loudly rather than merge wrongly
+        except (InvalidTransition, StateDirError):
+            raise  # a broken invariant or a failed checkpoint write: stop rather than go on
         except Exception as e:  # the per-message boundary: log, reply, keep serving everyone
             log.error("error handling a worker message from %s", _text(identity), exc_info=True)
             self._send(self.workers_sock, identity, ErrorReply(code="internal", message=str(e)))
@@ -400,9 +405,18 @@ def _pid() -> int:
 
 def serve(settings: MasterSettings) -> int:
     """Run a master until stopped; returns the process exit code."""
+    # A file size limit (ulimit -f) must fail a write with EFBIG, which the store reports,
+    # rather than kill us with SIGXFSZ before we can say why.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     loop = MasterLoop(settings)
-    loop.run()
-    return 0
+    try:
+        loop.run()  # its last commit, at close, may fail too
+    except StateDirError as e:
+        # Crash-only, as PostgreSQL PANICs on a failed fsync: nothing uncommitted was answered,
+        # the sockets are closed, and the next master resumes every job from the last commit.
+        log.error("%s", e)
+        return exitcodes.STATE
+    return exitcodes.OK
 
 
 __all__ = ["MasterLoop", "serve"]

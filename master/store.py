@@ -13,10 +13,12 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import socket
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +123,10 @@ class Store:
         # Fault injection for the crash tests: die inside the Nth commit, its writes in flight.
         self._crash_in_commit = int(os.environ.get("SHARDMILL_FAULT_CRASH_IN_COMMIT", "0"))
         self._commits = 0
+        # The first write the disk refused. From then on every write raises it again: SQLite may
+        # have rolled back part or all of the open transaction, so committing anything after it
+        # could make a state no master ever held durable. The master stops (crash-only).
+        self.failure: StateDirError | None = None
 
     # ---- opening -------------------------------------------------------------------------------
 
@@ -202,26 +208,32 @@ class Store:
         submitted_at: float,
         inputs: Sequence[tuple[bytes, Sequence[Buffer]]],
     ) -> None:
-        self._seq += 1
-        self.db.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
-            (
-                job_id,
-                self._seq,
-                spec.model_dump_json(),
-                _DESCRIPTORS.dump_json(list(descriptors)).decode(),
-                json.dumps(list(part_counts)),
-                submitted_at,
-                pack_inputs(inputs),
-            ),
+        row = (
+            job_id,
+            self._seq + 1,
+            spec.model_dump_json(),
+            _DESCRIPTORS.dump_json(list(descriptors)).decode(),
+            json.dumps(list(part_counts)),
+            submitted_at,
+            pack_inputs(inputs),
         )
+        with self._writing():
+            self.db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
+                row,
+            )
+        self._seq += 1
 
     def shards_settled(self, rows: Sequence[ShardRow]) -> None:
         """Shard rows: (job_id, shard, state, history as JSON, result blob or None)."""
-        self.db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)", rows)
+        with self._writing():
+            self.db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)", rows)
 
     def save_partial(self, job_id: str, blob: bytes, merged: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO partials VALUES (?, ?, ?)", (job_id, blob, merged))
+        with self._writing():
+            self.db.execute(
+                "INSERT OR REPLACE INTO partials VALUES (?, ?, ?)", (job_id, blob, merged)
+            )
 
     def job_ended(
         self,
@@ -239,18 +251,21 @@ class Store:
 
         `settled` is every shard's state and story, msgpack: [[index, state, [[attempt, worker,
         started, ended, outcome, error as a dict or None], ...]], ...]."""
-        self.db.execute(
-            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, result = ?, inputs = NULL, "
-            "settled = ? WHERE job_id = ?",
-            (state, error, finished_at, result, settled, job_id),
-        )
-        if not keep_shard_rows:
-            self.db.execute("DELETE FROM shards WHERE job_id = ?", (job_id,))
-        self.db.execute("DELETE FROM partials WHERE job_id = ?", (job_id,))
+        with self._writing():
+            self.db.execute(
+                "UPDATE jobs SET state = ?, error = ?, finished_at = ?, result = ?, "
+                "inputs = NULL, settled = ? WHERE job_id = ?",
+                (state, error, finished_at, result, settled, job_id),
+            )
+            if not keep_shard_rows:
+                self.db.execute("DELETE FROM shards WHERE job_id = ?", (job_id,))
+            self.db.execute("DELETE FROM partials WHERE job_id = ?", (job_id,))
 
     def delete_jobs(self, job_ids: Sequence[str]) -> None:
-        for table in ("jobs", "shards", "partials"):
-            self.db.executemany(f"DELETE FROM {table} WHERE job_id = ?", [(j,) for j in job_ids])
+        with self._writing():
+            for table in ("jobs", "shards", "partials"):
+                rows = [(j,) for j in job_ids]
+                self.db.executemany(f"DELETE FROM {table} WHERE job_id = ?", rows)
 
     def commit(self) -> None:
         """Make everything written so far durable; raises StateDirError when the disk refuses."""
@@ -258,12 +273,27 @@ class Store:
         if self._commits == self._crash_in_commit:
             log.critical("fault injection: dying inside commit %d", self._commits)
             os._exit(70)
-        try:
+        with self._writing():
             self.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StateDirError(f"cannot write checkpoint {self.path}: {e}") from e
-        self.db.execute("BEGIN")
+            self.db.execute("BEGIN")
         self._wal.poke()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Every write: SQLite's error becomes a StateDirError that names the dir and the fix,
+        and the first one is final (see `failure`)."""
+        if self.failure is not None:
+            raise self.failure
+        try:
+            yield
+        except sqlite3.Error as e:
+            name = getattr(e, "sqlite_errorname", "")
+            self.failure = StateDirError(
+                f"cannot write the checkpoint in {self.dir}: {e}"
+                f"{f' ({name})' if name else ''}{_disk_facts(self.dir)}; free space or make it "
+                "writable, then start the master again: it resumes every job from the last commit"
+            )
+            raise self.failure from e
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -299,13 +329,16 @@ class Store:
             yield job
 
     def close(self) -> None:
+        """Commit what is written, unless a write failed: then the open transaction is dropped
+        and the database stays at the last commit. A failing final commit raises, after all
+        is closed."""
         try:
-            self.commit()
-        except StateDirError:
-            log.error("final checkpoint failed", exc_info=True)
-        self._wal.stop()
-        self.db.close()  # the last connection to close copies the rest of the WAL back
-        os.close(self._lock_fd)
+            if self.failure is None:
+                self.commit()
+        finally:
+            self._wal.stop()
+            self.db.close()  # the last connection to close copies the rest of the WAL back
+            os.close(self._lock_fd)
 
 
 class WalCheckpointer:
@@ -351,6 +384,25 @@ class WalCheckpointer:
                     log.warning("WAL checkpoint of %s failed", self._path, exc_info=True)
         finally:
             db.close()
+
+
+def _disk_facts(state_dir: Path) -> str:
+    """What the OS says about the state dir, for the error: SQLite's own message does not tell
+    a full disk from a read-only one or a file size limit (all can read "disk I/O error")."""
+    facts = []
+    try:
+        vfs = os.statvfs(state_dir)
+        facts.append(f"{vfs.f_bavail * vfs.f_frsize:,} bytes free on its filesystem")
+        if vfs.f_flag & os.ST_RDONLY:
+            facts.append("mounted read-only")
+    except OSError as e:
+        facts.append(f"statvfs failed: {e}")
+    if not os.access(state_dir, os.W_OK):
+        facts.append("the directory is not writable")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        facts.append(f"file size limit (ulimit -f) {limit:,} bytes")
+    return f" [{', '.join(facts)}]"
 
 
 def _unpack_settled(blob: bytes) -> dict[int, StoredShard]:
