@@ -14,4 +14,4 @@ UNHEALTHY = 8  # `shardmill health`: this role is not serving
 CANCELLED = 9  # the job was cancelled
 NOT_FOUND = 10  # no such job
 CHECK_FAILED = 11  # `shardmill demo`: the distributed answer disagreed with NumPy
-STATE = 12  # the state directory is locked by another master, corrupt, foreign or newer
+STATE = 12  # the state directory is locked, corrupt, foreign or newer, or cannot be written
