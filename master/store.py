@@ -5,19 +5,31 @@ partial; a shard's row and the partial it was merged into are written in one tra
 "merged" on disk means merged. A finished job is its one row: state, result and every shard's
 story (a map job whose results are in its shard rows already keeps those). What is written is
 committed in groups (see Checkpointer), always before a client hears of it.
+
+A blob larger than the store's `blob_threshold` (1 MiB) is a file in `<state dir>/blobs/`
+instead (see BlobFiles): written under a temporary name, fsynced, renamed, the directory fsynced,
+and only then referenced from its cell. The reference is the TEXT value "file:<name>:<size>":
+an inline blob is always stored as a BLOB, so SQLite's storage class alone tells the two apart
+(sqlite3 reads one back as bytes, the other as str). Each file belongs to one cell; a file its
+cell no longer references is deleted only after the commit that dropped it, and a file no
+committed cell references (written before a crash, or whose deletion a crash cut short) is
+deleted when the store opens.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import re
 import resource
+import secrets
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +46,22 @@ log = logging.getLogger(__name__)
 
 # A shard's row: job_id, shard, state, history (JSON list of AttemptInfo), result blob or None.
 ShardRow = tuple[str, int, str, str, bytes | None]
+# ... as stored: the result may be a blob file's reference (see BlobFiles).
+StoredShardRow = tuple[str, int, str, str, bytes | str | None]
 
 FORMAT = "shardmill-state"
-# 2: a job's inputs are one blob in its row, and a finished job's shards one blob in its row
-# (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
-SCHEMA_VERSION = 2
+# 3: a blob column may hold a TEXT reference to a file in blobs/ (an older master would read
+# it as a blob). 2: a job's inputs are one blob in its row, and a finished job's shards one blob
+# in its row (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
+SCHEMA_VERSION = 3
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
+BLOBS_DIR = "blobs"
+BLOB_THRESHOLD = 1 << 20  # bytes: a larger blob is a file in BLOBS_DIR, its cell a reference
+_REF = re.compile(r"file:([0-9a-f]{32}):([0-9]+)")  # a blob file's reference, in its cell
+# A cell that may hold a blob file: (column, shard), column one of result, inputs, settled
+# (a job's row), shard (a shard row's result, with its index) or partial; shard -1 but for shard.
+Cell = tuple[str, int]
 WAL_INTERVAL = 5.0  # seconds between WAL checkpoints at most (see WalCheckpointer)
 
 _DESCRIPTORS: TypeAdapter[list[Descriptor]] = TypeAdapter(list[Descriptor])
@@ -108,7 +129,13 @@ class StoredJob:
 class Store:
     """One master's checkpoint database; holds an exclusive lock on the directory."""
 
-    def __init__(self, state_dir: Path, *, wal_interval: float = WAL_INTERVAL) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        wal_interval: float = WAL_INTERVAL,
+        blob_threshold: int = BLOB_THRESHOLD,
+    ) -> None:
         self.dir = state_dir
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +145,7 @@ class Store:
         self.path = state_dir / DB_NAME
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         self.db = self._open(fresh)
+        self.blobs = BlobFiles.open(state_dir / BLOBS_DIR, blob_threshold, self.db)
         self._seq = self._max_seq()
         self._wal = WalCheckpointer(self.path, wal_interval)
         # Fault injection for the crash tests: die inside the Nth commit, its writes in flight.
@@ -192,6 +220,8 @@ class Store:
             )
         if version == 1:
             _migrate_from_1(db)
+        elif version == 2:  # no blob files yet: only the version changes
+            db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),))
 
     def _max_seq(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
@@ -208,16 +238,16 @@ class Store:
         submitted_at: float,
         inputs: Sequence[tuple[bytes, Sequence[Buffer]]],
     ) -> None:
-        row = (
-            job_id,
-            self._seq + 1,
-            spec.model_dump_json(),
-            _DESCRIPTORS.dump_json(list(descriptors)).decode(),
-            json.dumps(list(part_counts)),
-            submitted_at,
-            pack_inputs(inputs),
-        )
         with self._writing():
+            row = (
+                job_id,
+                self._seq + 1,
+                spec.model_dump_json(),
+                _DESCRIPTORS.dump_json(list(descriptors)).decode(),
+                json.dumps(list(part_counts)),
+                submitted_at,
+                self.blobs.put(job_id, ("inputs", -1), pack_inputs(inputs)),
+            )
             self.db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
                 row,
@@ -227,12 +257,14 @@ class Store:
     def shards_settled(self, rows: Sequence[ShardRow]) -> None:
         """Shard rows: (job_id, shard, state, history as JSON, result blob or None)."""
         with self._writing():
-            self.db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)", rows)
+            cells = [self.blobs.shard_row(row) for row in rows]
+            self.db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)", cells)
 
     def save_partial(self, job_id: str, blob: bytes, merged: int) -> None:
         with self._writing():
+            cell = self.blobs.put(job_id, ("partial", -1), blob)
             self.db.execute(
-                "INSERT OR REPLACE INTO partials VALUES (?, ?, ?)", (job_id, blob, merged)
+                "INSERT OR REPLACE INTO partials VALUES (?, ?, ?)", (job_id, cell, merged)
             )
 
     def job_ended(
@@ -252,10 +284,16 @@ class Store:
         `settled` is every shard's state and story, msgpack: [[index, state, [[attempt, worker,
         started, ended, outcome, error as a dict or None], ...]], ...]."""
         with self._writing():
+            cells = (
+                self.blobs.put(job_id, ("result", -1), result),
+                self.blobs.put(job_id, ("settled", -1), settled),
+            )
+            gone = ("inputs", "partial") if keep_shard_rows else ("inputs", "partial", "shard")
+            self.blobs.drop(job_id, gone)
             self.db.execute(
                 "UPDATE jobs SET state = ?, error = ?, finished_at = ?, result = ?, "
                 "inputs = NULL, settled = ? WHERE job_id = ?",
-                (state, error, finished_at, result, settled, job_id),
+                (state, error, finished_at, cells[0], cells[1], job_id),
             )
             if not keep_shard_rows:
                 self.db.execute("DELETE FROM shards WHERE job_id = ?", (job_id,))
@@ -263,6 +301,8 @@ class Store:
 
     def delete_jobs(self, job_ids: Sequence[str]) -> None:
         with self._writing():
+            for job_id in job_ids:
+                self.blobs.drop(job_id)
             for table in ("jobs", "shards", "partials"):
                 rows = [(j,) for j in job_ids]
                 self.db.executemany(f"DELETE FROM {table} WHERE job_id = ?", rows)
@@ -276,6 +316,7 @@ class Store:
         with self._writing():
             self.db.execute("COMMIT")
             self.db.execute("BEGIN")
+        self.blobs.committed()
         self._wal.poke()
 
     @contextmanager
@@ -286,8 +327,8 @@ class Store:
             raise self.failure
         try:
             yield
-        except sqlite3.Error as e:
-            name = getattr(e, "sqlite_errorname", "")
+        except (sqlite3.Error, OSError) as e:  # OSError: a blob file's
+            name = _error_name(e)
             self.failure = StateDirError(
                 f"cannot write the checkpoint in {self.dir}: {e}"
                 f"{f' ({name})' if name else ''}{_disk_facts(self.dir)}; free space or make it "
@@ -304,6 +345,7 @@ class Store:
             "finished_at, result, inputs, settled FROM jobs ORDER BY seq"
         ).fetchall()
         for row in rows:
+            read = self.blobs.read
             job = StoredJob(
                 job_id=row[0],
                 spec=JobSpec.model_validate_json(row[1]),
@@ -313,19 +355,21 @@ class Store:
                 state=row[5],
                 error=row[6],
                 finished_at=row[7],
-                result=row[8],
-                inputs=row[9],
+                result=read(row[8], f"job {row[0]}'s result"),
+                inputs=read(row[9], f"job {row[0]}'s inputs"),
             )
-            if row[10] is not None:
-                job.shards = _unpack_settled(row[10])
+            settled = read(row[10], f"job {row[0]}'s shard stories")
+            if settled is not None:
+                job.shards = _unpack_settled(settled)
             for shard, st, hist, result in self.db.execute(
                 "SELECT shard, state, history, result FROM shards WHERE job_id = ?", (job.job_id,)
             ):
-                job.shards[shard] = StoredShard(st, _HISTORY.validate_json(hist), result)
+                blob = read(result, f"job {job.job_id}'s shard {shard} result")
+                job.shards[shard] = StoredShard(st, _HISTORY.validate_json(hist), blob)
             partial = self.db.execute(
                 "SELECT blob FROM partials WHERE job_id = ?", (job.job_id,)
             ).fetchone()
-            job.partial = partial[0] if partial else None
+            job.partial = read(partial[0], f"job {job.job_id}'s partial") if partial else None
             yield job
 
     def close(self) -> None:
@@ -338,7 +382,150 @@ class Store:
         finally:
             self._wal.stop()
             self.db.close()  # the last connection to close copies the rest of the WAL back
+            self.blobs.close()
             os.close(self._lock_fd)
+
+
+class BlobFiles:
+    """Blobs larger than `threshold` as files in one directory, each the blob of one cell.
+
+    `owned` is which cells hold a file as of the open transaction; a file whose cell is
+    overwritten or deleted is deleted after the next commit (`committed`), never before: until
+    then the last commit may still reference it."""
+
+    def __init__(self, directory: Path, threshold: int, dir_fd: int) -> None:
+        self.dir = directory
+        self.threshold = threshold
+        self._dir_fd = dir_fd
+        self.owned: dict[str, dict[Cell, str]] = {}  # job_id -> cell -> file name
+        self._dropped: list[str] = []  # files no cell references since the open transaction
+
+    @classmethod
+    def open(cls, directory: Path, threshold: int, db: sqlite3.Connection) -> BlobFiles:
+        """The files `db`'s committed cells reference; any other file in `directory` goes."""
+        try:
+            directory.mkdir(exist_ok=True)
+            blobs = cls(directory, threshold, os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+            blobs._index(db)
+            blobs._sweep()
+        except OSError as e:
+            raise StateDirError(
+                f"blob directory {directory} cannot be prepared: {e}; make the state dir "
+                "writable, then start the master again"
+            ) from e
+        return blobs
+
+    def put(self, job_id: str, cell: Cell, blob: bytes | None) -> bytes | str | None:
+        """What to store in the cell: the blob, or a reference to the file now holding it.
+        Raises OSError when the file cannot be written (Store._writing makes it final)."""
+        owned = self.owned.get(job_id)
+        if owned is not None and cell in owned:
+            self._dropped.append(owned.pop(cell))
+        if blob is None or len(blob) <= self.threshold:
+            return blob
+        name = secrets.token_hex(16)
+        # A crash before the rename leaves a .tmp file, and one before the commit an
+        # unreferenced file: both are swept at the next open.
+        tmp = self.dir / f"{name}.tmp"
+        with open(tmp, "xb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.dir / name)
+        os.fsync(self._dir_fd)  # the name is durable before any row can reference it
+        self.owned.setdefault(job_id, {})[cell] = name
+        return f"file:{name}:{len(blob)}"
+
+    def shard_row(self, row: ShardRow) -> StoredShardRow:
+        """The shard row as stored: its result through `put` (skipped when it cannot matter)."""
+        job_id, shard, state, history, blob = row
+        if job_id not in self.owned and (blob is None or len(blob) <= self.threshold):
+            return row
+        return (job_id, shard, state, history, self.put(job_id, ("shard", shard), blob))
+
+    def drop(self, job_id: str, columns: Container[str] | None = None) -> None:
+        """The job's cells in `columns` (all when None) are deleted or set to NULL."""
+        owned = self.owned.get(job_id, {})
+        for cell in [c for c in owned if columns is None or c[0] in columns]:
+            self._dropped.append(owned.pop(cell))
+        if not owned:
+            self.owned.pop(job_id, None)
+
+    def committed(self) -> None:
+        """Delete the files the commit just made unreferenced."""
+        for name in self._dropped:
+            try:
+                (self.dir / name).unlink(missing_ok=True)
+            except OSError:  # harmless: the file is swept at the next open
+                log.warning("cannot delete unreferenced blob file %s", name, exc_info=True)
+        self._dropped = []
+
+    def read(self, value: bytes | str | None, what: str) -> bytes | None:
+        """A cell's blob: itself, or its file's content."""
+        if not isinstance(value, str):
+            return value
+        match = _REF.fullmatch(value)
+        if match is None:
+            raise StateDirError(
+                f"{what} holds {value[:80]!r}, not a blob nor a blob file reference; the state "
+                f"database in {self.dir.parent} is damaged: restore it from a backup, or move it "
+                "away to start empty"
+            )
+        path, size = self.dir / match[1], int(match[2])
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError as e:
+            raise StateDirError(f"{what} is in {path}, which is missing{_FIX}") from e
+        except OSError as e:
+            raise StateDirError(f"{what} is in {path}, which cannot be read: {e}{_FIX}") from e
+        if len(blob) != size:
+            raise StateDirError(
+                f"{what} is in {path}, which holds {len(blob):,} bytes, not {size:,}: it was "
+                f"truncated or changed{_FIX}"
+            )
+        return blob
+
+    def close(self) -> None:
+        os.close(self._dir_fd)
+
+    def _index(self, db: sqlite3.Connection) -> None:
+        for job_id, column, shard, ref in db.execute(_REFERENCES):
+            match = _REF.fullmatch(ref)
+            if match is not None:  # else `read` says what is wrong
+                self.owned.setdefault(job_id, {})[(column, shard)] = match[1]
+
+    def _sweep(self) -> None:
+        referenced = {name for cells in self.owned.values() for name in cells.values()}
+        swept = 0
+        for entry in os.scandir(self.dir):
+            if entry.is_file() and entry.name not in referenced:
+                os.unlink(entry.path)
+                swept += 1
+        if swept:
+            log.info(
+                "deleted %d blob file(s) in %s that no committed row references", swept, self.dir
+            )
+
+
+# Every blob file reference in the database: (job_id, column, shard, reference); see Cell.
+_REFERENCES = """
+SELECT job_id, 'result', -1, result FROM jobs WHERE typeof(result) = 'text'
+UNION ALL SELECT job_id, 'inputs', -1, inputs FROM jobs WHERE typeof(inputs) = 'text'
+UNION ALL SELECT job_id, 'settled', -1, settled FROM jobs WHERE typeof(settled) = 'text'
+UNION ALL SELECT job_id, 'shard', shard, result FROM shards WHERE typeof(result) = 'text'
+UNION ALL SELECT job_id, 'partial', -1, blob FROM partials WHERE typeof(blob) = 'text'
+"""
+_FIX = (
+    "; the state dir was changed outside shardmill: put the file back from a backup, or move "
+    "the state dir away to start empty"
+)
+
+
+def _error_name(e: sqlite3.Error | OSError) -> str:
+    """SQLite's name for the error (SQLITE_FULL), or the errno's (ENOSPC)."""
+    if isinstance(e, OSError):
+        return errno.errorcode.get(e.errno or 0, "")
+    return str(getattr(e, "sqlite_errorname", ""))
 
 
 class WalCheckpointer:

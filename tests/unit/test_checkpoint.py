@@ -6,6 +6,7 @@ against a real SQLite state directory. A second master is a second Checkpointer 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -13,17 +14,26 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import pytest
 from helpers import wait_until
 from inprocess import shard_partials
 
 from shardmill.codec import pack_value, to_bytes, unpack_value
+from shardmill.errors import StateDirError
 from shardmill.master import events as ev
 from shardmill.master.checkpoint import GROUP_COMMIT, Checkpointer
 from shardmill.master.jobs import JobData, accept
 from shardmill.master.merge import MapMerger
 from shardmill.master.model import JobState
 from shardmill.master.state import MasterState
-from shardmill.master.store import DB_NAME, SCHEMA_VERSION, Store
+from shardmill.master.store import (
+    BLOB_THRESHOLD,
+    BLOBS_DIR,
+    DB_NAME,
+    SCHEMA_VERSION,
+    Store,
+    pack_inputs,
+)
 from shardmill.plan import build_plan
 from shardmill.protocol import AttemptInfo, ErrorInfo, JobSpec, Submit
 
@@ -306,6 +316,171 @@ def test_the_wal_is_copied_back_off_the_loops_thread(tmp_path: Path) -> None:
     db_file = tmp_path / DB_NAME
     wait_until(lambda: db_file.stat().st_size > 100_000, what="a WAL checkpoint")
     store.close()
+
+
+def _files(state_dir: Path) -> set[str]:
+    return {p.name for p in (state_dir / BLOBS_DIR).iterdir()}
+
+
+def _stored(store: Store) -> dict[str, Any]:
+    return {job.job_id: job for job in store.load()}
+
+
+def test_big_blobs_are_files_and_read_back_the_same(tmp_path: Path) -> None:
+    # Given a store that keeps blobs over 1000 bytes in files
+    store = Store(tmp_path, blob_threshold=1000)
+    big_in, small_in = [(os.urandom(3000), [os.urandom(500)])], [(b"small", [])]
+    big_partial = os.urandom(2000)
+    # When a job with big inputs and partial and one with small ones are committed
+    store.add_job("big", MAP, [], [1], WALL, big_in)
+    store.save_partial("big", big_partial, 1)
+    store.add_job("small", MAP, [], [1], WALL, small_in)
+    store.save_partial("small", b"tiny", 1)
+    store.commit()
+    store.close()
+    # Then the big blobs are two files, their cells TEXT references, the small ones inline
+    assert len(_files(tmp_path)) == 2
+    assert _rows(tmp_path, "SELECT job_id, typeof(inputs) FROM jobs ORDER BY seq") == [
+        ("big", "text"),
+        ("small", "blob"),
+    ]
+    assert _rows(tmp_path, "SELECT job_id, typeof(blob) FROM partials ORDER BY job_id") == [
+        ("big", "text"),
+        ("small", "blob"),
+    ]
+    # And a reopened store reads every blob back identical
+    again = Store(tmp_path, blob_threshold=1000)
+    jobs = _stored(again)
+    assert jobs["big"].inputs == pack_inputs(big_in) and jobs["big"].partial == big_partial
+    assert jobs["small"].inputs == pack_inputs(small_in) and jobs["small"].partial == b"tiny"
+    assert len(_files(tmp_path)) == 2
+    again.close()
+
+
+def test_a_replaced_blob_file_is_deleted_only_after_the_commit(tmp_path: Path) -> None:
+    # Given a job whose big partial is committed as a file
+    store = Store(tmp_path, blob_threshold=1000)
+    store.add_job("j", MAP, [], [1], WALL, [])
+    store.save_partial("j", bytes(2000), 1)
+    store.commit()
+    (old,) = _files(tmp_path)
+    # When a newer partial replaces it
+    store.save_partial("j", bytes(3000), 2)
+    # Then the old file stays until the commit that stops referencing it, then goes
+    assert old in _files(tmp_path) and len(_files(tmp_path)) == 2
+    store.commit()
+    (new,) = _files(tmp_path)
+    assert new != old
+    store.close()
+
+
+def test_blob_files_no_committed_row_references_are_deleted_at_open(tmp_path: Path) -> None:
+    # Given a committed big blob, and files a crash left behind: one never committed, one
+    # half-written
+    store = Store(tmp_path, blob_threshold=1000)
+    store.add_job("j", MAP, [], [1], WALL, [(bytes(2000), [])])
+    store.commit()
+    store.close()
+    (kept,) = _files(tmp_path)
+    (tmp_path / BLOBS_DIR / ("ab" * 16)).write_bytes(bytes(5000))
+    (tmp_path / BLOBS_DIR / ("cd" * 16 + ".tmp")).write_bytes(bytes(10))
+    # When a store opens the dir
+    again = Store(tmp_path, blob_threshold=1000)
+    # Then only the referenced file is left, and it reads back
+    assert _files(tmp_path) == {kept}
+    assert _stored(again)["j"].inputs == pack_inputs([(bytes(2000), [])])
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_truncated_blob_file_is_a_clear_error(tmp_path: Path, damage: str) -> None:
+    # Given a committed job whose inputs file then goes missing or loses bytes
+    store = Store(tmp_path, blob_threshold=1000)
+    store.add_job("j", MAP, [], [1], WALL, [(bytes(2000), [])])
+    store.commit()
+    store.close()
+    (name,) = _files(tmp_path)
+    path = tmp_path / BLOBS_DIR / name
+    if damage == "missing":
+        path.unlink()
+    else:
+        os.truncate(path, 100)
+    # When a store reads the job back
+    again = Store(tmp_path, blob_threshold=1000)
+    # Then it is a StateDirError naming the job, the file and the fix, not empty inputs
+    with pytest.raises(StateDirError) as caught:
+        _stored(again)
+    message = str(caught.value)
+    assert "job j's inputs" in message and str(path) in message and "backup" in message
+    told = {"missing": "which is missing", "truncated": "truncated or changed"}[damage]
+    assert f"{path}, {told}" in message or f"{path}, which holds 100 bytes" in message
+    again.close()
+
+
+def test_an_ended_then_forgotten_job_leaves_no_blob_files(tmp_path: Path) -> None:
+    # Given a running job with big inputs, a big merged shard result and a big partial
+    store = Store(tmp_path, blob_threshold=1000)
+    store.add_job("j", MAP, [], [1, 1], WALL, [(bytes(2000), []), (bytes(2000), [])])
+    store.shards_settled([("j", 0, "done", "[]", bytes(1500))])
+    store.save_partial("j", bytes(1200), 1)
+    store.commit()
+    assert len(_files(tmp_path)) == 3
+    # When it ends with a big result: its inputs, shard rows and partial go
+    store.job_ended(
+        "j",
+        state="done",
+        error=None,
+        finished_at=WALL,
+        result=bytes(4000),
+        settled=msgpack.packb([]),
+    )
+    store.commit()
+    # Then only its result's file is left, and it reads back
+    assert len(_files(tmp_path)) == 1
+    assert _stored(store)["j"].result == bytes(4000)
+    # And when it is forgotten, no file is left
+    store.delete_jobs(["j"])
+    store.commit()
+    assert _files(tmp_path) == set()
+    store.close()
+
+
+def test_a_blob_file_the_disk_refuses_stops_the_store(tmp_path: Path) -> None:
+    # Given a store whose blob directory became a plain file (no file can be made in it)
+    store = Store(tmp_path, blob_threshold=1000)
+    blobs = tmp_path / BLOBS_DIR
+    blobs.rename(tmp_path / "moved")
+    blobs.write_bytes(b"")
+    # When a job with big inputs is added
+    with pytest.raises(StateDirError) as caught:
+        store.add_job("j", MAP, [], [1], WALL, [(bytes(2000), [])])
+    # Then the error names the state dir and the fix, and every later write fails with it
+    assert str(tmp_path) in str(caught.value) and "start the master again" in str(caught.value)
+    assert store.failure is caught.value
+    with pytest.raises(StateDirError):
+        store.commit()
+    store.close()
+    # And the committed state has no trace of the job
+    assert _rows(tmp_path, "SELECT COUNT(*) FROM jobs") == [(0,)]
+
+
+def test_a_master_resumes_a_job_whose_inputs_are_a_file(tmp_path: Path) -> None:
+    # Given a map job whose inputs are bigger than the default threshold, killed unfinished
+    big = pack_value([(b"x" * BLOB_THRESHOLD,)]).data
+    msg = Submit(spec=MAP, parts=[big, pack_value([(1,)]).data], part_counts=[1, 1])
+    m = Master(tmp_path)
+    m.submit("j", msg.model_copy(update={"part_arrays": [0, 0]}))
+    assert len(_files(tmp_path)) == 1
+    _kill(m)
+    # When a new master resumes it and both shards succeed
+    again = Master(tmp_path)
+    assert [p for p, _ in again.jobs["j"].inputs] == [big, pack_value([(1,)]).data]
+    for i in range(2):
+        again.succeed("j", i, _square(i), now=1.0)
+    # Then it is done and its inputs' file is gone
+    assert _values(again, "j") == [[0], [1]]
+    assert _files(tmp_path) == set()
+    again.ck.close()
 
 
 def _v1_blob(i: int) -> bytes:
