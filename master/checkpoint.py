@@ -13,12 +13,12 @@ from typing import Any
 import msgpack
 
 from shardmill.codec import Buffer, pack_value, to_bytes, unpack_value
+from shardmill.master.blobfiles import ShardRow
 from shardmill.master.jobs import JobData
 from shardmill.master.merge import FinalResult, MapMerger, OpMerger
 from shardmill.master.model import Attempt, JobState, Shard, ShardState
 from shardmill.master.state import MasterState
 from shardmill.master.store import (
-    ShardRow,
     Store,
     StoredJob,
     pack_blob,

@@ -21,14 +21,13 @@ from inprocess import shard_partials
 from shardmill.codec import pack_value, to_bytes, unpack_value
 from shardmill.errors import StateDirError
 from shardmill.master import events as ev
+from shardmill.master.blobfiles import BLOB_THRESHOLD, BLOBS_DIR
 from shardmill.master.checkpoint import GROUP_COMMIT, Checkpointer
 from shardmill.master.jobs import JobData, accept
 from shardmill.master.merge import MapMerger
 from shardmill.master.model import JobState
 from shardmill.master.state import MasterState
 from shardmill.master.store import (
-    BLOB_THRESHOLD,
-    BLOBS_DIR,
     DB_NAME,
     SCHEMA_VERSION,
     Store,
