@@ -21,6 +21,12 @@ from shardmill import LocalCluster  # noqa: E402
 def cluster() -> Iterator[LocalCluster]:
     """Two workers with one slot each, importing the test task module."""
     with LocalCluster(workers=2, imports=["sm_tasks"], env=cluster_env(), **FAST) as c:
+        # Both children ready (imports done): a shard leased before that waits in its agent,
+        # which the fault tests' timing (a signal "mid-shard") must not depend on.
+        with c.client() as client:
+            warm = client.map("sm_tasks:square", [(i,) for i in range(4)], chunk_size=1)
+            assert warm.result(timeout=60) == [0, 1, 4, 9]
+            client.prune()  # tests start with no jobs
         yield c
 
 

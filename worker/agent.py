@@ -249,12 +249,16 @@ class Agent:
         for child in self.children:
             if not self.pending:
                 return
-            if child.running is None:
+            if child.ready and child.running is None:
                 task, arrays = self.pending.popleft()
                 if not child.start(task, arrays, now):
                     self._report_death(child)
 
     def _on_child(self, child: Child) -> None:
+        if not child.ready:
+            if not child.read_ready():
+                self._report_death(child)
+            return
         got = child.read()
         if got is None:
             self._report_death(child)

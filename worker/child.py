@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
     sys.stdout = sys.stderr
     worker, modules = argv[0], argv[1:]
     registry = Registry(modules, worker=worker)
+    write_frames(proto_out, [])  # ready: imports done, reading tasks from now on
     stdin: BinaryIO = os.fdopen(0, "rb", buffering=0)
     while True:
         frames = read_frames(stdin)

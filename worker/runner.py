@@ -39,6 +39,9 @@ class Child:
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
         self.running: Running | None = None
+        # Until the child says it is ready (its imports take ~0.5 s), a task written to its
+        # pipe could fill the pipe and block the agent, and with it the heartbeats.
+        self.ready = False
 
     @property
     def pid(self) -> int:
@@ -57,6 +60,15 @@ class Child:
         except (BrokenPipeError, OSError):
             return False
         return True
+
+    def read_ready(self) -> bool:
+        """The child's first message, an empty one once its imports are done; False if it died."""
+        try:
+            frames = read_frames(self.proc.stdout)  # type: ignore[arg-type]
+        except EOFError:
+            return False
+        self.ready = frames == []
+        return self.ready
 
     def read(self) -> tuple[Decoded, list[memoryview]] | None:
         """The child's reply and its raw frames, or None when it died (EOF or cut off)."""
