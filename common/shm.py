@@ -195,6 +195,8 @@ class Segments:
 
     def release(self, names: Sequence[str], now: float) -> None:
         """The job is over: forget the mappings, and pool the files (or delete them)."""
+        if not names:  # most jobs: nothing came by shared memory, nothing to look at
+            return
         self.pool = {n: v for n, v in self.pool.items() if (SHM_DIR / n).exists()}  # claimed?
         for name in names:
             mapping = self.maps.pop(name, None)
@@ -226,9 +228,10 @@ class Segments:
         return gone
 
     def close(self) -> None:
-        self.release(list(self.owned), 0.0)
-        for name in self.pool:
+        """Delete every segment we hold or pooled (a resumed job's inputs are in the state dir)."""
+        for name in [*self.owned, *self.pool]:
             remove(name)
+        self.owned.clear()
         self.pool.clear()
         self.maps.clear()
 
@@ -254,13 +257,7 @@ class Segments:
     def _map(self, name: str) -> _Mapping:
         if not _NAME.match(name):
             raise SharedMemoryError(f"{name!r} is not a shardmill shared-memory segment name")
-        try:
-            fd = os.open(SHM_DIR / name, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            raise SharedMemoryError(
-                f"cannot open shared-memory segment {name}: {e.strerror}; the client does not "
-                "share /dev/shm with the master"
-            ) from e
+        fd = _open(name, "; the client does not share /dev/shm with the master")
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
@@ -296,13 +293,8 @@ class WorkerMaps:
         return out
 
     def _view(self, ref: ShmRef) -> memoryview:
-        try:
-            fd = os.open(SHM_DIR / ref.segment, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            raise SharedMemoryError(
-                f"cannot open shared-memory segment {ref.segment}: {e.strerror} (its job may "
-                "have ended, or this worker does not share /dev/shm with the master)"
-            ) from e
+        hint = " (its job may have ended, or this worker does not share /dev/shm with the master)"
+        fd = _open(ref.segment, hint)
         try:
             info = os.fstat(fd)
             end = ref.offset + ref.size
@@ -326,6 +318,16 @@ def _populate(buf: mmap.mmap, offset: int, size: int) -> None:
     start = offset // mmap.PAGESIZE * mmap.PAGESIZE
     with contextlib.suppress(OSError, ValueError):  # older kernels: pages fault in as read
         buf.madvise(_MADV_POPULATE_READ, start, offset + size - start)
+
+
+def _open(name: str, hint: str) -> int:
+    """A segment opened read-only, never through a symlink; SharedMemoryError naming it if not."""
+    try:
+        return os.open(SHM_DIR / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise SharedMemoryError(
+            f"cannot open shared-memory segment {name}: {e.strerror}{hint}"
+        ) from e
 
 
 def _owned_file(path: Path) -> bool:
