@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-port", type=int, help="client port (default 5556; 0 picks one)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds (default 1.0)")
     p.add_argument("--heartbeat-liveness", type=int, help="missed beats before expiry (3)")
+    p.add_argument(
+        "--prefetch-below",
+        type=float,
+        metavar="SECONDS",
+        help="queue shards on workers for jobs whose shards are shorter (default 0.1; 0: never)",
+    )
     p.add_argument("--state-dir", help="directory for checkpoints")
     p.add_argument(
         "--import",
@@ -117,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker agent")
     p.add_argument("--master", help="master worker address (default tcp://127.0.0.1:5555)")
     p.add_argument("--slots", type=int, help="shards at once, one child process each")
+    p.add_argument(
+        "--prefetch", type=int, help="short shards queued beyond the slots (default: = slots)"
+    )
     p.add_argument(
         "--import",
         dest="imports",

@@ -40,6 +40,12 @@ class MasterSettings(BaseSettings):
     heartbeat_liveness: int = Field(3, ge=1, description="missed heartbeats before expiry")
     retry_backoff: float = Field(0.05, ge=0, description="first retry delay in seconds")
     retry_backoff_max: float = Field(5.0, ge=0, description="longest retry delay in seconds")
+    prefetch_below: float = Field(
+        0.1,
+        ge=0,
+        description="queue shards on workers (their prefetch) for jobs whose shards take less "
+        "than this many seconds on average; 0 never does",
+    )
     state_dir: Path | None = Field(
         None, description="checkpoint directory; a restarted master resumes from it"
     )
@@ -91,6 +97,13 @@ class WorkerSettings(BaseSettings):
         description="shards run at once (one child process each)",
     )
     imports: list[str] = Field(default_factory=list, description="modules tasks may come from")
+    prefetch: int | None = Field(
+        None,
+        ge=0,
+        le=4096,
+        description="short shards taken beyond the slots, queued to start the moment one "
+        "ends (default: one per slot; 0: none)",
+    )
     heartbeat_interval: float = Field(1.0, gt=0, description="until the master says otherwise")
     heartbeat_liveness: int = Field(3, ge=1, description="missed master beats before reconnect")
     reconnect_max: float = Field(5.0, gt=0, description="longest wait between reconnects")

@@ -253,6 +253,7 @@ class WorkerInfo(_Model):
     slots: int
     busy: int
     heartbeat_age: float
+    queued: int = 0  # short shards waiting on the worker behind running ones (its prefetch)
     shards_done: int
     shards_failed: int
     version: str
@@ -273,6 +274,7 @@ class Ready(_Msg):
     modules: list[str] = []
     held: list[Lease] = []
     shm_probe: str = ""  # a /dev/shm file the master looks for: do we share memory?
+    prefetch: int = Field(0, ge=0, le=4096)  # shards it queues beyond its slots
 
 
 class Heartbeat(_Msg):

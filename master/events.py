@@ -14,6 +14,7 @@ class WorkerReady:
     worker: str
     slots: int
     held: tuple[Lease, ...] = ()
+    prefetch: int = 0  # shards it takes beyond its slots, queued behind running ones
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class MasterLoop(ClientRequests):
                 heartbeat_liveness=settings.heartbeat_liveness,
                 retry_backoff=settings.retry_backoff,
                 retry_backoff_max=settings.retry_backoff_max,
+                prefetch_below=settings.prefetch_below,
             )
         )
         self.meta: dict[str, Ready] = {}
@@ -235,7 +236,7 @@ class MasterLoop(ClientRequests):
             heartbeat_liveness=timing.heartbeat_liveness,
         )
         self._send(self.workers_sock, identity, welcome)
-        self._apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held)))
+        self._apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))
 
     def _on_worker_event(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
         worker = _text(identity)

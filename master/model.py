@@ -104,6 +104,8 @@ class Job:
     finished_at: float | None = None
     error: str | None = None
     duplicates: int = 0
+    ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
+    ok_seconds: float = 0.0
     ready: collections.deque[int] = field(default_factory=collections.deque)
     counts: collections.Counter[ShardState] = field(default_factory=collections.Counter)
 
@@ -118,17 +120,28 @@ class Job:
     def finished(self) -> bool:
         return self.state is not JobState.RUNNING
 
+    def prefetches(self, below: float) -> bool:
+        """Whether its shards may queue on a worker behind a running one: only once they are
+        known to be short (mean below `below` seconds), where a round trip per shard is a real
+        cost and a shard queued behind another can delay the job's end by little."""
+        return self.ok_runs > 0 and self.ok_seconds < below * self.ok_runs
+
 
 @dataclass
 class Worker:
     worker_id: str
     slots: int
     last_seen: float
-    leases: set[tuple[str, int]] = field(default_factory=set)
+    # (job, shard) in the order they were leased: the worker runs them first come, first
+    # served, so the oldest `slots` are the executing ones and the rest wait in its queue.
+    leases: dict[tuple[str, int], None] = field(default_factory=dict)
+    prefetch: int = 0
     draining: bool = False
     done: int = 0
     failed: int = 0
 
-    @property
-    def free(self) -> int:
-        return 0 if self.draining else max(0, self.slots - len(self.leases))
+    def credits(self, prefetch: bool) -> int:
+        """Shards it may be sent now: free slots, plus its queue when the job prefetches."""
+        if self.draining:
+            return 0
+        return max(0, self.slots + (self.prefetch if prefetch else 0) - len(self.leases))

@@ -21,6 +21,7 @@ class Timing:
     heartbeat_liveness: int = 3
     retry_backoff: float = 0.05
     retry_backoff_max: float = 5.0
+    prefetch_below: float = 0.1  # queue shards on workers for jobs whose shards are this short
 
     @property
     def expiry(self) -> float:
@@ -95,7 +96,7 @@ class MasterState:
         if old is not None:  # re-registration: what it no longer holds goes back to the queue
             held = {(lease.job_id, lease.shard) for lease in e.held}
             self._release_leases(old, charge=False, keep=held)
-        w = Worker(worker_id=e.worker, slots=e.slots, last_seen=self._now)
+        w = Worker(worker_id=e.worker, slots=e.slots, last_seen=self._now, prefetch=e.prefetch)
         self.workers[e.worker] = w
         for lease in e.held:
             self._adopt(w, lease)
@@ -116,7 +117,7 @@ class MasterState:
         if shard.state is S.QUEUED:
             job.move(shard, S.LEASED, f"held by reconnecting worker {w.worker_id}")
         shard.lease = w.worker_id
-        w.leases.add((job.job_id, shard.index))
+        w.leases[job.job_id, shard.index] = None
 
     def _on_left(self, e: ev.WorkerLeft) -> None:
         w = self.workers.pop(e.worker, None)
@@ -143,9 +144,12 @@ class MasterState:
         uncharged: set[tuple[str, int]] | None = None,
         silence: float = 0.0,
     ) -> None:
-        """Give a departed worker's shards back. Leased shards were executing (credits = slots),
-        so a lost worker charges them an attempt; handed-back shards are never charged."""
-        for key in sorted(w.leases - keep):
+        """Give a departed worker's shards back. A lost worker charges an attempt to the shards
+        it was executing: its oldest `slots` leases (it runs them in the order it got them);
+        the rest were queued there, never started, and go back uncharged, as do handed-back
+        shards."""
+        executing = set(list(w.leases)[: w.slots])
+        for key in sorted(set(w.leases) - keep):
             job = self.jobs[key[0]]
             shard = job.shards[key[1]]
             if shard.lease != w.worker_id or shard.state is not S.LEASED:
@@ -154,6 +158,9 @@ class MasterState:
             if uncharged is not None and key in uncharged:
                 self._close_attempt(shard, "handed back", None)
                 self._requeue(job, shard, "handed back", front=True)
+            elif (charge or uncharged is not None) and key not in executing:
+                self._close_attempt(shard, "never started", None)
+                self._requeue(job, shard, f"queued on lost worker {w.worker_id}", front=True)
             elif charge or uncharged is not None:
                 why = (
                     f"worker {w.worker_id} stopped answering heartbeats ({silence:.1f} s silent)"
@@ -186,14 +193,14 @@ class MasterState:
         if shard.lease is not None:
             w = self.workers.get(shard.lease)
             if w is not None:
-                w.leases.discard((job.job_id, shard.index))
+                w.leases.pop((job.job_id, shard.index), None)
             shard.lease = None
 
     def _on_success(self, e: ev.ShardSucceeded) -> None:
         w = self.workers.get(e.worker)
         if w is not None:
             w.last_seen = self._now
-            w.leases.discard((e.job_id, e.shard))
+            w.leases.pop((e.job_id, e.shard), None)
         else:
             self._out.append(ev.AskReregister(e.worker))
         found = self._shard_for(e.job_id, e.shard)
@@ -206,6 +213,8 @@ class MasterState:
             return
         if w is not None:
             w.done += 1
+        job.ok_runs += 1
+        job.ok_seconds += e.duration
         if not self._close_attempt(shard, "ok", None, worker=e.worker):
             # A late result from a worker whose attempt was already written off as lost.
             late = Attempt(
@@ -232,7 +241,7 @@ class MasterState:
         w = self.workers.get(e.worker)
         if w is not None:
             w.last_seen = self._now
-            w.leases.discard((e.job_id, e.shard))
+            w.leases.pop((e.job_id, e.shard), None)
             w.failed += 1
         found = self._shard_for(e.job_id, e.shard)
         if found is None:
@@ -334,13 +343,18 @@ class MasterState:
     # ---- dispatch ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand ready shards to workers with free credits, FIFO across jobs, spreading the load."""
+        """Hand ready shards to workers with free credits, FIFO across jobs, spreading the load.
+        A job of short shards also fills each worker's queue (its prefetch), so a child finds
+        its next shard waiting instead of a round trip through the master."""
         if self._now < self.hold_until:
             return
-        free = {w.worker_id: w.free for w in self.workers.values() if w.free > 0}
-        if not free:
+        workers = self.workers.values()
+        if not any(w.credits(prefetch=True) for w in workers):
             return
+        may_prefetch = True
         for job in self._runnable_jobs():
+            prefetch = may_prefetch and job.prefetches(self.timing.prefetch_below)
+            free = {w.worker_id: n for w in workers if (n := w.credits(prefetch)) > 0}
             while job.ready and free:
                 shard = job.shards[job.ready[0]]
                 worker = self._pick_worker(free, shard)
@@ -349,7 +363,9 @@ class MasterState:
                 free[worker] -= 1
                 if free[worker] == 0:
                     del free[worker]
-            if not free:
+            if job.ready:  # it waits for a slot: no later job may queue shards ahead of it
+                may_prefetch = False
+            if not any(w.credits(prefetch=may_prefetch) for w in workers):
                 return
 
     def _runnable_jobs(self) -> Iterator[Job]:
@@ -369,7 +385,7 @@ class MasterState:
     def _lease(self, job: Job, shard: Shard, w: Worker) -> None:
         job.move(shard, S.LEASED, f"leased to {w.worker_id}")
         shard.lease = w.worker_id
-        w.leases.add((job.job_id, shard.index))
+        w.leases[job.job_id, shard.index] = None
         if job.started_at is None:
             job.started_at = self._now
         number = len(shard.history) + 1

@@ -55,6 +55,9 @@ class Agent:
         self.sock: zmq.Socket[bytes] | None = None
         self.poller = zmq.Poller()
         self.children = [self._spawn() for _ in range(settings.slots)]
+        # Short shards the master may send beyond our slots wait in `pending` and start the
+        # moment a child is free, with no round trip to the master in between.
+        self.prefetch = settings.slots if settings.prefetch is None else settings.prefetch
         self.pending: collections.deque[tuple[Task, list[Buffer]]] = collections.deque()
         self.recent: collections.deque[tuple[float, list[Any]]] = collections.deque()
         self.recent_bytes = 0
@@ -165,6 +168,7 @@ class Agent:
             modules=list(self.settings.imports),
             held=held,
             shm_probe=self._probe or "",
+            prefetch=self.prefetch,
         )
 
     def _drop_probe(self) -> None:
@@ -270,9 +274,10 @@ class Agent:
             log.error("child %d sent an unexpected %s; replacing it", child.pid, reply.kind)
             self._replace(child)
             return
+        now = time.monotonic()
+        self._assign(now)  # its next shard (prefetched) first: the result can wait a moment
         frames: list[Any] = list(raw)  # forwarded as the child wrote them: no re-encoding
         self._send_frames(frames)
-        now = time.monotonic()
         self.recent.append((now, frames))
         self.recent_bytes += sum(memoryview(f).nbytes for f in frames)
         # Keep what was sent since the master was last heard (it may never have arrived),

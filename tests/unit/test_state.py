@@ -172,3 +172,67 @@ def test_forbidden_transition_raises_with_the_story() -> None:
     s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=1)
     with pytest.raises(InvalidTransition, match=r"done -> leased.*recent story"):
         s.jobs["j"].shards[0].transition(ShardState.LEASED, "test")
+
+
+def test_prefetch_only_once_the_job_is_known_to_have_short_shards() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=2), now=0)
+    # Given a new job / Then only the slot is filled: nothing is known of its shards yet
+    sends = _sends(s.handle(ev.JobAdded("j", SPEC, 10), now=1))
+    assert [c.shard for c in sends] == [0]
+    # When a short shard ends / Then the freed slot and both queue places are filled
+    sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.01), now=1.01))
+    assert [c.shard for c in sends] == [1, 2, 3]
+    assert len(s.workers["w1"].leases) == 3
+    info = s.job_info("j")
+    assert info.state == "running"
+
+
+def test_long_shards_are_never_queued_on_a_worker() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=2), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 10), now=0)
+    # A shard at the threshold (0.1 s) is not short: one shard per slot, as without prefetch
+    sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.1), now=1))
+    assert [c.shard for c in sends] == [1]
+
+
+def test_lost_worker_charges_only_its_executing_shards_not_its_queue() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 4), now=0)
+    s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.01), now=0.1)  # leases 1, then 2
+    assert list(s.workers["w1"].leases) == [("j", 1), ("j", 2)]
+    # When w1 goes silent past the expiry / Then shard 1 (running) is charged, 2 (queued) not
+    s.handle(ev.Tick(), now=5)
+    shards = s.jobs["j"].shards
+    assert shards[1].charged == 1 and shards[1].history[-1].outcome == "lost"
+    assert shards[2].charged == 0 and shards[2].history[-1].outcome == "never started"
+    assert shards[2].state is ShardState.QUEUED
+    # And a worker that comes later runs them both
+    sends = _sends(s.handle(ev.WorkerReady("w2", slots=2), now=5))
+    assert sorted(c.shard for c in sends) == [1, 2]
+
+
+def test_a_draining_worker_gets_no_prefetch() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=4), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 10), now=0)
+    s.handle(ev.WorkerDraining("w1"), now=0.05)
+    assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.01), now=0.1)) == []
+
+
+def test_a_later_short_job_cannot_queue_ahead_of_an_earlier_job_waiting_for_a_slot() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=1), now=0)
+    s.handle(ev.JobAdded("a", SPEC, 1), now=0)
+    s.handle(ev.JobAdded("b", SPEC, 9), now=0)
+    s.handle(ev.ShardFailed("w1", "a", 0, 1, _error()), now=0.1)  # a waits out a backoff...
+    s.handle(ev.ShardSucceeded("w1", "b", 0, 1, duration=0.01), now=0.11)  # ...b is short
+    assert list(s.workers["w1"].leases) == [("b", 1), ("b", 2)]
+    # When a's retry is due while b's shards fill the worker
+    assert _sends(s.handle(ev.Tick(), now=1.0)) == []
+    # Then b queues no more shards ahead of it: a gets the next free slot
+    assert _sends(s.handle(ev.ShardSucceeded("w1", "b", 1, 1, duration=0.01), now=1.1)) == []
+    sends = _sends(s.handle(ev.ShardSucceeded("w1", "b", 2, 1, duration=0.01), now=1.2))
+    assert [(c.job_id, c.shard) for c in sends] == [("a", 0), ("b", 3)]
