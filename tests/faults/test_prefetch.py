@@ -37,6 +37,12 @@ def _slow_job(client: Client, runs_dir: str, n: int, seconds: float):  # type: i
     return client.map("sm_tasks:slow", args, chunk_size=1)
 
 
+def _job_with_a_queue(client: Client, runs_dir: str):  # type: ignore[no-untyped-def]
+    """Eight 0.6 s shards, and the worker that holds one queued behind its running one."""
+    job = _slow_job(client, runs_dir, 8, 0.6)
+    return job, _with_queue(client).worker_id
+
+
 def _with_queue(client: Client) -> WorkerInfo:
     """A worker holding a shard queued behind its running one."""
     return wait_until(
@@ -72,8 +78,7 @@ def test_lost_worker_charges_its_running_shard_not_its_queued_one(
     prefetch_cluster: LocalCluster, runs_dir: str
 ) -> None:
     with prefetch_cluster.client() as client:
-        job = _slow_job(client, runs_dir, 8, 0.6)
-        victim = _with_queue(client).worker_id
+        job, victim = _job_with_a_queue(client, runs_dir)
         # When the agent holding a running and a queued shard is SIGKILLed
         os.kill(agent_pid(client, victim), signal.SIGKILL)
         # Then the job ends right; the running shard is charged, the queued one is not
@@ -94,8 +99,7 @@ def test_sigterm_hands_back_the_queued_shard_and_finishes_the_running_one(
     prefetch_cluster: LocalCluster, runs_dir: str
 ) -> None:
     with prefetch_cluster.client() as client:
-        job = _slow_job(client, runs_dir, 8, 0.6)
-        victim = _with_queue(client).worker_id
+        job, victim = _job_with_a_queue(client, runs_dir)
         proc = next(p for p in prefetch_cluster.workers if p.pid == agent_pid(client, victim))
         # When the worker is told to drain while it holds a queued shard
         proc.send_signal(signal.SIGTERM)
