@@ -112,6 +112,11 @@ class ClientRequests:
             self._send(self.clients_sock, identity, ErrorReply(req=req, code=code, message=str(e)))
         except InvalidTransition:
             raise
+        except StateDirError as e:  # not recorded; the master stops after this message
+            log.error("%s request not recorded: %s", kind, e)
+            req = getattr(decoded.msg, "req", 0)
+            text = f"{kind} not recorded, the master is stopping: {e}"
+            self._send(self.clients_sock, identity, ErrorReply(req=req, code="state", message=text))
         except Exception as e:  # the per-message boundary: log, reply, keep serving everyone
             log.error("error handling a %s request", kind, exc_info=True)
             req = getattr(decoded.msg, "req", 0)

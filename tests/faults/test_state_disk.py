@@ -128,3 +128,29 @@ def test_a_submit_the_disk_refuses_is_not_accepted(
     cluster.start_master()
     with cluster.client() as client:
         assert client.jobs() == []
+
+
+def test_a_cancel_the_disk_refuses_is_answered_so_and_the_job_lives_on(
+    disk_cluster: tuple[LocalCluster, list[bytes]], tmp_path: Path
+) -> None:
+    cluster, stderr = disk_cluster
+    flag = tmp_path / "go"
+    with cluster.client() as client:
+        job = client.map(
+            "sm_tasks:pid_and_wait", [(str(flag), i) for i in range(SHARDS)], chunk_size=1
+        )
+        # Given a running job and a state dir that takes no more writes
+        _disk_full(cluster)
+        # When the job is cancelled / Then the client hears it was not recorded, and why
+        with pytest.raises(ServerError) as refused:
+            job.cancel()
+    assert refused.value.code == "state", refused.value
+    assert "cancel not recorded, the master is stopping" in str(refused.value)
+    _assert_stopped_on_the_disk(cluster, stderr)
+    # And the next master still has the job, which runs to the end
+    cluster.start_master()
+    flag.touch()
+    with cluster.client() as client:
+        again = client.job(job.id)
+        assert [x for _, x in again.result(timeout=120)] == list(range(SHARDS))
+        assert_merged_once(again)
