@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from bench_context import Bench
 from bench_data import WrongResult
@@ -18,7 +23,7 @@ from bench_harness import (
     new_cluster,
     vm_hwm_mib,
 )
-from bench_systems import ShardmillSystem, System
+from bench_systems import ShardmillSystem, System, available_optional
 from bench_tasks import noop
 
 
@@ -41,7 +46,27 @@ def startup(b: Bench) -> list[Metric]:
     sm, pool = sm[1:], pool[1:]  # the first start warms the file cache
     ready.add(SHARDMILL, [r for r, _ in sm]).add(POOL, [r for r, _ in pool])
     first.add(SHARDMILL, [f for _, f in sm]).add(POOL, [f for _, f in pool])
+    for name in available_optional():
+        runs = [_other_start(b, name) for _ in range(b.reps + 1)][1:]
+        label = runs[0]["name"]
+        ready.add(label, [r["ready"] for r in runs])
+        first.add(label, [r["first"] for r in runs])
     return [ready, first]
+
+
+def _other_start(b: Bench, name: str) -> dict[str, Any]:
+    """A cold start of Dask or Ray, in a process of its own (Ray allows one per process)."""
+    b.settle()
+    script = Path(__file__).with_name("bench_others.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "startup", name],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def _cluster_start() -> tuple[float, float]:

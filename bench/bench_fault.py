@@ -90,7 +90,31 @@ def w5_fault(b: Bench) -> list[Metric]:
     fault.add(SHARDMILL, killed).extra["retried_shards"] = retries
     ratio.values[SHARDMILL] = float(fault.values[SHARDMILL]) / float(clean.values[SHARDMILL])
     _pool_hangs(b, slow, clean, fault, ratio)
+    for other in b.others:  # Dask and Ray, when installed
+        try:
+            _other_fault(b, slow, other, clean, fault, ratio)
+        except Exception as e:  # one system's failure must not hide the others' numbers
+            fault.note = f"{other.name}: {type(e).__name__}: {e}"
     return [clean, fault, ratio, *agent_kills(b, slow)]
+
+
+def _other_fault(
+    b: Bench, slow: Slow, system: System, clean: Metric, fault: Metric, ratio: Metric
+) -> None:
+    """W5 for Dask or Ray: the same job clean, then with a task process SIGKILLed."""
+    cleans, kills = [], []
+    for _ in range(b.heavy_reps):
+        b.settle()
+        cleans.append(slow.run(system))
+    for _ in range(b.heavy_reps):
+        b.settle()
+        kills.append(slow.run_with_kill(system, JOB_TIMEOUT))
+    clean.add(system.name, cleans)
+    if any(k is None for k in kills):
+        fault.values[system.name] = ratio.values[system.name] = HANGS
+        return
+    fault.add(system.name, [k for k in kills if k is not None])
+    ratio.values[system.name] = float(fault.values[system.name]) / float(clean.values[system.name])
 
 
 def _retries(job: Job | None) -> int:

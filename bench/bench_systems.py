@@ -1,8 +1,8 @@
 """The systems under test behind one interface: shardmill, multiprocessing.Pool, and a hook.
 
 Every workload is written once against `System`; a system only says how to run each piece.
-Dask and Ray slot in by implementing `System` and registering a factory in `OPTIONAL`; they
-are skipped when not importable (they are not installed on the benchmark machine).
+Dask and Ray (bench_others.py) run when installed (`pip install -e '.[bench]'`) and are
+skipped, with the reason, when not.
 """
 
 from __future__ import annotations
@@ -179,12 +179,32 @@ class PoolSystem:
         self.pool.join()
 
 
-# name -> (module that must be importable, factory). No adapter is written yet for Dask or Ray:
-# the harness reports them as skipped, and runs them once a factory returns a System.
+def _dask() -> System:
+    from bench_others import DaskSystem
+
+    return DaskSystem()
+
+
+def _ray() -> System:
+    from bench_others import RaySystem
+
+    return RaySystem()
+
+
+# name -> (module that must be importable, factory): `pip install -e '.[bench]'` adds them.
 OPTIONAL: dict[str, tuple[str, Callable[[], System] | None]] = {
-    "dask": ("dask.distributed", None),
-    "ray": ("ray", None),
+    "dask": ("distributed", _dask),
+    "ray": ("ray", _ray),
 }
+
+
+def available_optional() -> list[str]:
+    """The optional systems installed here, by their OPTIONAL names."""
+    return [
+        name
+        for name, (module, factory) in OPTIONAL.items()
+        if factory is not None and importlib.util.find_spec(module) is not None
+    ]
 
 
 def optional_systems() -> tuple[list[System], dict[str, str]]:
