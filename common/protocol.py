@@ -281,6 +281,11 @@ class Heartbeat(_Msg):
     kind: Literal["heartbeat"] = "heartbeat"
 
 
+class ShardAttempt(_Model):
+    shard: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+
+
 class ShardDone(_Msg):
     kind: Literal["done"] = "done"
     job_id: str
@@ -288,6 +293,7 @@ class ShardDone(_Msg):
     attempt: int
     duration: float = 0.0
     payload: bytes = b""
+    more: list[ShardAttempt] = []  # a batch's other shards, folded into the same partial
 
 
 class ShardFailed(_Msg):
@@ -297,6 +303,7 @@ class ShardFailed(_Msg):
     attempt: int
     duration: float = 0.0
     error: ErrorInfo
+    more: list[ShardAttempt] = []  # a batch's other shards: not charged, they run again
 
 
 class Draining(_Msg):
@@ -325,6 +332,14 @@ class Reregister(_Msg):
     kind: Literal["reregister"] = "reregister"
 
 
+class BatchShard(_Model):
+    """One more shard in a task's batch (short shards of a dataset op, read by reference)."""
+
+    shard: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    descriptor: Descriptor
+
+
 class Task(_Msg):
     kind: Literal["task"] = "task"
     job_id: str
@@ -335,6 +350,7 @@ class Task(_Msg):
     timeout: float | None = None
     payload: bytes = b""
     shm: list[ShmRef] = []  # array frames the worker maps from shared memory
+    more: list[BatchShard] = []  # more shards of the job, run after this one, folded with it
 
 
 class CancelTasks(_Msg):

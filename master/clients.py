@@ -169,7 +169,7 @@ class ClientRequests:
             data.waiters.append((identity, msg.req))
         else:
             self._send(self.clients_sock, identity, Submitted(req=msg.req, job_id=job_id))
-        self._apply(ev.JobAdded(job_id, msg.spec, len(data.descriptors)))
+        self._apply(ev.JobAdded(job_id, msg.spec, len(data.descriptors), data.batchable))
 
     def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:
         if job_id in self.jobs:

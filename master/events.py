@@ -42,6 +42,7 @@ class ShardSucceeded:
     shard: int
     attempt: int
     duration: float = 0.0
+    more: tuple[tuple[int, int], ...] = ()  # (shard, attempt) folded into the same partial
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ShardFailed:
     attempt: int
     error: ErrorInfo
     duration: float = 0.0
+    more: tuple[tuple[int, int], ...] = ()  # the batch's other shards: run again, uncharged
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class JobAdded:
     job_id: str
     spec: JobSpec
     shards: int
+    batchable: bool = False  # shards read by reference whose partials fold: may go in batches
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class SendTask:
     job_id: str
     shard: int
     attempt: int
+    more: tuple[tuple[int, int], ...] = ()  # (shard, attempt) batched behind it
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class MergeShard:
 
     job_id: str
     shard: int
+    more: tuple[int, ...] = ()  # shards folded into the same partial
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from shardmill.errors import JobSpecError
 from shardmill.master.merge import FinalResult, MapMerger, Merger, OpMerger
 from shardmill.ops import MAP_OP
 from shardmill.plan import build_plan, values_sent
-from shardmill.protocol import Descriptor, MapChunk, Submit, Task
+from shardmill.protocol import BatchShard, Descriptor, MapChunk, Submit, Task
 
 
 @dataclass
@@ -27,19 +27,33 @@ class JobData:
     segments: list[str] = field(default_factory=list)  # /dev/shm files holding `inputs`
 
     def task(
-        self, job_id: str, shard: int, attempt: int, *, op: str, timeout: float | None
+        self,
+        job_id: str,
+        shard: int,
+        attempt: int,
+        *,
+        op: str,
+        timeout: float | None,
+        more: tuple[tuple[int, int], ...] = (),
     ) -> tuple[Task, list[Buffer]]:
         payload, arrays = self.inputs[shard] if self.inputs else (b"", [])
+        batch = [BatchShard(shard=s, attempt=a, descriptor=self.descriptors[s]) for s, a in more]
         msg = Task(
             job_id=job_id,
             shard=shard,
             attempt=attempt,
             op=op,
             descriptor=self.descriptors[shard],
-            timeout=timeout,
+            timeout=None if timeout is None else timeout * (1 + len(more)),  # per shard
             payload=payload,
+            more=batch,
         )
         return msg, arrays
+
+    @property
+    def batchable(self) -> bool:
+        """Shards read by reference whose partials fold: they may travel in batches."""
+        return isinstance(self.merger, OpMerger) and not self.inputs
 
     def release_inputs(self) -> None:
         self.inputs = []

@@ -243,7 +243,10 @@ class MasterLoop(ClientRequests):
         event: ev.Event
         if isinstance(msg, ShardFailed):
             error = msg.error.model_copy(update={"worker": worker})
-            event = ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration)
+            more = tuple((m.shard, m.attempt) for m in msg.more)
+            event = ev.ShardFailed(
+                worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration, more
+            )
             log.info(
                 "shard %s/%d attempt %d failed on %s: %s %s",
                 msg.job_id,
@@ -279,9 +282,11 @@ class MasterLoop(ClientRequests):
                 f"max_result_bytes={limit:,}; use more shards or write the output "
                 "to files",
             )
-            self._apply(ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err))
+            more = tuple((m.shard, m.attempt) for m in msg.more)
+            self._apply(ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err, 0.0, more))
             return
-        event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration)
+        more = tuple((m.shard, m.attempt) for m in msg.more)
+        event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more)
         self._apply(event, result=(msg.payload, arrays))
 
     # ---- commands ------------------------------------------------------------------------------
@@ -299,20 +304,11 @@ class MasterLoop(ClientRequests):
         self, cmd: ev.Command, result: tuple[bytes, list[Buffer]] | None
     ) -> ev.Event | None:
         match cmd:
-            case ev.SendTask(worker=w, job_id=j, shard=s, attempt=a):
-                self._send_task(w, j, s, a)
-            case ev.MergeShard(job_id=j, shard=s):
+            case ev.SendTask(worker=w, job_id=j, shard=s, attempt=a, more=more):
+                self._send_task(w, j, s, a, more)
+            case ev.MergeShard(job_id=j, shard=s, more=more):
                 assert result is not None, "a merge needs the result in hand"
-                try:
-                    self.jobs[j].merger.add(s, *result)
-                    shard = self.state.jobs[j].shards[s]
-                    offset = self.state.wall_offset
-                    self.checkpoint.shard_merged(j, shard, self.jobs[j], result, offset=offset)
-                except (ShardmillError, ValueError, TypeError, KeyError) as e:
-                    log.warning("job %s: shard %d result cannot be merged: %s", j, s, e)
-                    return ev.JobBroken(
-                        j, f"shard {s} returned a result that cannot be merged: {e}"
-                    )
+                return self._merge(j, s, more, result)
             case ev.FinalizeJob(job_id=j, missing=missing):
                 return self._finalize(j, missing)
             case ev.JobEnded(job_id=j, state=st, error=err):
@@ -331,9 +327,33 @@ class MasterLoop(ClientRequests):
                 log.info("job %s shard %d: duplicate result from %s dropped", j, s, w)
         return None
 
-    def _send_task(self, worker: str, job_id: str, shard: int, attempt: int) -> None:
+    def _merge(
+        self, j: str, s: int, more: tuple[int, ...], result: tuple[bytes, list[Buffer]]
+    ) -> ev.Event | None:
+        """Fold a shard's (or a batch's) partial in, and checkpoint each shard it covers."""
+        try:
+            self.jobs[j].merger.add(s, *result, more=more)
+            offset = self.state.wall_offset
+            for index in (s, *more):
+                shard = self.state.jobs[j].shards[index]
+                self.checkpoint.shard_merged(j, shard, self.jobs[j], result, offset=offset)
+        except (ShardmillError, ValueError, TypeError, KeyError) as e:
+            log.warning("job %s: shard %d result cannot be merged: %s", j, s, e)
+            return ev.JobBroken(j, f"shard {s} returned a result that cannot be merged: {e}")
+        return None
+
+    def _send_task(
+        self,
+        worker: str,
+        job_id: str,
+        shard: int,
+        attempt: int,
+        more: tuple[tuple[int, int], ...] = (),
+    ) -> None:
         spec, data = self.state.jobs[job_id].spec, self.jobs[job_id]
-        msg, arrays = data.task(job_id, shard, attempt, op=spec.op, timeout=spec.task_timeout)
+        msg, arrays = data.task(
+            job_id, shard, attempt, op=spec.op, timeout=spec.task_timeout, more=more
+        )
         if data.segments and worker in self.shares_memory:  # it maps the pages itself
             arrays, refs = self.segments.refs(arrays)
             msg = msg.model_copy(update={"shm": refs})

@@ -26,7 +26,11 @@ class MapMerger:
     counts: list[int]  # items per shard
     parts: dict[int, tuple[bytes, list[Buffer]]] = field(default_factory=dict)
 
-    def add(self, shard: int, payload: bytes, arrays: list[Buffer]) -> None:
+    def add(
+        self, shard: int, payload: bytes, arrays: list[Buffer], more: tuple[int, ...] = ()
+    ) -> None:
+        if more:
+            raise ProtocolError(f"shard {shard}: a map job's results are never batched")
         self.parts[shard] = (payload, arrays)
 
     def final(self, missing: tuple[int, ...] = ()) -> FinalResult:
@@ -50,12 +54,15 @@ class OpMerger:
     shards_merged: list[int] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, strategy, op, version
 
-    def add(self, shard: int, payload: bytes, arrays: list[Buffer]) -> None:
+    def add(
+        self, shard: int, payload: bytes, arrays: list[Buffer], more: tuple[int, ...] = ()
+    ) -> None:
+        """Fold a partial in: one shard's, or a batch's (`shard` and `more`, folded already)."""
         part = unpack_value(payload, arrays)
         if not isinstance(part, dict):
             raise ProtocolError(f"shard {shard}: {self.op.name} partial is not a map")
         self.acc = part if self.acc is None else self.op.combine(self.acc, part)
-        self.shards_merged.append(shard)
+        self.shards_merged.extend((shard, *more))
 
     def final(self, missing: tuple[int, ...] = ()) -> FinalResult:
         value = self.op.finalize(self.acc or {"count": 0})

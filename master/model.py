@@ -66,6 +66,7 @@ class Shard:
     index: int
     state: ShardState = ShardState.QUEUED
     charged: int = 0  # failed attempts that count against max_attempts
+    solo: bool = False  # never batched again: its batch failed, and it may be the reason
     lease: str | None = None
     not_before: float = 0.0
     merged: int = 0
@@ -106,6 +107,7 @@ class Job:
     duplicates: int = 0
     ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
     ok_seconds: float = 0.0
+    batchable: bool = False
     ready: collections.deque[int] = field(default_factory=collections.deque)
     counts: collections.Counter[ShardState] = field(default_factory=collections.Counter)
 
@@ -132,16 +134,22 @@ class Worker:
     worker_id: str
     slots: int
     last_seen: float
-    # (job, shard) in the order they were leased: the worker runs them first come, first
-    # served, so the oldest `slots` are the executing ones and the rest wait in its queue.
-    leases: dict[tuple[str, int], None] = field(default_factory=dict)
+    # (job, shard) -> the task it went in, (job, first shard), in the order they were leased:
+    # the worker runs tasks first come, first served, so the oldest `slots` tasks are the
+    # executing ones and the rest wait in its queue. A batch is one task of several shards.
+    leases: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     prefetch: int = 0
     draining: bool = False
     done: int = 0
     failed: int = 0
 
+    def tasks(self) -> list[tuple[str, int]]:
+        """Its tasks, oldest first."""
+        return list(dict.fromkeys(self.leases.values()))
+
     def credits(self, prefetch: bool) -> int:
-        """Shards it may be sent now: free slots, plus its queue when the job prefetches."""
+        """Tasks it may be sent now: free slots, plus its queue when the job prefetches."""
         if self.draining:
             return 0
-        return max(0, self.slots + (self.prefetch if prefetch else 0) - len(self.leases))
+        held = len(set(self.leases.values()))
+        return max(0, self.slots + (self.prefetch if prefetch else 0) - held)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import heapq
+import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,9 @@ class Timing:
     @property
     def expiry(self) -> float:
         return self.heartbeat_interval * self.heartbeat_liveness
+
+
+MAX_BATCH = 16  # shards in one task at most
 
 
 class MasterState:
@@ -117,7 +122,7 @@ class MasterState:
         if shard.state is S.QUEUED:
             job.move(shard, S.LEASED, f"held by reconnecting worker {w.worker_id}")
         shard.lease = w.worker_id
-        w.leases[job.job_id, shard.index] = None
+        w.leases[job.job_id, shard.index] = (job.job_id, shard.index)
 
     def _on_left(self, e: ev.WorkerLeft) -> None:
         w = self.workers.pop(e.worker, None)
@@ -148,8 +153,10 @@ class MasterState:
         it was executing: its oldest `slots` leases (it runs them in the order it got them);
         the rest were queued there, never started, and go back uncharged, as do handed-back
         shards."""
-        executing = set(list(w.leases)[: w.slots])
+        executing = set(w.tasks()[: w.slots])
+        sizes = collections.Counter(w.leases.values())
         for key in sorted(set(w.leases) - keep):
+            task = w.leases[key]
             job = self.jobs[key[0]]
             shard = job.shards[key[1]]
             if shard.lease != w.worker_id or shard.state is not S.LEASED:
@@ -158,9 +165,14 @@ class MasterState:
             if uncharged is not None and key in uncharged:
                 self._close_attempt(shard, "handed back", None)
                 self._requeue(job, shard, "handed back", front=True)
-            elif (charge or uncharged is not None) and key not in executing:
+            elif (charge or uncharged is not None) and task not in executing:
                 self._close_attempt(shard, "never started", None)
                 self._requeue(job, shard, f"queued on lost worker {w.worker_id}", front=True)
+            elif (charge or uncharged is not None) and sizes[task] > 1:
+                # Which shard of a batch was running is unknown: each runs again, alone.
+                shard.solo = True
+                self._close_attempt(shard, "lost with its batch", None)
+                self._requeue(job, shard, f"batch lost with worker {w.worker_id}", front=True)
             elif charge or uncharged is not None:
                 why = (
                     f"worker {w.worker_id} stopped answering heartbeats ({silence:.1f} s silent)"
@@ -178,6 +190,7 @@ class MasterState:
     def _on_job(self, e: ev.JobAdded) -> None:
         shards = [Shard(job_id=e.job_id, index=i) for i in range(e.shards)]
         job = Job(job_id=e.job_id, spec=e.spec, shards=shards, submitted_at=self._now)
+        job.batchable = e.batchable
         job.ready.extend(range(e.shards))
         job.counts[S.QUEUED] = e.shards
         self.jobs[e.job_id] = job
@@ -198,29 +211,50 @@ class MasterState:
 
     def _on_success(self, e: ev.ShardSucceeded) -> None:
         w = self.workers.get(e.worker)
+        indices = [e.shard, *(s for s, _ in e.more)]
         if w is not None:
             w.last_seen = self._now
-            w.leases.pop((e.job_id, e.shard), None)
+            for index in indices:
+                w.leases.pop((e.job_id, index), None)
         else:
             self._out.append(ev.AskReregister(e.worker))
         found = self._shard_for(e.job_id, e.shard)
         if found is None:
             return
-        job, shard = found
-        if shard.state in TERMINAL or job.finished:
+        job, _ = found
+        if len(set(indices)) != len(indices) or not all(0 <= i < len(job.shards) for i in indices):
+            return  # a batch naming a shard twice or one the job has not: nothing to merge
+        members = [job.shards[i] for i in indices]
+        if job.finished or any(m.state in TERMINAL for m in members):
             job.duplicates += 1
             self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker))
+            # A folded partial cannot be merged in part: the batch's others run again.
+            for m in members:
+                if m.state is S.LEASED and m.lease == e.worker and not job.finished:
+                    self._free_lease(job, m)
+                    self._close_attempt(m, "dropped with its batch", None)
+                    self._requeue(job, m, "its batch held a shard merged already", front=True)
             return
         if w is not None:
-            w.done += 1
-        job.ok_runs += 1
+            w.done += len(members)
+        job.ok_runs += len(members)
         job.ok_seconds += e.duration
-        if not self._close_attempt(shard, "ok", None, worker=e.worker):
+        attempts = {e.shard: e.attempt, **dict(e.more)}
+        for m in members:
+            self._accept_result(job, m, e.worker, attempts[m.index], e.duration / len(members))
+        self._out.append(ev.MergeShard(e.job_id, e.shard, tuple(indices[1:])))
+        self._maybe_finish(job)
+
+    def _accept_result(
+        self, job: Job, shard: Shard, worker: str, attempt: int, duration: float
+    ) -> None:
+        """The shard's first result is in: its attempt closes and it is done (merged next)."""
+        if not self._close_attempt(shard, "ok", None, worker=worker):
             # A late result from a worker whose attempt was already written off as lost.
             late = Attempt(
-                number=e.attempt,
-                worker=e.worker,
-                started=self._now - e.duration,
+                number=attempt,
+                worker=worker,
+                started=self._now - duration,
                 ended=self._now,
                 outcome="ok (late)",
             )
@@ -232,25 +266,45 @@ class MasterState:
         elif shard.state is S.WAITING:
             shard.not_before = float("inf")  # its heap entry goes stale
         self._free_lease(job, shard)
-        job.move(shard, S.DONE, f"result from {e.worker}")
+        job.move(shard, S.DONE, f"result from {worker}")
         shard.merged += 1
-        self._out.append(ev.MergeShard(e.job_id, e.shard))
-        self._maybe_finish(job)
 
     def _on_failure(self, e: ev.ShardFailed) -> None:
         w = self.workers.get(e.worker)
         if w is not None:
             w.last_seen = self._now
             w.leases.pop((e.job_id, e.shard), None)
+            for index, _ in e.more:
+                w.leases.pop((e.job_id, index), None)
             w.failed += 1
         found = self._shard_for(e.job_id, e.shard)
         if found is None:
             return
         job, shard = found
-        if shard.state is not S.LEASED or shard.lease != e.worker or job.finished:
+        # The batch's other shards were not at fault (or, after a crash, may not have been):
+        # they run again, alone, uncharged.
+        crashed = bool(e.more) and e.error.kind in ("crash", "timeout")
+        for index, _ in e.more:
+            other = job.shards[index] if 0 <= index < len(job.shards) else None
+            if other is None or other is shard or not self._held_by(job, other, e.worker):
+                continue
+            self._free_lease(job, other)
+            other.solo = True
+            self._close_attempt(other, "its batch failed", e.error if crashed else None)
+            self._requeue(job, other, f"its batch failed on shard {shard.index}", front=True)
+        if not self._held_by(job, shard, e.worker):
             return  # a stale report about an attempt that was already re-run or ended
         self._free_lease(job, shard)
+        if crashed:
+            shard.solo = True
+            self._close_attempt(shard, "its batch failed", e.error)
+            self._requeue(job, shard, "its batch's process died: runs again alone", front=True)
+            return
         self._charge(job, shard, e.error)
+
+    @staticmethod
+    def _held_by(job: Job, shard: Shard, worker: str) -> bool:
+        return shard.state is S.LEASED and shard.lease == worker and not job.finished
 
     def _charge(self, job: Job, shard: Shard, err: ErrorInfo) -> None:
         """Count a failed attempt: retry after a backoff, or quarantine the shard."""
@@ -359,7 +413,8 @@ class MasterState:
                 shard = job.shards[job.ready[0]]
                 worker = self._pick_worker(free, shard)
                 job.ready.popleft()
-                self._lease(job, shard, self.workers[worker])
+                more = self._batch(job, shard) if prefetch else []
+                self._lease(job, shard, self.workers[worker], more)
                 free[worker] -= 1
                 if free[worker] == 0:
                     del free[worker]
@@ -382,15 +437,39 @@ class MasterState:
         ranked = sorted(free, key=lambda w: (w == last, -free[w], w))
         return ranked[0]
 
-    def _lease(self, job: Job, shard: Shard, w: Worker) -> None:
-        job.move(shard, S.LEASED, f"leased to {w.worker_id}")
-        shard.lease = w.worker_id
-        w.leases[job.job_id, shard.index] = None
+    def _batch(self, job: Job, first: Shard) -> list[Shard]:
+        """More shards to send with `first` in one task: short shards of a dataset op that
+        never failed, as many as keep the tail fine grained (guided self-scheduling: a
+        task takes the ready shards / (2 x the slots), so the last tasks are single shards)."""
+        if not job.batchable or first.solo or first.charged:
+            return []
+        slots = sum(w.slots for w in self.workers.values() if not w.draining) or 1
+        size = min(MAX_BATCH, math.ceil((len(job.ready) + 1) / (2 * slots)))
+        more: list[Shard] = []
+        while job.ready and len(more) < size - 1:
+            nxt = job.shards[job.ready[0]]
+            if nxt.solo or nxt.charged:
+                break
+            more.append(nxt)
+            job.ready.popleft()
+        return more
+
+    def _lease(self, job: Job, shard: Shard, w: Worker, more: list[Shard] | None = None) -> None:
+        task = (job.job_id, shard.index)
+        attempts = []
+        for s in [shard, *(more or [])]:
+            job.move(s, S.LEASED, f"leased to {w.worker_id}" + (" in a batch" if more else ""))
+            s.lease = w.worker_id
+            w.leases[job.job_id, s.index] = task
+            number = len(s.history) + 1
+            s.history.append(Attempt(number=number, worker=w.worker_id, started=self._now))
+            attempts.append((s.index, number))
         if job.started_at is None:
             job.started_at = self._now
-        number = len(shard.history) + 1
-        shard.history.append(Attempt(number=number, worker=w.worker_id, started=self._now))
-        self._out.append(ev.SendTask(w.worker_id, job.job_id, shard.index, number))
+        first, *rest = attempts
+        self._out.append(
+            ev.SendTask(w.worker_id, job.job_id, shard.index, first[1], more=tuple(rest))
+        )
 
     # ---- restart -------------------------------------------------------------------------------
 

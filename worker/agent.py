@@ -31,13 +31,14 @@ from shardmill.protocol import (
     Lease,
     Message,
     Ready,
+    ShardAttempt,
     ShardDone,
     ShardFailed,
     Task,
     Welcome,
 )
 from shardmill.security import Security
-from shardmill.worker.runner import Child, wait_all
+from shardmill.worker.runner import Child, task_leases, wait_all
 
 log = logging.getLogger(__name__)
 MAX_RESEND = 10_000  # results kept for resending after a reconnect...
@@ -156,8 +157,8 @@ class Agent:
             self._send_frames(frames)
 
     def _ready(self) -> Ready:
-        held = [c.running.lease for c in self.children if c.running]
-        held += [Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt) for t, _ in self.pending]
+        held = [lease for c in self.children if c.running for lease in c.running.leases]
+        held += [lease for t, _ in self.pending for lease in task_leases(t)]
         self._drop_probe()
         self._probe = shm.create_probe()
         return Ready(
@@ -204,9 +205,7 @@ class Agent:
         match msg:
             case Task():
                 if self.draining_since is not None:
-                    self.handback.append(
-                        Lease(job_id=msg.job_id, shard=msg.shard, attempt=msg.attempt)
-                    )
+                    self.handback.extend(task_leases(msg))
                 else:
                     self.pending.append((msg, frames))  # forwarded as received
             case CancelTasks(job_id=job):
@@ -308,6 +307,9 @@ class Agent:
             attempt=task.attempt,
             duration=time.monotonic() - started,
             error=err,
+            # A batch's process died: which shard did it is unknown, so the master runs each
+            # of them again alone (uncharged) and charges the one that fails then.
+            more=[ShardAttempt(shard=m.shard, attempt=m.attempt) for m in task.more],
         )
         self._send(msg)
 
@@ -347,9 +349,7 @@ class Agent:
             log.info("signal %d: draining (grace %.0f s)", data[0], self.settings.drain_grace)
             self.draining_since = time.monotonic()
             self._send(Draining())
-            self.handback.extend(
-                Lease(job_id=t.job_id, shard=t.shard, attempt=t.attempt) for t, _ in self.pending
-            )
+            self.handback.extend(lease for t, _ in self.pending for lease in task_leases(t))
             self.pending.clear()
 
     def _drained(self) -> bool:
@@ -362,7 +362,7 @@ class Agent:
             return False
         for child in busy:  # grace is over: stop them and hand their shards back uncharged
             assert child.running is not None
-            self.handback.append(child.running.lease)
+            self.handback.extend(child.running.leases)
             child.running = None
             child.kill()
         return True

@@ -25,13 +25,14 @@ from shardmill.protocol import (
     NpySource,
     RowRange,
     ScanShard,
+    ShardAttempt,
     ShardDone,
     ShardFailed,
     Task,
 )
 from shardmill.worker.pipes import read_frames, write_frames
 from shardmill.worker.registry import Registry
-from shardmill.worker.scan import run_scan
+from shardmill.worker.scan import resolve_op, run_scan
 
 
 def _die_with_parent() -> None:
@@ -70,23 +71,35 @@ def main(argv: list[str]) -> int:
 def run_task(
     task: Task, arrays: list[Buffer], registry: Registry
 ) -> tuple[ShardDone | ShardFailed, list[np.ndarray]]:
-    """Run one shard; any failure comes back as data, never as an exception."""
+    """Run one shard, or a batch of them; any failure comes back as data, never as an exception."""
     start = time.monotonic()
+    if task.more:
+        return _run_batch(task, registry, start)
+    value = _guarded(task, arrays, registry, start)
+    if isinstance(value, ShardFailed):
+        return value, []
+    return _done(task, value, start, [])
+
+
+def _guarded(task: Task, arrays: list[Buffer], registry: Registry, start: float) -> Any:
+    """The shard's value, or a ShardFailed that says why."""
     try:
-        value = _execute(task, arrays, registry)
+        return _execute(task, arrays, registry)
     except UnknownFunction as e:
         err = ErrorInfo(
             kind="unknown_function", type="UnknownFunction", message=str(e), retryable=False
         )
-        return _failed(task, start, err), []
+        return _failed(task, start, err)
     except BadInput as e:  # names the file, row and field; retrying cannot fix bad data
         err = ErrorInfo(kind="bad_input", type="BadInput", message=str(e), retryable=e.retryable)
-        return _failed(task, start, err), []
+        return _failed(task, start, err)
     except (Exception, SystemExit) as e:  # user code: all it raises is reported as data
-        err = ErrorInfo(
-            kind="error", type=_qualname(e), message=str(e), traceback=traceback.format_exc()
-        )
-        return _failed(task, start, err), []
+        return _failed(task, start, _user_error(e))
+
+
+def _done(
+    task: Task, value: Any, start: float, more: list[ShardAttempt]
+) -> tuple[ShardDone | ShardFailed, list[np.ndarray]]:
     try:
         packed = pack_value(value)
     except (TypeError, ValueError, OverflowError) as e:
@@ -97,15 +110,51 @@ def run_task(
             retryable=False,
             message=f"{what} returned a value that cannot be sent: {e}",
         )
-        return _failed(task, start, err), []
+        return _failed(task, start, err).model_copy(update={"more": more}), []
     done = ShardDone(
         job_id=task.job_id,
         shard=task.shard,
         attempt=task.attempt,
         duration=time.monotonic() - start,
         payload=packed.data,
+        more=more,
     )
     return done, packed.arrays
+
+
+def _run_batch(
+    task: Task, registry: Registry, start: float
+) -> tuple[ShardDone | ShardFailed, list[np.ndarray]]:
+    """Shards of one dataset op, one after the other, folded into one partial with the op's
+    own `combine` (as run_scan folds a shard's blocks). A failing shard is reported with the
+    batch's other shards named: the master charges it alone and runs the others again."""
+    members = [task] + [
+        task.model_copy(
+            update={"shard": m.shard, "attempt": m.attempt, "descriptor": m.descriptor, "more": []}
+        )
+        for m in task.more
+    ]
+    others = [ShardAttempt(shard=m.shard, attempt=m.attempt) for m in task.more]
+    acc: Any = None
+    for sub in members:
+        value = _guarded(sub, [], registry, start)
+        if not isinstance(value, ShardFailed) and acc is not None:
+            try:
+                value = resolve_op(task.op, registry).combine(acc, value)
+            except (Exception, SystemExit) as e:
+                value = _failed(sub, start, _user_error(e))
+        if isinstance(value, ShardFailed):
+            rest = [ShardAttempt(shard=task.shard, attempt=task.attempt), *others]
+            rest = [r for r in rest if r.shard != sub.shard]
+            return value.model_copy(update={"more": rest}), []
+        acc = value
+    return _done(task, acc, start, others)
+
+
+def _user_error(e: BaseException) -> ErrorInfo:
+    return ErrorInfo(
+        kind="error", type=_qualname(e), message=str(e), traceback=traceback.format_exc()
+    )
 
 
 _MAPS = shm.WorkerMaps()

@@ -22,8 +22,16 @@ class Running:
     deadline: float | None
 
     @property
-    def lease(self) -> Lease:
-        return Lease(job_id=self.task.job_id, shard=self.task.shard, attempt=self.task.attempt)
+    def leases(self) -> list[Lease]:
+        return task_leases(self.task)
+
+
+def task_leases(task: Task) -> list[Lease]:
+    """The shards a task holds: its own, and those of its batch."""
+    first = Lease(job_id=task.job_id, shard=task.shard, attempt=task.attempt)
+    return [first] + [
+        Lease(job_id=task.job_id, shard=m.shard, attempt=m.attempt) for m in task.more
+    ]
 
 
 class Child:
@@ -141,4 +149,4 @@ def wait_all(children: list[Child], timeout: float) -> None:
         child.close()
 
 
-__all__ = ["Child", "Running", "wait_all"]
+__all__ = ["Child", "Running", "task_leases", "wait_all"]

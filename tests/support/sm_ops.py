@@ -27,3 +27,23 @@ def _finalize(acc: dict[str, Any]) -> dict[str, Any]:
 power_sum = UserOp(map=_map, combine=_combine, finalize=_finalize)
 
 not_an_op = 42
+
+
+def _poison_map(block: Block, options: OpOptions) -> dict[str, Any]:
+    """Counts rows; the process dies (crash_row) or raises (raise_row) on the shard with that
+    row."""
+    lo, hi = block.first_row, block.first_row + block.rows
+    if lo <= int(str(options.params.get("crash_row", -1))) < hi:
+        import os
+
+        os._exit(7)
+    if lo <= int(str(options.params.get("raise_row", -1))) < hi:
+        raise ValueError(f"row {options.params['raise_row']} is poison")
+    return {"n": block.rows}
+
+
+poison = UserOp(
+    map=_poison_map,
+    combine=lambda a, b: {"n": a["n"] + b["n"]},
+    finalize=lambda acc: {"rows": acc["n"]},
+)

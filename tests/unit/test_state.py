@@ -236,3 +236,89 @@ def test_a_later_short_job_cannot_queue_ahead_of_an_earlier_job_waiting_for_a_sl
     assert _sends(s.handle(ev.ShardSucceeded("w1", "b", 1, 1, duration=0.01), now=1.1)) == []
     sends = _sends(s.handle(ev.ShardSucceeded("w1", "b", 2, 1, duration=0.01), now=1.2))
     assert [(c.job_id, c.shard) for c in sends] == [("a", 0), ("b", 3)]
+
+
+OP_SPEC = JobSpec(op="column_stats", dataset="/data/x.npy", max_attempts=2)
+
+
+def _batching(s: MasterState, shards: int = 40) -> list[ev.SendTask]:
+    """w1 (1 slot, prefetch 1) and a batchable job whose first shard proved short."""
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=1), now=0)
+    s.handle(ev.JobAdded("j", OP_SPEC, shards, batchable=True), now=0)
+    return _sends(s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.01), now=0.1))
+
+
+def test_short_shards_of_a_dataset_op_travel_in_shrinking_batches() -> None:
+    s = _state()
+    sends = _batching(s)
+    # 39 ready shards, 1 slot: a task takes ceil(39 / 2) = 16 (the cap), the next 12
+    assert [(c.shard, len(c.more)) for c in sends] == [(1, 15), (17, 11)]
+    assert [m for m, _ in sends[0].more] == list(range(2, 17))
+    assert s.workers["w1"].credits(prefetch=True) == 0  # two tasks held, 28 shards
+    # When the first batch comes back folded / Then its 16 shards are done, merged once
+    cmds = s.handle(ev.ShardSucceeded("w1", "j", 1, 1, 0.1, sends[0].more), now=0.2)
+    merges = [c for c in cmds if isinstance(c, ev.MergeShard)]
+    assert merges == [ev.MergeShard("j", 1, tuple(range(2, 17)))]
+    assert all(s.jobs["j"].shards[i].state is ShardState.DONE for i in range(17))
+    # And the next task is smaller: the tail stays fine grained
+    assert [len(c.more) for c in _sends(cmds)] == [5]
+
+
+def test_a_batch_holding_a_shard_merged_already_is_dropped_and_the_rest_rerun() -> None:
+    s = _state()
+    sends = _batching(s, shards=7)
+    first = sends[0]
+    assert (first.shard, first.more) == (1, ((2, 1), (3, 1)))
+    # Given shard 2 merged meanwhile from another worker's late result
+    s.handle(ev.ShardSucceeded("w2", "j", 2, 1, 0.01), now=0.15)
+    # When the batch arrives / Then nothing of it is merged; 1 and 3 go back uncharged
+    cmds = s.handle(ev.ShardSucceeded("w1", "j", 1, 1, 0.1, first.more), now=0.2)
+    assert not [c for c in cmds if isinstance(c, ev.MergeShard)]
+    shards = s.jobs["j"].shards
+    assert shards[2].merged == 1 and s.job_info("j").duplicates == 1
+    for i in (1, 3):
+        outcomes = [a.outcome for a in shards[i].history]
+        assert shards[i].charged == 0 and "dropped with its batch" in outcomes
+        assert shards[i].state in (ShardState.QUEUED, ShardState.LEASED)
+
+
+def test_a_shard_failing_in_a_batch_is_charged_alone_and_the_others_rerun_alone() -> None:
+    s = _state()
+    first = _batching(s, shards=7)[0]
+    # When shard 2 of the batch raises / Then 2 is charged; 1 and 3 rerun uncharged, alone
+    s.handle(ev.ShardFailed("w1", "j", 2, 1, _error(), 0.1, ((1, 1), (3, 1))), now=0.2)
+    shards = s.jobs["j"].shards
+    assert shards[2].charged == 1
+    assert [shards[i].charged for i in (1, 3)] == [0, 0] and shards[1].solo and shards[3].solo
+    assert shards[1].history[0].outcome == "its batch failed"
+    assert first.more == ((2, 1), (3, 1))
+
+
+def test_a_crashed_batch_charges_nobody_and_reruns_each_shard_alone() -> None:
+    s = _state()
+    _batching(s, shards=7)
+    crash = ErrorInfo(kind="crash", type="ChildCrashed", message="killed by SIGKILL")
+    cmds = s.handle(ev.ShardFailed("w1", "j", 1, 1, crash, 0.1, ((2, 1), (3, 1))), now=0.2)
+    shards = s.jobs["j"].shards
+    assert [shards[i].charged for i in (1, 2, 3)] == [0, 0, 0]
+    assert all(shards[i].solo for i in (1, 2, 3))
+    # Then each goes out on its own: no batch holds a shard whose batch died
+    assert all(not c.more for c in _sends(cmds))
+
+
+def test_a_lost_worker_charges_nobody_of_a_running_batch() -> None:
+    s = _state()
+    first = _batching(s, shards=8)[0]
+    members = [first.shard, *(m for m, _ in first.more)]
+    s.handle(ev.Tick(), now=10)  # w1 expires
+    shards = s.jobs["j"].shards
+    assert all(shards[i].charged == 0 and shards[i].solo for i in members)
+    assert {shards[i].history[-1].outcome for i in members} == {"lost with its batch"}
+
+
+def test_map_jobs_and_failed_shards_never_batch() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=1), now=0)
+    s.handle(ev.JobAdded("m", SPEC, 10), now=0)  # not batchable: a map job
+    sends = _sends(s.handle(ev.ShardSucceeded("w1", "m", 0, 1, duration=0.01), now=0.1))
+    assert [c.more for c in sends] == [(), ()]
