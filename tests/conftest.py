@@ -30,6 +30,15 @@ def cluster() -> Iterator[LocalCluster]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def ops_cluster() -> Iterator[LocalCluster]:
+    """Two workers; the master imports the user-op module too (it combines and finalizes)."""
+    with LocalCluster(
+        workers=2, imports=["sm_ops"], master_args=["--import", "sm_ops"], env=cluster_env(), **FAST
+    ) as c:
+        yield c
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> str:
     d = tmp_path / "runs"

@@ -80,16 +80,22 @@ def _assert_stopped_on_the_disk(cluster: LocalCluster, stderr: list[bytes]) -> N
     assert "resumes every job from the last commit" in text, text
 
 
+def _blocked_job(cluster: LocalCluster, flag: Path) -> str:
+    """A map job whose tasks block until `flag` appears; its id."""
+    with cluster.client() as client:
+        job = client.map(
+            "sm_tasks:pid_and_wait", [(str(flag), i) for i in range(SHARDS)], chunk_size=1
+        )
+    return job.id
+
+
 def test_a_full_disk_stops_the_master_and_the_next_one_resumes(
     disk_cluster: tuple[LocalCluster, list[bytes]], tmp_path: Path
 ) -> None:
     cluster, stderr = disk_cluster
     flag = tmp_path / "go"
     # Given a map job whose tasks block until a flag file appears, and a client waiting on it
-    with cluster.client() as client:
-        job_id = client.map(
-            "sm_tasks:pid_and_wait", [(str(flag), i) for i in range(SHARDS)], chunk_size=1
-        ).id
+    job_id = _blocked_job(cluster, flag)
     got: dict[str, Any] = {}
 
     def wait_for_it() -> None:
@@ -135,15 +141,12 @@ def test_a_cancel_the_disk_refuses_is_answered_so_and_the_job_lives_on(
 ) -> None:
     cluster, stderr = disk_cluster
     flag = tmp_path / "go"
-    with cluster.client() as client:
-        job = client.map(
-            "sm_tasks:pid_and_wait", [(str(flag), i) for i in range(SHARDS)], chunk_size=1
-        )
-        # Given a running job and a state dir that takes no more writes
-        _disk_full(cluster)
-        # When the job is cancelled / Then the client hears it was not recorded, and why
-        with pytest.raises(ServerError) as refused:
-            job.cancel()
+    job_id = _blocked_job(cluster, flag)
+    # Given a running job and a state dir that takes no more writes
+    _disk_full(cluster)
+    # When the job is cancelled / Then the client hears it was not recorded, and why
+    with cluster.client() as client, pytest.raises(ServerError) as refused:
+        client.cancel(job_id)
     assert refused.value.code == "state", refused.value
     assert "cancel not recorded, the master is stopping" in str(refused.value)
     _assert_stopped_on_the_disk(cluster, stderr)
@@ -151,6 +154,6 @@ def test_a_cancel_the_disk_refuses_is_answered_so_and_the_job_lives_on(
     cluster.start_master()
     flag.touch()
     with cluster.client() as client:
-        again = client.job(job.id)
+        again = client.job(job_id)
         assert [x for _, x in again.result(timeout=120)] == list(range(SHARDS))
         assert_merged_once(again)

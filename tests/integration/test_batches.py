@@ -4,27 +4,17 @@ folded into one partial. Real master, agents and children; results checked again
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from faults import assert_merged_once
-from helpers import FAST, cluster_env
 
-from shardmill import LocalCluster
+from shardmill import Client, LocalCluster
 from shardmill.client import Job
 
 ROWS, COLS, SHARDS = 64_000, 4, 64
 BATCH_OUTCOMES = {"its batch failed", "lost with its batch", "dropped with its batch"}
-
-
-@pytest.fixture(scope="module")
-def batch_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        workers=2, imports=["sm_ops"], master_args=["--import", "sm_ops"], env=cluster_env(), **FAST
-    ) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +25,19 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     return path, data
 
 
+def _poison_job(client: Client, path: Path, attempts: int, options: dict[str, int]):  # type: ignore[no-untyped-def]
+    """sm_ops:poison over the table, one failed shard allowed; the job and its result."""
+    job = client.submit(
+        "sm_ops:poison",
+        path,
+        shards=SHARDS,
+        max_attempts=attempts,
+        allow_failures=1,
+        options=options,
+    )
+    return job, job.result(timeout=60)
+
+
 def _batched_starts(job: Job) -> Counter[tuple[str, float]]:
     """(worker, lease time) -> shards leased together: more than one means a batch."""
     info = job.status(shards=True)
@@ -43,10 +46,10 @@ def _batched_starts(job: Job) -> Counter[tuple[str, float]]:
 
 
 def test_short_shards_travel_in_batches_and_each_is_merged_once(
-    batch_cluster: LocalCluster, table: tuple[Path, np.ndarray]
+    ops_cluster: LocalCluster, table: tuple[Path, np.ndarray]
 ) -> None:
     path, data = table
-    with batch_cluster.client() as client:
+    with ops_cluster.client() as client:
         job = client.submit("column_stats", path, shards=SHARDS)
         stats = job.result(timeout=60)
         # Then the answer is NumPy's, from every shard exactly once
@@ -61,20 +64,12 @@ def test_short_shards_travel_in_batches_and_each_is_merged_once(
 
 
 def test_a_shard_that_kills_its_batch_is_found_running_alone(
-    batch_cluster: LocalCluster, table: tuple[Path, np.ndarray]
+    ops_cluster: LocalCluster, table: tuple[Path, np.ndarray]
 ) -> None:
     path, _ = table
     poison_row = ROWS * 3 // 4  # shard 48 of 64, well after batching starts
-    with batch_cluster.client() as client:
-        job = client.submit(
-            "sm_ops:poison",
-            path,
-            shards=SHARDS,
-            max_attempts=2,
-            allow_failures=1,
-            options={"crash_row": poison_row},
-        )
-        result = job.result(timeout=60)
+    with ops_cluster.client() as client:
+        job, result = _poison_job(client, path, 2, {"crash_row": poison_row})
         # Then only the poison shard is missing; its batch mates ran again and merged once
         poison = poison_row * SHARDS // ROWS
         assert result["missing_shards"] == [poison]
@@ -93,19 +88,11 @@ def test_a_shard_that_kills_its_batch_is_found_running_alone(
 
 
 def test_a_shard_that_raises_in_a_batch_is_charged_and_its_mates_are_not(
-    batch_cluster: LocalCluster, table: tuple[Path, np.ndarray]
+    ops_cluster: LocalCluster, table: tuple[Path, np.ndarray]
 ) -> None:
     path, _ = table
-    with batch_cluster.client() as client:
-        job = client.submit(
-            "sm_ops:poison",
-            path,
-            shards=SHARDS,
-            max_attempts=1,
-            allow_failures=1,
-            options={"raise_row": ROWS // 2 + 5},
-        )
-        result = job.result(timeout=60)
+    with ops_cluster.client() as client:
+        job, result = _poison_job(client, path, 1, {"raise_row": ROWS // 2 + 5})
         assert result["missing_shards"] == [SHARDS // 2]
         info = job.status(shards=True)
         assert info.shards is not None

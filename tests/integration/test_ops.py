@@ -8,26 +8,16 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST, cli_json, cluster_env, run_cli
+from helpers import cli_json, run_cli
 
 from shardmill import JobFailed, JobSpecError, LocalCluster, __version__
 from shardmill.exitcodes import BAD_SPEC
 
 ROWS, COLS, KEYS = 200_000, 5, 50
-
-
-@pytest.fixture(scope="module")
-def ops_cluster() -> Iterator[LocalCluster]:
-    """Two workers; the master imports the user-op module too (it combines and finalizes)."""
-    with LocalCluster(
-        workers=2, imports=["sm_ops"], master_args=["--import", "sm_ops"], env=cluster_env(), **FAST
-    ) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
