@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from faults import assert_merged_once
+from faults import WaitingClient, assert_merged_once
 from helpers import FAST, cluster_env, run_cli, runs, wait_until
 
 from shardmill import LocalCluster, exitcodes
@@ -107,19 +105,12 @@ def _stored_merged(state_dir: Path) -> set[int]:
 
 def test_waiting_client_rides_through_a_restart(state_cluster: LocalCluster, runs_dir: str) -> None:
     job_id = _submit(state_cluster, runs_dir)
-    got: dict[str, Any] = {}
-
-    def wait_for_it() -> None:
-        with state_cluster.client() as client:
-            got["result"] = client.job(job_id).result(timeout=120)
-
-    waiter = threading.Thread(target=wait_for_it)
-    waiter.start()
+    waiter = WaitingClient(state_cluster, job_id)
     wait_until(lambda: len(_done_shards(state_cluster, job_id)) >= 10, what="10 merged shards")
     state_cluster.kill_master()
     state_cluster.start_master()
-    waiter.join(timeout=120)
-    assert got.get("result") == EXPECTED
+    waiter.join()
+    assert waiter.got.get("result") == EXPECTED
 
 
 def test_finished_jobs_stay_queryable_and_can_be_pruned(

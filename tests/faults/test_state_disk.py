@@ -8,10 +8,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from faults import assert_merged_once
+from faults import WaitingClient, assert_merged_once
 from helpers import FAST, cluster_env, wait_until
 
 from shardmill import LocalCluster, exitcodes
@@ -96,25 +95,18 @@ def test_a_full_disk_stops_the_master_and_the_next_one_resumes(
     flag = tmp_path / "go"
     # Given a map job whose tasks block until a flag file appears, and a client waiting on it
     job_id = _blocked_job(cluster, flag)
-    got: dict[str, Any] = {}
-
-    def wait_for_it() -> None:
-        with cluster.client() as client:
-            got["result"] = client.job(job_id).result(timeout=120)
-
-    waiter = threading.Thread(target=wait_for_it)
-    waiter.start()
+    waiter = WaitingClient(cluster, job_id)
     # When the state dir's disk is full from now on, and results arrive that must be committed
     _disk_full(cluster)
     flag.touch()
     # Then the master stops with the state exit code and says where, why and what to do
     _assert_stopped_on_the_disk(cluster, stderr)
     # And the waiting client heard nothing of the job from it
-    assert "result" not in got
+    assert "result" not in waiter.got
     # And when a master starts again without the limit, the job completes, every shard once
     cluster.start_master()
-    waiter.join(timeout=120)
-    assert [x for _, x in got["result"]] == list(range(SHARDS))
+    waiter.join()
+    assert [x for _, x in waiter.got["result"]] == list(range(SHARDS))
     with cluster.client() as client:
         assert_merged_once(client.job(job_id))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 from helpers import wait_until
 
-from shardmill import Client, Job
+from shardmill import Client, Job, LocalCluster
 from shardmill.protocol import AttemptInfo
 
 
@@ -70,3 +72,20 @@ __all__ = [
     "read_pid",
     "worker_of",
 ]
+
+
+class WaitingClient:
+    """A client in another thread blocked on a job's result, as a user's script would be."""
+
+    def __init__(self, cluster: LocalCluster, job_id: str, timeout: float = 120.0) -> None:
+        self.got: dict[str, Any] = {}
+
+        def wait() -> None:
+            with cluster.client() as client:
+                self.got["result"] = client.job(job_id).result(timeout=timeout)
+
+        self.thread = threading.Thread(target=wait)
+        self.thread.start()
+
+    def join(self, timeout: float = 120.0) -> None:
+        self.thread.join(timeout=timeout)

@@ -174,14 +174,21 @@ def test_merges_wait_for_their_group_commit_or_a_client(tmp_path: Path) -> None:
     m.ck.close()
 
 
-def test_a_map_job_keeps_results_it_committed_in_shard_rows(tmp_path: Path) -> None:
-    # Given a map job whose first merges were committed before it ended
+def _map_job(tmp_path: Path, *, committed: list[int], then: list[int]) -> Master:
+    """A 4-shard map job: the `committed` shards merged and committed, then `then` merged."""
     m = Master(tmp_path)
     m.submit("j", _map_submit(4))
-    m.succeed("j", 0, _square(0), now=0.0)
-    m.ck.commit()
-    for i in (1, 2, 3):
+    for i in committed:
         m.succeed("j", i, _square(i), now=0.0)
+    m.ck.commit()
+    for i in then:
+        m.succeed("j", i, _square(i), now=0.0)
+    return m
+
+
+def test_a_map_job_keeps_results_it_committed_in_shard_rows(tmp_path: Path) -> None:
+    # Given a map job whose first merges were committed before it ended
+    m = _map_job(tmp_path, committed=[0], then=[1, 2, 3])
     # Then its results stay in its shard rows, written once, and its row holds no copy
     assert _rows(tmp_path, "SELECT COUNT(*) FROM shards WHERE result IS NOT NULL") == [(4,)]
     assert _rows(tmp_path, "SELECT result IS NULL, settled IS NOT NULL FROM jobs") == [(1, 1)]
@@ -194,11 +201,7 @@ def test_a_map_job_keeps_results_it_committed_in_shard_rows(tmp_path: Path) -> N
 
 def test_an_unfinished_map_job_resumes_with_the_merges_committed(tmp_path: Path) -> None:
     # Given a map job with shard 1 merged and committed, and shard 2 merged but not committed
-    m = Master(tmp_path)
-    m.submit("j", _map_submit(4))
-    m.succeed("j", 1, _square(1), now=0.0)
-    m.ck.commit()
-    m.succeed("j", 2, _square(2), now=0.0)
+    m = _map_job(tmp_path, committed=[1], then=[2])
     _kill(m)
     # When a new master reads the state dir
     again = Master(tmp_path)
