@@ -352,6 +352,10 @@ class Task(_Msg):
     shm: list[ShmRef] = []  # array frames the worker maps from shared memory
     more: list[BatchShard] = []  # more shards of the job, run after this one, folded with it
 
+    def more_attempts(self) -> list[ShardAttempt]:
+        """The batch's other shards, as a reply names them."""
+        return [ShardAttempt(shard=m.shard, attempt=m.attempt) for m in self.more]
+
 
 class CancelTasks(_Msg):
     kind: Literal["cancel_tasks"] = "cancel_tasks"

@@ -34,6 +34,7 @@ from shardmill.protocol import (
     Message,
     Ready,
     Reregister,
+    ShardAttempt,
     ShardDone,
     ShardFailed,
     Welcome,
@@ -243,9 +244,8 @@ class MasterLoop(ClientRequests):
         event: ev.Event
         if isinstance(msg, ShardFailed):
             error = msg.error.model_copy(update={"worker": worker})
-            more = tuple((m.shard, m.attempt) for m in msg.more)
             event = ev.ShardFailed(
-                worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration, more
+                worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration, _pairs(msg.more)
             )
             log.info(
                 "shard %s/%d attempt %d failed on %s: %s %s",
@@ -282,10 +282,10 @@ class MasterLoop(ClientRequests):
                 f"max_result_bytes={limit:,}; use more shards or write the output "
                 "to files",
             )
-            more = tuple((m.shard, m.attempt) for m in msg.more)
+            more = _pairs(msg.more)
             self._apply(ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err, 0.0, more))
             return
-        more = tuple((m.shard, m.attempt) for m in msg.more)
+        more = _pairs(msg.more)
         event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more)
         self._apply(event, result=(msg.payload, arrays))
 
@@ -422,6 +422,11 @@ def _text(b: bytes) -> str:
 
 def _pid() -> int:
     return os.getpid()
+
+
+def _pairs(more: list[ShardAttempt]) -> tuple[tuple[int, int], ...]:
+    """A batch's other shards as the state machine's events carry them."""
+    return tuple((m.shard, m.attempt) for m in more)
 
 
 def serve(settings: MasterSettings) -> int:

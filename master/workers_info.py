@@ -12,14 +12,15 @@ def worker_infos(
     infos = []
     for w in state.workers.values():
         ready = meta.get(w.worker_id)
+        tasks = len(w.tasks())
         infos.append(
             WorkerInfo(
                 worker_id=w.worker_id,
                 hostname=ready.hostname if ready else "?",
                 pid=ready.pid if ready else 0,
                 slots=w.slots,
-                busy=min(len(w.tasks()), w.slots),
-                queued=max(0, len(w.tasks()) - w.slots),
+                busy=min(tasks, w.slots),
+                queued=max(0, tasks - w.slots),
                 heartbeat_age=round(now - w.last_seen, 3),
                 shards_done=w.done,
                 shards_failed=w.failed,

@@ -31,7 +31,6 @@ from shardmill.protocol import (
     Lease,
     Message,
     Ready,
-    ShardAttempt,
     ShardDone,
     ShardFailed,
     Task,
@@ -309,7 +308,7 @@ class Agent:
             error=err,
             # A batch's process died: which shard did it is unknown, so the master runs each
             # of them again alone (uncharged) and charges the one that fails then.
-            more=[ShardAttempt(shard=m.shard, attempt=m.attempt) for m in task.more],
+            more=task.more_attempts(),
         )
         self._send(msg)
 

@@ -134,13 +134,15 @@ def _run_batch(
         )
         for m in task.more
     ]
-    others = [ShardAttempt(shard=m.shard, attempt=m.attempt) for m in task.more]
+    others = task.more_attempts()
     acc: Any = None
+    combine = None
     for sub in members:
         value = _guarded(sub, [], registry, start)
         if not isinstance(value, ShardFailed) and acc is not None:
             try:
-                value = resolve_op(task.op, registry).combine(acc, value)
+                combine = combine or resolve_op(task.op, registry).combine  # once a batch
+                value = combine(acc, value)
             except (Exception, SystemExit) as e:
                 value = _failed(sub, start, _user_error(e))
         if isinstance(value, ShardFailed):
