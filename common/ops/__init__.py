@@ -7,11 +7,11 @@ from shardmill.ops.base import Block, DatasetOp, OpTraits
 from shardmill.ops.column_stats import ColumnStats
 from shardmill.ops.groupby import GroupBy
 from shardmill.ops.histogram import Histogram
+from shardmill.ops.registry import NO_MODULES, Registry
 from shardmill.ops.row_stats import RowStats
 from shardmill.ops.sum_count import SumCount
-from shardmill.ops.user import UserOp, load_modules, user_op
+from shardmill.ops.user import UserOp, user_op
 from shardmill.ops.value_counts import ValueCounts
-from shardmill.worker.registry import Registry
 
 BUILTIN_OPS: dict[str, DatasetOp] = {
     op.name: op
@@ -20,8 +20,9 @@ BUILTIN_OPS: dict[str, DatasetOp] = {
 MAP_OP = "map"
 
 
-def get_op(name: str, registry: Registry | None = None) -> DatasetOp:
-    """A built-in op by name, or a user op "pkg.mod:name"; KeyError names the ones that exist."""
+def get_op(name: str, registry: Registry = NO_MODULES) -> DatasetOp:
+    """A built-in op by name, or a user op "pkg.mod:name" from the registry's modules;
+    KeyError names the ones that exist."""
     if ":" in name:
         try:
             return user_op(name, registry)
@@ -42,7 +43,7 @@ __all__ = [
     "Block",
     "DatasetOp",
     "OpTraits",
+    "Registry",
     "UserOp",
     "get_op",
-    "load_modules",
 ]

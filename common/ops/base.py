@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from shardmill.protocol import OpOptions
+from shardmill.wire.spec import OpOptions
 
 ALL_STRATEGIES = frozenset({"rows", "columns", "hash", "range"})
 KEYED_STRATEGIES = frozenset({"rows", "hash", "range"})

@@ -12,7 +12,7 @@ import numpy as np
 
 from shardmill.ops.base import KEYED_STRATEGIES, Block, OpTraits, as_matrix, is_empty
 from shardmill.ops.grouping import group_starts, reduce_sorted
-from shardmill.protocol import OpOptions
+from shardmill.wire.spec import OpOptions
 
 REDUCERS: dict[str, np.ufunc] = {
     "count": np.add,

@@ -15,7 +15,7 @@ import numpy as np
 
 from shardmill.errors import BadInput
 from shardmill.ops.base import Block, OpTraits, as_matrix, is_empty
-from shardmill.protocol import OpOptions
+from shardmill.wire.spec import OpOptions
 
 COLUMNS = ("mean", "std", "min", "max")
 _OUTPUTS: dict[tuple[str, int], np.memmap[Any, Any]] = {}

@@ -8,7 +8,7 @@ import numpy as np
 
 from shardmill.ops.base import Block, OpTraits, is_empty
 from shardmill.ops.columnwise import merge_columns
-from shardmill.protocol import OpOptions
+from shardmill.wire.spec import OpOptions
 
 FIELDS = ("sum", "count")
 

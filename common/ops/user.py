@@ -18,8 +18,8 @@ from typing import Any
 
 from shardmill.errors import UnknownFunction
 from shardmill.ops.base import KEYED_STRATEGIES, Block, DatasetOp, OpTraits
-from shardmill.protocol import OpOptions
-from shardmill.worker.registry import Registry
+from shardmill.ops.registry import Registry
+from shardmill.wire.spec import OpOptions
 
 Partial = dict[str, Any]
 
@@ -40,21 +40,8 @@ class UserOp:
     name: str = ""
 
 
-class _Modules:
-    """The modules this master may take user ops from (set once at start by `load_modules`)."""
-
-    registry = Registry([], worker="master")
-
-
-def load_modules(names: list[str]) -> dict[str, str]:
-    """Import the master's user-op modules; returns the ones that failed, with tracebacks."""
-    _Modules.registry = Registry(names, worker="master")
-    return dict(_Modules.registry.broken)
-
-
-def user_op(ref: str, registry: Registry | None = None) -> DatasetOp:
-    """Resolve "pkg.mod:name" among imported modules; raise UnknownFunction with the fix."""
-    reg = registry or _Modules.registry
+def user_op(ref: str, reg: Registry) -> DatasetOp:
+    """Resolve "pkg.mod:name" among the registry's modules; raise UnknownFunction with the fix."""
     module_name, _, attr = ref.partition(":")
     if module_name in reg.broken:
         raise UnknownFunction(
@@ -63,7 +50,8 @@ def user_op(ref: str, registry: Registry | None = None) -> DatasetOp:
     module = reg.modules.get(module_name)
     if module is None:
         raise UnknownFunction(
-            f"op {ref!r}: module {module_name!r} is not imported on {reg.worker or 'this worker'}; "
+            f"op {ref!r}: module {module_name!r} is not imported on "
+            f"{reg.worker or 'this worker'}; "
             f"start the master and every worker with `--import {module_name}`"
         )
     obj = getattr(module, attr, None)

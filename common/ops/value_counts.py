@@ -8,7 +8,7 @@ import numpy as np
 
 from shardmill.ops.base import KEYED_STRATEGIES, Block, OpTraits, is_empty
 from shardmill.ops.grouping import group_starts, reduce_sorted
-from shardmill.protocol import OpOptions
+from shardmill.wire.spec import OpOptions
 
 
 class ValueCounts:

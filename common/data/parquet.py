@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from shardmill.datapaths import check_path
-from shardmill.datasets import Dataset, Part
+from shardmill.data.base import Chunk, Dataset, Part
+from shardmill.data.paths import check_path
 from shardmill.errors import BadInput, JobSpecError
-from shardmill.protocol import ParquetSource
-from shardmill.readers import Chunk
+from shardmill.wire.spec import ParquetSource
 
 
 def _pq() -> Any:

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from shardmill.errors import BadInput, JobSpecError
-from shardmill.protocol import ColumnType, CsvSource
+from shardmill.wire.spec import ColumnType, CsvSource
 
 SAMPLE_BYTES = 1 << 20
 CHUNK_BYTES = 8 << 20

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardmill.datasets import Dataset
+from shardmill.data.base import Dataset
+from shardmill.data.sharding import split_columns
 from shardmill.errors import JobSpecError
 from shardmill.ops import DatasetOp
-from shardmill.protocol import JobSpec
-from shardmill.sharding import split_columns
+from shardmill.wire.spec import JobSpec
 
 NUMERIC = "biuf"
 

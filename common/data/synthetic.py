@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shardmill.protocol import SyntheticSpec
+from shardmill.wire.spec import SyntheticSpec
 
 BLOCK_ROWS = 65_536
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
-from shardmill import synthetic
-from shardmill.csvfile import read_chunks
+from shardmill.data import synthetic
+from shardmill.data.base import Chunk
+from shardmill.data.csvfile import read_chunks
+from shardmill.data.parquet import parquet_chunks
+from shardmill.data.sharding import hash_buckets, range_buckets
 from shardmill.errors import BadInput
 from shardmill.ops.base import Block
-from shardmill.protocol import (
+from shardmill.wire.spec import (
     Bucket,
     CsvSource,
     NpySource,
@@ -25,42 +27,10 @@ from shardmill.protocol import (
     SyntheticSource,
     ValueSource,
 )
-from shardmill.sharding import hash_buckets, range_buckets
 
 CHUNK_BYTES = 32 << 20
 MAX_MAPS = 64
 _MAPS: dict[tuple[str, int, int], np.ndarray] = {}
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Rows as one 2-D array (npy, synthetic, value) or as 1-D columns (CSV, Parquet)."""
-
-    first_row: int
-    matrix: np.ndarray | None = None
-    columns: list[np.ndarray] | None = None
-
-    @property
-    def width(self) -> int:
-        if self.matrix is not None:
-            return int(self.matrix.shape[1])
-        return len(self.columns or [])
-
-    def column(self, i: int) -> np.ndarray:
-        if self.matrix is not None:
-            return self.matrix[:, i]
-        assert self.columns is not None
-        return self.columns[i]
-
-    def values(self, cols: list[int]) -> np.ndarray:
-        if self.matrix is not None:
-            if cols == list(range(self.matrix.shape[1])):
-                return self.matrix  # no copy when the op reads every column
-            return self.matrix[:, cols]
-        assert self.columns is not None
-        n = len(self.columns[0]) if self.columns else 0
-        picked = [self.columns[i] for i in cols]
-        return np.column_stack(picked) if picked else np.zeros((n, 0))
 
 
 def iter_blocks(desc: ScanShard, values: np.ndarray | None = None) -> Iterator[Block]:
@@ -107,8 +77,6 @@ def _chunks(desc: ScanShard, values: np.ndarray | None) -> Iterator[Chunk]:
             raise BadInput("the shard's rows did not arrive with its task")
         return _matrix_chunks(_as_2d(np.asarray(values)), desc.first_row)
     assert isinstance(src, ParquetSource)
-    from shardmill.parquet import parquet_chunks
-
     return parquet_chunks(src)
 
 

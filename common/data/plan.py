@@ -14,20 +14,22 @@ from typing import Any
 import numpy as np
 
 from shardmill import __version__
-from shardmill.codec import Buffer, pack_value, unpack_value
-from shardmill.columns import Selection, check_types, select_columns
-from shardmill.datasets import Dataset, Part, detect_format, open_dataset, synthetic_label
-from shardmill.errors import JobSpecError
-from shardmill.ops import DatasetOp, get_op
-from shardmill.protocol import Bucket, Descriptor, JobSpec, OpOptions, ScanShard, Submit
-from shardmill.sharding import (
+from shardmill.data.base import Dataset, Part
+from shardmill.data.columns import Selection, check_types, select_columns
+from shardmill.data.datasets import detect_format, open_dataset, synthetic_label
+from shardmill.data.sharding import (
     check_boundaries,
     hash_buckets,
     quantile_boundaries,
     range_buckets,
     skew,
 )
-from shardmill.worker.registry import Registry
+from shardmill.errors import JobSpecError
+from shardmill.ops import DatasetOp, get_op
+from shardmill.ops.registry import NO_MODULES, Registry
+from shardmill.wire.codec import Buffer, pack_value, unpack_value
+from shardmill.wire.protocol import Submit
+from shardmill.wire.spec import Bucket, Descriptor, JobSpec, OpOptions, ScanShard
 
 DEFAULT_SHARDS = 16
 DEFAULT_BUCKETS = 4  # hash and range shards each scan the whole dataset: keep them few
@@ -80,7 +82,7 @@ def build_plan(
     values: np.ndarray | None = None,
     *,
     dry_run: bool = False,
-    registry: Registry | None = None,
+    registry: Registry = NO_MODULES,
 ) -> Plan:
     """Check the spec against the dataset and cut it into shards; JobSpecError names the fix.
 
@@ -124,7 +126,7 @@ def provenance_of(spec: JobSpec, descriptors: list[Descriptor]) -> dict[str, Any
 # ---- op options ---------------------------------------------------------------------------
 
 
-def _op(spec: JobSpec, registry: Registry | None) -> DatasetOp:
+def _op(spec: JobSpec, registry: Registry) -> DatasetOp:
     try:
         op = get_op(spec.op, registry)
     except KeyError as e:

@@ -1,4 +1,6 @@
-"""Resolve "pkg.mod:function" among the modules this worker was started with, and only those."""
+"""The function registry: resolve "pkg.mod:function" among the modules a process was started
+with, and only those. Built where a role starts and handed to whoever resolves names (the
+worker's children for tasks, the master for user ops' combine and finalize); never a global."""
 
 from __future__ import annotations
 
@@ -60,3 +62,6 @@ class Registry:
                 f"worker {self.worker}; check the name, or restart the workers after an update"
             )
         return func  # type: ignore[no-any-return]
+
+
+NO_MODULES = Registry([])  # for built-in ops only: every user-op name is refused with the fix

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from shardmill.errors import ProtocolError, VersionMismatch
-from shardmill.protocol import MESSAGE_ADAPTER, PROTOCOL_VERSION, Message
+from shardmill.wire.protocol import MESSAGE_ADAPTER, PROTOCOL_VERSION, Message
 
 ARRAY_EXT = 1
 MAX_ARRAY_DIMS = 32

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from shardmill.errors import SharedMemoryError
-from shardmill.protocol import ShmRef
+from shardmill.wire.protocol import ShmRef
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "shardmill-"

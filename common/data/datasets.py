@@ -10,66 +10,21 @@ import glob
 import itertools
 import math
 import os
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
+from abc import abstractmethod
 
 import numpy as np
 
-from shardmill import synthetic
-from shardmill.csvfile import CsvLayout, byte_splits, describe_csv, sample_columns
-from shardmill.datapaths import check_path
+from shardmill.data import synthetic
+from shardmill.data.base import Dataset, Part
+from shardmill.data.csvfile import CsvLayout, byte_splits, describe_csv, sample_columns
+from shardmill.data.parquet import ParquetDataset
+from shardmill.data.paths import check_path
+from shardmill.data.sharding import NpyHeader, read_npy_header, row_bounds
 from shardmill.errors import JobSpecError
-from shardmill.protocol import (
-    JobSpec,
-    NpyPiece,
-    NpySource,
-    Source,
-    SyntheticSource,
-    ValueSource,
-)
-from shardmill.sharding import NpyHeader, read_npy_header, row_bounds
+from shardmill.wire.spec import JobSpec, NpyPiece, NpySource, Source, SyntheticSource, ValueSource
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 CSV_DTYPES = {"int64": np.dtype(np.int64), "float64": np.dtype(np.float64), "str": np.dtype("U")}
-
-
-@dataclass(frozen=True)
-class Part:
-    """One contiguous piece of a dataset, as a shard will read it."""
-
-    source: Source
-    first_row: int  # global index of its first row; -1 when unknown (CSV)
-    rows: int  # exact, or estimated when the dataset's row count is
-    nbytes: int
-    values: np.ndarray | None = None  # the rows themselves, for data sent by value
-
-
-class Dataset(ABC):
-    """What planning needs: column names and dtypes, rows, how to cut it, a sample."""
-
-    format: str
-    label: str
-    names: list[str]
-    dtypes: list[np.dtype[Any]]
-    rows: int
-    exact: bool = True  # False: `rows` is an estimate (CSV)
-
-    @property
-    def row_bytes(self) -> float:
-        return float(sum(d.itemsize for d in self.dtypes)) or 1.0
-
-    @abstractmethod
-    def split(
-        self, *, shards: int | None, rows_per_shard: int | None, target_bytes: int | None
-    ) -> list[Part]: ...
-
-    @abstractmethod
-    def whole(self) -> Part: ...
-
-    @abstractmethod
-    def sample(self, columns: list[int], n: int) -> tuple[np.ndarray | None, list[np.ndarray]]:
-        """About `n` rows of `columns`, and their global row indices when those are known."""
 
 
 class RowDataset(Dataset):
@@ -310,8 +265,6 @@ def open_dataset(spec: JobSpec, values: np.ndarray | None = None) -> Dataset:
     if fmt == "npy_dir":
         return NpyDirDataset(spec.dataset)
     if fmt == "parquet":
-        from shardmill.parquet import ParquetDataset
-
         return ParquetDataset(spec.dataset)
     return NpyDataset(spec.dataset)
 

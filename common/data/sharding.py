@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from shardmill.datapaths import check_path
+from shardmill.data.paths import check_path
 from shardmill.errors import JobSpecError
-from shardmill.protocol import RowRange
+from shardmill.wire.spec import RowRange
 
 
 @dataclass(frozen=True)
