@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from shardmill.client import Client, Job
+from shardmill.client import Client
 from shardmill.errors import (
     JobCancelled,
     JobFailed,
@@ -15,6 +15,7 @@ from shardmill.errors import (
     RemoteError,
     ShardmillError,
 )
+from shardmill.job import Job
 from shardmill.local import LocalCluster
 
 __all__ = [

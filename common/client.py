@@ -1,4 +1,4 @@
-"""The Python API: `Client` talks to a master's client port; `Job` is a handle on one job."""
+"""The Python API: `Client` talks to a master's client port (see job.py for a handle on one job)."""
 
 from __future__ import annotations
 
@@ -16,34 +16,29 @@ import numpy as np
 import zmq
 from pydantic import ValidationError
 
-from shardmill import shm
-from shardmill.codec import Decoded, decode, encode, pack_value, unpack_value
 from shardmill.config import ClientSettings
 from shardmill.errors import (
-    JobCancelled,
-    JobFailed,
     JobSpecError,
-    JobTimeout,
     MasterUnreachable,
     MessageTooLarge,
     ProtocolError,
-    RemoteError,
     ServerError,
 )
-from shardmill.protocol import (
+from shardmill.job import LONG_POLL, Job, unpack_result
+from shardmill.wire import shm
+from shardmill.wire.codec import Decoded, decode, encode, pack_value
+from shardmill.wire.protocol import (
     CancelJob,
     ErrorReply,
     JobInfo,
     JobList,
     JobResult,
-    JobSpec,
     JobsQuery,
     JobStatus,
     Message,
     Ping,
     Pong,
     PruneJobs,
-    ResultQuery,
     StatusQuery,
     Submit,
     Submitted,
@@ -51,11 +46,11 @@ from shardmill.protocol import (
     WorkerList,
     WorkersQuery,
 )
-from shardmill.security import Security
+from shardmill.wire.security import Security
+from shardmill.wire.spec import JobSpec
 
 log = logging.getLogger(__name__)
 MAX_CHUNKS = 64
-LONG_POLL = 2.0  # a waiting client re-asks this often, so it finds a restarted master quickly
 
 
 class Client:
@@ -103,7 +98,7 @@ class Client:
         None and `job.status().missing_shards` lists them.
         """
         items = [tuple(a) for a in args]
-        spec = _spec(
+        spec = job_spec(
             op="map",
             function=function,
             max_attempts=max_attempts,
@@ -125,7 +120,7 @@ class Client:
 
     def call(self, function: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one task and return its value (raises RemoteError if it raised)."""
-        spec = _spec(op="map", function=function)
+        spec = job_spec(op="map", function=function)
         packed = pack_value([args])
         job_id = uuid.uuid4().hex[:12]
         msg = Submit(
@@ -146,7 +141,7 @@ class Client:
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             return Job(self, job_id).result(timeout=left)[0]
         assert isinstance(reply.msg, JobResult)
-        return _unpack_result(reply.msg, reply.arrays)[0]
+        return unpack_result(reply.msg, reply.arrays)[0]
 
     def submit(
         self,
@@ -179,10 +174,10 @@ class Client:
         if not isinstance(dataset, np.ndarray):
             if dataset is not None:
                 fields["dataset"] = os.path.abspath(os.fspath(dataset))
-            return self._submit(Submit(spec=_spec(op=op, **fields)), [])
+            return self._submit(Submit(spec=job_spec(op=op, **fields)), [])
         packed = pack_value(dataset)  # the array's own memory becomes the frame
         msg = Submit(
-            spec=_spec(op=op, format="value", **fields),
+            spec=job_spec(op=op, format="value", **fields),
             parts=[packed.data],
             part_counts=[int(dataset.shape[0]) if dataset.ndim else 1],
             part_arrays=[len(packed.arrays)],
@@ -340,89 +335,8 @@ class Client:
         self.close()
 
 
-class Job:
-    """A handle on a submitted job."""
-
-    def __init__(self, client: Client, job_id: str) -> None:
-        self.client = client
-        self.id = job_id
-
-    def __repr__(self) -> str:
-        return f"Job({self.id!r})"
-
-    def status(self, *, shards: bool = False) -> JobInfo:
-        return self.client.status(self.id, shards=shards)
-
-    def progress(self) -> JobInfo:
-        """Shards done, failed and running out of the total, and the job's state."""
-        return self.client.status(self.id)
-
-    def cancel(self) -> JobInfo:
-        return self.client.cancel(self.id)
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the merged result; raises JobTimeout, RemoteError, JobFailed or JobCancelled."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        lost_since: float | None = None
-        while True:
-            left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
-            if left <= 0:
-                raise JobTimeout(
-                    f"job {self.id} did not finish within {timeout} s; it is still "
-                    f"running: follow it with `shardmill watch {self.id}`"
-                )
-            try:
-                reply = self.client._request(ResultQuery(job_id=self.id, wait=True), timeout=left)
-            except MasterUnreachable:
-                # Still running, or is the master gone? A gone master may be restarting from
-                # its checkpoint: keep asking for up to the client's reconnect_timeout.
-                if deadline is not None and deadline <= time.monotonic():
-                    continue
-                try:
-                    self.client.ping()
-                    lost_since = None
-                except MasterUnreachable:
-                    now = time.monotonic()
-                    lost_since = lost_since or now - self.client.connect_timeout
-                    if now - lost_since > self.client.reconnect_timeout:
-                        raise
-                continue
-            assert isinstance(reply.msg, JobResult)
-            return _unpack_result(reply.msg, reply.arrays)
-
-
-def _unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
-    info = msg.job
-    if info.state == "cancelled":
-        raise JobCancelled(f"job {info.job_id} was cancelled")
-    if info.state != "done":
-        err = msg.failure
-        text = info.error or f"job {info.job_id} {info.state}"
-        if err is not None and err.kind == "error":
-            raise RemoteError(
-                text,
-                remote_type=err.type,
-                remote_message=err.message,
-                remote_traceback=err.traceback,
-                worker=err.worker,
-                shard=_failed_shard(info),
-            )
-        raise JobFailed(text)
-    values = []
-    offset = 0
-    for part, k in zip(msg.parts, msg.part_arrays, strict=True):
-        values.append(unpack_value(part, arrays[offset : offset + k]))
-        offset += k
-    if info.op == "map":
-        return [v for chunk in values for v in (chunk or [])]
-    return values[0]
-
-
-def _failed_shard(info: JobInfo) -> int | None:
-    return info.missing_shards[0] if info.missing_shards else None
-
-
-def _spec(**fields: Any) -> JobSpec:
+def job_spec(**fields: Any) -> JobSpec:
+    """A JobSpec from keyword fields; JobSpecError names the first bad field and its value."""
     try:
         return JobSpec(**fields)
     except ValidationError as e:

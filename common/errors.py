@@ -16,7 +16,7 @@ class VersionMismatch(ProtocolError):
 
 
 class SharedMemoryError(ProtocolError):
-    """Raised when a shared-memory segment named in a message cannot be used (see shardmill.shm)."""
+    """Raised when a shared-memory segment named in a message cannot be used (see wire/shm.py)."""
 
 
 class ConfigError(ShardmillError):

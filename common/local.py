@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from shardmill.client import Client
 from shardmill.errors import ShardmillError
-from shardmill.security import keygen
+from shardmill.wire.security import keygen
 
 
 class ClusterStartError(ShardmillError):
@@ -52,19 +52,9 @@ class LocalCluster:
         self.master_args = list(master_args)
         self.worker_args = list(worker_args)
         self.state_dir = None if state_dir is None else os.fspath(state_dir)
-        # Ephemeral CURVE keys unless given some (or told to run insecure).
-        self._tmp_keys: tempfile.TemporaryDirectory[str] | None = None
         self.insecure = insecure
-        if keys is not None or insecure:
-            self.keys_dir = None if keys is None else os.fspath(keys)
-        else:
-            self._tmp_keys = tempfile.TemporaryDirectory(prefix="shardmill-keys-")
-            keygen(Path(self._tmp_keys.name))
-            self.keys_dir = self._tmp_keys.name
-        self.env = dict(os.environ if env is None else env)
-        # Workers import user modules by name: let them find modules next to the caller.
-        paths = [os.getcwd(), *filter(None, self.env.get("PYTHONPATH", "").split(os.pathsep))]
-        self.env["PYTHONPATH"] = os.pathsep.join(paths)
+        self._tmp_keys, self.keys_dir = _keys(keys, insecure)
+        self.env = _env(env)
         self.master: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.worker_address = ""
@@ -197,6 +187,27 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _keys(
+    keys: str | os.PathLike[str] | None, insecure: bool
+) -> tuple[tempfile.TemporaryDirectory[str] | None, str | None]:
+    """Ephemeral CURVE keys (and the temporary dir holding them) unless given some, or told to
+    run insecure."""
+    if keys is not None or insecure:
+        return None, None if keys is None else os.fspath(keys)
+    tmp = tempfile.TemporaryDirectory(prefix="shardmill-keys-")
+    keygen(Path(tmp.name))
+    return tmp, tmp.name
+
+
+def _env(env: dict[str, str] | None) -> dict[str, str]:
+    """The roles' environment: workers import user modules by name, so they find modules next
+    to the caller."""
+    out = dict(os.environ if env is None else env)
+    paths = [os.getcwd(), *filter(None, out.get("PYTHONPATH", "").split(os.pathsep))]
+    out["PYTHONPATH"] = os.pathsep.join(paths)
+    return out
 
 
 def _port(address: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,16 @@ def one_process(path: Path) -> dict[str, Any]:
     return op.finalize(acc)
 
 
+@dataclass
+class Timings:
+    """Seconds for each step of the demo."""
+
+    cluster_start: float
+    first_job: float  # on cold workers: each child's first import and memory map
+    shardmill: float  # the same job again, warm: what a long-running cluster sees
+    one_process: float
+
+
 def run_demo(
     *, rows: int, cols: int, shards: int, workers: int, directory: str | None, as_json: bool
 ) -> int:
@@ -50,52 +61,23 @@ def run_demo(
         path = Path(tmp) / "demo.npy"
         t0 = time.perf_counter()
         generate(path, rows, cols)
-        gen_s = time.perf_counter() - t0
         console.print(
             f"generated {rows:,} x {cols} float64 ({path.stat().st_size / 1e6:.0f} MB) "
-            f"in {gen_s:.2f} s"
+            f"in {time.perf_counter() - t0:.2f} s"
         )
-
-        t0 = time.perf_counter()
-        with LocalCluster(workers=workers) as cluster:
-            start_s = time.perf_counter() - t0
-            console.print(f"local cluster: master + {workers} workers ready in {start_s:.2f} s")
-            with cluster.client() as client:
-                # The first job also pays for each child's first import and memory map: time
-                # it, then time the steady state, which is what a long-running cluster sees.
-                t0 = time.perf_counter()
-                client.submit("column_stats", path, shards=shards).result(timeout=600)
-                cold_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                stats = client.submit("column_stats", path, shards=shards).result(timeout=600)
-                dist_s = time.perf_counter() - t0
-
-        one_process(path)  # the same warm page cache for the baseline
-        t0 = time.perf_counter()
-        single = one_process(path)
-        single_s = time.perf_counter() - t0
-
-        data = np.load(path, mmap_mode="r")
-        ref = {
-            "mean": data.mean(axis=0),
-            "std": data.std(axis=0),
-            "min": data.min(axis=0),
-            "max": data.max(axis=0),
-        }
-    errors = {
-        k: float(np.max(np.abs(stats[k] - v) / np.maximum(1.0, np.abs(v)))) for k, v in ref.items()
-    }
+        stats, single, times = _run(path, shards=shards, workers=workers, console=console)
+        errors = _errors(path, stats)
     ok = all(e <= 1e-9 for e in errors.values()) and stats["count"] == rows
     report = {
         "rows": rows,
         "cols": cols,
         "shards": shards,
         "workers": workers,
-        "cluster_start_s": start_s,
-        "first_job_s": cold_s,
-        "shardmill_s": dist_s,
-        "one_process_s": single_s,
-        "speedup": single_s / dist_s,
+        "cluster_start_s": times.cluster_start,
+        "first_job_s": times.first_job,
+        "shardmill_s": times.shardmill,
+        "one_process_s": times.one_process,
+        "speedup": times.one_process / times.shardmill,
         "max_rel_error": errors,
         "matches_numpy": ok,
         "single_matches": bool(np.allclose(single["mean"], stats["mean"])),
@@ -103,15 +85,62 @@ def run_demo(
     if as_json:
         print(json.dumps(report))
     else:
-        table = Table("", "seconds")
-        table.add_row(f"shardmill, {workers} workers, {shards} shards", f"{dist_s:.3f}")
-        table.add_row("  (its first job, on cold workers)", f"{cold_s:.3f}")
-        table.add_row("one process, same statistics", f"{single_s:.3f}")
-        table.add_row("speedup", f"{single_s / dist_s:.2f}x")
-        console.print(table)
-        verdict = "[green]matches[/]" if ok else "[red]DOES NOT match[/]"
-        console.print(
-            f"result {verdict} NumPy (max relative error "
-            f"{max(errors.values()):.1e}, tolerance 1e-9)"
-        )
+        _print_report(console, times, workers=workers, shards=shards, errors=errors, ok=ok)
     return exitcodes.OK if ok else exitcodes.CHECK_FAILED
+
+
+def _run(
+    path: Path, *, shards: int, workers: int, console: Console
+) -> tuple[dict[str, Any], dict[str, Any], Timings]:
+    """column_stats on a local cluster, cold then warm, and in one process for the baseline."""
+    t0 = time.perf_counter()
+    with LocalCluster(workers=workers) as cluster:
+        start_s = time.perf_counter() - t0
+        console.print(f"local cluster: master + {workers} workers ready in {start_s:.2f} s")
+        with cluster.client() as client:
+            t0 = time.perf_counter()
+            client.submit("column_stats", path, shards=shards).result(timeout=600)
+            cold_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stats = client.submit("column_stats", path, shards=shards).result(timeout=600)
+            dist_s = time.perf_counter() - t0
+    one_process(path)  # the same warm page cache for the baseline
+    t0 = time.perf_counter()
+    single = one_process(path)
+    single_s = time.perf_counter() - t0
+    return stats, single, Timings(start_s, cold_s, dist_s, single_s)
+
+
+def _errors(path: Path, stats: dict[str, Any]) -> dict[str, float]:
+    """Largest relative error of each statistic against NumPy's own."""
+    data = np.load(path, mmap_mode="r")
+    ref = {
+        "mean": data.mean(axis=0),
+        "std": data.std(axis=0),
+        "min": data.min(axis=0),
+        "max": data.max(axis=0),
+    }
+    return {
+        k: float(np.max(np.abs(stats[k] - v) / np.maximum(1.0, np.abs(v)))) for k, v in ref.items()
+    }
+
+
+def _print_report(
+    console: Console,
+    times: Timings,
+    *,
+    workers: int,
+    shards: int,
+    errors: dict[str, float],
+    ok: bool,
+) -> None:
+    table = Table("", "seconds")
+    table.add_row(f"shardmill, {workers} workers, {shards} shards", f"{times.shardmill:.3f}")
+    table.add_row("  (its first job, on cold workers)", f"{times.first_job:.3f}")
+    table.add_row("one process, same statistics", f"{times.one_process:.3f}")
+    table.add_row("speedup", f"{times.one_process / times.shardmill:.2f}x")
+    console.print(table)
+    verdict = "[green]matches[/]" if ok else "[red]DOES NOT match[/]"
+    console.print(
+        f"result {verdict} NumPy (max relative error {max(errors.values()):.1e}, tolerance 1e-9)"
+    )

@@ -56,16 +56,16 @@ def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """A dry run: the shards a spec would make, with rows, bytes, key range and skew."""
-    from shardmill.client import _spec
-    from shardmill.plan import build_plan
-    from shardmill.worker.registry import Registry
+    from shardmill.client import job_spec
+    from shardmill.data.plan import build_plan
+    from shardmill.ops.registry import Registry
 
     fields = spec_fields(args)
     if args.dataset is not None:
         fields["dataset"] = os.path.abspath(args.dataset)
     if fields.get("output"):
         fields["output"] = os.path.abspath(fields["output"])
-    spec = _spec(op=args.op, shards=args.shards, **fields)
+    spec = job_spec(op=args.op, shards=args.shards, **fields)
     plan = build_plan(spec, dry_run=True, registry=Registry(args.imports or []))
     report = plan.report()
     if args.json:

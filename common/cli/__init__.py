@@ -1,0 +1,7 @@
+"""The `shardmill` command: `parser` builds it, `main` runs it, one module per command group."""
+
+from __future__ import annotations
+
+from shardmill.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,79 @@
+"""Following a job while it runs: a poll loop that rides out a restarting master, and a bar."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from shardmill.cli.tables import console
+from shardmill.errors import MasterUnreachable
+from shardmill.job import Job
+from shardmill.wire.protocol import JobInfo
+
+TERMINAL_STATES = ("done", "failed", "cancelled")
+
+
+def poll_until_done(
+    job: Job, timeout: float | None, on_update: Callable[[JobInfo], None]
+) -> JobInfo:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    lost_since: float | None = None
+    while True:
+        try:
+            info = job.progress()
+            lost_since = None
+        except MasterUnreachable:  # a restarting master: keep watching for a while
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if now - lost_since > job.client.reconnect_timeout:
+                raise
+            continue
+        key = (info.state, info.shards_done, info.shards_failed, info.shards_running)
+        if key != last:
+            on_update(info)
+            last = key
+        if info.state in TERMINAL_STATES or (deadline and time.monotonic() > deadline):
+            return info
+        time.sleep(0.2)  # a human-facing refresh rate, not a test wait
+
+
+def follow(job: Job, timeout: float | None) -> JobInfo:
+    """A live progress bar: shards done/total, rate and ETA."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    start = time.monotonic()
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(job.id, total=None, rate="")
+
+        def update(info: JobInfo) -> None:
+            rate = info.shards_done / max(1e-9, time.monotonic() - start)
+            bar.update(
+                task,
+                total=info.shards_total,
+                completed=info.shards_done,
+                rate=f"{rate:.1f} shards/s",
+                description=f"{job.id} {info.state}",
+            )
+
+        info = poll_until_done(job, timeout, update)
+    if info.state == "failed" and info.error:
+        console.print(info.error, markup=False, highlight=False)
+    return info

@@ -1,0 +1,182 @@
+"""The `shardmill` argument parser: one builder per subcommand, each naming its handler."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+from shardmill import __version__
+from shardmill.cli import jobs, roles
+from shardmill.cli.spec import add_spec_flags, cmd_plan
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardmill", description="Split a dataset into shards, run them on workers, merge."
+    )
+    parser.add_argument("--version", action="version", version=f"shardmill {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    for add in (_master, _worker, _submit, _plan, _queries, _health, _keygen, _demo):
+        add(sub)
+    return parser
+
+
+def _master(sub: Subparsers) -> None:
+    p = sub.add_parser("master", help="run a master")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, help="worker port (default 5555; 0 picks one)")
+    p.add_argument("--client-port", type=int, help="client port (default 5556; 0 picks one)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds (default 1.0)")
+    p.add_argument("--heartbeat-liveness", type=int, help="missed beats before expiry (3)")
+    p.add_argument(
+        "--prefetch-below",
+        type=float,
+        metavar="SECONDS",
+        help="queue shards on workers for jobs whose shards are shorter (default 0.1; 0: never)",
+    )
+    p.add_argument("--state-dir", help="directory for checkpoints")
+    _imports(p, "module user ops come from, as on the workers (repeatable)")
+    p.add_argument(
+        "--data-root",
+        dest="data_roots",
+        action="append",
+        metavar="DIR",
+        help="datasets must lie under DIR (repeatable; default: cwd and temp dir)",
+    )
+    p.add_argument("--max-message-bytes", type=int, help="largest message accepted")
+    p.add_argument("--max-shards", type=int, help="most shards one job may have")
+    p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per client key")
+    p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    _security_flags(p)
+    p.set_defaults(handler=roles.cmd_master)
+
+
+def _worker(sub: Subparsers) -> None:
+    p = sub.add_parser("worker", help="run a worker agent")
+    p.add_argument("--master", help="master worker address (default tcp://127.0.0.1:5555)")
+    p.add_argument("--slots", type=int, help="shards at once, one child process each")
+    p.add_argument(
+        "--prefetch", type=int, help="short shards queued beyond the slots (default: = slots)"
+    )
+    _imports(p, "module tasks may come from (repeatable)")
+    p.add_argument("--heartbeat-interval", type=float, help="until the master says otherwise")
+    p.add_argument("--drain-grace", type=float, help="seconds to finish shards on SIGTERM")
+    p.add_argument("--health-file", help="file touched whenever the master is heard")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    _security_flags(p)
+    p.set_defaults(handler=roles.cmd_worker)
+
+
+def _submit(sub: Subparsers) -> None:
+    p = _client(sub, "submit", "submit a job over a dataset", jobs.cmd_submit)
+    p.add_argument("op", help='operation, e.g. "column_stats"')
+    p.add_argument("dataset", nargs="?", help="a .npy, .csv or directory, as workers see it")
+    p.add_argument("--shards", type=int, help="number of shards (default 16)")
+    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--task-timeout", type=float)
+    p.add_argument("--allow-failures", type=int, default=0)
+    p.add_argument("--name", default="")
+    p.add_argument("--wait", action="store_true", help="show progress and print the result")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    add_spec_flags(p)
+
+
+def _plan(sub: Subparsers) -> None:
+    p = sub.add_parser("plan", help="dry run: print the shards a job would make, and the skew")
+    p.add_argument("op", help='operation, e.g. "column_stats"')
+    p.add_argument("dataset", nargs="?", help="a .npy, .csv or directory (read here)")
+    p.add_argument("--shards", type=int, help="number of shards (default 16)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_spec_flags(p)
+    p.set_defaults(handler=cmd_plan)
+
+
+def _queries(sub: Subparsers) -> None:
+    """The commands that ask the master about jobs and workers, or act on one job."""
+    p = _client(sub, "status", "show one job, or all jobs", jobs.cmd_status)
+    p.add_argument("job", nargs="?")
+    p.add_argument("--shards", action="store_true", help="list every shard")
+    p = _client(sub, "jobs", "list jobs", jobs.cmd_jobs)
+    p.add_argument("--prune", action="store_true", help="forget finished jobs")
+    p.add_argument("--older-than", type=float, help="with --prune: ended this many seconds ago")
+    _client(sub, "workers", "list workers", jobs.cmd_workers)
+    p = _client(sub, "result", "print a job's result (waits for it)", jobs.cmd_result)
+    p.add_argument("job")
+    p.add_argument("--timeout", type=float)
+    p = _client(sub, "cancel", "cancel a job", jobs.cmd_cancel)
+    p.add_argument("job")
+    p = _client(sub, "watch", "follow a job's progress until it ends", jobs.cmd_watch)
+    p.add_argument("job")
+    p.add_argument("--timeout", type=float)
+    p = _client(sub, "why", "tell one shard's story: attempts, workers, errors", jobs.cmd_why)
+    p.add_argument("job")
+    p.add_argument("shard", type=int)
+
+
+def _health(sub: Subparsers) -> None:
+    p = sub.add_parser("health", help="exit 0 when the master (or this worker) is serving")
+    p.add_argument("--master", help="ping this master client address")
+    p.add_argument(
+        "--file",
+        default=os.environ.get("SHARDMILL_WORKER_HEALTH_FILE"),
+        help="a worker's health file (default $SHARDMILL_WORKER_HEALTH_FILE)",
+    )
+    p.add_argument("--max-age", type=float, default=10.0, help="seconds (with --file)")
+    _security_flags(p)
+    p.set_defaults(handler=roles.cmd_health)
+
+
+def _keygen(sub: Subparsers) -> None:
+    p = sub.add_parser("keygen", help="make master, worker and client CURVE key pairs in DIR")
+    p.add_argument("dir", help="key directory (created; keep the *_secret files private)")
+    p.add_argument("--force", action="store_true", help="replace existing keys (rotation)")
+    p.set_defaults(handler=roles.cmd_keygen)
+
+
+def _demo(sub: Subparsers) -> None:
+    p = sub.add_parser("demo", help="generate data, start a local cluster, check against NumPy")
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--cols", type=int, default=10)
+    # Four shards per worker: each shard costs ~1-2 ms of dispatch on a small VM, which a
+    # 160 MB job (50 ms of compute per core) notices; see bench/RESULTS.md for the curve.
+    p.add_argument("--shards", type=int, help="default: 4 per worker")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dir", help="where to write the dataset (default: a temporary directory)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=roles.cmd_demo)
+
+
+def _imports(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=help)
+
+
+def _client(
+    sub: Subparsers, name: str, help: str, handler: jobs.Handler
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    p.add_argument(
+        "--master",
+        default=os.environ.get("SHARDMILL_MASTER"),
+        help="master client address (default $SHARDMILL_MASTER or tcp://127.0.0.1:5556)",
+    )
+    p.add_argument("--connect-timeout", type=float, help="seconds before 'master unreachable'")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _security_flags(p)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _security_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", help="CURVE key directory from `shardmill keygen` ($SHARDMILL_KEYS)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext, unauthenticated sockets: trusted networks only",
+    )

@@ -1,0 +1,124 @@
+"""Commands that start something: a master, a worker, the demo; and keygen and health."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shardmill import exitcodes
+from shardmill.client import Client
+from shardmill.config import MasterSettings, WorkerSettings
+from shardmill.errors import MasterUnreachable
+
+MASTER_FLAGS = (
+    "keys",
+    "insecure",
+    "data_roots",
+    "max_message_bytes",
+    "max_shards",
+    "max_queued_jobs",
+    "max_result_bytes",
+    "host",
+    "port",
+    "client_port",
+    "heartbeat_interval",
+    "heartbeat_liveness",
+    "prefetch_below",
+    "state_dir",
+    "log_level",
+    "imports",
+)
+WORKER_FLAGS = (
+    "keys",
+    "insecure",
+    "master",
+    "slots",
+    "prefetch",
+    "imports",
+    "heartbeat_interval",
+    "drain_grace",
+    "health_file",
+    "log_level",
+)
+
+
+def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """Only flags the user gave, so environment variables still fill in the rest."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from shardmill.cli.logs import setup_logging
+    from shardmill.master.loop import serve
+    from shardmill.ops.registry import Registry
+
+    settings = MasterSettings(**given(args, *MASTER_FLAGS))
+    setup_logging("master", settings.log_level)
+    # The modules user ops come from: the master combines and finalizes with them.
+    registry = Registry(settings.imports, worker="master")
+    for name, tb in registry.broken.items():
+        print(f"shardmill master: cannot import module {name}:\n{tb}", file=sys.stderr)
+    if registry.broken:
+        return exitcodes.CONFIG
+    return serve(settings, registry)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from shardmill.cli.logs import setup_logging
+    from shardmill.ops.registry import missing_modules
+    from shardmill.worker.agent import serve
+
+    settings = WorkerSettings(**given(args, *WORKER_FLAGS))
+    setup_logging("worker", settings.log_level)
+    missing = missing_modules(settings.imports)
+    if missing:
+        print(
+            f"shardmill worker: cannot find module(s) {', '.join(missing)} on the Python path; "
+            "install them or set PYTHONPATH, then start the worker again",
+            file=sys.stderr,
+        )
+        return exitcodes.CONFIG
+    return serve(settings)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    if args.file:
+        path = Path(args.file)
+        age = time.time() - path.stat().st_mtime if path.exists() else float("inf")
+        if age > args.max_age:
+            print(f"unhealthy: {path} last touched {age:.1f} s ago", file=sys.stderr)
+            return exitcodes.UNHEALTHY
+        return exitcodes.OK
+    try:
+        Client(args.master, connect_timeout=3.0, keys=args.keys, insecure=args.insecure).ping()
+    except MasterUnreachable as e:
+        print(f"unhealthy: {e}", file=sys.stderr)
+        return exitcodes.UNHEALTHY
+    return exitcodes.OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from shardmill.wire.security import keygen
+
+    directory = Path(args.dir)
+    written = keygen(directory, force=args.force)
+    print(f"keys in {directory}: " + (", ".join(p.name for p in written) or "all present"))
+    print(f"master: --keys {directory} (it trusts the public keys in {directory}/authorized)")
+    print("workers and clients: --keys DIR with their *.key_secret and master.key")
+    return exitcodes.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shardmill.cli.demo import run_demo
+
+    return run_demo(
+        rows=args.rows,
+        cols=args.cols,
+        shards=args.shards or 4 * args.workers,
+        workers=args.workers,
+        directory=args.dir,
+        as_json=args.json,
+    )

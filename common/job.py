@@ -1,0 +1,97 @@
+"""A handle on one submitted job: its progress, its cancellation, and its merged result."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from shardmill.errors import JobCancelled, JobFailed, JobTimeout, MasterUnreachable, RemoteError
+from shardmill.wire.codec import unpack_value
+from shardmill.wire.protocol import JobInfo, JobResult, ResultQuery
+
+if TYPE_CHECKING:
+    from shardmill.client import Client
+
+LONG_POLL = 2.0  # a waiting client re-asks this often, so it finds a restarted master quickly
+
+
+class Job:
+    """A handle on a submitted job."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def status(self, *, shards: bool = False) -> JobInfo:
+        return self.client.status(self.id, shards=shards)
+
+    def progress(self) -> JobInfo:
+        """Shards done, failed and running out of the total, and the job's state."""
+        return self.client.status(self.id)
+
+    def cancel(self) -> JobInfo:
+        return self.client.cancel(self.id)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the merged result; raises JobTimeout, RemoteError, JobFailed or JobCancelled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lost_since: float | None = None
+        while True:
+            left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
+            if left <= 0:
+                raise JobTimeout(
+                    f"job {self.id} did not finish within {timeout} s; it is still "
+                    f"running: follow it with `shardmill watch {self.id}`"
+                )
+            try:
+                reply = self.client._request(ResultQuery(job_id=self.id, wait=True), timeout=left)
+            except MasterUnreachable:
+                # Still running, or is the master gone? A gone master may be restarting from
+                # its checkpoint: keep asking for up to the client's reconnect_timeout.
+                if deadline is not None and deadline <= time.monotonic():
+                    continue
+                try:
+                    self.client.ping()
+                    lost_since = None
+                except MasterUnreachable:
+                    now = time.monotonic()
+                    lost_since = lost_since or now - self.client.connect_timeout
+                    if now - lost_since > self.client.reconnect_timeout:
+                        raise
+                continue
+            assert isinstance(reply.msg, JobResult)
+            return unpack_result(reply.msg, reply.arrays)
+
+
+def unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
+    info = msg.job
+    if info.state == "cancelled":
+        raise JobCancelled(f"job {info.job_id} was cancelled")
+    if info.state != "done":
+        err = msg.failure
+        text = info.error or f"job {info.job_id} {info.state}"
+        if err is not None and err.kind == "error":
+            raise RemoteError(
+                text,
+                remote_type=err.type,
+                remote_message=err.message,
+                remote_traceback=err.traceback,
+                worker=err.worker,
+                shard=_failed_shard(info),
+            )
+        raise JobFailed(text)
+    values = []
+    offset = 0
+    for part, k in zip(msg.parts, msg.part_arrays, strict=True):
+        values.append(unpack_value(part, arrays[offset : offset + k]))
+        offset += k
+    if info.op == "map":
+        return [v for chunk in values for v in (chunk or [])]
+    return values[0]
+
+
+def _failed_shard(info: JobInfo) -> int | None:
+    return info.missing_shards[0] if info.missing_shards else None
