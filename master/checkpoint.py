@@ -12,22 +12,19 @@ from typing import Any
 
 import msgpack
 
-from shardmill.codec import Buffer, pack_value, to_bytes, unpack_value
+from shardmill.data.plan import provenance_of
 from shardmill.master.blobfiles import ShardRow
+from shardmill.master.brain import events as ev
+from shardmill.master.brain.model import Attempt, Shard
+from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.master.jobs import JobData
 from shardmill.master.merge import FinalResult, MapMerger, OpMerger
-from shardmill.master.model import Attempt, JobState, Shard, ShardState
-from shardmill.master.state import MasterState
-from shardmill.master.store import (
-    Store,
-    StoredJob,
-    pack_blob,
-    unpack_blob,
-    unpack_inputs,
-)
+from shardmill.master.records import StoredJob, pack_blob, unpack_blob, unpack_inputs
+from shardmill.master.store import Store
 from shardmill.ops import MAP_OP, get_op
-from shardmill.plan import provenance_of
-from shardmill.protocol import Descriptor, JobSpec, MapChunk
+from shardmill.ops.registry import Registry
+from shardmill.wire.codec import Buffer, pack_value, to_bytes, unpack_value
+from shardmill.wire.spec import Descriptor, JobSpec, MapChunk
 
 log = logging.getLogger(__name__)
 GROUP_COMMIT = 0.05  # seconds: merges are committed in groups at most this far apart
@@ -165,38 +162,31 @@ class Checkpointer:
 
     # ---- resume --------------------------------------------------------------------------------
 
-    def restore(self, state: MasterState, now: float) -> dict[str, JobData]:
-        """Load every stored job into the state machine; returns the loop's per-job data."""
+    def restore(self, registry: Registry) -> tuple[dict[str, JobData], list[ev.JobRestored]]:
+        """Every stored job: the loop's data for it (descriptors, merger, inputs, result), and
+        the event that rebuilds it in the brain. User ops resolve among `registry`'s modules."""
         jobs: dict[str, JobData] = {}
+        events: list[ev.JobRestored] = []
         if self.store is None:
-            return jobs
-        unfinished = 0
+            return jobs, events
         for stored in self.store.load():
-            jobs[stored.job_id] = _job_data(stored)
-            settled = {i: ShardState(s.state) for i, s in stored.shards.items()}
-            state.restore_job(
-                stored.job_id,
-                stored.spec,
-                settled,
-                shards=len(jobs[stored.job_id].descriptors),
-                submitted_at=stored.submitted_at - state.wall_offset,
-                state=JobState(stored.state),
-                error=stored.error,
-                finished_at=None
-                if stored.finished_at is None
-                else stored.finished_at - state.wall_offset,
+            jobs[stored.job_id] = _job_data(stored, registry)
+            settled = {i: (ShardState(s.state), tuple(s.history)) for i, s in stored.shards.items()}
+            events.append(
+                ev.JobRestored(
+                    stored.job_id,
+                    stored.spec,
+                    len(jobs[stored.job_id].descriptors),
+                    submitted_at=stored.submitted_at,
+                    state=JobState(stored.state),
+                    settled=settled,
+                    error=stored.error,
+                    finished_at=stored.finished_at,
+                )
             )
-            _restore_histories(state, stored)
-            if stored.state == "running":
-                unfinished += 1
-                if stored.shards:
-                    self._rows_written.add(stored.job_id)
-        if unfinished:
-            # Workers still running shards re-register with them: give them time to come back
-            # before the queue is handed out again, so those shards are not run twice.
-            state.hold_until = now + state.timing.expiry
-            log.info("resuming %d unfinished job(s) of %d", unfinished, len(jobs))
-        return jobs
+            if stored.state == "running" and stored.shards:
+                self._rows_written.add(stored.job_id)
+        return jobs, events
 
 
 def _descriptors(stored: StoredJob) -> list[Descriptor]:
@@ -206,7 +196,7 @@ def _descriptors(stored: StoredJob) -> list[Descriptor]:
     return list(stored.descriptors)
 
 
-def _job_data(stored: StoredJob) -> JobData:
+def _job_data(stored: StoredJob, registry: Registry) -> JobData:
     descriptors = _descriptors(stored)
     if stored.spec.op == MAP_OP:
         merger: MapMerger | OpMerger = MapMerger(list(stored.part_counts))
@@ -215,7 +205,7 @@ def _job_data(stored: StoredJob) -> JobData:
                 merger.add(i, *unpack_blob(shard.result))
     else:
         provenance = provenance_of(stored.spec, descriptors)
-        merger = OpMerger(get_op(stored.spec.op), provenance=provenance)
+        merger = OpMerger(get_op(stored.spec.op, registry), provenance=provenance)
         merger.shards_merged = [i for i, s in stored.shards.items() if s.state == "done"]
         if stored.partial is not None:
             merger.acc = unpack_value(*unpack_blob(stored.partial))
@@ -228,22 +218,6 @@ def _job_data(stored: StoredJob) -> JobData:
         missing = tuple(i for i, s in stored.shards.items() if s.state == "failed")
         data.result = merger.final(missing)
     return data
-
-
-def _restore_histories(state: MasterState, stored: StoredJob) -> None:
-    job = state.jobs[stored.job_id]
-    for i, s in stored.shards.items():
-        job.shards[i].history = [
-            Attempt(
-                number=a.attempt,
-                worker=a.worker,
-                started=a.started - state.wall_offset,
-                ended=None if a.ended is None else a.ended - state.wall_offset,
-                outcome=a.outcome,
-                error=a.error,
-            )
-            for a in s.history
-        ]
 
 
 _JSON = json.JSONEncoder(separators=(",", ":")).encode

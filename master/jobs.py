@@ -6,12 +6,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardmill.codec import Buffer
+from shardmill.data.plan import build_plan, values_sent
 from shardmill.errors import JobSpecError
 from shardmill.master.merge import FinalResult, MapMerger, Merger, OpMerger
 from shardmill.ops import MAP_OP
-from shardmill.plan import build_plan, values_sent
-from shardmill.protocol import BatchShard, Descriptor, MapChunk, Submit, Task
+from shardmill.ops.registry import Registry
+from shardmill.wire.codec import Buffer
+from shardmill.wire.protocol import BatchShard, Submit, Task
+from shardmill.wire.spec import Descriptor, MapChunk
 
 
 @dataclass
@@ -23,7 +25,6 @@ class JobData:
     inputs: list[tuple[bytes, list[Buffer]]] = field(default_factory=list)
     result: FinalResult | None = None
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
-    owner: str = ""  # the submitting client's public key (CURVE), for per-client quotas
     segments: list[str] = field(default_factory=list)  # /dev/shm files holding `inputs`
 
     def task(
@@ -63,13 +64,14 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def accept(msg: Submit, arrays: list[Buffer]) -> JobData:
-    """Turn a Submit into JobData, or raise JobSpecError naming the field and the fix."""
+def accept(msg: Submit, arrays: list[Buffer], registry: Registry) -> JobData:
+    """Turn a Submit into JobData, or raise JobSpecError naming the field and the fix; user
+    ops resolve among `registry`'s modules."""
     spec = msg.spec
     if spec.op == MAP_OP:
         return _accept_map(msg, arrays)
-    # Datasets, strategies and ops are planned in shardmill.plan (headers and samples only).
-    plan = build_plan(spec, values_sent(msg, arrays))
+    # Datasets, strategies and ops are planned in shardmill.data.plan (headers and samples only).
+    plan = build_plan(spec, values_sent(msg, arrays), registry=registry)
     merger = OpMerger(plan.op, provenance=plan.provenance)
     return JobData(descriptors=plan.descriptors, merger=merger, inputs=plan.inputs)
 

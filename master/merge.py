@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardmill.codec import Buffer, pack_value, unpack_value
 from shardmill.errors import ProtocolError
 from shardmill.ops import DatasetOp
+from shardmill.wire.codec import Buffer, pack_value, unpack_value
 
 
 @dataclass

@@ -28,14 +28,10 @@ import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
-import numpy as np
 from pydantic import TypeAdapter
 
-from shardmill.codec import Buffer, to_bytes
 from shardmill.errors import StateDirError
 from shardmill.master.blobfiles import (
     BLOB_THRESHOLD,
@@ -43,8 +39,17 @@ from shardmill.master.blobfiles import (
     BlobFiles,
     ShardRow,
 )
+from shardmill.master.records import (
+    StoredJob,
+    StoredShard,
+    pack_inputs,
+    unpack_blob,
+    unpack_settled,
+)
 from shardmill.master.walcheckpoint import WAL_INTERVAL, WalCheckpointer
-from shardmill.protocol import AttemptInfo, Descriptor, ErrorInfo, JobSpec
+from shardmill.wire.codec import Buffer
+from shardmill.wire.protocol import AttemptInfo
+from shardmill.wire.spec import Descriptor, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,52 +76,6 @@ CREATE TABLE shards (
     PRIMARY KEY (job_id, shard));
 CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
 """
-
-
-def pack_blob(payload: bytes, arrays: Sequence[Buffer | np.ndarray]) -> bytes:
-    """A packed value and its array frames as one blob."""
-    return bytes(msgpack.packb([payload, [to_bytes(a) for a in arrays]]))
-
-
-def unpack_blob(blob: bytes) -> tuple[bytes, list[Buffer]]:
-    payload, arrays = msgpack.unpackb(blob)
-    return payload, list(arrays)
-
-
-def pack_inputs(inputs: Sequence[tuple[bytes, Sequence[Buffer | np.ndarray]]]) -> bytes | None:
-    """Every shard's input (packed value and array frames) as one blob; None when there are none.
-
-    One blob per job rather than a row per shard: a 64-shard map job's inputs cost one row."""
-    if not inputs:
-        return None
-    return bytes(msgpack.packb([[p, [to_bytes(a) for a in arrays]] for p, arrays in inputs]))
-
-
-def unpack_inputs(blob: bytes | None) -> list[tuple[bytes, list[Buffer]]]:
-    return [] if blob is None else [(p, list(arrays)) for p, arrays in msgpack.unpackb(blob)]
-
-
-@dataclass
-class StoredShard:
-    state: str
-    history: list[AttemptInfo]
-    result: bytes | None
-
-
-@dataclass
-class StoredJob:
-    job_id: str
-    spec: JobSpec
-    descriptors: list[Descriptor]
-    part_counts: list[int]
-    submitted_at: float
-    state: str
-    error: str | None
-    finished_at: float | None
-    result: bytes | None
-    inputs: bytes | None = None  # pack_inputs()
-    shards: dict[int, StoredShard] = field(default_factory=dict)
-    partial: bytes | None = None
 
 
 class Store:
@@ -353,7 +312,7 @@ class Store:
             )
             settled = read(row[10], f"job {row[0]}'s shard stories")
             if settled is not None:
-                job.shards = _unpack_settled(settled)
+                job.shards = unpack_settled(settled)
             for shard, st, hist, result in self.db.execute(
                 "SELECT shard, state, history, result FROM shards WHERE job_id = ?", (job.job_id,)
             ):
@@ -403,28 +362,6 @@ def _disk_facts(state_dir: Path) -> str:
     if limit != resource.RLIM_INFINITY:
         facts.append(f"file size limit (ulimit -f) {limit:,} bytes")
     return f" [{', '.join(facts)}]"
-
-
-def _unpack_settled(blob: bytes) -> dict[int, StoredShard]:
-    """Store.job_ended's `settled`, read back."""
-    return {
-        index: StoredShard(
-            state,
-            [
-                AttemptInfo(
-                    attempt=attempt,
-                    worker=worker,
-                    started=started,
-                    ended=ended,
-                    outcome=outcome,
-                    error=None if error is None else ErrorInfo.model_validate(error),
-                )
-                for attempt, worker, started, ended, outcome, error in history
-            ],
-            None,
-        )
-        for index, state, history in msgpack.unpackb(blob)
-    }
 
 
 def _migrate_from_1(db: sqlite3.Connection) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shardmill.protocol import ErrorInfo, JobSpec, Lease
+from shardmill.master.brain.transitions import JobState, ShardState
+from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobInfo, Lease
+from shardmill.wire.spec import JobSpec
 
 # ---- events ------------------------------------------------------------------------------------
 
@@ -57,11 +60,52 @@ class ShardFailed:
 
 
 @dataclass(frozen=True)
+class SubmitRequested:
+    """A client asks for a job of `shards` shards: admitted, or refused with the reason."""
+
+    job_id: str
+    shards: int
+    owner: str = ""
+
+
+@dataclass(frozen=True)
 class JobAdded:
+    """An admitted job, recorded in the state dir: its shards join the queue."""
+
     job_id: str
     spec: JobSpec
     shards: int
     batchable: bool = False  # shards read by reference whose partials fold: may go in batches
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class JobRestored:
+    """A job read back from the state dir after a restart; times are wall-clock seconds.
+    Shards not in `settled` were not finished: they queue again (or stay cancelled)."""
+
+    job_id: str
+    spec: JobSpec
+    shards: int
+    submitted_at: float
+    state: JobState
+    settled: Mapping[int, tuple[ShardState, tuple[AttemptInfo, ...]]]
+    error: str | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RestoreDone:
+    """Every stored job is back: hold the queue while workers re-register with what they run."""
+
+
+@dataclass(frozen=True)
+class PruneRequested:
+    """Forget finished jobs that ended at least `older_than` seconds ago (every one if None),
+    except those in `keep` (a client still waits for their result)."""
+
+    older_than: float | None
+    keep: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -89,13 +133,46 @@ Event = (
     | WorkerLeft
     | ShardSucceeded
     | ShardFailed
+    | SubmitRequested
     | JobAdded
+    | JobRestored
+    | RestoreDone
+    | PruneRequested
     | CancelRequested
     | JobBroken
     | Tick
 )
 
 # ---- commands ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admitted:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The job is not accepted; `reason` names the limit or the clash, and the fix."""
+
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """These finished jobs are forgotten: drop their data and their rows in the state dir."""
+
+    jobs: tuple[JobInfo, ...]
+
+
+@dataclass(frozen=True)
+class Holding:
+    """After a restart, nothing is dispatched before `until` (workers re-register first)."""
+
+    until: float
+    unfinished: int
+    jobs: int
 
 
 @dataclass(frozen=True)
@@ -157,7 +234,11 @@ class DropDuplicate:
 
 
 Command = (
-    SendTask
+    Admitted
+    | Refused
+    | Pruned
+    | Holding
+    | SendTask
     | MergeShard
     | FinalizeJob
     | JobEnded

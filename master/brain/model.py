@@ -1,42 +1,42 @@
-"""The master's records of shards, jobs and workers, and the one shard transition table."""
+"""The brain's records: attempts, shards, jobs and workers, and the settings it decides with."""
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-from shardmill.errors import InvalidTransition
-from shardmill.protocol import AttemptInfo, ErrorInfo, JobSpec, ShardInfo
-
-
-class ShardState(StrEnum):
-    QUEUED = "queued"
-    WAITING = "waiting"  # backing off before a retry
-    LEASED = "leased"
-    DONE = "done"
-    FAILED = "failed"  # quarantined: attempts exhausted or not retryable
-    CANCELLED = "cancelled"
-
-
-class JobState(StrEnum):
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+from shardmill.master.brain.transitions import (
+    JOB_MOVES,
+    SHARD_MOVES,
+    JobState,
+    ShardState,
+    Story,
+    move,
+    new_story,
+)
+from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobInfo, ShardInfo
+from shardmill.wire.spec import JobSpec
 
 
-_S = ShardState
-# A late result may land on a shard that went back to the queue: first result wins.
-TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
-    _S.QUEUED: frozenset({_S.LEASED, _S.DONE, _S.CANCELLED}),
-    _S.WAITING: frozenset({_S.QUEUED, _S.DONE, _S.CANCELLED}),
-    _S.LEASED: frozenset({_S.DONE, _S.QUEUED, _S.WAITING, _S.FAILED, _S.CANCELLED}),
-    _S.DONE: frozenset(),
-    _S.FAILED: frozenset(),
-    _S.CANCELLED: frozenset(),
-}
-TERMINAL = frozenset({_S.DONE, _S.FAILED, _S.CANCELLED})
+@dataclass(frozen=True)
+class Timing:
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 5.0
+    prefetch_below: float = 0.1  # queue shards on workers for jobs whose shards are this short
+
+    @property
+    def expiry(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one job, and one client, may ask of the master."""
+
+    max_shards: int = 100_000
+    max_queued_jobs: int = 1_000  # unfinished jobs per client key
 
 
 @dataclass
@@ -71,17 +71,29 @@ class Shard:
     not_before: float = 0.0
     merged: int = 0
     history: list[Attempt] = field(default_factory=list)
-    story: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=8))
+    story: Story = field(default_factory=new_story)
 
     def transition(self, new: ShardState, why: str) -> None:
         """The only way a shard changes state; a forbidden move raises with the shard's story."""
-        if new not in TRANSITIONS[self.state]:
-            raise InvalidTransition(
-                f"shard {self.index} of job {self.job_id}: {self.state} -> {new} ({why}) is not "
-                f"allowed; recent story: {list(self.story)}"
-            )
-        self.story.append(f"{self.state}->{new}: {why}")
-        self.state = new
+        what = f"shard {self.index} of job {self.job_id}"
+        self.state = move(what, self.state, new, why, moves=SHARD_MOVES, story=self.story)
+
+    def start_attempt(self, worker: str, *, now: float) -> int:
+        """A new attempt on `worker` from `now`; returns its number."""
+        self.history.append(Attempt(number=len(self.history) + 1, worker=worker, started=now))
+        return len(self.history)
+
+    def close_attempt(
+        self, now: float, outcome: str, err: ErrorInfo | None, *, worker: str | None = None
+    ) -> bool:
+        """End its latest open attempt (on `worker`, if named); False when none was open."""
+        for attempt in reversed(self.history):
+            if attempt.ended is None and (worker is None or attempt.worker == worker):
+                attempt.ended = now
+                attempt.outcome = outcome
+                attempt.error = err
+                return True
+        return False
 
     def info(self, *, history: bool, offset: float = 0.0) -> ShardInfo:
         return ShardInfo(
@@ -101,6 +113,7 @@ class Job:
     shards: list[Shard]
     submitted_at: float
     state: JobState = JobState.RUNNING
+    owner: str = ""  # the submitting client's public key (CURVE), for per-client quotas
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
@@ -110,6 +123,14 @@ class Job:
     batchable: bool = False
     ready: collections.deque[int] = field(default_factory=collections.deque)
     counts: collections.Counter[ShardState] = field(default_factory=collections.Counter)
+    story: Story = field(default_factory=new_story)
+
+    def transition(self, new: JobState, why: str, *, now: float) -> None:
+        """The only way a job changes state; the cause goes into its story."""
+        self.state = move(
+            f"job {self.job_id}", self.state, new, why, moves=JOB_MOVES, story=self.story
+        )
+        self.finished_at = now if self.finished_at is None else self.finished_at
 
     def move(self, shard: Shard, new: ShardState, why: str) -> None:
         """Transition a shard and keep the job's per-state counts true."""
@@ -117,6 +138,36 @@ class Job:
         shard.transition(new, why)
         self.counts[old] -= 1
         self.counts[new] += 1
+
+    def requeue(self, shard: Shard, why: str, *, front: bool) -> None:
+        """Back in the ready queue (first in line when `front`); a finished job queues nothing."""
+        if self.finished:
+            return
+        self.move(shard, ShardState.QUEUED, why)
+        if front:
+            self.ready.appendleft(shard.index)
+        else:
+            self.ready.append(shard.index)
+
+    def accept(
+        self, shard: Shard, worker: str, attempt: int, duration: float, *, now: float
+    ) -> None:
+        """The shard's first result is in: its attempt closes and it is done (merged next)."""
+        if not shard.close_attempt(now, "ok", None, worker=worker):
+            # A late result from a worker whose attempt was already written off as lost.
+            shard.history.append(Attempt(attempt, worker, now - duration, now, "ok (late)"))
+        while shard.close_attempt(now, "superseded", None):
+            pass  # a re-run still in flight elsewhere: its result will be a counted duplicate
+        if shard.state is ShardState.QUEUED:
+            self.ready.remove(shard.index)
+        elif shard.state is ShardState.WAITING:
+            shard.not_before = float("inf")  # its heap entry goes stale
+        self.move(shard, ShardState.DONE, f"result from {worker}")
+        shard.merged += 1
+
+    def leased_to(self, shard: Shard, worker: str) -> bool:
+        """Whether `worker` runs this shard of an unfinished job now."""
+        return shard.state is ShardState.LEASED and shard.lease == worker and not self.finished
 
     @property
     def finished(self) -> bool:
@@ -127,6 +178,26 @@ class Job:
         known to be short (mean below `below` seconds), where a round trip per shard is a real
         cost and a shard queued behind another can delay the job's end by little."""
         return self.ok_runs > 0 and self.ok_seconds < below * self.ok_runs
+
+    def info(self, *, offset: float, shards: bool = False) -> JobInfo:
+        """As users read it, times in wall-clock seconds (`offset` added to the master's)."""
+        return JobInfo(
+            job_id=self.job_id,
+            name=self.spec.name,
+            op=self.spec.op,
+            state=str(self.state),
+            shards_total=len(self.shards),
+            shards_done=self.counts[ShardState.DONE],
+            shards_failed=self.counts[ShardState.FAILED],
+            shards_running=self.counts[ShardState.LEASED],
+            submitted_at=self.submitted_at + offset,
+            started_at=None if self.started_at is None else self.started_at + offset,
+            finished_at=None if self.finished_at is None else self.finished_at + offset,
+            error=self.error,
+            duplicates=self.duplicates,
+            missing_shards=[s.index for s in self.shards if s.state is ShardState.FAILED],
+            shards=[s.info(history=True, offset=offset) for s in self.shards] if shards else None,
+        )
 
 
 @dataclass

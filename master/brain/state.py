@@ -4,56 +4,53 @@ from __future__ import annotations
 
 import collections
 import heapq
-import math
-import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from shardmill.master import events as ev
-from shardmill.master.model import TERMINAL, Attempt, Job, JobState, Shard, ShardState, Worker
-from shardmill.protocol import ErrorInfo, JobInfo, JobSpec, Lease
+from shardmill.master.brain import events as ev
+from shardmill.master.brain.admission import prunable, refusal
+from shardmill.master.brain.failures import backoff, failure_message, lost_error
+from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
+from shardmill.master.brain.restore import restored_job
+from shardmill.master.brain.scheduling import dispatch
+from shardmill.master.brain.transitions import TERMINAL, JobState, ShardState
+from shardmill.wire.protocol import ErrorInfo, JobInfo, Lease
 
 S = ShardState
-
-
-@dataclass(frozen=True)
-class Timing:
-    heartbeat_interval: float = 1.0
-    heartbeat_liveness: int = 3
-    retry_backoff: float = 0.05
-    retry_backoff_max: float = 5.0
-    prefetch_below: float = 0.1  # queue shards on workers for jobs whose shards are this short
-
-    @property
-    def expiry(self) -> float:
-        return self.heartbeat_interval * self.heartbeat_liveness
-
-
-MAX_BATCH = 16  # shards in one task at most
 
 
 class MasterState:
     """Jobs, shards, workers and credits; every decision the master makes is taken here."""
 
-    def __init__(self, timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        timing: Timing | None = None,
+        *,
+        limits: Limits | None = None,
+        wall_offset: float = 0.0,
+    ) -> None:
         self.timing = timing or Timing()
+        self.limits = limits or Limits()
+        self.wall_offset = wall_offset  # wall clock minus the injected clock, for what users read
         self.jobs: dict[str, Job] = {}
         self.active: dict[str, Job] = {}  # unfinished jobs, in submission order
         self.workers: dict[str, Worker] = {}
+        self.hold_until = 0.0  # after a restart: let workers re-register before dispatching
         self._waiting: list[tuple[float, str, int]] = []  # (not_before, job, shard) heap
         self._out: list[ev.Command] = []
         self._now = 0.0
-        self.wall_offset = 0.0  # wall clock minus the injected clock, for what users read
-        self.hold_until = 0.0  # after a restart: let workers re-register before dispatching
-        self._handlers: dict[type, Any] = {
+        self._handlers: dict[type, Callable[[Any], object]] = {
             ev.WorkerReady: self._on_ready,
             ev.WorkerSeen: lambda e: self._touch(e.worker),
             ev.WorkerDraining: self._on_draining,
             ev.WorkerLeft: self._on_left,
             ev.ShardSucceeded: self._on_success,
             ev.ShardFailed: self._on_failure,
+            ev.SubmitRequested: self._on_submit,
             ev.JobAdded: self._on_job,
+            ev.JobRestored: self._on_restored,
+            ev.RestoreDone: self._on_restore_done,
+            ev.PruneRequested: self._on_prune,
             ev.CancelRequested: lambda e: self._end_job(
                 self.jobs[e.job_id], JobState.CANCELLED, "cancelled by a client"
             ),
@@ -67,8 +64,7 @@ class MasterState:
         """Apply one event at time `now`, then hand out work; return the commands to carry out."""
         self._now = now
         self._out = []
-        handler = self._handlers[type(event)]
-        handler(event)
+        self._handlers[type(event)](event)
         self._release_waiting()
         self._dispatch()
         return self._out
@@ -81,6 +77,9 @@ class MasterState:
         if self._waiting:
             times.append(self._waiting[0][0])
         return min(times) if times else None
+
+    def job_info(self, job_id: str, *, shards: bool = False) -> JobInfo:
+        return self.jobs[job_id].info(offset=self.wall_offset, shards=shards)
 
     # ---- workers -------------------------------------------------------------------------------
 
@@ -149,10 +148,12 @@ class MasterState:
         uncharged: set[tuple[str, int]] | None = None,
         silence: float = 0.0,
     ) -> None:
-        """Give a departed worker's shards back. A lost worker charges an attempt to the shards
-        it was executing: its oldest `slots` leases (it runs them in the order it got them);
-        the rest were queued there, never started, and go back uncharged, as do handed-back
-        shards."""
+        """Give a departed worker's shards back. A lost worker (expired, `charge`, or gone with
+        a DISCONNECT, `uncharged`) charges an attempt to the shards it was executing: its
+        oldest `slots` leases (it runs them in the order it got them); the rest were queued
+        there, never started, and go back uncharged, as do handed-back shards. A worker that
+        re-registers releases what it no longer holds, uncharged."""
+        lost = charge or uncharged is not None
         executing = set(w.tasks()[: w.slots])
         sizes = collections.Counter(w.leases.values())
         for key in sorted(set(w.leases) - keep):
@@ -163,38 +164,20 @@ class MasterState:
                 continue
             shard.lease = None
             if uncharged is not None and key in uncharged:
-                self._close_attempt(shard, "handed back", None)
-                self._requeue(job, shard, "handed back", front=True)
-            elif (charge or uncharged is not None) and task not in executing:
-                self._close_attempt(shard, "never started", None)
-                self._requeue(job, shard, f"queued on lost worker {w.worker_id}", front=True)
-            elif (charge or uncharged is not None) and sizes[task] > 1:
+                self._give_back(job, shard, "handed back", "handed back")
+            elif not lost:
+                self._give_back(job, shard, "released", "released on re-registration")
+            elif task not in executing:
+                self._give_back(job, shard, "never started", f"queued on lost worker {w.worker_id}")
+            elif sizes[task] > 1:
                 # Which shard of a batch was running is unknown: each runs again, alone.
                 shard.solo = True
-                self._close_attempt(shard, "lost with its batch", None)
-                self._requeue(job, shard, f"batch lost with worker {w.worker_id}", front=True)
-            elif charge or uncharged is not None:
-                why = (
-                    f"worker {w.worker_id} stopped answering heartbeats ({silence:.1f} s silent)"
-                    if charge
-                    else f"worker {w.worker_id} disconnected while running it"
-                )
-                err = ErrorInfo(kind="lost", message=why, worker=w.worker_id)
-                self._charge(job, shard, err)
+                why = f"batch lost with worker {w.worker_id}"
+                self._give_back(job, shard, "lost with its batch", why)
             else:
-                self._close_attempt(shard, "released", None)
-                self._requeue(job, shard, "released on re-registration", front=True)
+                self._charge(job, shard, lost_error(w.worker_id, silence if charge else None))
 
-    # ---- jobs and shards -----------------------------------------------------------------------
-
-    def _on_job(self, e: ev.JobAdded) -> None:
-        shards = [Shard(job_id=e.job_id, index=i) for i in range(e.shards)]
-        job = Job(job_id=e.job_id, spec=e.spec, shards=shards, submitted_at=self._now)
-        job.batchable = e.batchable
-        job.ready.extend(range(e.shards))
-        job.counts[S.QUEUED] = e.shards
-        self.jobs[e.job_id] = job
-        self.active[e.job_id] = job
+    # ---- shard results -------------------------------------------------------------------------
 
     def _shard_for(self, job_id: str, index: int) -> tuple[Job, Shard] | None:
         job = self.jobs.get(job_id)
@@ -209,6 +192,13 @@ class MasterState:
                 w.leases.pop((job.job_id, shard.index), None)
             shard.lease = None
 
+    def _give_back(
+        self, job: Job, shard: Shard, outcome: str, why: str, err: ErrorInfo | None = None
+    ) -> None:
+        """Its attempt ends uncharged with `outcome`, and it goes first in line again."""
+        shard.close_attempt(self._now, outcome, err)
+        job.requeue(shard, why, front=True)
+
     def _on_success(self, e: ev.ShardSucceeded) -> None:
         w = self.workers.get(e.worker)
         indices = [e.shard, *(s for s, _ in e.more)]
@@ -218,22 +208,14 @@ class MasterState:
                 w.leases.pop((e.job_id, index), None)
         else:
             self._out.append(ev.AskReregister(e.worker))
-        found = self._shard_for(e.job_id, e.shard)
-        if found is None:
-            return
-        job, _ = found
-        if len(set(indices)) != len(indices) or not all(0 <= i < len(job.shards) for i in indices):
-            return  # a batch naming a shard twice or one the job has not: nothing to merge
+        job = self.jobs.get(e.job_id)
+        if job is None or len(set(indices)) != len(indices):
+            return  # a batch naming a shard twice: nothing to merge
+        if not all(0 <= i < len(job.shards) for i in indices):
+            return  # a shard the job has not
         members = [job.shards[i] for i in indices]
         if job.finished or any(m.state in TERMINAL for m in members):
-            job.duplicates += 1
-            self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker))
-            # A folded partial cannot be merged in part: the batch's others run again.
-            for m in members:
-                if m.state is S.LEASED and m.lease == e.worker and not job.finished:
-                    self._free_lease(job, m)
-                    self._close_attempt(m, "dropped with its batch", None)
-                    self._requeue(job, m, "its batch held a shard merged already", front=True)
+            self._drop_duplicate(job, e, members)
             return
         if w is not None:
             w.done += len(members)
@@ -241,33 +223,21 @@ class MasterState:
         job.ok_seconds += e.duration
         attempts = {e.shard: e.attempt, **dict(e.more)}
         for m in members:
-            self._accept_result(job, m, e.worker, attempts[m.index], e.duration / len(members))
+            self._free_lease(job, m)
+            job.accept(m, e.worker, attempts[m.index], e.duration / len(members), now=self._now)
         self._out.append(ev.MergeShard(e.job_id, e.shard, tuple(indices[1:])))
         self._maybe_finish(job)
 
-    def _accept_result(
-        self, job: Job, shard: Shard, worker: str, attempt: int, duration: float
-    ) -> None:
-        """The shard's first result is in: its attempt closes and it is done (merged next)."""
-        if not self._close_attempt(shard, "ok", None, worker=worker):
-            # A late result from a worker whose attempt was already written off as lost.
-            late = Attempt(
-                number=attempt,
-                worker=worker,
-                started=self._now - duration,
-                ended=self._now,
-                outcome="ok (late)",
-            )
-            shard.history.append(late)
-        while self._close_attempt(shard, "superseded", None):
-            pass  # a re-run still in flight elsewhere: its result will be a counted duplicate
-        if shard.state is S.QUEUED:
-            job.ready.remove(shard.index)
-        elif shard.state is S.WAITING:
-            shard.not_before = float("inf")  # its heap entry goes stale
-        self._free_lease(job, shard)
-        job.move(shard, S.DONE, f"result from {worker}")
-        shard.merged += 1
+    def _drop_duplicate(self, job: Job, e: ev.ShardSucceeded, members: list[Shard]) -> None:
+        job.duplicates += 1
+        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker))
+        # A folded partial cannot be merged in part: the batch's others run again.
+        for m in members:
+            if job.leased_to(m, e.worker):
+                self._free_lease(job, m)
+                self._give_back(
+                    job, m, "dropped with its batch", "its batch held a shard merged already"
+                )
 
     def _on_failure(self, e: ev.ShardFailed) -> None:
         w = self.workers.get(e.worker)
@@ -286,30 +256,26 @@ class MasterState:
         crashed = bool(e.more) and e.error.kind in ("crash", "timeout")
         for index, _ in e.more:
             other = job.shards[index] if 0 <= index < len(job.shards) else None
-            if other is None or other is shard or not self._held_by(job, other, e.worker):
+            if other is None or other is shard or not job.leased_to(other, e.worker):
                 continue
             self._free_lease(job, other)
             other.solo = True
-            self._close_attempt(other, "its batch failed", e.error if crashed else None)
-            self._requeue(job, other, f"its batch failed on shard {shard.index}", front=True)
-        if not self._held_by(job, shard, e.worker):
+            why = f"its batch failed on shard {shard.index}"
+            self._give_back(job, other, "its batch failed", why, e.error if crashed else None)
+        if not job.leased_to(shard, e.worker):
             return  # a stale report about an attempt that was already re-run or ended
         self._free_lease(job, shard)
         if crashed:
             shard.solo = True
-            self._close_attempt(shard, "its batch failed", e.error)
-            self._requeue(job, shard, "its batch's process died: runs again alone", front=True)
+            why = "its batch's process died: runs again alone"
+            self._give_back(job, shard, "its batch failed", why, e.error)
             return
         self._charge(job, shard, e.error)
-
-    @staticmethod
-    def _held_by(job: Job, shard: Shard, worker: str) -> bool:
-        return shard.state is S.LEASED and shard.lease == worker and not job.finished
 
     def _charge(self, job: Job, shard: Shard, err: ErrorInfo) -> None:
         """Count a failed attempt: retry after a backoff, or quarantine the shard."""
         shard.charged += 1
-        self._close_attempt(shard, err.kind, err)
+        shard.close_attempt(self._now, err.kind, err)
         spec = job.spec
         if not err.retryable or shard.charged >= spec.max_attempts:
             job.move(shard, S.FAILED, f"{err.kind} on attempt {shard.charged}")
@@ -321,32 +287,12 @@ class MasterState:
                 self._maybe_finish(job)
             return
         if err.kind == "lost":  # not the task's fault: run it again at once
-            self._requeue(job, shard, "worker lost", front=True)
+            job.requeue(shard, "worker lost", front=True)
             return
         delay = backoff(self.timing, job.job_id, shard.index, shard.charged)
         shard.not_before = self._now + delay
         job.move(shard, S.WAITING, f"retry in {delay:.2f} s after {err.kind}")
         heapq.heappush(self._waiting, (shard.not_before, job.job_id, shard.index))
-
-    def _requeue(self, job: Job, shard: Shard, why: str, *, front: bool) -> None:
-        if job.finished:
-            return
-        job.move(shard, S.QUEUED, why)
-        if front:
-            job.ready.appendleft(shard.index)
-        else:
-            job.ready.append(shard.index)
-
-    def _close_attempt(
-        self, shard: Shard, outcome: str, err: ErrorInfo | None, *, worker: str | None = None
-    ) -> bool:
-        for attempt in reversed(shard.history):
-            if attempt.ended is None and (worker is None or attempt.worker == worker):
-                attempt.ended = self._now
-                attempt.outcome = outcome
-                attempt.error = err
-                return True
-        return False
 
     def _release_waiting(self) -> None:
         while self._waiting and self._waiting[0][0] <= self._now:
@@ -356,23 +302,37 @@ class MasterState:
                 continue
             shard = job.shards[index]
             if shard.state is S.WAITING and shard.not_before <= self._now:
-                self._requeue(job, shard, "backoff over", front=False)
+                job.requeue(shard, "backoff over", front=False)
+
+    # ---- jobs ----------------------------------------------------------------------------------
+
+    def _on_submit(self, e: ev.SubmitRequested) -> None:
+        reason = refusal(e, self.jobs, self.active.values(), self.limits)
+        self._out.append(ev.Admitted(e.job_id) if reason is None else ev.Refused(e.job_id, reason))
+
+    def _on_job(self, e: ev.JobAdded) -> None:
+        shards = [Shard(job_id=e.job_id, index=i) for i in range(e.shards)]
+        job = Job(e.job_id, e.spec, shards, submitted_at=self._now, owner=e.owner)
+        job.batchable = e.batchable
+        job.ready.extend(range(e.shards))
+        job.counts[S.QUEUED] = e.shards
+        job.story.append("submitted")
+        self.jobs[e.job_id] = job
+        self.active[e.job_id] = job
 
     def _maybe_finish(self, job: Job) -> None:
         settled = job.counts[S.DONE] + job.counts[S.FAILED]
         if job.finished or settled < len(job.shards):
             return
-        job.state = JobState.DONE
-        job.finished_at = self._now
+        job.transition(JobState.DONE, "every shard settled", now=self._now)
         missing = tuple(s.index for s in job.shards if s.state is S.FAILED)
         self._out.append(ev.FinalizeJob(job.job_id, missing))
 
     def _end_job(self, job: Job, state: JobState, error: str) -> None:
         if job.finished:
             return
-        job.state = state
+        job.transition(state, error.splitlines()[0], now=self._now)
         job.error = error
-        job.finished_at = self._now
         job.ready.clear()
         holders: set[str] = set()
         for shard in job.shards:
@@ -380,7 +340,7 @@ class MasterState:
                 continue
             if shard.lease is not None:
                 holders.add(shard.lease)
-                self._close_attempt(shard, "cancelled", None)
+                shard.close_attempt(self._now, "cancelled", None)
             self._free_lease(job, shard)
             job.move(shard, S.CANCELLED, f"job {state}")
         self._out.extend(ev.CancelOnWorker(w, job.job_id) for w in sorted(holders))
@@ -388,197 +348,51 @@ class MasterState:
 
     def _break_job(self, job: Job, message: str) -> None:
         if job.state is JobState.DONE:  # finalize itself failed: the result never existed
-            job.state = JobState.FAILED
+            job.transition(JobState.FAILED, message.splitlines()[0], now=self._now)
             job.error = message
             self._out.append(ev.JobEnded(job.job_id, str(job.state), message))
             return
         self._end_job(job, JobState.FAILED, message)
 
+    def _on_prune(self, e: ev.PruneRequested) -> None:
+        gone = prunable(self.jobs.values(), self._now - (e.older_than or 0.0), keep=e.keep)
+        for job in gone:
+            del self.jobs[job.job_id]
+        self._out.append(ev.Pruned(tuple(job.info(offset=self.wall_offset) for job in gone)))
+
+    # ---- restart -------------------------------------------------------------------------------
+
+    def _on_restored(self, e: ev.JobRestored) -> None:
+        job = restored_job(e, self.wall_offset)
+        self.jobs[e.job_id] = job
+        if not job.finished:
+            self.active[e.job_id] = job
+
+    def _on_restore_done(self, e: ev.RestoreDone) -> None:
+        # Workers still running shards re-register with them: give them time to come back
+        # before the queue is handed out again, so those shards are not run twice.
+        unfinished = sum(not job.finished for job in self.jobs.values())
+        if unfinished:
+            self.hold_until = self._now + self.timing.expiry
+            self._out.append(ev.Holding(self.hold_until, unfinished, len(self.jobs)))
+
     # ---- dispatch ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand ready shards to workers with free credits, FIFO across jobs, spreading the load.
-        A job of short shards also fills each worker's queue (its prefetch), so a child finds
-        its next shard waiting instead of a round trip through the master."""
-        if self._now < self.hold_until:
-            return
-        workers = self.workers.values()
-        if not any(w.credits(prefetch=True) for w in workers):
-            return
-        may_prefetch = True
-        for job in self._runnable_jobs():
-            prefetch = may_prefetch and job.prefetches(self.timing.prefetch_below)
-            free = {w.worker_id: n for w in workers if (n := w.credits(prefetch)) > 0}
-            while job.ready and free:
-                shard = job.shards[job.ready[0]]
-                worker = self._pick_worker(free, shard)
-                job.ready.popleft()
-                more = self._batch(job, shard) if prefetch else []
-                self._lease(job, shard, self.workers[worker], more)
-                free[worker] -= 1
-                if free[worker] == 0:
-                    del free[worker]
-            if job.ready:  # it waits for a slot: no later job may queue shards ahead of it
-                may_prefetch = False
-            if not any(w.credits(prefetch=may_prefetch) for w in workers):
-                return
+        if self._now >= self.hold_until:
+            dispatch(self.active, self.workers, self.timing.prefetch_below, lease=self._lease)
 
-    def _runnable_jobs(self) -> Iterator[Job]:
-        # Only unfinished jobs are scanned: finished ones leave `active` (see _settle_active).
-        for job_id, job in list(self.active.items()):
-            if job.finished:
-                del self.active[job_id]
-            elif job.ready:
-                yield job
-
-    def _pick_worker(self, free: dict[str, int], shard: Shard) -> str:
-        # Most free credits first; a retry avoids the worker its last attempt failed on.
-        last = shard.history[-1].worker if shard.history else None
-        ranked = sorted(free, key=lambda w: (w == last, -free[w], w))
-        return ranked[0]
-
-    def _batch(self, job: Job, first: Shard) -> list[Shard]:
-        """More shards to send with `first` in one task: short shards of a dataset op that
-        never failed, as many as keep the tail fine grained (guided self-scheduling: a
-        task takes the ready shards / (2 x the slots), so the last tasks are single shards)."""
-        if not job.batchable or first.solo or first.charged:
-            return []
-        slots = sum(w.slots for w in self.workers.values() if not w.draining) or 1
-        size = min(MAX_BATCH, math.ceil((len(job.ready) + 1) / (2 * slots)))
-        more: list[Shard] = []
-        while job.ready and len(more) < size - 1:
-            nxt = job.shards[job.ready[0]]
-            if nxt.solo or nxt.charged:
-                break
-            more.append(nxt)
-            job.ready.popleft()
-        return more
-
-    def _lease(self, job: Job, shard: Shard, w: Worker, more: list[Shard] | None = None) -> None:
+    def _lease(self, job: Job, shard: Shard, w: Worker, more: list[Shard]) -> None:
         task = (job.job_id, shard.index)
         attempts = []
-        for s in [shard, *(more or [])]:
+        for s in [shard, *more]:
             job.move(s, S.LEASED, f"leased to {w.worker_id}" + (" in a batch" if more else ""))
             s.lease = w.worker_id
             w.leases[job.job_id, s.index] = task
-            number = len(s.history) + 1
-            s.history.append(Attempt(number=number, worker=w.worker_id, started=self._now))
-            attempts.append((s.index, number))
+            attempts.append((s.index, s.start_attempt(w.worker_id, now=self._now)))
         if job.started_at is None:
             job.started_at = self._now
         first, *rest = attempts
         self._out.append(
             ev.SendTask(w.worker_id, job.job_id, shard.index, first[1], more=tuple(rest))
         )
-
-    # ---- restart -------------------------------------------------------------------------------
-
-    def restore_job(
-        self,
-        job_id: str,
-        spec: JobSpec,
-        settled: dict[int, ShardState],
-        *,
-        shards: int,
-        submitted_at: float,
-        state: JobState,
-        error: str | None,
-        finished_at: float | None,
-    ) -> None:
-        """Rebuild a checkpointed job: settled shards stay settled, the rest wait in the queue.
-
-        Creation, not a transition: a restored shard starts in the state it was saved in.
-        """
-        job = Job(
-            job_id=job_id,
-            spec=spec,
-            shards=[],
-            submitted_at=submitted_at,
-            state=state,
-            error=error,
-            finished_at=finished_at,
-        )
-        for i in range(shards):
-            st = settled.get(i, S.QUEUED if state is JobState.RUNNING else S.CANCELLED)
-            shard = Shard(job_id=job_id, index=i, state=st, merged=int(st is S.DONE))
-            shard.story.append(f"restored as {st}")
-            job.shards.append(shard)
-            job.counts[st] += 1
-            if st is S.QUEUED:
-                job.ready.append(i)
-        self.jobs[job_id] = job
-        if not job.finished:
-            self.active[job_id] = job
-
-    def forget_job(self, job_id: str) -> None:
-        """Drop a finished job (pruning); running jobs are never forgotten."""
-        job = self.jobs[job_id]
-        if not job.finished:
-            raise ValueError(f"job {job_id} is still running; cancel it first")
-        del self.jobs[job_id]
-
-    # ---- queries -------------------------------------------------------------------------------
-
-    def job_info(self, job_id: str, *, shards: bool = False) -> JobInfo:
-        job = self.jobs[job_id]
-        return JobInfo(
-            job_id=job.job_id,
-            name=job.spec.name,
-            op=job.spec.op,
-            state=str(job.state),
-            shards_total=len(job.shards),
-            shards_done=job.counts[S.DONE],
-            shards_failed=job.counts[S.FAILED],
-            shards_running=job.counts[S.LEASED],
-            submitted_at=job.submitted_at + self.wall_offset,
-            started_at=None if job.started_at is None else job.started_at + self.wall_offset,
-            finished_at=None if job.finished_at is None else job.finished_at + self.wall_offset,
-            error=job.error,
-            duplicates=job.duplicates,
-            missing_shards=[s.index for s in job.shards if s.state is S.FAILED],
-            shards=[s.info(history=True, offset=self.wall_offset) for s in job.shards]
-            if shards
-            else None,
-        )
-
-
-def backoff(timing: Timing, job_id: str, shard: int, attempt: int) -> float:
-    """Capped exponential backoff with deterministic jitter in [0.5, 1.5) (keeps `handle` pure)."""
-    base = min(timing.retry_backoff_max, timing.retry_backoff * 2.0 ** (attempt - 1))
-    jitter = 0.5 + (zlib.crc32(f"{job_id}:{shard}:{attempt}".encode()) % 1000) / 1000
-    return min(timing.retry_backoff_max, base * jitter)
-
-
-def failure_message(job: Job, shard: Shard) -> str:
-    """A failure that names the shard, every attempt's worker and error, and the next step."""
-    lines = [
-        f"job {job.job_id} failed: shard {shard.index} of {len(job.shards)} failed "
-        f"after {len(shard.history)} attempt(s) (max_attempts={job.spec.max_attempts})"
-    ]
-    for a in shard.history:
-        err = a.error
-        detail = "" if err is None else f"{err.kind}: {err.type} {err.message}".strip()
-        if err is not None and err.signal:
-            detail += f" (signal {err.signal})"
-        elif err is not None and err.exit_code is not None:
-            detail += f" (exit code {err.exit_code})"
-        lines.append(f"  attempt {a.number} on worker {a.worker}: {detail}")
-    last = shard.history[-1].error if shard.history else None
-    if last is not None and last.traceback:
-        lines.append("remote traceback (last attempt):\n" + last.traceback.rstrip())
-    lines.append(next_step(last))
-    return "\n".join(lines)
-
-
-def next_step(err: ErrorInfo | None) -> str:
-    if err is None:
-        return "next step: inspect it with `shardmill why JOB SHARD`"
-    if err.kind == "unknown_function":
-        return "next step: start the workers with the module: `shardmill worker --import MOD`"
-    if err.kind == "timeout":
-        return "next step: raise the job's task_timeout or use more, smaller shards"
-    if err.kind == "bad_input":
-        return "next step: fix the input named above (file, line, field) and resubmit"
-    if err.kind in ("crash", "lost"):
-        return "next step: check the worker's logs and memory; the task may crash its process"
-    return "next step: fix the error in the task code (see the traceback) and resubmit"

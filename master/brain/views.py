@@ -1,17 +1,19 @@
-"""The `workers` listing: the state machine's view joined with what each worker said at READY."""
+"""Read-outs of the brain for users: the `workers` listing, joined with what each said at READY."""
 
 from __future__ import annotations
 
-from shardmill.master.state import MasterState
-from shardmill.protocol import Ready, WorkerInfo
+from collections.abc import Iterable, Mapping
+
+from shardmill.master.brain.model import Worker
+from shardmill.wire.protocol import Ready, WorkerInfo
 
 
 def worker_infos(
-    state: MasterState, meta: dict[str, Ready], now: float, *, shm_peers: set[str]
+    workers: Iterable[Worker], hello: Mapping[str, Ready], now: float, *, shm_peers: set[str]
 ) -> list[WorkerInfo]:
     infos = []
-    for w in state.workers.values():
-        ready = meta.get(w.worker_id)
+    for w in workers:
+        ready = hello.get(w.worker_id)
         tasks = len(w.tasks())
         infos.append(
             WorkerInfo(

@@ -1,0 +1,60 @@
+"""What the master's I/O halves share: the brain, each job's data, the state dir, the peers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from shardmill.config import MasterSettings
+from shardmill.master.brain import events as ev
+from shardmill.master.brain.state import MasterState
+from shardmill.master.checkpoint import Checkpointer
+from shardmill.master.jobs import JobData
+from shardmill.ops.registry import Registry
+from shardmill.wire import shm
+from shardmill.wire.codec import encode
+from shardmill.wire.protocol import Message, Ready
+
+log = logging.getLogger(__name__)
+Apply = Callable[[ev.Event], list[ev.Command]]
+
+
+@dataclass
+class Peers:
+    """What the loop knows of each worker beyond the brain: its READY, and whether it can map
+    the master's shared-memory segments."""
+
+    hello: dict[str, Ready] = field(default_factory=dict)
+    shares_memory: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Core:
+    """Built once by the loop and handed to the client and worker message handlers."""
+
+    settings: MasterSettings
+    brain: MasterState
+    checkpoint: Checkpointer
+    registry: Registry
+    segments: shm.Segments
+    data: dict[str, JobData]  # per job, beside the brain's record: descriptors, merger, waiters
+    peers: Peers
+    apply: Apply  # feed the brain one event and carry out its commands; returns them
+
+    def waited_on(self) -> frozenset[str]:
+        """Jobs a client waits for: never pruned before it has its answer."""
+        return frozenset(j for j, d in self.data.items() if d.waiters)
+
+
+def send(
+    sock: zmq.Socket[bytes], identity: bytes, msg: Message, arrays: Sequence[Any] = ()
+) -> None:
+    """One message to one peer; a peer gone or with a full queue is left to heartbeats."""
+    try:
+        sock.send_multipart([identity, *encode(msg, arrays)], zmq.NOBLOCK, copy=False)
+    except zmq.ZMQError as e:
+        log.debug("cannot send %s to %s: %s", msg.kind, identity.hex(), e)

@@ -1,0 +1,169 @@
+"""The worker socket's messages: one handler per kind, each turned into an event for the brain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from shardmill import __version__
+from shardmill.errors import InvalidTransition, ProtocolError, StateDirError
+from shardmill.master.brain import events as ev
+from shardmill.master.core import Core, send
+from shardmill.wire import shm
+from shardmill.wire.codec import Buffer, decode_checked
+from shardmill.wire.protocol import (
+    WORKER_KINDS,
+    Disconnect,
+    ErrorInfo,
+    ErrorReply,
+    Message,
+    Ready,
+    ShardAttempt,
+    ShardDone,
+    ShardFailed,
+    Welcome,
+)
+
+log = logging.getLogger(__name__)
+Result = tuple[bytes, list[Buffer]]
+Handler = Callable[[bytes, Any, list[Buffer]], object]
+
+
+class WorkerMessages:
+    """Decodes what workers send and feeds the brain; the loop carries out what it decides."""
+
+    def __init__(
+        self, core: Core, sock: zmq.Socket[bytes], *, apply: Callable[[ev.Event, Result], object]
+    ) -> None:
+        self.core = core
+        self.sock = sock
+        self._apply_with_result = apply  # a result rides along with its event, for the merge
+        self.handlers: dict[str, Handler] = {
+            "ready": self._on_ready,
+            "heartbeat": lambda identity, msg, a: self.core.apply(ev.WorkerSeen(_name(identity))),
+            "draining": self._on_draining,
+            "disconnect": self._on_disconnect,
+            "done": self._on_done,
+            "failed": self._on_failed,
+        }
+
+    def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
+        send(self.sock, worker.encode(), msg, arrays)
+
+    def on_frames(self, frames: list[Any]) -> None:
+        """One worker message: the per-message boundary of the worker socket."""
+        identity = bytes(frames[0].bytes)
+        worker = _name(identity)
+        try:
+            decoded = decode_checked(
+                frames[1:],
+                max_bytes=self.core.settings.max_message_bytes,
+                kinds=WORKER_KINDS,
+                expected="a worker message; is this a client?",
+            )
+            self.handlers[decoded.msg.kind](identity, decoded.msg, decoded.arrays)
+        except ProtocolError as e:
+            log.warning("bad message from worker %s: %s", worker, e)
+            send(self.sock, identity, ErrorReply(code="protocol", message=str(e)))
+        except (InvalidTransition, StateDirError):
+            raise  # a broken invariant or a failed checkpoint write: stop rather than go on
+        except Exception as e:  # the per-message boundary: log, reply, keep serving everyone
+            log.error("error handling a worker message from %s", worker, exc_info=True)
+            send(self.sock, identity, ErrorReply(code="internal", message=str(e)))
+
+    def _on_ready(self, identity: bytes, msg: Ready, arrays: list[Buffer]) -> None:
+        worker = _name(identity)
+        if msg.version != __version__:
+            text = (
+                f"worker {worker} runs shardmill {msg.version}, this master runs "
+                f"{__version__}; run the same version on the master and every worker"
+            )
+            log.warning("refused: %s", text)
+            send(self.sock, identity, ErrorReply(code="version", message=text))
+            return
+        peers = self.core.peers
+        peers.hello[worker] = msg
+        if shm.probe_seen(msg.shm_probe):
+            peers.shares_memory.add(worker)
+            shm.remove(msg.shm_probe)  # seen: a worker killed before our WELCOME leaves nothing
+        else:
+            peers.shares_memory.discard(worker)
+        log.info(
+            "worker %s ready: %s pid %d, %d slots, imports %s, shared memory %s",
+            worker,
+            msg.hostname,
+            msg.pid,
+            msg.slots,
+            msg.modules,
+            "yes" if worker in peers.shares_memory else "no",
+        )
+        timing = self.core.brain.timing
+        welcome = Welcome(
+            heartbeat_interval=timing.heartbeat_interval,
+            heartbeat_liveness=timing.heartbeat_liveness,
+        )
+        send(self.sock, identity, welcome)
+        self.core.apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))
+
+    def _on_draining(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
+        worker = _name(identity)
+        log.info("worker %s is draining", worker)
+        self.core.apply(ev.WorkerDraining(worker))
+
+    def _on_disconnect(self, identity: bytes, msg: Disconnect, arrays: list[Buffer]) -> None:
+        worker = _name(identity)
+        log.info("worker %s disconnected, handing back %d shards", worker, len(msg.handback))
+        self.core.peers.hello.pop(worker, None)
+        self.core.apply(ev.WorkerLeft(worker, tuple(msg.handback)))
+
+    def _on_failed(self, identity: bytes, msg: ShardFailed, arrays: list[Buffer]) -> None:
+        worker = _name(identity)
+        error = msg.error.model_copy(update={"worker": worker})
+        log.info(
+            "shard %s/%d attempt %d failed on %s: %s %s",
+            msg.job_id,
+            msg.shard,
+            msg.attempt,
+            worker,
+            error.kind,
+            error.message,
+        )
+        more = _pairs(msg.more)
+        self.core.apply(
+            ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration, more)
+        )
+
+    def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
+        worker = _name(identity)
+        size = len(msg.payload) + sum(memoryview(a).nbytes for a in arrays)
+        limit = self.core.settings.max_result_bytes
+        more = _pairs(msg.more)
+        if size > limit:  # refused as a failure that no retry can fix
+            err = ErrorInfo(
+                kind="bad_input",
+                type="ResultTooLarge",
+                worker=worker,
+                retryable=False,
+                message=f"shard {msg.shard} returned {size:,} bytes, above "
+                f"max_result_bytes={limit:,}; use more shards or write the output "
+                "to files",
+            )
+            self.core.apply(
+                ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err, 0.0, more)
+            )
+            return
+        event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more)
+        self._apply_with_result(event, (msg.payload, arrays))
+
+
+def _name(identity: bytes) -> str:
+    """A worker's name, as the brain and the logs know it."""
+    return identity.decode("utf-8", "replace")
+
+
+def _pairs(more: list[ShardAttempt]) -> tuple[tuple[int, int], ...]:
+    """A batch's other shards as the brain's events carry them."""
+    return tuple((m.shard, m.attempt) for m in more)
