@@ -18,11 +18,12 @@ from typing import Any
 
 import zmq
 
-from shardmill import __version__, exitcodes, shm
-from shardmill.codec import Buffer, decode, encode
+from shardmill import __version__, exitcodes
 from shardmill.config import WorkerSettings
 from shardmill.errors import ProtocolError
-from shardmill.protocol import (
+from shardmill.wire import shm
+from shardmill.wire.codec import Buffer, decode, encode
+from shardmill.wire.protocol import (
     CancelTasks,
     Disconnect,
     Draining,
@@ -36,8 +37,8 @@ from shardmill.protocol import (
     Task,
     Welcome,
 )
-from shardmill.security import Security
-from shardmill.worker.runner import Child, task_leases, wait_all
+from shardmill.wire.security import Security
+from shardmill.worker.runner import ChildProcess, task_leases, wait_all
 
 log = logging.getLogger(__name__)
 MAX_RESEND = 10_000  # results kept for resending after a reconnect...
@@ -237,10 +238,10 @@ class Agent:
 
     # ---- children ------------------------------------------------------------------------------
 
-    def _spawn(self) -> Child:
-        return Child(self.worker_id, list(self.settings.imports))
+    def _spawn(self) -> ChildProcess:
+        return ChildProcess(self.worker_id, list(self.settings.imports))
 
-    def _replace(self, child: Child) -> None:
+    def _replace(self, child: ChildProcess) -> None:
         self.poller.unregister(child.fileno())
         child.kill()
         fresh = self._spawn()
@@ -256,7 +257,7 @@ class Agent:
                 if not child.start(task, arrays, now):
                     self._report_death(child)
 
-    def _on_child(self, child: Child) -> None:
+    def _on_child(self, child: ChildProcess) -> None:
         if not child.ready:
             if not child.read_ready():
                 self._report_death(child)
@@ -289,7 +290,7 @@ class Agent:
             _, old = self.recent.popleft()
             self.recent_bytes -= sum(memoryview(f).nbytes for f in old)
 
-    def _report_death(self, child: Child) -> None:
+    def _report_death(self, child: ChildProcess) -> None:
         running = child.running
         err = child.death()  # before replacing: the exit code, not our SIGKILL, tells the story
         self._replace(child)

@@ -1,6 +1,6 @@
 """A child process: reads tasks from stdin, runs them, writes results to its protocol pipe.
 
-Run by the agent as `python -m shardmill.worker.child WORKER MODULE...`. File descriptor 1 is
+Run by the agent as `python -m shardmill.worker.executor WORKER MODULE...`. File descriptor 1 is
 pointed at stderr first, so a task that prints cannot corrupt the protocol stream.
 """
 
@@ -15,23 +15,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shardmill import shm
-from shardmill.codec import Buffer, decode, encode, pack_value, unpack_value
 from shardmill.errors import BadInput, ProtocolError, UnknownFunction
-from shardmill.protocol import (
-    ErrorInfo,
-    MapChunk,
-    NpyPiece,
-    NpySource,
-    RowRange,
-    ScanShard,
-    ShardAttempt,
-    ShardDone,
-    ShardFailed,
-    Task,
-)
+from shardmill.ops.registry import Registry
+from shardmill.wire import shm
+from shardmill.wire.codec import Buffer, decode, encode, pack_value, unpack_value
+from shardmill.wire.protocol import ErrorInfo, ShardAttempt, ShardDone, ShardFailed, Task
+from shardmill.wire.spec import MapChunk, NpyPiece, NpySource, RowRange, ScanShard
 from shardmill.worker.pipes import read_frames, write_frames
-from shardmill.worker.registry import Registry
 from shardmill.worker.scan import resolve_op, run_scan
 
 

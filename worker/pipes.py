@@ -11,7 +11,7 @@ import struct
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from shardmill.codec import Buffer
+from shardmill.wire.codec import Buffer
 
 _COUNT = struct.Struct("!I")
 MAX_FRAMES = 1 << 16

@@ -1,4 +1,5 @@
-"""Child processes, one per slot: start, feed a task, read its reply, kill, describe a death."""
+"""The agent's child processes, one per slot: start, feed a task, read its reply, kill, describe a
+death. What runs inside each child is `executor.py`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from shardmill.codec import Buffer, Decoded, decode
 from shardmill.errors import ProtocolError
-from shardmill.protocol import ErrorInfo, Lease, Task
+from shardmill.wire.codec import Buffer, Decoded, decode
+from shardmill.wire.protocol import ErrorInfo, Lease, Task
 from shardmill.worker.pipes import read_frames, write_frames
 
 
@@ -34,12 +35,12 @@ def task_leases(task: Task) -> list[Lease]:
     ]
 
 
-class Child:
+class ChildProcess:
     """One child process; the agent polls `fileno()` for its replies."""
 
     def __init__(self, worker_id: str, modules: list[str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardmill.worker.child", worker_id, *modules],
+            [sys.executable, "-m", "shardmill.worker.executor", worker_id, *modules],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -134,7 +135,7 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def wait_all(children: list[Child], timeout: float) -> None:
+def wait_all(children: list[ChildProcess], timeout: float) -> None:
     """Close children politely (stdin EOF ends their loop), then kill what is left."""
     deadline = time.monotonic() + timeout
     for child in children:
@@ -149,4 +150,4 @@ def wait_all(children: list[Child], timeout: float) -> None:
         child.close()
 
 
-__all__ = ["Child", "Running", "task_leases", "wait_all"]
+__all__ = ["ChildProcess", "Running", "task_leases", "wait_all"]

@@ -6,13 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from shardmill.codec import Buffer, unpack_value
+from shardmill.data.readers import iter_blocks
 from shardmill.errors import BadInput, UnknownFunction
 from shardmill.ops import BUILTIN_OPS, DatasetOp
+from shardmill.ops.registry import Registry
 from shardmill.ops.user import user_op
-from shardmill.protocol import ScanShard, Task, ValueSource
-from shardmill.readers import iter_blocks
-from shardmill.worker.registry import Registry
+from shardmill.wire.codec import Buffer, unpack_value
+from shardmill.wire.protocol import Task
+from shardmill.wire.spec import ScanShard, ValueSource
 
 
 def resolve_op(name: str, registry: Registry) -> DatasetOp:
