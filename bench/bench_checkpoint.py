@@ -23,7 +23,7 @@ from bench_harness import CpuMonitor, wait_quiet
 from bench_runtime import REV_ENV, rerun_at, runtime_source
 
 from shardmill import LocalCluster
-from shardmill.demo import generate
+from shardmill.cli.demo import generate
 
 HERE = Path(__file__).resolve().parent
 

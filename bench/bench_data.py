@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from bench_harness import DATA_DIR
 
-from shardmill.demo import generate, one_process
+from shardmill.cli.demo import generate, one_process
+from shardmill.data.sharding import plan_rows, read_npy_header
 from shardmill.ops.column_stats import ColumnStats
-from shardmill.sharding import plan_rows, read_npy_header
 
 STAT_KEYS = ("count", "sum", "mean", "std", "min", "max")
 TOLERANCE = 1e-9  # the demo's: |got - want| / max(1, |want|)

@@ -23,8 +23,8 @@ from bench_harness import (
 )
 from bench_systems import ShardmillSystem, System
 
-from shardmill.client import Job
 from shardmill.errors import JobTimeout
+from shardmill.job import Job
 
 WATCH_STEP = 0.01  # status polls while waiting for a dead agent's shards to move
 HEARTBEATS = ((1.0, 3), (0.1, 3))  # the defaults, then a tighter setting

@@ -19,7 +19,7 @@ from bench_harness import CONNECT_TIMEOUT, JOB_TIMEOUT, POOL, SHARDMILL, WORKERS
 from bench_tasks import noop, noop1, stats_block, stats_rows, stats_rows_slow
 
 from shardmill import Client, LocalCluster
-from shardmill.client import Job
+from shardmill.job import Job
 
 Ranges = Sequence[tuple[int, int]]
 Waiter = Callable[[float], dict[str, Any]]  # wait(timeout) -> merged statistics

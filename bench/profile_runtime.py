@@ -31,7 +31,7 @@ from bench_harness import (
 from bench_runtime import REV_ENV, rerun_at
 from bench_systems import ShardmillSystem
 
-from shardmill.sharding import plan_rows
+from shardmill.data.sharding import plan_rows
 
 PROFILES = DATA_DIR / "profiles"
 

@@ -42,10 +42,11 @@ from bench_harness import (
 from bench_runtime import REV_ENV, rerun_at
 from bench_systems import ShardmillSystem
 
-from shardmill.codec import decode, encode, pack_value
-from shardmill.master import events as ev
-from shardmill.master.state import MasterState
-from shardmill.protocol import JobSpec, MapChunk, ShardDone, Submit, Task
+from shardmill.master.brain import events as ev
+from shardmill.master.brain.state import MasterState
+from shardmill.wire.codec import decode, encode, pack_value
+from shardmill.wire.protocol import ShardDone, Submit, Task
+from shardmill.wire.spec import JobSpec, MapChunk
 from shardmill.worker.pipes import read_frames, write_frames
 
 
@@ -203,7 +204,7 @@ def respawn(reps: int) -> None:
     for _ in range(reps + 1):
         t0 = time.perf_counter()
         child = subprocess.Popen(
-            [sys.executable, "-m", "shardmill.worker.child", "whatif", "bench_tasks"],
+            [sys.executable, "-m", "shardmill.worker.executor", "whatif", "bench_tasks"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

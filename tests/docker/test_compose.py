@@ -20,7 +20,7 @@ from faults import assert_merged_once
 from helpers import wait_until
 
 from shardmill import Client, Job
-from shardmill.protocol import ShardInfo
+from shardmill.wire.protocol import ShardInfo
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 

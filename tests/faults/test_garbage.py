@@ -9,9 +9,9 @@ import msgpack
 import zmq
 
 from shardmill import LocalCluster
-from shardmill.codec import decode, encode
-from shardmill.protocol import ErrorReply, Heartbeat, JobsQuery
-from shardmill.security import Security
+from shardmill.wire.codec import decode, encode
+from shardmill.wire.protocol import ErrorReply, Heartbeat, JobsQuery
+from shardmill.wire.security import Security
 
 
 def _dealer(cluster: LocalCluster, address: str, role: str) -> zmq.Socket[bytes]:

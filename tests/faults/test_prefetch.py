@@ -13,7 +13,7 @@ from faults import agent_pid, assert_merged_once, attempts
 from helpers import FAST, cluster_env, runs, wait_until
 
 from shardmill import Client, LocalCluster
-from shardmill.protocol import WorkerInfo
+from shardmill.wire.protocol import WorkerInfo
 
 # Shards of up to 5 s count as short here, so tasks that sleep long enough to watch qualify.
 PREFETCH = ["--prefetch-below", "5"]

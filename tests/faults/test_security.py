@@ -17,18 +17,11 @@ import zmq
 from helpers import FAST, cluster_env, run_cli, wait_until
 
 from shardmill import Client, JobSpecError, LocalCluster, MasterUnreachable, ProtocolError
-from shardmill.codec import decode, encode, pack_value
 from shardmill.errors import JobFailed
-from shardmill.protocol import (
-    ErrorReply,
-    Heartbeat,
-    JobSpec,
-    Ready,
-    ShardDone,
-    StatusQuery,
-    Submit,
-)
-from shardmill.security import Security, keygen
+from shardmill.wire.codec import decode, encode, pack_value
+from shardmill.wire.protocol import ErrorReply, Heartbeat, Ready, ShardDone, StatusQuery, Submit
+from shardmill.wire.security import Security, keygen
+from shardmill.wire.spec import JobSpec
 
 
 def _jobs(cluster: LocalCluster) -> int:

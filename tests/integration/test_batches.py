@@ -11,7 +11,7 @@ import pytest
 from faults import assert_merged_once
 
 from shardmill import Client, LocalCluster
-from shardmill.client import Job
+from shardmill.job import Job
 
 ROWS, COLS, SHARDS = 64_000, 4, 64
 BATCH_OUTCOMES = {"its batch failed", "lost with its batch", "dropped with its batch"}

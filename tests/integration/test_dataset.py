@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shardmill import Client, JobSpecError, LocalCluster, MasterUnreachable
-from shardmill.demo import generate
+from shardmill.cli.demo import generate
 
 
 @pytest.fixture(scope="module")

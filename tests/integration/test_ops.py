@@ -149,7 +149,7 @@ def test_hash_assignment_is_identical_across_processes_and_hash_seeds() -> None:
     # Given the same keys hashed in two processes with different PYTHONHASHSEED
     code = (
         "import json, numpy as np\n"
-        "from shardmill.sharding import hash_buckets\n"
+        "from shardmill.data.sharding import hash_buckets\n"
         "keys = ['alpha', 'beta', 'gamma', 'delta'] * 3 + [f'k{i}' for i in range(500)]\n"
         "print(json.dumps({'buckets': hash_buckets(np.array(keys), 7).tolist()\n"
         "  + hash_buckets(np.arange(-500, 500), 7).tolist(),\n"

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from helpers import FAST, cluster_env, wait_until
 
-from shardmill import LocalCluster, shm
+from shardmill import LocalCluster
 from shardmill.errors import MessageTooLarge, ServerError
-from shardmill.protocol import JobSpec, ShmRef, Submit
+from shardmill.wire import shm
+from shardmill.wire.protocol import ShmRef, Submit
+from shardmill.wire.spec import JobSpec
 
 pytestmark = pytest.mark.skipif(not shm.available(), reason="no writable /dev/shm")
 

@@ -10,7 +10,7 @@ from typing import Any
 from helpers import wait_until
 
 from shardmill import Client, Job, LocalCluster
-from shardmill.protocol import AttemptInfo
+from shardmill.wire.protocol import AttemptInfo
 
 
 def alive(pid: int) -> bool:

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from shardmill.codec import pack_value, to_bytes, unpack_value
+from shardmill.data.plan import Plan, build_plan
 from shardmill.master.merge import OpMerger
-from shardmill.plan import Plan, build_plan
-from shardmill.protocol import JobSpec, Task
-from shardmill.worker.registry import Registry
+from shardmill.ops.registry import Registry
+from shardmill.wire.codec import pack_value, to_bytes, unpack_value
+from shardmill.wire.protocol import Task
+from shardmill.wire.spec import JobSpec
 from shardmill.worker.scan import run_scan
 
 

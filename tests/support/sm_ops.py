@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from shardmill.ops import Block, UserOp
-from shardmill.protocol import OpOptions
+from shardmill.wire.spec import OpOptions
 
 
 def _map(block: Block, options: OpOptions) -> dict[str, Any]:

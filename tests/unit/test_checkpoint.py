@@ -18,23 +18,21 @@ import pytest
 from helpers import wait_until
 from inprocess import shard_partials
 
-from shardmill.codec import pack_value, to_bytes, unpack_value
+from shardmill.data.plan import build_plan
 from shardmill.errors import StateDirError
-from shardmill.master import events as ev
 from shardmill.master.blobfiles import BLOB_THRESHOLD, BLOBS_DIR
+from shardmill.master.brain import events as ev
+from shardmill.master.brain.state import MasterState
+from shardmill.master.brain.transitions import JobState
 from shardmill.master.checkpoint import GROUP_COMMIT, Checkpointer
 from shardmill.master.jobs import JobData, accept
 from shardmill.master.merge import MapMerger
-from shardmill.master.model import JobState
-from shardmill.master.state import MasterState
-from shardmill.master.store import (
-    DB_NAME,
-    SCHEMA_VERSION,
-    Store,
-    pack_inputs,
-)
-from shardmill.plan import build_plan
-from shardmill.protocol import AttemptInfo, ErrorInfo, JobSpec, Submit
+from shardmill.master.records import pack_inputs
+from shardmill.master.store import DB_NAME, SCHEMA_VERSION, Store
+from shardmill.ops.registry import NO_MODULES
+from shardmill.wire.codec import pack_value, to_bytes, unpack_value
+from shardmill.wire.protocol import AttemptInfo, ErrorInfo, Submit
+from shardmill.wire.spec import JobSpec
 
 WALL = 1_700_000_000.0  # wall-clock time at the injected clock's zero
 MAP = JobSpec(op="map", function="m:f", max_attempts=3)
@@ -44,14 +42,15 @@ class Master:
     """The checkpointing half of a master: state machine in, Checkpointer out, as loop.py."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.state = MasterState()
-        self.state.wall_offset = WALL
+        self.state = MasterState(wall_offset=WALL)
         self.ck = Checkpointer(state_dir)
-        self.jobs = self.ck.restore(self.state, now=0.0)
+        self.jobs, restored = self.ck.restore(NO_MODULES)
+        for event in [*restored, ev.RestoreDone()]:
+            self.state.handle(event, now=0.0)
         self.state.handle(ev.WorkerReady("w1", slots=100), now=0.0)
 
     def submit(self, job_id: str, msg: Submit) -> JobData:
-        data = accept(msg, [])
+        data = accept(msg, [], NO_MODULES)
         self.ck.job_added(job_id, data, spec=msg.spec, submitted_at=WALL)
         self.jobs[job_id] = data
         self.state.handle(ev.JobAdded(job_id, msg.spec, len(data.descriptors)), now=0.0)

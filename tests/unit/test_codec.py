@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from shardmill.codec import decode, encode, pack_value, unpack_value
 from shardmill.errors import ProtocolError, VersionMismatch
-from shardmill.protocol import JobSpec, ShardDone, Submit
+from shardmill.wire.codec import decode, encode, pack_value, unpack_value
+from shardmill.wire.protocol import ShardDone, Submit
+from shardmill.wire.spec import JobSpec
 
 
 def _round_trip(value: object) -> object:

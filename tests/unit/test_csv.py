@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inprocess import run_spec
 
-from shardmill.csvfile import byte_splits, describe_csv, read_chunks
+from shardmill.data.csvfile import byte_splits, describe_csv, read_chunks
+from shardmill.data.plan import build_plan
 from shardmill.errors import BadInput, JobSpecError
-from shardmill.plan import build_plan
-from shardmill.protocol import JobSpec
+from shardmill.wire.spec import JobSpec
 
 # Text with a letter (blank fields are missing values); commas force quoting
 WORDS = st.text(alphabet="abcxyz ,;-", min_size=1, max_size=8).filter(lambda w: w.strip(" ,;-"))

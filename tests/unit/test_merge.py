@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardmill.codec import pack_value, unpack_value
 from shardmill.master.merge import MapMerger, OpMerger
 from shardmill.ops.column_stats import ColumnStats
+from shardmill.wire.codec import pack_value, unpack_value
 
 
 @settings(max_examples=150, deadline=None)

@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from inprocess import merge, run_spec, shard_partials
 
+from shardmill.data.plan import build_plan
+from shardmill.data.synthetic import BLOCK_ROWS, materialize, rows
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.jobs import accept
-from shardmill.master.state import MasterState
-from shardmill.plan import build_plan
-from shardmill.protocol import JobSpec, Submit
-from shardmill.synthetic import BLOCK_ROWS, materialize, rows
+from shardmill.ops.registry import NO_MODULES
+from shardmill.wire.protocol import Submit
+from shardmill.wire.spec import JobSpec
 
 OPS = ["column_stats", "sum_count", "histogram", "value_counts", "groupby"]
 KEYED = {"value_counts", "groupby"}
@@ -226,12 +227,12 @@ def test_a_dataset_job_survives_a_checkpoint_round_trip(tmp_path: Path) -> None:
     data = make_data(5, 500, 3, 9, 0.0)
     np.save(tmp_path / "d.npy", data)
     spec = JobSpec(op="groupby", dataset=str(tmp_path / "d.npy"), strategy="hash", key=0, shards=3)
-    job = accept(Submit(spec=spec), [])
+    job = accept(Submit(spec=spec), [], NO_MODULES)
     store = Checkpointer(tmp_path / "state")
     store.job_added("j1", job, spec=spec, submitted_at=0.0)
     store.close()
     # When a new master restores it
-    restored = Checkpointer(tmp_path / "state").restore(MasterState(), now=0.0)["j1"]
+    restored = Checkpointer(tmp_path / "state").restore(NO_MODULES)[0]["j1"]
     # Then its descriptors and the provenance of its result are the same
     assert restored.descriptors == job.descriptors
     assert restored.merger.provenance == job.merger.provenance  # type: ignore[union-attr]

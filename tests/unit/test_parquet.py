@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from inprocess import run_spec
 
+from shardmill.data.plan import build_plan
 from shardmill.errors import JobSpecError
-from shardmill.plan import build_plan
-from shardmill.protocol import JobSpec
+from shardmill.wire.spec import JobSpec
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

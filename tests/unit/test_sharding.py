@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardmill.errors import JobSpecError
-from shardmill.sharding import (
+from shardmill.data.sharding import (
     check_boundaries,
     hash_buckets,
     quantile_boundaries,
@@ -22,6 +21,7 @@ from shardmill.sharding import (
     split_columns,
     stable_hash,
 )
+from shardmill.errors import JobSpecError
 
 M64 = 2**64 - 1
 

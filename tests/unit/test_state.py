@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from shardmill.errors import InvalidTransition
-from shardmill.master import events as ev
-from shardmill.master.model import ShardState
-from shardmill.master.state import MasterState, Timing
-from shardmill.protocol import ErrorInfo, JobSpec, Lease
+from shardmill.master.brain import events as ev
+from shardmill.master.brain.model import Timing
+from shardmill.master.brain.state import MasterState
+from shardmill.master.brain.transitions import ShardState
+from shardmill.wire.protocol import ErrorInfo, Lease
+from shardmill.wire.spec import JobSpec
 
 SPEC = JobSpec(op="map", function="m:f", max_attempts=3)
 
