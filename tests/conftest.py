@@ -12,6 +12,7 @@ import pytest
 SUPPORT = Path(__file__).parent / "support"
 sys.path.insert(0, str(SUPPORT))
 
+from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
 from helpers import FAST, cluster_env  # noqa: E402
 
 from shardmill import LocalCluster  # noqa: E402

@@ -89,13 +89,16 @@ class ParquetDataset(Dataset):
 def parquet_chunks(src: ParquetSource) -> Iterator[Chunk]:
     """One chunk per row group, every column as a NumPy array (text as str)."""
     try:
-        pf = _pq().ParquetFile(src.path)
+        # Pages written with checksums are checked: a corrupt page is an error, never values.
+        pf = _pq().ParquetFile(src.path, page_checksum_verification=True)
         for g in src.row_groups:
             table = pf.read_row_group(g)
             yield Chunk(-1, columns=[_to_numpy(col) for col in table.columns])
     except JobSpecError as e:
         raise BadInput(str(e), retryable=True) from e
     except OSError as e:
+        if "checksum" in str(e):  # the bytes on disk are wrong: reading again cannot help
+            raise BadInput(f"{src.path} is corrupt (row groups {src.row_groups}): {e}") from e
         raise BadInput(f"{src.path} cannot be read: {e}", retryable=True) from e
     except ValueError as e:
         raise BadInput(f"{src.path} is not a readable Parquet file: {e}") from e
