@@ -3,14 +3,14 @@
 # from the Debian mirror alone.
 #
 # Why: where no container registry is reachable, `FROM python:3.12-slim`
-# cannot be pulled, but deb.debian.org can be, so we debootstrap a root
+# cannot be pulled, but the Debian mirror can be, so we debootstrap a root
 # filesystem and `docker import` it. Its python3 is 3.11, same as a bookworm
 # host, so wheels built on the host fit the image.
 # Usage: docker/build-base.sh [--force]   (skips if the image exists)
 set -euo pipefail
 
 IMAGE="${SHARDMILL_BASE_IMAGE:-shardmill-base:bookworm}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+MIRROR="$("$(dirname "$0")/apt-mirror.sh")"  # the host's own, or $DEBIAN_MIRROR
 
 if [[ "${1:-}" != "--force" ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
     echo "$IMAGE already exists (use --force to rebuild)"

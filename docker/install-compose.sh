@@ -9,7 +9,7 @@
 # host's apt configuration and package state stay untouched.
 set -euo pipefail
 
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+MIRROR="$("$(dirname "$0")/apt-mirror.sh")"  # the host's own, or $DEBIAN_MIRROR
 PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 TARGET="$PLUGIN_DIR/docker-compose"
 
