@@ -53,7 +53,7 @@ def _w2(s: ShardmillSystem, rows: int) -> Prepared:
             for _ in range(200):
                 s.call_noop()
             # Finished jobs slow every dispatch (see RESULTS.md): keep them out of this profile.
-            s.client.prune()
+            s.client.prune(0)
 
     return run
 

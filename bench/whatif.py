@@ -63,7 +63,7 @@ def jobs(reps: int) -> None:
             print(f"{held:5d} jobs held: W2 median {_median_ms(system.call_noop, 200):.3f} ms")
             for _ in range(800):
                 system.call_noop()
-        system.client.prune()
+        system.client.prune(0)
         held = len(system.client.jobs())
         print(f"{held:5d} jobs held after prune: {_median_ms(system.call_noop, 200):.3f} ms")
     finally:

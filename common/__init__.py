@@ -13,6 +13,7 @@ from shardmill.errors import (
     MasterUnreachable,
     ProtocolError,
     RemoteError,
+    ServerError,
     ShardmillError,
 )
 from shardmill.job import Job
@@ -29,6 +30,7 @@ __all__ = [
     "MasterUnreachable",
     "ProtocolError",
     "RemoteError",
+    "ServerError",
     "ShardmillError",
     "__version__",
 ]

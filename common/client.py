@@ -257,8 +257,9 @@ class Client:
         assert isinstance(reply, JobStatus)
         return reply.job
 
-    def prune(self, older_than: float | None = None) -> list[JobInfo]:
-        """Forget finished jobs that ended more than `older_than` seconds ago (all if None)."""
+    def prune(self, older_than: float) -> list[JobInfo]:
+        """Forget finished jobs that ended at least `older_than` seconds ago (0: every finished
+        job); running jobs and jobs a client waits for are kept. Returns the forgotten ones."""
         reply = self._request(PruneJobs(older_than=older_than)).msg
         assert isinstance(reply, JobList)
         return list(reply.jobs)

@@ -27,7 +27,7 @@ def cluster() -> Iterator[LocalCluster]:
         with c.client() as client:
             warm = client.map("sm_tasks:square", [(i,) for i in range(4)], chunk_size=1)
             assert warm.result(timeout=60) == [0, 1, 4, 9]
-            client.prune()  # tests start with no jobs
+            client.prune(0)  # tests start with no jobs
         yield c
 
 

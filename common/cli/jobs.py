@@ -74,17 +74,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    if getattr(args, "prune", False):
+        return _prune(args)
     with _connect(args) as client:
-        if getattr(args, "prune", False):
-            pruned = client.prune(args.older_than)
-            out(
-                args,
-                [j.model_dump(mode="json") for j in pruned],
-                lambda: print(f"pruned {len(pruned)} finished job(s)"),
-            )
-            return exitcodes.OK
         jobs = client.jobs()
     out(args, [j.model_dump(mode="json") for j in jobs], lambda: show_jobs(jobs))
+    return exitcodes.OK
+
+
+def _prune(args: argparse.Namespace) -> int:
+    if args.older_than is None:  # never forget every finished job by omission
+        print(
+            "shardmill: --prune needs --older-than SECONDS "
+            "(--older-than 0 forgets every finished job)",
+            file=sys.stderr,
+        )
+        return exitcodes.USAGE
+    with _connect(args) as client:
+        pruned = client.prune(args.older_than)
+    data = [j.model_dump(mode="json") for j in pruned]
+    out(args, data, lambda: print(f"pruned {len(pruned)} finished job(s)"))
     return exitcodes.OK
 
 

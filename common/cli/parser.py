@@ -103,8 +103,10 @@ def _queries(sub: Subparsers) -> None:
     p.add_argument("job", nargs="?")
     p.add_argument("--shards", action="store_true", help="list every shard")
     p = _client(sub, "jobs", "list jobs", jobs.cmd_jobs)
-    p.add_argument("--prune", action="store_true", help="forget finished jobs")
-    p.add_argument("--older-than", type=float, help="with --prune: ended this many seconds ago")
+    p.add_argument("--prune", action="store_true", help="forget finished jobs (needs --older-than)")
+    p.add_argument(
+        "--older-than", type=float, help="with --prune: that ended this many seconds ago (0: all)"
+    )
     _client(sub, "workers", "list workers", jobs.cmd_workers)
     p = _client(sub, "result", "print a job's result (waits for it)", jobs.cmd_result)
     p.add_argument("job")

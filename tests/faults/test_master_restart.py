@@ -124,7 +124,7 @@ def test_finished_jobs_stay_queryable_and_can_be_pruned(
     with state_cluster.client() as client:
         assert client.job(job_id).result(timeout=10) == EXPECTED
         assert client.status(job_id).state == "done"
-        assert [j.job_id for j in client.prune()] == [job_id]
+        assert [j.job_id for j in client.prune(0)] == [job_id]
         assert client.jobs() == []
     state_cluster.kill_master()
     state_cluster.start_master()

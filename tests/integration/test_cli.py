@@ -52,6 +52,12 @@ def test_submit_status_jobs_result_workers_why(cluster: LocalCluster, npy: Path)
     assert sum(w["shards_done"] for w in workers) == done_before + 8
     story = cli_json("why", job_id, "3", master=master)
     assert story["state"] == "done" and story["history"][0]["outcome"] == "ok"
+    # prune asks for an age: never every finished job by omission
+    bare = run_cli("jobs", "--prune", master=master)
+    assert bare.returncode == exitcodes.USAGE and "--older-than SECONDS" in bare.stderr
+    assert cli_json("jobs", "--prune", "--older-than", "3600", master=master) == []
+    pruned = cli_json("jobs", "--prune", "--older-than", "0", master=master)
+    assert [j["job_id"] for j in pruned] == [job_id] and cli_json("jobs", master=master) == []
 
 
 def test_human_output_and_wait_progress(cluster: LocalCluster, npy: Path) -> None:
