@@ -10,11 +10,10 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-from shardmill.cli.tables import console
+from shardmill.cli.tables import console, elapsed, rate
 from shardmill.errors import MasterUnreachable
 from shardmill.job import Job
 from shardmill.wire.protocol import JobInfo
@@ -55,21 +54,20 @@ def follow(job: Job, timeout: float | None) -> JobInfo:
         MofNCompleteColumn(),
         TextColumn("shards"),
         TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
+        TextColumn("{task.fields[elapsed]}"),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    start = time.monotonic()
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(job.id, total=None, rate="")
+        task = bar.add_task(job.id, total=None, rate="", elapsed="")
 
         def update(info: JobInfo) -> None:
-            rate = info.shards_done / max(1e-9, time.monotonic() - start)
             bar.update(
                 task,
                 total=info.shards_total,
                 completed=info.shards_done,
-                rate=f"{rate:.1f} shards/s",
+                rate=rate(info),
+                elapsed=elapsed(info),
                 description=f"{job.id} {info.state}",
             )
 

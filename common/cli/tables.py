@@ -4,15 +4,65 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from shardmill.wire.protocol import JobInfo, ShardInfo, WorkerInfo
 
 console = Console()
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column. An "id" or a "word" (a state, a count) is never cut or wrapped; "text"
+    wraps; when the table does not fit the terminal, the lowest `rank` goes first."""
+
+    header: str
+    rank: int = 0  # 0: always shown
+    kind: str = "text"  # "id", "word", "num" (a word, right-aligned) or "text"
+
+    def widths(self, cells: list[str]) -> tuple[int, int]:
+        """(narrowest, natural) width of this column over `cells`."""
+        natural = max([len(self.header), *(len(c) for c in cells)])
+        if self.kind == "text":
+            return min(natural, max(len(self.header), TEXT_MIN)), natural
+        return natural, natural
+
+
+TEXT_MIN = 10  # a text column is not squeezed below this (or its header)
+GAP = 3  # per column: its padding and the blank divider (SIMPLE_HEAD), less one at the edge
+
+
+def fit(cols: list[Col], rows: list[list[str]], *, width: int | None = None) -> Table:
+    """A table of `rows` no wider than the terminal: lesser columns are dropped until the rest
+    fit, ids stay whole (a job id can always be copied from it), text wraps."""
+    width = width or console.width
+    shown = list(range(len(cols)))
+    least = {i: cols[i].widths([r[i] for r in rows])[0] for i in shown}
+    while sum(least[i] for i in shown) + GAP * len(shown) - 1 > width:
+        droppable = [i for i in shown if cols[i].rank > 0]
+        if not droppable:
+            break
+        shown.remove(min(droppable, key=lambda i: cols[i].rank))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for i in shown:
+        c = cols[i]
+        table.add_column(
+            c.header,
+            min_width=least[i],
+            no_wrap=c.kind != "text",
+            overflow="fold",
+            justify="right" if c.kind == "num" else "left",
+        )
+    for r in rows:
+        table.add_row(*(r[i] for i in shown))
+    return table
 
 
 def out(args: argparse.Namespace, data: Any, human: Any) -> None:
@@ -56,18 +106,52 @@ def show_job(info: JobInfo) -> None:
     if info.error:
         console.print(info.error, markup=False, highlight=False)
     if info.shards:
-        table = Table("shard", "state", "attempts", "worker", "merged")
-        for s in info.shards:
-            table.add_row(str(s.index), s.state, str(s.attempts), s.worker or "-", str(s.merged))
-        console.print(table)
+        rows = [
+            [str(s.index), s.state, str(s.attempts), _last_worker(s), str(s.merged)]
+            for s in info.shards
+        ]
+        console.print(fit(SHARD_COLUMNS, rows))
+
+
+def _last_worker(s: ShardInfo) -> str:
+    """The worker holding the shard now, else the one its last attempt ran on (as `why`)."""
+    return s.worker or (s.history[-1].worker if s.history else "-")
+
+
+JOB_COLUMNS = [
+    Col("job", kind="id"),
+    Col("name", rank=1),
+    Col("op", rank=4),
+    Col("state", kind="word"),
+    Col("done", rank=7, kind="num"),
+    Col("failed", rank=3, kind="num"),
+    Col("running", rank=2, kind="num"),
+    Col("total", rank=6, kind="num"),
+    Col("elapsed", rank=5, kind="num"),
+]
+SHARD_COLUMNS = [
+    Col("shard", kind="num"),
+    Col("state", kind="word"),
+    Col("attempts", rank=2, kind="num"),
+    Col("worker", kind="id"),
+    Col("merged", rank=1, kind="num"),
+]
+WORKER_COLUMNS = [
+    Col("worker", kind="id"),
+    Col("host", rank=2),
+    Col("pid", rank=1, kind="num"),
+    Col("slots", rank=6, kind="num"),
+    Col("busy", rank=7, kind="num"),
+    Col("heartbeat age", rank=5, kind="num"),
+    Col("done", rank=4, kind="num"),
+    Col("failed", rank=4, kind="num"),
+    Col("shm", rank=3),
+]
 
 
 def show_jobs(jobs: list[JobInfo]) -> None:
-    table = Table("job", "name", "op", "state", "done", "failed", "running", "total", "elapsed")
-    for j in jobs:
-        end = j.finished_at if j.finished_at is not None else None
-        elapsed = f"{end - j.submitted_at:.2f} s" if end is not None else "-"
-        table.add_row(
+    rows = [
+        [
             j.job_id,
             j.name or "-",
             j.op,
@@ -76,19 +160,31 @@ def show_jobs(jobs: list[JobInfo]) -> None:
             str(j.shards_failed),
             str(j.shards_running),
             str(j.shards_total),
-            elapsed,
-        )
-    console.print(table)
+            elapsed(j),
+        ]
+        for j in jobs
+    ]
+    console.print(fit(JOB_COLUMNS, rows))
+
+
+def elapsed(j: JobInfo, now: float | None = None) -> str:
+    """Since submit: to its end when finished, to `now` (the wall clock) while it runs."""
+    end = j.finished_at if j.finished_at is not None else (now or time.time())
+    return f"{end - j.submitted_at:.2f} s"
+
+
+def rate(j: JobInfo, now: float | None = None) -> str:
+    """Shards done per second of the job's own run: from its first dispatch to its end (or to
+    `now` while it runs), whenever it is watched."""
+    start = j.started_at if j.started_at is not None else j.submitted_at
+    end = j.finished_at if j.finished_at is not None else (now or time.time())
+    return f"{j.shards_done / max(end - start, 1e-3):.1f} shards/s"
 
 
 def show_workers(workers: list[WorkerInfo]) -> None:
-    table = Table(
-        "worker", "host", "pid", "slots", "busy", "heartbeat age", "done", "failed", "shm"
-    )
-    for w in workers:
-        name = w.worker_id + (" (draining)" if w.draining else "")
-        table.add_row(
-            name,
+    rows = [
+        [
+            w.worker_id + (" (draining)" if w.draining else ""),
             w.hostname,
             str(w.pid),
             str(w.slots),
@@ -97,8 +193,10 @@ def show_workers(workers: list[WorkerInfo]) -> None:
             str(w.shards_done),
             str(w.shards_failed),
             "yes" if w.shared_memory else "no",
-        )
-    console.print(table)
+        ]
+        for w in workers
+    ]
+    console.print(fit(WORKER_COLUMNS, rows))
 
 
 def show_story(job_id: str, shard: ShardInfo) -> None:

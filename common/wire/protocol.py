@@ -90,6 +90,16 @@ class JobInfo(Frozen):
     missing_shards: list[int] = []
     shards: list[ShardInfo] | None = None
 
+    def __str__(self) -> str:
+        """One line for people: `job.progress()` printed in a REPL or a script."""
+        counts = f"{self.shards_done}/{self.shards_total} shards done"
+        counts += f", {self.shards_failed} failed, {self.shards_running} running"
+        end = f", {self.finished_at - self.submitted_at:.2f} s" if self.finished_at else ""
+        return f"job {self.job_id} ({self.op}) {self.state}: {counts}{end}"
+
+    def __repr__(self) -> str:
+        return f"<JobInfo {self}>"
+
 
 class WorkerInfo(Frozen):
     worker_id: str

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_json, run_cli, wait_until
+from helpers import cli_json, cluster_env, run_cli, wait_until
 
 from shardmill import LocalCluster, exitcodes
 
@@ -71,6 +71,37 @@ def test_human_output_and_wait_progress(cluster: LocalCluster, npy: Path) -> Non
         assert out.returncode == 0 and out.stdout.strip(), out.stderr
     watch = run_cli("watch", cli_json("jobs", master=master)[0]["job_id"], master=master)
     assert watch.returncode == 0 and "done" in watch.stdout
+
+
+def test_tables_fit_80_columns_with_whole_ids_and_true_numbers(
+    cluster: LocalCluster, npy: Path
+) -> None:
+    # Given a finished job with a long name, and a terminal 80 columns wide
+    master = cluster
+    name = "a rather long job name that would not fit anywhere"
+    args = ("submit", "column_stats", str(npy), "--shards", "6", "--name", name)
+    job_id = cli_json(*args, "--wait", master=master)["job_id"]
+    narrow = {**cluster_env(), **cluster.client_env(), "COLUMNS": "80"}
+    # When jobs, workers and status --shards print tables for people
+    for cmd in (["jobs"], ["workers"], ["status", job_id, "--shards"]):
+        out = run_cli(*cmd, env=narrow)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        # Then no line passes 80 columns, and ids are whole
+        assert max(len(line) for line in lines) <= 80, out.stdout
+        assert job_id in out.stdout or cmd == ["workers"]
+    workers = {w["worker_id"] for w in cli_json("workers", master=master)}
+    assert all(w in run_cli("workers", env=narrow).stdout for w in workers)
+    # And a done shard names the worker that ran it, as `why` does
+    status = run_cli("status", job_id, "--shards", env=narrow).stdout
+    shard_rows = [line.split() for line in status.splitlines() if line.split()[:1] == ["0"]]
+    assert shard_rows and shard_rows[0][3] in workers
+    # And watching the finished job shows its own rate and time, not the watcher's
+    info = cli_json("status", job_id, master=master)
+    seconds = info["finished_at"] - info["started_at"]
+    watch = run_cli("watch", job_id, env=narrow).stdout
+    assert f"{6 / seconds:.1f} shards/s" in watch, watch
+    assert f"{info['finished_at'] - info['submitted_at']:.2f} s" in watch
 
 
 def test_submit_wait_json_and_watch_json(cluster: LocalCluster, npy: Path) -> None:
