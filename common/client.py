@@ -16,8 +16,9 @@ import numpy as np
 import zmq
 from pydantic import ValidationError
 
-from shardmill.config import ClientSettings
+from shardmill.config import ClientSettings, address_problem
 from shardmill.errors import (
+    ConfigError,
     JobSpecError,
     MasterUnreachable,
     MessageTooLarge,
@@ -65,6 +66,8 @@ class Client:
         insecure: bool | None = None,
     ) -> None:
         defaults = ClientSettings()
+        if problem := address_problem(master or defaults.master, port=5556):
+            raise ConfigError(problem)
         key_dir = Path(keys) if keys is not None else defaults.keys
         plain = defaults.insecure if insecure is None else insecure
         self.security = Security.resolve(key_dir, plain and key_dir is None, "client")

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ADDRESS = re.compile(r"^(tcp://([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}|ipc://\S+)$")
+
+
+def address_problem(address: str, *, port: int) -> str | None:
+    """Why `address` is not one a peer can connect to, with the fix; None when it is."""
+    if _ADDRESS.match(address):
+        return None
+    return (
+        f"master {address!r} is not a ZeroMQ address to connect to; "
+        f"use tcp://HOST:PORT, for example tcp://127.0.0.1:{port}"
+    )
 
 
 def _keys_field(role: str) -> Path | None:
@@ -115,8 +128,9 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
-        if not self.master.startswith(("tcp://", "ipc://")):
-            raise ValueError(f"master {self.master!r} is not a ZeroMQ address; use tcp://HOST:5555")
+        problem = address_problem(self.master, port=5555)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

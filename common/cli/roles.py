@@ -57,29 +57,43 @@ def cmd_master(args: argparse.Namespace) -> int:
 
     settings = MasterSettings(**given(args, *MASTER_FLAGS))
     setup_logging("master", settings.log_level)
+    if not _modules_found("master", settings.imports):
+        return exitcodes.CONFIG
     # The modules user ops come from: the master combines and finalizes with them.
     registry = Registry(settings.imports, worker="master")
     for name, tb in registry.broken.items():
-        print(f"shardmill master: cannot import module {name}:\n{tb}", file=sys.stderr)
+        last = tb.strip().splitlines()[-1]
+        print(
+            f"shardmill master: module {name} fails to import ({last}); "
+            f"see why with: python -c 'import {name}'",
+            file=sys.stderr,
+        )
     if registry.broken:
         return exitcodes.CONFIG
     return serve(settings, registry)
 
 
+def _modules_found(role: str, names: list[str]) -> bool:
+    """Every module to import is on the Python path; else one line says which and the fix."""
+    from shardmill.ops.registry import missing_modules
+
+    missing = missing_modules(names)
+    if missing:
+        print(
+            f"shardmill {role}: cannot find module(s) {', '.join(missing)} on the Python path; "
+            "install them or set PYTHONPATH, then start it again",
+            file=sys.stderr,
+        )
+    return not missing
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from shardmill.cli.logs import setup_logging
-    from shardmill.ops.registry import missing_modules
     from shardmill.worker.agent import serve
 
     settings = WorkerSettings(**given(args, *WORKER_FLAGS))
     setup_logging("worker", settings.log_level)
-    missing = missing_modules(settings.imports)
-    if missing:
-        print(
-            f"shardmill worker: cannot find module(s) {', '.join(missing)} on the Python path; "
-            "install them or set PYTHONPATH, then start the worker again",
-            file=sys.stderr,
-        )
+    if not _modules_found("worker", settings.imports):
         return exitcodes.CONFIG
     return serve(settings)
 

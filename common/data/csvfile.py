@@ -66,7 +66,7 @@ def describe_csv(
         names = [str(i) for i in range(len(first_fields))]
         data_start, sample = 0, first + head
     _check_names(path, names)
-    rows = _sample_rows(_decode_sample(sample, path), delimiter, len(names))
+    rows = _sample_rows(_decode_sample(sample, path, 2 if header else 1), delimiter, len(names))
     types = [_infer([r[j] for r in rows]) for j in range(len(names))]
     types = _override(path, names, types, dtypes)
     lines = max(1, sample.count(b"\n"))
@@ -236,15 +236,17 @@ def line_number(path: str, byte: int) -> int:
 # ---- inference ------------------------------------------------------------------------------
 
 
-def _decode_sample(raw: bytes, path: str) -> str:
+def _decode_sample(raw: bytes, path: str, first_line: int = 1) -> str:
+    """The sample as text (whole lines: it never ends inside a character); a byte that is not
+    UTF-8 is a JobSpecError naming its line."""
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        # The sample may end inside a multi-byte character; anything else is not UTF-8.
-        text = raw[: max(0, len(raw) - 4)].decode("utf-8", errors="strict")
-        if not text and raw:
-            raise JobSpecError(f"dataset: {path} is not UTF-8 text") from None
-        return text
+    except UnicodeDecodeError as e:
+        line = first_line + raw[: e.start].count(b"\n")
+        raise JobSpecError(
+            f"dataset: {path} is not UTF-8 text (line {line}: byte 0x{raw[e.start]:02x}, "
+            f"{e.reason}); convert it to UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 IN > OUT`"
+        ) from None
 
 
 def _split(line: str, delimiter: str) -> list[str]:

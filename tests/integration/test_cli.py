@@ -166,3 +166,28 @@ def test_worker_refuses_a_module_it_cannot_find() -> None:
     proc = run_cli("worker", "--import", "no_such_module_xyz", "--master", "tcp://127.0.0.1:9")
     assert proc.returncode == exitcodes.CONFIG
     assert "no_such_module_xyz" in proc.stderr
+
+
+def test_bad_input_gets_one_clear_line_and_the_master_keeps_serving(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    master = cluster
+    # A CSV that is not UTF-8: a spec error naming the file, its line and the fix
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("city,temp\noslo,1.5\nmünchen,2.5\n".encode("latin-1"))
+    csv = run_cli("submit", "column_stats", str(latin), "--wait", master=master)
+    assert csv.returncode == exitcodes.BAD_SPEC, csv.stderr
+    assert f"{latin} is not UTF-8 text (line 3" in csv.stderr and "iconv" in csv.stderr
+    assert "master error" not in csv.stderr
+    # A master address that is not one: a settings error, no traceback
+    garbage = run_cli("jobs", "--master", "garbage-address")
+    assert garbage.returncode == exitcodes.CONFIG, garbage.stderr
+    assert "'garbage-address' is not a ZeroMQ address" in garbage.stderr
+    # A master told to import a module that does not exist: one line, no traceback
+    nomod = run_cli("master", "--import", "shardmill_no_such_mod", "--port", "0", "--insecure")
+    assert nomod.returncode == exitcodes.CONFIG
+    assert "cannot find module(s) shardmill_no_such_mod" in nomod.stderr
+    for proc in (csv, garbage, nomod):
+        assert "Traceback" not in proc.stderr, proc.stderr
+    # And the master still serves
+    assert cli_json("workers", master=master)
