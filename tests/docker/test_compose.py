@@ -120,7 +120,7 @@ def test_column_stats_over_the_shared_volume_and_the_cli(compose: Compose, clien
     on_host = {cmd: _host_cli(*cmd, *host_flags) for cmd in (("workers",), ("status", job.id))}
     # And inside the client container, which finds the master by its service name
     in_container = {
-        cmd: json.loads(compose("run", "--rm", "client", *cmd, "--json").stdout)
+        cmd: json.loads(compose("run", "--rm", "--no-deps", "client", *cmd, "--json").stdout)
         for cmd in (("workers",), ("status", job.id))
     }
     # Then both see the cluster and the job the Python client sees
