@@ -136,7 +136,12 @@ def _health(sub: Subparsers) -> None:
 
 def _keygen(sub: Subparsers) -> None:
     p = sub.add_parser("keygen", help="make master, worker and client CURVE key pairs in DIR")
-    p.add_argument("dir", help="key directory (created; keep the *_secret files private)")
+    p.add_argument(
+        "dir",
+        nargs="?",
+        help="key directory (created; keep the *_secret files private); default: this "
+        "user's ~/.config/shardmill/keys, which every role then finds by itself",
+    )
     p.add_argument("--force", action="store_true", help="replace existing keys (rotation)")
     p.set_defaults(handler=roles.cmd_keygen)
 

@@ -115,11 +115,14 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from shardmill.wire.security import keygen
+    from shardmill.wire.security import default_keys, keygen
 
-    directory = Path(args.dir)
+    directory = Path(args.dir) if args.dir else default_keys()
     written = keygen(directory, force=args.force)
     print(f"keys in {directory}: " + (", ".join(p.name for p in written) or "all present"))
+    if not args.dir:
+        print("every role started by this user on this machine uses them: no --keys needed")
+        return exitcodes.OK
     print(f"master: --keys {directory} (it trusts the public keys in {directory}/authorized)")
     print("workers and clients: --keys DIR with their *.key_secret and master.key")
     return exitcodes.OK

@@ -43,6 +43,12 @@ def keygen(directory: Path, *, force: bool = False) -> list[Path]:
     return written
 
 
+def default_keys() -> Path:
+    """This user's key directory: $XDG_CONFIG_HOME/shardmill/keys (~/.config/shardmill/keys)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config) / "shardmill" / "keys"
+
+
 @dataclass(frozen=True)
 class Security:
     """How one process secures its sockets: CURVE keys from a directory, or explicitly insecure."""
@@ -52,11 +58,17 @@ class Security:
 
     @classmethod
     def resolve(cls, keys: Path | None, insecure: bool, role: str) -> Security:
+        """Keys from `keys`, else from this user's default key directory (made by a bare
+        `shardmill keygen`), else plaintext only when told `insecure`: never by default."""
         if keys is None and not insecure:
-            raise ConfigError(
-                f"the {role} has no keys: run `shardmill keygen DIR` and pass `--keys DIR` "
-                "(or set SHARDMILL_KEYS=DIR); on a trusted network only, pass --insecure"
-            )
+            keys = default_keys()
+            if not (keys / "master.key").exists():
+                raise ConfigError(
+                    f"the {role} has no keys: run `shardmill keygen` once (it writes {keys}, "
+                    "which every role on this machine then uses), or `shardmill keygen DIR` "
+                    "and pass `--keys DIR` (or set SHARDMILL_KEYS=DIR); on a trusted network "
+                    "only, pass --insecure"
+                )
         if insecure and keys is None:
             log.warning("%s: --insecure: traffic is plaintext and unauthenticated", role)
         return cls(keys=keys, insecure=keys is None)
