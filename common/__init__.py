@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 
 from shardmill.client import Client
 from shardmill.errors import (
+    ConfigError,
+    HandshakeRefused,
     JobCancelled,
     JobFailed,
     JobSpecError,
@@ -21,6 +23,8 @@ from shardmill.local import LocalCluster
 
 __all__ = [
     "Client",
+    "ConfigError",
+    "HandshakeRefused",
     "Job",
     "JobCancelled",
     "JobFailed",

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from shardmill.config import ClientSettings, address_problem
 from shardmill.errors import (
     ConfigError,
+    HandshakeRefused,
     JobSpecError,
     MasterUnreachable,
     MessageTooLarge,
@@ -28,6 +29,7 @@ from shardmill.errors import (
 from shardmill.job import LONG_POLL, Job, unpack_result
 from shardmill.wire import shm
 from shardmill.wire.codec import Decoded, decode, encode, pack_value
+from shardmill.wire.handshake import HandshakeWatch
 from shardmill.wire.protocol import (
     CancelJob,
     ErrorReply,
@@ -80,6 +82,7 @@ class Client:
         self._master_shares: bool | None = None  # found out with a probe on first need
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
+        self._watch: HandshakeWatch | None = None  # the socket's handshake outcomes
         self._ids = itertools.count(1)
 
     # ---- jobs ----------------------------------------------------------------------------------
@@ -297,10 +300,20 @@ class Client:
 
     def _await_reply(self, req: int, wait: float) -> Decoded:
         sock = self._socket()
+        assert self._watch is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._watch.monitor, zmq.POLLIN)
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
+            ready = dict(poller.poll(int(left * 1000) + 1))
+            if not ready:
                 break
+            if problem := self._watch.check():
+                self._reset()
+                raise HandshakeRefused(f"{problem} (master {self.master})")
+            if sock not in ready:
+                continue
             reply = decode(sock.recv_multipart(copy=False))
             if getattr(reply.msg, "req", None) != req:
                 continue
@@ -318,6 +331,7 @@ class Client:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             self.security.client(sock, "client")
+            self._watch = HandshakeWatch(sock, role="client", keys=self.security.keys)
             sock.connect(self.master)
             self._sock = sock
         return self._sock
@@ -325,6 +339,9 @@ class Client:
     def _reset(self) -> None:
         # Lazy Pirate: a socket that lost a request is closed, so a late reply cannot confuse us.
         self._master_shares = None  # the master may come back elsewhere
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

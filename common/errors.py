@@ -23,6 +23,11 @@ class ConfigError(ShardmillError):
     """Raised when settings or command-line flags are invalid or contradict each other."""
 
 
+class HandshakeRefused(ConfigError):
+    """Raised when the master refuses this peer's CURVE handshake: a key it does not know, or one
+    side with keys and the other --insecure. The message names which and the fix."""
+
+
 class JobSpecError(ShardmillError):
     """Raised when a job spec is rejected at submit: names the field and the reason."""
 

@@ -42,6 +42,7 @@ class LocalCluster:
         state_dir: str | os.PathLike[str] | None = None,
         keys: str | os.PathLike[str] | None = None,
         insecure: bool = False,
+        log_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.n_workers = workers
         self.slots = slots
@@ -55,6 +56,9 @@ class LocalCluster:
         self.insecure = insecure
         self._tmp_keys, self.keys_dir = _keys(keys, insecure)
         self.env = _env(env)
+        # Each role's log in its own file (master.log, worker-N.log) instead of our stderr.
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self._logs: list[IO[bytes]] = []
         self.master: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.worker_address = ""
@@ -94,7 +98,9 @@ class LocalCluster:
         if self.state_dir is not None:
             cmd += ["--state-dir", self.state_dir]
         cmd += self._security_args()
-        self.master = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=self.env)
+        self.master = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log("master"), env=self.env
+        )
         assert self.master.stdout is not None
         line = _read_line(self.master.stdout, self.startup_timeout)
         try:
@@ -133,7 +139,7 @@ class LocalCluster:
         for mod in self.imports:
             cmd += ["--import", mod]
         cmd += self._security_args()
-        proc = subprocess.Popen(cmd, env=self.env)
+        proc = subprocess.Popen(cmd, stderr=self._log(f"worker-{len(self.workers)}"), env=self.env)
         self.workers.append(proc)
         return proc
 
@@ -145,6 +151,13 @@ class LocalCluster:
                     return
                 time.sleep(0.01)  # poll-until-deadline
         raise ClusterStartError(f"fewer than {n} workers registered within the startup timeout")
+
+    def _log(self, role: str) -> IO[bytes] | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._logs.append(open(self.log_dir / f"{role}.log", "ab"))  # noqa: SIM115 (closed in stop)
+        return self._logs[-1]
 
     def _security_args(self) -> list[str]:
         return ["--keys", self.keys_dir] if self.keys_dir else ["--insecure"]
@@ -178,6 +191,9 @@ class LocalCluster:
                 proc.wait()
         if self.master is not None and self.master.stdout is not None:
             self.master.stdout.close()
+        for file in self._logs:
+            file.close()
+        self._logs = []
         if self._tmp_keys is not None:
             self._tmp_keys.cleanup()
             self._tmp_keys = None

@@ -27,6 +27,7 @@ from shardmill.master.merge import MapMerger
 from shardmill.master.workers import Result, WorkerMessages
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
+from shardmill.wire.handshake import PortWatch, RefusalLog
 from shardmill.wire.protocol import CancelTasks, MasterPing, Reregister
 from shardmill.wire.security import Security
 
@@ -58,9 +59,15 @@ class MasterLoop:
         self.apply(ev.RestoreDone())
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.security = Security.resolve(settings.keys, settings.insecure, "master")
-        self.auth = self.security.authenticator(self.ctx)  # ZAP must run before we bind
+        self.refusals = RefusalLog()
+        self.auth = self.security.authenticator(self.ctx, self.refusals)  # ZAP before we bind
         self.workers = WorkerMessages(self.core, self._router(settings.port), apply=self.apply)
         self.clients = ClientRequests(self.core, self._router(settings.client_port))
+        plain = self.security.keys is None
+        self.watches = [  # handshakes that fail before ZAP: a CURVE/plaintext mix-up
+            PortWatch(sock, name=name, insecure=plain, refusals=self.refusals)
+            for name, sock in [("worker", self.workers.sock), ("client", self.clients.sock)]
+        ]
         self._next_beat = 0.0
         self._next_prune = 0.0
 
@@ -131,6 +138,8 @@ class MasterLoop:
         poller.register(self.workers.sock, zmq.POLLIN)
         poller.register(self.clients.sock, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
+        for watch in self.watches:
+            poller.register(watch.monitor, zmq.POLLIN)
         try:
             while True:
                 ready = dict(poller.poll(self._poll_timeout_ms()))
@@ -141,6 +150,9 @@ class MasterLoop:
                     self._drain(self.workers.sock, self.workers.on_frames)
                 if self.clients.sock in ready:
                     self._drain(self.clients.sock, self.clients.on_frames)
+                for watch in self.watches:
+                    if watch.monitor in ready:
+                        watch.check()
                 self._timers()
                 self.core.checkpoint.commit(time.monotonic())  # grouped: Checkpointer.commit
         finally:
@@ -150,6 +162,8 @@ class MasterLoop:
             self.close()
 
     def close(self) -> None:
+        for watch in self.watches:
+            watch.close()
         self.workers.sock.close(linger=0)
         self.clients.sock.close(linger=0)
         try:

@@ -23,6 +23,7 @@ from shardmill.config import WorkerSettings
 from shardmill.errors import ProtocolError
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode, encode
+from shardmill.wire.handshake import HandshakeWatch
 from shardmill.wire.protocol import (
     CancelTasks,
     Disconnect,
@@ -54,6 +55,7 @@ class Agent:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
         self.sock: zmq.Socket[bytes] | None = None
+        self.watch: HandshakeWatch | None = None
         self.poller = zmq.Poller()
         self.children = [self._spawn() for _ in range(settings.slots)]
         # Short shards the master may send beyond our slots wait in `pending` and start the
@@ -95,6 +97,9 @@ class Agent:
         now = time.monotonic()
         if self._wake_r in ready:
             self._on_signal(os.read(self._wake_r, 64))
+        if self.watch is not None and self.watch.monitor in ready and (bad := self.watch.check()):
+            log.error("%s (master %s)", bad, self.settings.master)  # waiting will not mend it
+            self.fatal = bad
         if self.sock is not None and self.sock in ready:
             self._drain_socket()
         for child in list(self.children):
@@ -123,9 +128,11 @@ class Agent:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
         self.security.client(sock, "worker")
+        self.watch = HandshakeWatch(sock, role="worker", keys=self.security.keys)
         sock.connect(self.settings.master)
         self.sock = sock
         self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self.watch.monitor, zmq.POLLIN)
         self._send(self._ready())
         log.info(
             "worker %s connecting to %s with %d slots",
@@ -141,15 +148,21 @@ class Agent:
             now - self.last_heard,
             self.reconnect_delay,
         )
-        if self.sock is not None:
-            self.poller.unregister(self.sock)
-            self.sock.close(linger=0)
+        self._close_socket(linger=0)
         self._connect()
-        # Results sent just before the silence may be lost with the old socket: send them again.
-        # The master merges the first copy of each shard and counts the rest as duplicates.
-        self._resend_recent()
+        self._resend_recent()  # results sent just before the silence may be lost with it
         self.last_heard = now + self.reconnect_delay - self.interval * self.liveness
         self.reconnect_delay = min(self.settings.reconnect_max, self.reconnect_delay * 2)
+
+    def _close_socket(self, linger: int) -> None:
+        if self.watch is not None:
+            self.poller.unregister(self.watch.monitor)
+            self.watch.close()
+            self.watch = None
+        if self.sock is not None:
+            self.poller.unregister(self.sock)
+            self.sock.close(linger=linger)
+            self.sock = None
 
     def _resend_recent(self) -> None:
         # The master merges the first copy of each shard and counts the rest as duplicates.
@@ -368,9 +381,9 @@ class Agent:
         return True
 
     def _shutdown(self) -> None:
-        if self.sock is not None:
+        if self.sock is not None and not self.fatal:
             self._send(Disconnect(handback=self.handback))
-            self.sock.close(linger=1000)  # give the DISCONNECT a moment to leave
+        self._close_socket(linger=1000)  # give the DISCONNECT a moment to leave
         wait_all(self.children, timeout=2.0)
         self._drop_probe()
         signal.set_wakeup_fd(-1)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from shardmill.errors import ConfigError
+from shardmill.wire.handshake import Gatekeeper, RefusalLog
 
 log = logging.getLogger(__name__)
 ROLES = ("master", "worker", "client")
@@ -117,14 +117,15 @@ class Security:
         sock.curve_secretkey = secret
         sock.curve_serverkey = self._master_public()
 
-    def authenticator(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> ThreadAuthenticator | None:
+    def authenticator(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], refusals: RefusalLog
+    ) -> Gatekeeper | None:
         """The master's ZAP handler: only public keys in `authorized/` may connect."""
         if self.keys is None:
             return None
         authorized = self.keys / AUTHORIZED
         if not authorized.is_dir():
             raise ConfigError(f"{authorized} is missing; run `shardmill keygen {self.keys}`")
-        auth = ThreadAuthenticator(ctx)
+        auth = Gatekeeper(ctx, authorized, refusals)
         auth.start()
-        auth.configure_curve(domain="*", location=str(authorized))
         return auth

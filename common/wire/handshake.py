@@ -1,0 +1,222 @@
+"""Handshake outcomes: a refused key or a CURVE/plaintext mix-up is named at once, not silence.
+
+libzmq reports a failed handshake only through the socket monitor. `HandshakeWatch` reads those
+events for a connecting socket (client, worker) and turns them into one sentence with the fix;
+`RefusalLog` is the master's rate-limited log of peers it refused; `Gatekeeper` is its ZAP handler,
+which knows the peer's address and key where the monitor knows neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+log = logging.getLogger(__name__)
+
+FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+# A CURVE client whose master.key is not the master's (the master cannot open its HELLO), or
+# one whose master runs plaintext and hung up first, sees only a failure with no detail. A
+# master killed mid-handshake looks the same once, so it takes this many in a row.
+NO_DETAIL_LIMIT = 3
+
+
+def fingerprint(public_z85: bytes) -> str:
+    """A short, stable name for a public key, printed by both ends so logs can be matched."""
+    return hashlib.sha256(public_z85).hexdigest()[:12]
+
+
+def key_fingerprint(path: Path) -> str:
+    public, _ = zmq.auth.load_certificate(path)
+    return fingerprint(public)
+
+
+class HandshakeWatch:
+    """Watches one connecting socket's handshakes; `check()` names a failure that will not pass."""
+
+    def __init__(self, sock: zmq.Socket[bytes], *, role: str, keys: Path | None) -> None:
+        self.sock = sock
+        self.role = role
+        self.keys = keys
+        self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(WATCHED)
+        self._no_detail = 0
+
+    def check(self) -> str | None:
+        """Read the pending events; a sentence naming the problem and the fix, or None."""
+        while self.monitor.poll(0):
+            event = parse_monitor_message(self.monitor.recv_multipart())
+            if problem := self._judge(event["event"], event["value"]):
+                return problem
+        return None
+
+    def _judge(self, event: int, value: int) -> str | None:
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._no_detail = 0
+            return None
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return self._refused()
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                return self._mismatch()
+            return self._wrong_master_key()
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.keys is not None:
+            self._no_detail += 1
+            if self._no_detail >= NO_DETAIL_LIMIT:
+                return self._wrong_master_key()
+        return None
+
+    def _refused(self) -> str:
+        assert self.keys is not None
+        public = self.keys / f"{self.role}.key"
+        return (
+            f"the master refused this {self.role}'s key ({public}, fingerprint "
+            f"{key_fingerprint(public)}): it is not in the master's authorized/ directory. "
+            f"Copy {public.name} into the master's KEYS/authorized/ and restart the master, or "
+            "use the key directory the master's keys were made with"
+        )
+
+    def _mismatch(self) -> str:
+        if self.keys is None:
+            return (
+                f"the master uses CURVE and this {self.role} runs --insecure: give it keys "
+                "(--keys DIR or SHARDMILL_KEYS, a directory from `shardmill keygen` holding "
+                f"the master's master.key and a {self.role} key pair the master authorized)"
+            )
+        return (
+            f"the master is not using CURVE (it runs --insecure) and this {self.role} has keys "
+            f"({self.keys}): start the master with the same --keys, or, on a trusted network "
+            f"only, run this {self.role} with --insecure too"
+        )
+
+    def _wrong_master_key(self) -> str:
+        assert self.keys is not None
+        return (
+            f"the master did not accept this {self.role}'s CURVE handshake: either "
+            f"{self.keys / 'master.key'} is not the public key of the master at this address "
+            "(copy master.key from the master's key directory), or the master runs --insecure "
+            "(start it with the same --keys)"
+        )
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+
+
+class RefusalLog:
+    """The master's log of refused peers: one line per peer and reason per `every` seconds."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], float] = {}
+        self._quiet: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()  # the ZAP thread and the poll loop both report
+
+    def refused(self, peer: str, reason: str) -> None:
+        key = (peer, reason)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every) < self.every:
+                self._quiet[key] = self._quiet.get(key, 0) + 1
+                return
+            self._last[key] = now
+            quiet = self._quiet.pop(key, 0)
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        log.warning("refused %s: %s%s", peer, reason, more)
+
+
+class Gatekeeper(ThreadAuthenticator):
+    """The master's ZAP handler: only public keys in `authorized/` may connect; each refusal is
+    logged with the peer's address and key fingerprint."""
+
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], authorized: Path, refusals: RefusalLog
+    ) -> None:
+        super().__init__(ctx)
+        self.refusals = refusals
+        self.known = set(zmq.auth.load_certificates(str(authorized)))
+        self._peer = "?"
+
+    def start(self) -> None:
+        super().start()
+        self.configure_curve_callback(domain="*", credentials_provider=self)
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self._peer = msg[3].decode(errors="replace") if len(msg) > 3 else "?"
+        await super().handle_zap_message(msg)
+
+    def callback(self, domain: str, key: Any) -> bool:
+        """pyzmq's credentials-provider hook: is this z85 public key authorized?"""
+        if key in self.known:
+            return True
+        self.refusals.refused(
+            f"a peer at {self._peer or '?'} (key fingerprint {fingerprint(key)})",
+            "its public key is not in authorized/; copy its .key file there and restart",
+        )
+        return False
+
+
+class PortWatch:
+    """Watches one of the master's listening sockets for handshakes that failed before ZAP."""
+
+    def __init__(
+        self, sock: zmq.Socket[bytes], *, name: str, insecure: bool, refusals: RefusalLog
+    ) -> None:
+        self.sock = sock
+        self.name = name
+        self.insecure = insecure
+        self.refusals = refusals
+        self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        )
+
+    def check(self) -> None:
+        while self.monitor.poll(0):
+            event = parse_monitor_message(self.monitor.recv_multipart())
+            if reason := mismatch_reason(self.insecure, event["value"]):
+                port = event["endpoint"].decode(errors="replace")
+                self.refusals.refused(f"a peer on the {self.name} port {port}", reason)
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+
+
+def mismatch_reason(insecure: bool, value: int) -> str | None:
+    """What a failed handshake seen on one of the master's ports means, or None to stay quiet."""
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        if insecure:
+            return (
+                "it uses CURVE, but this master runs --insecure; start the master with --keys, "
+                "or run that peer with --insecure"
+            )
+        return (
+            "it has no keys (--insecure), but this master uses CURVE; give it keys from this "
+            "master's key directory"
+        )
+    if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "it holds another master's public key; copy this master's master.key to it"
+    return None
+
+
+__all__ = [
+    "Gatekeeper",
+    "HandshakeWatch",
+    "PortWatch",
+    "RefusalLog",
+    "fingerprint",
+    "key_fingerprint",
+    "mismatch_reason",
+]
