@@ -14,21 +14,34 @@ sys.path.insert(0, str(SUPPORT))
 
 from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
 from helpers import FAST, cluster_env  # noqa: E402
+from shared import SharedCluster, warm  # noqa: E402
 
 from shardmill import LocalCluster  # noqa: E402
 
 
-@pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
+def _two_workers() -> LocalCluster:
     """Two workers with one slot each, importing the test task module."""
-    with LocalCluster(workers=2, imports=["sm_tasks"], env=cluster_env(), **FAST) as c:
-        # Both children ready (imports done): a shard leased before that waits in its agent,
-        # which the fault tests' timing (a signal "mid-shard") must not depend on.
-        with c.client() as client:
-            warm = client.map("sm_tasks:square", [(i,) for i in range(4)], chunk_size=1)
-            assert warm.result(timeout=60) == [0, 1, 4, 9]
-            client.prune(0)  # tests start with no jobs
-        yield c
+    return LocalCluster(workers=2, imports=["sm_tasks"], env=cluster_env(), **FAST)
+
+
+@pytest.fixture(scope="module")
+def _shared() -> Iterator[SharedCluster]:
+    shared = SharedCluster(_two_workers)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def cluster(_shared: SharedCluster) -> LocalCluster:
+    """The module's two-worker cluster, settled: no jobs, both workers registered and idle."""
+    return _shared.get()
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[LocalCluster]:
+    """A two-worker cluster of this test's own, for tests that kill, stop or drain a role."""
+    with _two_workers() as c:
+        yield warm(c)
 
 
 @pytest.fixture(scope="module")

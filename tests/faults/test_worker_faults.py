@@ -31,8 +31,8 @@ def _slow_job(client, runs_dir: str, n: int, seconds: float):  # type: ignore[no
     return client.map("sm_tasks:slow", args, chunk_size=1)
 
 
-def test_sigkill_worker_agent_mid_job(cluster: LocalCluster, runs_dir: str) -> None:
-    with cluster.client() as client:
+def test_sigkill_worker_agent_mid_job(fresh_cluster: LocalCluster, runs_dir: str) -> None:
+    with fresh_cluster.client() as client:
         job = _slow_job(client, runs_dir, 8, 0.3)
         victim = worker_of(client, job)
         pid = agent_pid(client, victim)
@@ -49,8 +49,8 @@ def test_sigkill_worker_agent_mid_job(cluster: LocalCluster, runs_dir: str) -> N
         assert victim not in {w.worker_id for w in client.workers()}
 
 
-def test_sigstop_then_sigcont_worker(cluster: LocalCluster, runs_dir: str) -> None:
-    with cluster.client() as client:
+def test_sigstop_then_sigcont_worker(fresh_cluster: LocalCluster, runs_dir: str) -> None:
+    with fresh_cluster.client() as client:
         job = _slow_job(client, runs_dir, 6, 0.3)
         victim = worker_of(client, job)
         pid = agent_pid(client, victim)
@@ -81,12 +81,12 @@ def test_sigstop_then_sigcont_worker(cluster: LocalCluster, runs_dir: str) -> No
 
 
 def test_sigterm_drains_running_shard_without_charging(
-    cluster: LocalCluster, runs_dir: str
+    fresh_cluster: LocalCluster, runs_dir: str
 ) -> None:
-    with cluster.client() as client:
+    with fresh_cluster.client() as client:
         job = _slow_job(client, runs_dir, 4, 0.5)
         victim = worker_of(client, job)
-        proc = next(p for p in cluster.workers if p.pid == agent_pid(client, victim))
+        proc = next(p for p in fresh_cluster.workers if p.pid == agent_pid(client, victim))
         # When the worker gets SIGTERM mid-shard
         proc.send_signal(signal.SIGTERM)
         # Then it finishes the running shard, disconnects and exits 0
@@ -130,19 +130,19 @@ def test_worker_joining_mid_job_gets_work(runs_dir: str) -> None:
         client.close()
 
 
-def test_silent_master_makes_workers_reconnect(cluster: LocalCluster, runs_dir: str) -> None:
-    assert cluster.master is not None
-    with cluster.client() as client:
+def test_silent_master_makes_workers_reconnect(fresh_cluster: LocalCluster, runs_dir: str) -> None:
+    assert fresh_cluster.master is not None
+    with fresh_cluster.client() as client:
         job = _slow_job(client, runs_dir, 4, 0.8)
         worker_of(client, job)
         before = {w.worker_id for w in client.workers()}
         # When the master is stopped for longer than the workers' patience (0.5 s), while
         # both running shards finish (0.8 s each)
-        cluster.master.send_signal(signal.SIGSTOP)
+        fresh_cluster.master.send_signal(signal.SIGSTOP)
         try:
             wait_until(lambda: _finished(runs_dir) >= 2, what="shards to finish meanwhile")
         finally:
-            cluster.master.send_signal(signal.SIGCONT)
+            fresh_cluster.master.send_signal(signal.SIGCONT)
         # Then the workers reconnect and deliver, and nothing is lost or merged twice
         assert job.result(timeout=60) == [i * 3 for i in range(4)]
         assert_merged_once(job)
