@@ -39,6 +39,8 @@ from shardmill.wire.protocol import (
     JobsQuery,
     JobStatus,
     Message,
+    MetricsQuery,
+    MetricsText,
     Ping,
     Pong,
     PruneJobs,
@@ -262,6 +264,12 @@ class Client:
         reply = self._request(StatusQuery(job_id=job_id, shards=shards)).msg
         assert isinstance(reply, JobStatus)
         return reply.job
+
+    def metrics(self) -> str:
+        """The master's Prometheus metrics, in the text exposition format."""
+        reply = self._request(MetricsQuery()).msg
+        assert isinstance(reply, MetricsText)
+        return reply.text
 
     def prune(self, older_than: float) -> list[JobInfo]:
         """Forget finished jobs that ended at least `older_than` seconds ago (0: every finished

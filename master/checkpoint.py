@@ -249,6 +249,7 @@ def _attempts(history: Sequence[Attempt], offset: float) -> list[dict[str, Any]]
             "ended": None if a.ended is None else a.ended + offset,
             "outcome": a.outcome,
             "error": None if a.error is None else a.error.model_dump(mode="json"),
+            "ran": a.ran,
         }
         for a in history
     ]
@@ -271,6 +272,7 @@ def _settled_blob(shards: Sequence[Shard], offset: float) -> bytes:
                             None if a.ended is None else a.ended + offset,
                             a.outcome,
                             None if a.error is None else a.error.model_dump(mode="json"),
+                            a.ran,
                         ]
                         for a in s.history
                     ],

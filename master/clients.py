@@ -34,6 +34,7 @@ from shardmill.wire.protocol import (
     JobResult,
     JobStatus,
     Message,
+    MetricsText,
     Pong,
     PruneJobs,
     ResultQuery,
@@ -63,6 +64,12 @@ class ClientRequests:
             "cancel": self._on_cancel,
             "client_ping": self._on_ping,
             "prune": self._on_prune,
+            "metrics": lambda identity, msg, arrays: self._reply(
+                identity,
+                MetricsText(
+                    req=msg.req, text=self.core.metrics.exposition(self.core.brain).decode()
+                ),
+            ),
         }
 
     def _reply(self, identity: bytes, msg: Message, arrays: Sequence[Any] = ()) -> None:

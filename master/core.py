@@ -14,6 +14,7 @@ from shardmill.master.brain import events as ev
 from shardmill.master.brain.state import MasterState
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.jobs import JobData
+from shardmill.master.metrics import Metrics
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
 from shardmill.wire.codec import encode
@@ -43,6 +44,7 @@ class Core:
     segments: shm.Segments
     data: dict[str, JobData]  # per job, beside the brain's record: descriptors, merger, waiters
     peers: Peers
+    metrics: Metrics
     apply: Apply  # feed the brain one event and carry out its commands; returns them
 
     def waited_on(self) -> frozenset[str]:

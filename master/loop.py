@@ -24,6 +24,7 @@ from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.clients import ClientRequests
 from shardmill.master.core import Core, Peers
 from shardmill.master.merge import MapMerger
+from shardmill.master.metrics import Metrics
 from shardmill.master.workers import Result, WorkerMessages
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
@@ -51,9 +52,13 @@ class MasterLoop:
             segments=_segments(settings),  # after the state dir's lock is ours
             data=data,
             peers=Peers(),
+            metrics=Metrics(),
             apply=self.apply,
         )
         self.executors = self._executor_table()
+        self.metrics = self.core.metrics
+        if checkpoint.store is not None:
+            checkpoint.store.on_commit = self.metrics.commit_seconds.observe
         for event in restored:  # no worker is connected yet: nothing is sent
             self.apply(event)
         self.apply(ev.RestoreDone())
@@ -89,12 +94,7 @@ class MasterLoop:
             ),
             ev.AskReregister: lambda cmd, result: self.workers.send(cmd.worker, Reregister()),
             ev.WorkerExpired: self._expired,
-            ev.DropDuplicate: lambda cmd, result: log.info(
-                "job %s shard %d: duplicate result from %s dropped",
-                cmd.job_id,
-                cmd.shard,
-                cmd.worker,
-            ),
+            ev.DropDuplicate: self._duplicate,
         }
 
     def _router(self, port: int) -> zmq.Socket[bytes]:
@@ -207,6 +207,7 @@ class MasterLoop:
             self.apply(ev.PruneRequested(retention, core.waited_on()))
         if now >= self._next_beat:
             self._next_beat = now + self.settings.heartbeat_interval
+            self.metrics.snapshot.observe(core.brain, now)  # what --metrics-port serves
             for worker in list(core.brain.workers):
                 self.workers.send(worker, MasterPing())
 
@@ -216,6 +217,11 @@ class MasterLoop:
         """Feed the brain `event` (a shard's result rides along for the merge), carry out its
         commands and the events they lead to; returns every command, for callers that ask."""
         pending, commands = [event], []
+        match event:  # what workers report, for the metrics
+            case ev.ShardSucceeded(duration=seconds):
+                self.metrics.shard_seconds.observe(seconds)
+            case ev.ShardFailed(error=error):
+                self.metrics.attempts_failed.labels(error.kind).inc()
         while pending:
             for cmd in self.core.brain.handle(pending.pop(0), time.monotonic()):
                 commands.append(cmd)
@@ -239,6 +245,7 @@ class MasterLoop:
         assert result is not None, "a merge needs the result in hand"
         j, s = cmd.job_id, cmd.shard
         data, job = self.core.data[j], self.core.brain.jobs[j]
+        started = time.perf_counter()
         try:
             data.merger.add(s, *result, more=cmd.more)
             offset = self.core.brain.wall_offset
@@ -247,6 +254,8 @@ class MasterLoop:
         except (ShardmillError, ValueError, TypeError, KeyError) as e:
             log.warning("job %s: shard %d result cannot be merged: %s", j, s, e)
             return ev.JobBroken(j, f"shard {s} returned a result that cannot be merged: {e}")
+        self.metrics.merge_seconds.observe(time.perf_counter() - started)
+        self.metrics.shards_done.inc(1 + len(cmd.more))
         return None
 
     def _finalize(self, cmd: ev.FinalizeJob, result: Result | None) -> ev.Event | None:
@@ -279,6 +288,7 @@ class MasterLoop:
             offset=offset,
             map_job=isinstance(data.merger, MapMerger),
         )
+        self.metrics.job_ended(job)
         data.release_inputs()
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:
@@ -294,7 +304,14 @@ class MasterLoop:
         if gone:
             log.info("pruned %d finished job(s)", len(gone))
 
+    def _duplicate(self, cmd: ev.DropDuplicate, result: Result | None) -> None:
+        self.metrics.duplicates.inc()
+        log.info(
+            "job %s shard %d: duplicate result from %s dropped", cmd.job_id, cmd.shard, cmd.worker
+        )
+
     def _expired(self, cmd: ev.WorkerExpired, result: Result | None) -> None:
+        self.metrics.shards_requeued.inc(cmd.requeued)
         self.core.peers.hello.pop(cmd.worker, None)
         log.warning(
             "worker %s expired after %.1f s of silence; %d shards requeued",

@@ -73,8 +73,9 @@ def unpack_settled(blob: bytes) -> dict[int, StoredShard]:
                     ended=ended,
                     outcome=outcome,
                     error=None if error is None else ErrorInfo.model_validate(error),
+                    ran=ran[0] if ran else None,  # state dirs from before it was kept: None
                 )
-                for attempt, worker, started, ended, outcome, error in history
+                for attempt, worker, started, ended, outcome, error, *ran in history
             ],
             None,
         )

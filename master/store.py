@@ -26,7 +26,8 @@ import os
 import resource
 import socket
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,6 +90,7 @@ class Store:
         blob_threshold: int = BLOB_THRESHOLD,
     ) -> None:
         self.dir = state_dir
+        self.on_commit: Callable[[float], None] | None = None  # seconds per commit (metrics)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -265,11 +267,14 @@ class Store:
         if self._commits == self._crash_in_commit:
             log.critical("fault injection: dying inside commit %d", self._commits)
             os._exit(70)
+        started = time.perf_counter()
         with self._writing():
             self.db.execute("COMMIT")
             self.db.execute("BEGIN")
         self.blobs.committed()
         self._wal.poke()
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

@@ -26,14 +26,14 @@ from shardmill.job import Job
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _connect(args: argparse.Namespace) -> Client:
+def connect(args: argparse.Namespace) -> Client:
     return Client(
         args.master, connect_timeout=args.connect_timeout, keys=args.keys, insecure=args.insecure
     )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.submit(
             args.op,
             args.dataset,
@@ -54,7 +54,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         return _print_result(args, client.job(args.job))
 
 
@@ -67,7 +67,7 @@ def _print_result(args: argparse.Namespace, job: Job) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.job is None:
         return cmd_jobs(args)
-    with _connect(args) as client:
+    with connect(args) as client:
         info = client.status(args.job, shards=args.shards)
     out(args, info.model_dump(mode="json"), lambda: show_job(info))
     return exitcodes.OK
@@ -76,7 +76,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     if getattr(args, "prune", False):
         return _prune(args)
-    with _connect(args) as client:
+    with connect(args) as client:
         jobs = client.jobs()
     out(args, [j.model_dump(mode="json") for j in jobs], lambda: show_jobs(jobs))
     return exitcodes.OK
@@ -90,7 +90,7 @@ def _prune(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return exitcodes.USAGE
-    with _connect(args) as client:
+    with connect(args) as client:
         pruned = client.prune(args.older_than)
     data = [j.model_dump(mode="json") for j in pruned]
     out(args, data, lambda: print(f"pruned {len(pruned)} finished job(s)"))
@@ -98,21 +98,21 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         workers = client.workers()
     out(args, [w.model_dump(mode="json") for w in workers], lambda: show_workers(workers))
     return exitcodes.OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         info = client.cancel(args.job)
     out(args, info.model_dump(mode="json"), lambda: print(f"job {info.job_id}: {info.state}"))
     return exitcodes.OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         job = client.job(args.job)
         if args.json:
             info = poll_until_done(
@@ -128,7 +128,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with connect(args) as client:
         info = client.status(args.job, shards=True)
     shards = info.shards or []
     if not 0 <= args.shard < len(shards):

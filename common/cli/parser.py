@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from shardmill import __version__
-from shardmill.cli import jobs, roles
+from shardmill.cli import jobs, observe, roles
 from shardmill.cli.spec import add_spec_flags, cmd_plan
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shardmill {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_master, _worker, _submit, _plan, _queries, _health, _keygen, _demo):
+    for add in (_master, _worker, _submit, _plan, _queries, _pictures, _health, _keygen, _demo):
         add(sub)
     return parser
 
@@ -119,6 +119,42 @@ def _queries(sub: Subparsers) -> None:
     p = _client(sub, "why", "tell one shard's story: attempts, workers, errors", jobs.cmd_why)
     p.add_argument("job")
     p.add_argument("shard", type=int)
+
+
+def _pictures(sub: Subparsers) -> None:
+    """Commands that picture one job, live or (with a state dir) after a master restart."""
+    for name, help, handler, default in [
+        (
+            "report",
+            "write a job's report: one self-contained HTML file",
+            observe.cmd_report,
+            "html",
+        ),
+        (
+            "trace",
+            "write a job's Chrome trace (Perfetto, chrome://tracing)",
+            observe.cmd_trace,
+            "json",
+        ),
+    ]:
+        p = _client(sub, name, help, handler)
+        p.add_argument("job")
+        p.add_argument(
+            "-o", "--output", help=f"file to write (default JOB-{name}.{default}; - for stdout)"
+        )
+        p.set_defaults(output_default=f"{name}.{default}")
+    p = _client(
+        sub, "dashboard", "serve a live web dashboard of jobs and workers", observe.cmd_dashboard
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine)"
+    )
+    p.add_argument("--port", type=int, default=8787, help="HTTP port (default 8787)")
+    p.add_argument(
+        "--token",
+        help="allow cancelling jobs with 'Authorization: Bearer TOKEN' "
+        "($SHARDMILL_DASHBOARD_TOKEN; default: read-only)",
+    )
 
 
 def _health(sub: Subparsers) -> None:

@@ -62,6 +62,7 @@ class AttemptInfo(Frozen):
     ended: float | None = None
     outcome: str = "running"
     error: ErrorInfo | None = None
+    ran: float | None = None  # seconds the worker ran it; started..ended also holds its queueing
 
 
 class ShardInfo(Frozen):
@@ -249,6 +250,10 @@ class WorkersQuery(_Request):
     kind: Literal["workers"] = "workers"
 
 
+class MetricsQuery(_Request):
+    kind: Literal["metrics"] = "metrics"
+
+
 class ResultQuery(_Request):
     kind: Literal["result"] = "result"
     job_id: str
@@ -307,6 +312,13 @@ class JobResult(_Reply):
     failure: ErrorInfo | None = None
 
 
+class MetricsText(_Reply):
+    """The master's Prometheus metrics in the text exposition format."""
+
+    kind: Literal["metrics_text"] = "metrics_text"
+    text: str
+
+
 class Pong(_Reply):
     kind: Literal["pong"] = "pong"
     version: str
@@ -338,6 +350,7 @@ Message = Annotated[
     | StatusQuery
     | JobsQuery
     | WorkersQuery
+    | MetricsQuery
     | ResultQuery
     | CancelJob
     | PruneJobs
@@ -348,6 +361,7 @@ Message = Annotated[
     | WorkerList
     | JobResult
     | Pong
+    | MetricsText
     | ErrorReply,
     Field(discriminator="kind"),
 ]
@@ -356,5 +370,5 @@ MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
 WORKER_KINDS = frozenset({"ready", "heartbeat", "done", "failed", "draining", "disconnect"})
 CLIENT_KINDS = frozenset(
-    {"submit", "status", "jobs", "workers", "result", "cancel", "client_ping", "prune"}
+    {"submit", "status", "jobs", "workers", "result", "cancel", "client_ping", "prune", "metrics"}
 )

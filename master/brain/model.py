@@ -47,6 +47,7 @@ class Attempt:
     ended: float | None = None
     outcome: str = "running"
     error: ErrorInfo | None = None
+    ran: float | None = None  # seconds its worker reports running it (it may have queued first)
 
     def info(self, offset: float = 0.0) -> AttemptInfo:
         """As users read it: `offset` turns the master's clock into wall-clock time."""
@@ -57,6 +58,7 @@ class Attempt:
             ended=None if self.ended is None else self.ended + offset,
             outcome=self.outcome,
             error=self.error,
+            ran=self.ran,
         )
 
 
@@ -84,7 +86,13 @@ class Shard:
         return len(self.history)
 
     def close_attempt(
-        self, now: float, outcome: str, err: ErrorInfo | None, *, worker: str | None = None
+        self,
+        now: float,
+        outcome: str,
+        err: ErrorInfo | None,
+        *,
+        worker: str | None = None,
+        ran: float | None = None,
     ) -> bool:
         """End its latest open attempt (on `worker`, if named); False when none was open."""
         for attempt in reversed(self.history):
@@ -92,6 +100,7 @@ class Shard:
                 attempt.ended = now
                 attempt.outcome = outcome
                 attempt.error = err
+                attempt.ran = ran
                 return True
         return False
 
@@ -153,9 +162,10 @@ class Job:
         self, shard: Shard, worker: str, attempt: int, duration: float, *, now: float
     ) -> None:
         """The shard's first result is in: its attempt closes and it is done (merged next)."""
-        if not shard.close_attempt(now, "ok", None, worker=worker):
+        if not shard.close_attempt(now, "ok", None, worker=worker, ran=duration):
             # A late result from a worker whose attempt was already written off as lost.
-            shard.history.append(Attempt(attempt, worker, now - duration, now, "ok (late)"))
+            late = Attempt(attempt, worker, now - duration, now, "ok (late)", ran=duration)
+            shard.history.append(late)
         while shard.close_attempt(now, "superseded", None):
             pass  # a re-run still in flight elsewhere: its result will be a counted duplicate
         if shard.state is ShardState.QUEUED:

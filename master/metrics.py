@@ -1,0 +1,124 @@
+"""The master's Prometheus metrics: served from its own process, labels bounded (none per shard).
+
+Counters and histograms are fed by the poll loop as it carries out the brain's commands;
+gauges are a snapshot of the brain the loop takes (`observe`) and a scrape reads, so the HTTP
+thread of `--metrics-port` never touches the brain itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shardmill.master.brain.transitions import JobState, ShardState
+
+if TYPE_CHECKING:
+    from shardmill.master.brain.model import Job
+    from shardmill.master.brain.state import MasterState
+
+NS = "shardmill"
+LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SHARD_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
+
+
+class Snapshot(Collector):
+    """Gauges read from the brain at `observe` time."""
+
+    def __init__(self) -> None:
+        self.values: tuple[tuple[str, str, dict[str, float]], ...] = ()
+
+    def observe(self, brain: MasterState, now: float) -> None:
+        jobs = {str(s): 0.0 for s in JobState}
+        queued = 0.0
+        for job in brain.jobs.values():
+            jobs[str(job.state)] += 1
+        for job in brain.active.values():
+            queued += job.counts[ShardState.QUEUED] + job.counts[ShardState.WAITING]
+        workers = brain.workers.values()
+        ages = [now - w.last_seen for w in workers]
+        self.values = (  # one assignment: a scrape in another thread sees all or nothing new
+            ("jobs", "Jobs the master knows, by state", jobs),
+            ("workers", "Workers registered and alive", {"": float(len(workers))}),
+            ("slots", "Worker slots in total", {"": float(sum(w.slots for w in workers))}),
+            ("slots_busy", "Worker slots running a shard", {"": float(_busy(brain))}),
+            ("queued_shards", "Shards waiting for a slot (queue depth)", {"": queued}),
+            (
+                "heartbeat_age_max_seconds",
+                "Longest silence of a live worker",
+                {"": max(ages, default=0.0)},
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, values in self.values:
+            labelled = any(values) and "" not in values
+            family = GaugeMetricFamily(f"{NS}_{name}", doc, labels=["state"] if labelled else None)
+            for label, value in values.items():
+                family.add_metric([label] if labelled else [], value)
+            yield family
+
+
+def _busy(brain: MasterState) -> int:
+    return sum(min(w.slots, len(w.tasks())) for w in brain.workers.values())
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.shards_done = Counter(f"{NS}_shards_done", "Shards merged", registry=r)
+        self.attempts_failed = Counter(
+            f"{NS}_attempts_failed", "Shard attempts that failed, by kind", ["kind"], registry=r
+        )
+        self.shards_failed = Counter(
+            f"{NS}_shards_failed",
+            "Shards that failed for good (counted when their job ends)",
+            registry=r,
+        )
+        self.shards_retried = Counter(
+            f"{NS}_shards_retried",
+            "Shard attempts beyond the first (counted at job end)",
+            registry=r,
+        )
+        self.shards_requeued = Counter(
+            f"{NS}_shards_requeued", "Shards given back to the queue by a lost worker", registry=r
+        )
+        self.duplicates = Counter(f"{NS}_duplicate_results", "Late second results", registry=r)
+        self.jobs_ended = Counter(
+            f"{NS}_jobs_ended", "Jobs that ended, by state", ["state"], registry=r
+        )
+        self.shard_seconds = Histogram(
+            f"{NS}_shard_duration_seconds",
+            "Time a worker spent on a shard",
+            registry=r,
+            buckets=SHARD_SECONDS,
+        )
+        self.merge_seconds = Histogram(
+            f"{NS}_merge_seconds",
+            "Time to fold one result into its job",
+            registry=r,
+            buckets=LATENCY,
+        )
+        self.commit_seconds = Histogram(
+            f"{NS}_checkpoint_commit_seconds",
+            "Time of one checkpoint commit",
+            registry=r,
+            buckets=LATENCY,
+        )
+        self.snapshot = Snapshot()
+        r.register(self.snapshot)
+
+    def job_ended(self, job: Job) -> None:
+        self.jobs_ended.labels(str(job.state)).inc()
+        self.shards_failed.inc(job.counts[ShardState.FAILED])
+        self.shards_retried.inc(sum(max(0, len(s.history) - 1) for s in job.shards))
+
+    def exposition(self, brain: MasterState) -> bytes:
+        """The text a Prometheus scrape gets, with gauges as of now."""
+        self.snapshot.observe(brain, time.monotonic())
+        return generate_latest(self.registry)

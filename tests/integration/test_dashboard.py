@@ -1,0 +1,159 @@
+"""The dashboard in a real headless Chromium, over a real cluster with a worker killed mid-job;
+its /metrics parsed with prometheus_client and matched against the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import chrome
+from faults import agent_pid, worker_of
+from helpers import FAST, cluster_env, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from shardmill import LocalCluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, str]]:
+    """A cluster (ours: a worker dies in it) and a dashboard process on a loopback port."""
+    logs = tmp_path_factory.mktemp("logs")
+    with LocalCluster(
+        workers=2, imports=["sm_tasks"], env=cluster_env(), log_dir=logs, **FAST
+    ) as c:
+        port = _free_port()
+        env = {**cluster_env(), **c.client_env(), "SHARDMILL_DASHBOARD_TOKEN": "s3cret"}
+        cmd = [sys.executable, "-m", "shardmill", "dashboard", "--port", str(port)]
+        proc = subprocess.Popen(cmd, env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+
+            def up() -> bool:
+                try:
+                    return http(f"{base}/api/workers")[0] == 200
+                except OSError:
+                    return False
+
+            wait_until(up, what="the dashboard to serve")
+            yield c, base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def killed_job(lab: tuple[LocalCluster, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A job whose worker is SIGKILLed while it runs a shard: a lost worker, a retried shard."""
+    cluster, _ = lab
+    runs = str(tmp_path_factory.mktemp("runs"))
+    with cluster.client() as client:
+        job = client.map(
+            "sm_tasks:slow", [(runs, f"k{i}", i, 0.2) for i in range(10)], chunk_size=1
+        )
+        victim = worker_of(client, job)
+        os.kill(agent_pid(client, victim), signal.SIGKILL)
+        assert job.result(timeout=60) == [i * 3 for i in range(10)]
+    cluster.add_worker()  # the module's later tests see two workers again
+    return job.id
+
+
+def test_the_job_page_shows_progress_the_lost_worker_and_a_retry(
+    lab: tuple[LocalCluster, str], killed_job: str, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    cluster, base = lab
+    with cluster.client() as client:
+        info = client.status(killed_job, shards=True)
+    lost = {a.worker for s in info.shards or [] for a in s.history if a.outcome == "lost"}
+    retried = [s.index for s in info.shards or [] if len(s.history) > 1]
+    assert lost and retried
+    driver = chrome()
+    try:
+        driver.get(f"{base}/")
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{killed_job}"]')
+        )
+        row = driver.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{killed_job}"]')
+        assert "done" in row.text and "100 %" in row.text
+        driver.save_screenshot(str(tmp_path / "jobs.png"))
+
+        driver.get(f"{base}/jobs/{killed_job}")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "progress").text == "100 %")
+        assert driver.find_element(By.ID, "state").text == "done"
+        assert set(driver.find_element(By.ID, "lost-workers").text.split(", ")) == lost
+        shown = driver.find_element(By.ID, "retried").text
+        assert all(f"shard {s}" in shown for s in retried)
+        assert driver.find_elements(By.CSS_SELECTOR, '#stream rect[data-outcome="lost"]')
+        bars = driver.find_elements(By.CSS_SELECTOR, "#stream rect")
+        assert len(bars) == sum(len(s.history) for s in info.shards or [])
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#shards tbody tr")) == 10
+        driver.save_screenshot(str(tmp_path / "job.png"))
+    finally:
+        driver.quit()
+    assert (tmp_path / "job.png").stat().st_size > 0
+
+
+def _samples(text: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def test_metrics_parse_and_count_the_job(lab: tuple[LocalCluster, str], killed_job: str) -> None:
+    cluster, base = lab
+    status, text = http(f"{base}/metrics")
+    assert status == 200
+    samples = _samples(text)
+    with cluster.client() as client:
+        jobs = client.jobs()
+    assert samples["shardmill_shards_done_total"][0].value == sum(j.shards_done for j in jobs)
+    assert samples["shardmill_shards_requeued_total"][0].value >= 1
+    assert samples["shardmill_shard_duration_seconds_count"][0].value >= 10
+    assert {s.labels["state"]: s.value for s in samples["shardmill_jobs"]}["done"] == len(jobs)
+    assert samples["shardmill_workers"][0].value >= 1
+    # Bounded labels: nothing is labelled by job, shard or worker.
+    assert all(set(s.labels) <= {"state", "kind", "le"} for v in samples.values() for s in v)
+
+
+def test_the_api_is_read_only_without_the_token_and_documented(
+    lab: tuple[LocalCluster, str], killed_job: str
+) -> None:
+    _, base = lab
+    assert http(f"{base}/api/jobs/{killed_job}/cancel", "POST")[0] == 401
+    code, body = http(
+        f"{base}/api/jobs/{killed_job}/cancel", "POST", {"Authorization": "Bearer s3cret"}
+    )
+    assert code == 200 and json.loads(body)["state"] == "done"  # cancelling a done job: no-op
+    assert http(f"{base}/api/jobs/no-such-job")[0] == 404
+    paths = json.loads(http(f"{base}/openapi.json")[1])["paths"]
+    assert {"/api/jobs", "/api/workers", "/api/jobs/{job_id}", "/metrics"} <= set(paths)
