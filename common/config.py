@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,7 @@ class MasterSettings(BaseSettings):
         7 * 24 * 3600.0, ge=0, description="seconds finished jobs are kept (None: forever)"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
     keys: Path | None = _keys_field("MASTER")
     insecure: bool = _insecure_field("MASTER")
     data_roots: list[Path] = Field(
@@ -125,6 +127,7 @@ class WorkerSettings(BaseSettings):
     keys: Path | None = _keys_field("WORKER")
     insecure: bool = _insecure_field("WORKER")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:

@@ -121,8 +121,10 @@ class ClientRequests:
         refused = [c for c in admission if isinstance(c, ev.Refused)]
         if refused:
             raise JobSpecError(refused[0].reason)
+        now = time.monotonic()  # one submit time, the same in the brain and the state dir
+        wall = now + core.brain.wall_offset
         try:
-            core.checkpoint.job_added(job_id, data, spec=msg.spec, submitted_at=time.time())
+            core.checkpoint.job_added(job_id, data, spec=msg.spec, submitted_at=wall)
         except StateDirError as e:
             log.error("job refused: %s", e)
             reply = ErrorReply(req=msg.req, code="state", message=f"job not accepted: {e}")
@@ -136,7 +138,9 @@ class ClientRequests:
         else:
             self._reply(identity, Submitted(req=msg.req, job_id=job_id))
         batchable = data.batchable
-        core.apply(ev.JobAdded(job_id, msg.spec, len(data.descriptors), batchable, self._owner))
+        core.apply(
+            ev.JobAdded(job_id, msg.spec, len(data.descriptors), batchable, self._owner, now)
+        )
 
     def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:
         if job_id in self.core.data:

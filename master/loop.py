@@ -29,7 +29,7 @@ from shardmill.master.workers import Result, WorkerMessages
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
 from shardmill.wire.handshake import PortWatch, RefusalLog
-from shardmill.wire.protocol import CancelTasks, MasterPing, Reregister
+from shardmill.wire.protocol import CancelTasks, JobInfo, MasterPing, Reregister
 from shardmill.wire.security import Security
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,6 @@ class MasterLoop:
         except (ShardmillError, ValueError, TypeError, KeyError) as e:
             log.warning("job %s cannot be finalized: %s", cmd.job_id, e)
             return ev.JobBroken(cmd.job_id, f"the merged result cannot be finalized: {e}")
-        log.info("job %s done", cmd.job_id)
         self._finish(cmd.job_id)
         return None
 
@@ -289,6 +288,7 @@ class MasterLoop:
             map_job=isinstance(data.merger, MapMerger),
         )
         self.metrics.job_ended(job)
+        log.info("%s", _ending(job.info(offset=offset)))
         data.release_inputs()
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:
@@ -319,6 +319,18 @@ class MasterLoop:
             cmd.silence,
             cmd.requeued,
         )
+
+
+def _ending(info: JobInfo) -> str:
+    """A job's end as the master logs it: how long, how many shards, what went wrong on the way."""
+    took = (info.finished_at or info.submitted_at) - info.submitted_at
+    line = (
+        f"job {info.job_id} {info.state} in {took:.2f} s: {info.shards_done}/{info.shards_total} "
+        f"shards done, {info.shards_failed} failed, {info.attempts_failed} failed attempt(s)"
+    )
+    if info.lost_workers:
+        line += f", lost worker(s) {', '.join(info.lost_workers)}"
+    return line
 
 
 def _brain(settings: MasterSettings) -> MasterState:

@@ -52,6 +52,7 @@ def _master(sub: Subparsers) -> None:
     p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per client key")
     p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     _security_flags(p)
     p.set_defaults(handler=roles.cmd_master)
 
@@ -68,6 +69,7 @@ def _worker(sub: Subparsers) -> None:
     p.add_argument("--drain-grace", type=float, help="seconds to finish shards on SIGTERM")
     p.add_argument("--health-file", help="file touched whenever the master is heard")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     _security_flags(p)
     p.set_defaults(handler=roles.cmd_worker)
 

@@ -29,6 +29,7 @@ MASTER_FLAGS = (
     "prefetch_below",
     "state_dir",
     "log_level",
+    "log_format",
     "imports",
 )
 WORKER_FLAGS = (
@@ -42,6 +43,7 @@ WORKER_FLAGS = (
     "drain_grace",
     "health_file",
     "log_level",
+    "log_format",
 )
 
 
@@ -56,7 +58,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     from shardmill.ops.registry import Registry
 
     settings = MasterSettings(**given(args, *MASTER_FLAGS))
-    setup_logging("master", settings.log_level)
+    setup_logging("master", settings.log_level, settings.log_format)
     if not _modules_found("master", settings.imports):
         return exitcodes.CONFIG
     # The modules user ops come from: the master combines and finalizes with them.
@@ -92,7 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from shardmill.worker.agent import serve
 
     settings = WorkerSettings(**given(args, *WORKER_FLAGS))
-    setup_logging("worker", settings.log_level)
+    setup_logging("worker", settings.log_level, settings.log_format)
     if not _modules_found("worker", settings.imports):
         return exitcodes.CONFIG
     return serve(settings)

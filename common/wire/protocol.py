@@ -88,6 +88,10 @@ class JobInfo(Frozen):
     finished_at: float | None = None
     error: str | None = None
     duplicates: int = 0
+    attempts_failed: int = 0  # failed attempts so far, lost ones included
+    shards_retrying: int = 0  # shards with a failed attempt, not ended yet
+    lost_workers: list[str] = []  # workers that died holding one of its shards
+    last_failure: str | None = None  # the latest failed attempt, as one line
     missing_shards: list[int] = []
     shards: list[ShardInfo] | None = None
 

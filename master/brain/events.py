@@ -77,6 +77,7 @@ class JobAdded:
     shards: int
     batchable: bool = False  # shards read by reference whose partials fold: may go in batches
     owner: str = ""
+    submitted_at: float | None = None  # the time the state dir recorded (default: now)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,10 @@ class Job:
     ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
     ok_seconds: float = 0.0
     batchable: bool = False
+    attempts_failed: int = 0  # attempts charged against max_attempts, lost ones included
+    retrying: int = 0  # shards with a failed attempt that have not ended yet
+    lost_workers: list[str] = field(default_factory=list)  # workers that died holding a shard
+    last_failure: str | None = None  # the latest failed attempt, as one line
     ready: collections.deque[int] = field(default_factory=collections.deque)
     counts: collections.Counter[ShardState] = field(default_factory=collections.Counter)
     story: Story = field(default_factory=new_story)
@@ -147,6 +151,22 @@ class Job:
         shard.transition(new, why)
         self.counts[old] -= 1
         self.counts[new] += 1
+        if shard.charged and new in (ShardState.DONE, ShardState.FAILED):
+            self.retrying = max(0, self.retrying - 1)
+
+    def charge(self, shard: Shard, err: ErrorInfo, now: float) -> None:
+        """A failed attempt that counts against max_attempts: it closes, and the job tallies it."""
+        shard.charged += 1
+        worker = next((a.worker for a in reversed(shard.history) if a.ended is None), "?")
+        shard.close_attempt(now, err.kind, err)
+        self.attempts_failed += 1
+        self.retrying += shard.charged == 1
+        if err.kind == "lost" and worker not in self.lost_workers:
+            self.lost_workers.append(worker)
+        what = f"{err.type}: {err.message}" if err.type else err.message or err.kind
+        self.last_failure = (
+            f"shard {shard.index} attempt {len(shard.history)} on {worker}: {err.kind}: {what}"
+        )
 
     def requeue(self, shard: Shard, why: str, *, front: bool) -> None:
         """Back in the ready queue (first in line when `front`); a finished job queues nothing."""
@@ -205,6 +225,10 @@ class Job:
             finished_at=None if self.finished_at is None else self.finished_at + offset,
             error=self.error,
             duplicates=self.duplicates,
+            attempts_failed=self.attempts_failed,
+            shards_retrying=self.retrying,
+            lost_workers=list(self.lost_workers),
+            last_failure=self.last_failure,
             missing_shards=[s.index for s in self.shards if s.state is ShardState.FAILED],
             shards=[s.info(history=True, offset=offset) for s in self.shards] if shards else None,
         )

@@ -274,8 +274,7 @@ class MasterState:
 
     def _charge(self, job: Job, shard: Shard, err: ErrorInfo) -> None:
         """Count a failed attempt: retry after a backoff, or quarantine the shard."""
-        shard.charged += 1
-        shard.close_attempt(self._now, err.kind, err)
+        job.charge(shard, err, self._now)
         spec = job.spec
         if not err.retryable or shard.charged >= spec.max_attempts:
             job.move(shard, S.FAILED, f"{err.kind} on attempt {shard.charged}")
@@ -312,7 +311,8 @@ class MasterState:
 
     def _on_job(self, e: ev.JobAdded) -> None:
         shards = [Shard(job_id=e.job_id, index=i) for i in range(e.shards)]
-        job = Job(e.job_id, e.spec, shards, submitted_at=self._now, owner=e.owner)
+        at = self._now if e.submitted_at is None else e.submitted_at
+        job = Job(e.job_id, e.spec, shards, submitted_at=at, owner=e.owner)
         job.batchable = e.batchable
         job.ready.extend(range(e.shards))
         job.counts[S.QUEUED] = e.shards

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from browser import chrome
 from faults import agent_pid, worker_of
-from helpers import FAST, cluster_env, wait_until
+from helpers import FAST, cluster_env, run_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardmill import LocalCluster
@@ -43,8 +43,16 @@ def http(url: str, method: str = "GET", headers: dict[str, str] | None = None) -
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, str]]:
     """A cluster (ours: a worker dies in it) and a dashboard process on a loopback port."""
     logs = tmp_path_factory.mktemp("logs")
+    json_logs = ["--log-format", "json"]
     with LocalCluster(
-        workers=2, imports=["sm_tasks"], env=cluster_env(), log_dir=logs, **FAST
+        workers=2,
+        imports=["sm_tasks"],
+        env=cluster_env(),
+        log_dir=logs,
+        log_level="INFO",
+        master_args=json_logs,
+        worker_args=json_logs,
+        **FAST,
     ) as c:
         port = _free_port()
         env = {**cluster_env(), **c.client_env(), "SHARDMILL_DASHBOARD_TOKEN": "s3cret"}
@@ -157,3 +165,27 @@ def test_the_api_is_read_only_without_the_token_and_documented(
     assert http(f"{base}/api/jobs/no-such-job")[0] == 404
     paths = json.loads(http(f"{base}/openapi.json")[1])["paths"]
     assert {"/api/jobs", "/api/workers", "/api/jobs/{job_id}", "/metrics"} <= set(paths)
+
+
+def test_watch_and_the_master_log_tell_the_lost_worker_and_the_retry(
+    lab: tuple[LocalCluster, str], killed_job: str
+) -> None:
+    cluster, _ = lab
+    with cluster.client() as client:
+        info = client.status(killed_job)
+    (victim,) = info.lost_workers
+    assert info.attempts_failed >= 1 and info.shards_retrying == 0
+    proc = run_cli("watch", killed_job, master=cluster)
+    assert proc.returncode == 0, proc.stderr
+    assert f"worker {victim} lost: its shards run again elsewhere" in proc.stdout
+    assert "failed attempt: shard " in proc.stdout and f"on {victim}: lost" in proc.stdout
+    # Every role logs JSON lines when told (--log-format json); the master logs each job's end.
+    assert cluster.log_dir is not None
+    records = [
+        json.loads(line)
+        for name in ("master.log", "worker-0.log")
+        for line in (cluster.log_dir / name).read_text().splitlines()
+    ]
+    assert {"time", "level", "role", "pid", "logger", "message"} <= set(records[0])
+    ends = [r["message"] for r in records if r["message"].startswith(f"job {killed_job} done")]
+    assert len(ends) == 1 and "10/10 shards done" in ends[0] and victim in ends[0]
