@@ -50,6 +50,9 @@ class MasterSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 for every interface")
     port: int = Field(5555, ge=0, le=65535, description="worker port (0 picks a free one)")
     client_port: int = Field(5556, ge=0, le=65535, description="client port (0 picks a free one)")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics over HTTP here (on host)"
+    )
     heartbeat_interval: float = Field(1.0, gt=0, description="seconds between heartbeats")
     heartbeat_liveness: int = Field(3, ge=1, description="missed heartbeats before expiry")
     retry_backoff: float = Field(0.05, ge=0, description="first retry delay in seconds")

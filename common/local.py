@@ -63,6 +63,7 @@ class LocalCluster:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.worker_address = ""
         self.client_address = ""
+        self.metrics_url: str | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class LocalCluster:
         try:
             ready = json.loads(line)
             self.worker_address, self.client_address = ready["workers"], ready["clients"]
+            self.metrics_url = ready.get("metrics")  # with --metrics-port
         except (ValueError, KeyError) as e:
             self.stop()
             raise ClusterStartError(f"master did not announce its ports (got {line!r})") from e

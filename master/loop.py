@@ -75,6 +75,7 @@ class MasterLoop:
         ]
         self._next_beat = 0.0
         self._next_prune = 0.0
+        self.metrics_server = self.metrics.serve(settings.host, settings.metrics_port)
 
     def _executor_table(self) -> dict[type, Executor]:
         """What the loop does for each command the brain gives."""
@@ -117,7 +118,11 @@ class MasterLoop:
     def endpoints(self) -> dict[str, str]:
         ep_w = self.workers.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         ep_c = self.clients.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        return {"workers": ep_w, "clients": ep_c}
+        out = {"workers": ep_w, "clients": ep_c}
+        if self.metrics_server is not None:
+            host, port = self.metrics_server.server_address[:2]
+            out["metrics"] = f"http://{host}:{port}/metrics"
+        return out
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -162,6 +167,8 @@ class MasterLoop:
             self.close()
 
     def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         for watch in self.watches:
             watch.close()
         self.workers.sock.close(linger=0)

@@ -10,11 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shardmill.errors import ConfigError
 from shardmill.master.brain.transitions import JobState, ShardState
 
 if TYPE_CHECKING:
@@ -117,6 +125,19 @@ class Metrics:
         self.jobs_ended.labels(str(job.state)).inc()
         self.shards_failed.inc(job.counts[ShardState.FAILED])
         self.shards_retried.inc(sum(max(0, len(s.history) - 1) for s in job.shards))
+
+    def serve(self, host: str, port: int | None) -> WSGIServer | None:
+        """`--metrics-port`: an HTTP server thread for scrapes (gauges as of the last beat)."""
+        if port is None:
+            return None
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port} ({e.strerror}); pick another "
+                "--metrics-port (0 picks a free one)"
+            ) from e
+        return server
 
     def exposition(self, brain: MasterState) -> bytes:
         """The text a Prometheus scrape gets, with gauges as of now."""

@@ -30,6 +30,9 @@ def _master(sub: Subparsers) -> None:
     p.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="worker port (default 5555; 0 picks one)")
     p.add_argument("--client-port", type=int, help="client port (default 5556; 0 picks one)")
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics over HTTP (default: off)"
+    )
     p.add_argument("--heartbeat-interval", type=float, help="seconds (default 1.0)")
     p.add_argument("--heartbeat-liveness", type=int, help="missed beats before expiry (3)")
     p.add_argument(

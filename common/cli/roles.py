@@ -24,6 +24,7 @@ MASTER_FLAGS = (
     "host",
     "port",
     "client_port",
+    "metrics_port",
     "heartbeat_interval",
     "heartbeat_liveness",
     "prefetch_below",

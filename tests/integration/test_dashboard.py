@@ -50,7 +50,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster
         env=cluster_env(),
         log_dir=logs,
         log_level="INFO",
-        master_args=json_logs,
+        master_args=[*json_logs, "--metrics-port", "0"],
         worker_args=json_logs,
         **FAST,
     ) as c:
@@ -151,6 +151,12 @@ def test_metrics_parse_and_count_the_job(lab: tuple[LocalCluster, str], killed_j
     assert samples["shardmill_workers"][0].value >= 1
     # Bounded labels: nothing is labelled by job, shard or worker.
     assert all(set(s.labels) <= {"state", "kind", "le"} for v in samples.values() for s in v)
+    # The master's own --metrics-port serves the same counters (its gauges as of the last beat).
+    assert cluster.metrics_url is not None and cluster.metrics_url.startswith("http://127.0.0.1:")
+    status, direct = http(cluster.metrics_url)
+    assert status == 200
+    for name in ("shardmill_shards_done_total", "shardmill_shards_requeued_total"):
+        assert _samples(direct)[name][0].value == samples[name][0].value
 
 
 def test_the_api_is_read_only_without_the_token_and_documented(
