@@ -120,8 +120,8 @@ class MasterLoop:
         ep_c = self.clients.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         out = {"workers": ep_w, "clients": ep_c}
         if self.metrics_server is not None:
-            host, port = self.metrics_server.server_address[:2]
-            out["metrics"] = f"http://{host}:{port}/metrics"
+            port = self.metrics_server.server_port
+            out["metrics"] = f"http://{self.settings.host}:{port}/metrics"
         return out
 
     # ---- the loop ------------------------------------------------------------------------------

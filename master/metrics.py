@@ -77,46 +77,29 @@ def _busy(brain: MasterState) -> int:
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.shards_done = Counter(f"{NS}_shards_done", "Shards merged", registry=r)
-        self.attempts_failed = Counter(
-            f"{NS}_attempts_failed", "Shard attempts that failed, by kind", ["kind"], registry=r
+        self.registry = r = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"{NS}_{name}", doc, labels, registry=r)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(f"{NS}_{name}", doc, registry=r, buckets=buckets)
+
+        self.shards_done = counter("shards_done", "Shards merged")
+        self.attempts_failed = counter("attempts_failed", "Failed shard attempts", ("kind",))
+        self.shards_failed = counter("shards_failed", "Shards failed for good (at job end)")
+        self.shards_retried = counter(
+            "shards_retried", "Attempts beyond a shard's first (at job end)"
         )
-        self.shards_failed = Counter(
-            f"{NS}_shards_failed",
-            "Shards that failed for good (counted when their job ends)",
-            registry=r,
+        self.shards_requeued = counter("shards_requeued", "Shards requeued from lost workers")
+        self.duplicates = counter("duplicate_results", "Late second results, dropped")
+        self.jobs_ended = counter("jobs_ended", "Jobs that ended, by state", ("state",))
+        self.shard_seconds = histogram(
+            "shard_duration_seconds", "Time a worker spent on a shard", SHARD_SECONDS
         )
-        self.shards_retried = Counter(
-            f"{NS}_shards_retried",
-            "Shard attempts beyond the first (counted at job end)",
-            registry=r,
-        )
-        self.shards_requeued = Counter(
-            f"{NS}_shards_requeued", "Shards given back to the queue by a lost worker", registry=r
-        )
-        self.duplicates = Counter(f"{NS}_duplicate_results", "Late second results", registry=r)
-        self.jobs_ended = Counter(
-            f"{NS}_jobs_ended", "Jobs that ended, by state", ["state"], registry=r
-        )
-        self.shard_seconds = Histogram(
-            f"{NS}_shard_duration_seconds",
-            "Time a worker spent on a shard",
-            registry=r,
-            buckets=SHARD_SECONDS,
-        )
-        self.merge_seconds = Histogram(
-            f"{NS}_merge_seconds",
-            "Time to fold one result into its job",
-            registry=r,
-            buckets=LATENCY,
-        )
-        self.commit_seconds = Histogram(
-            f"{NS}_checkpoint_commit_seconds",
-            "Time of one checkpoint commit",
-            registry=r,
-            buckets=LATENCY,
+        self.merge_seconds = histogram("merge_seconds", "Time to fold in one result", LATENCY)
+        self.commit_seconds = histogram(
+            "checkpoint_commit_seconds", "Time of one checkpoint commit", LATENCY
         )
         self.snapshot = Snapshot()
         r.register(self.snapshot)

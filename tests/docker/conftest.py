@@ -46,9 +46,10 @@ def docker_image() -> str:
 @pytest.fixture
 def compose(docker_image: str, tmp_path: Path) -> Iterator[Compose]:
     """A master and 3 workers (2 slots each) in a project of their own; `down -v` after."""
-    worker_port, client_port = free_ports(2)
+    worker_port, client_port, dashboard_port = free_ports(3)
     project = f"smtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    c = Compose(project, compose_env(worker_port, client_port), client_port, tmp_path / "keys")
+    env = compose_env(worker_port, client_port, dashboard_port)
+    c = Compose(project, env, client_port, tmp_path / "keys")
     try:
         c("up", "-d", "--scale", "worker=3")
         c.copy_client_keys()

@@ -121,7 +121,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def compose_env(worker_port: int, client_port: int) -> dict[str, str]:
+def compose_env(worker_port: int, client_port: int, dashboard_port: int) -> dict[str, str]:
     """The caller's environment, minus anything that would steer Compose or shardmill."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "SHARDMILL_"))}
     env.update(
@@ -129,6 +129,7 @@ def compose_env(worker_port: int, client_port: int) -> dict[str, str]:
         SHARDMILL_PUBLISH_HOST="127.0.0.1",
         SHARDMILL_WORKER_PORT=str(worker_port),
         SHARDMILL_CLIENT_PORT=str(client_port),
+        SHARDMILL_DASHBOARD_PORT=str(dashboard_port),
         SHARDMILL_SLOTS="2",
     )
     return env
@@ -146,6 +147,10 @@ class Compose:
     @property
     def client_address(self) -> str:
         return f"tcp://127.0.0.1:{self.client_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['SHARDMILL_DASHBOARD_PORT']}"
 
     @property
     def command(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,6 +130,18 @@ def test_column_stats_over_the_shared_volume_and_the_cli(compose: Compose, clien
         assert {w["worker_id"] for w in out[("workers",)]} == ids
         status = out[("status", job.id)]
         assert status["state"] == "done" and status["shards_done"] == 16
+    # And the dashboard service, published on the host's loopback, shows the job
+    listed = wait_until(lambda: _dashboard(compose, "/api/jobs"), what="the dashboard")
+    assert {j["job_id"]: j["state"] for j in json.loads(listed)}[job.id] == "done"
+    assert "shardmill_shards_done_total" in _dashboard(compose, "/metrics")
+
+
+def _dashboard(compose: Compose, path: str) -> str:
+    try:
+        with urllib.request.urlopen(compose.dashboard_url + path, timeout=5) as resp:
+            return str(resp.read().decode())
+    except OSError:  # not listening yet (connection refused or reset)
+        return ""
 
 
 def _host_cli(*args: str) -> Any:
