@@ -85,6 +85,7 @@ class Client:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._watch: HandshakeWatch | None = None  # the socket's handshake outcomes
+        self._met = False  # a handshake with the master succeeded once
         self._ids = itertools.count(1)
 
     # ---- jobs ----------------------------------------------------------------------------------
@@ -339,7 +340,8 @@ class Client:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             self.security.client(sock, "client")
-            self._watch = HandshakeWatch(sock, role="client", keys=self.security.keys)
+            keys = self.security.keys
+            self._watch = HandshakeWatch(sock, role="client", keys=keys, met=self._met)
             sock.connect(self.master)
             self._sock = sock
         return self._sock
@@ -348,6 +350,7 @@ class Client:
         # Lazy Pirate: a socket that lost a request is closed, so a late reply cannot confuse us.
         self._master_shares = None  # the master may come back elsewhere
         if self._watch is not None:
+            self._met = self._watch.met  # kept across sockets: a restart is not a wrong key
             self._watch.close()
             self._watch = None
         if self._sock is not None:

@@ -56,6 +56,7 @@ class Agent:
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None
+        self.met_master = False  # a handshake with the master succeeded once
         self.poller = zmq.Poller()
         self.children = [self._spawn() for _ in range(settings.slots)]
         # Short shards the master may send beyond our slots wait in `pending` and start the
@@ -128,7 +129,8 @@ class Agent:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
         self.security.client(sock, "worker")
-        self.watch = HandshakeWatch(sock, role="worker", keys=self.security.keys)
+        met = self.met_master
+        self.watch = HandshakeWatch(sock, role="worker", keys=self.security.keys, met=met)
         sock.connect(self.settings.master)
         self.sock = sock
         self.poller.register(sock, zmq.POLLIN)
@@ -156,6 +158,7 @@ class Agent:
 
     def _close_socket(self, linger: int) -> None:
         if self.watch is not None:
+            self.met_master = self.watch.met
             self.poller.unregister(self.watch.monitor)
             self.watch.close()
             self.watch = None

@@ -29,8 +29,10 @@ FAILED = (
 )
 WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 # A CURVE client whose master.key is not the master's (the master cannot open its HELLO), or
-# one whose master runs plaintext and hung up first, sees only a failure with no detail. A
-# master killed mid-handshake looks the same once, so it takes this many in a row.
+# one whose master runs plaintext and hung up first, sees only a failure with no detail. So
+# does one whose master is restarting behind a proxy that accepts and closes (docker-proxy): a
+# peer that has met this master before is never told its keys are wrong by that alone, and a
+# new one only after this many in a row.
 NO_DETAIL_LIMIT = 3
 
 
@@ -47,8 +49,11 @@ def key_fingerprint(path: Path) -> str:
 class HandshakeWatch:
     """Watches one connecting socket's handshakes; `check()` names a failure that will not pass."""
 
-    def __init__(self, sock: zmq.Socket[bytes], *, role: str, keys: Path | None) -> None:
+    def __init__(
+        self, sock: zmq.Socket[bytes], *, role: str, keys: Path | None, met: bool = False
+    ) -> None:
         self.sock = sock
+        self.met = met  # a handshake with this master succeeded once: our keys are right
         self.role = role
         self.keys = keys
         self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(WATCHED)
@@ -65,6 +70,7 @@ class HandshakeWatch:
     def _judge(self, event: int, value: int) -> str | None:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._no_detail = 0
+            self.met = True
             return None
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return self._refused()
@@ -72,7 +78,7 @@ class HandshakeWatch:
             if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 return self._mismatch()
             return self._wrong_master_key()
-        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.keys is not None:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.keys is not None and not self.met:
             self._no_detail += 1
             if self._no_detail >= NO_DETAIL_LIMIT:
                 return self._wrong_master_key()
@@ -107,7 +113,8 @@ class HandshakeWatch:
             f"the master did not accept this {self.role}'s CURVE handshake: either "
             f"{self.keys / 'master.key'} is not the public key of the master at this address "
             "(copy master.key from the master's key directory), or the master runs --insecure "
-            "(start it with the same --keys)"
+            "(start it with the same --keys); a master restarting behind a proxy looks the "
+            "same for a moment, so if it is, try again"
         )
 
     def close(self) -> None:
