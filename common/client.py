@@ -17,6 +17,7 @@ import zmq
 from pydantic import ValidationError
 
 from shardmill.config import ClientSettings, address_problem
+from shardmill.data.paths import located
 from shardmill.errors import (
     ConfigError,
     HandshakeRefused,
@@ -182,7 +183,7 @@ class Client:
             fields["output"] = os.path.abspath(os.fspath(fields["output"]))
         if not isinstance(dataset, np.ndarray):
             if dataset is not None:
-                fields["dataset"] = os.path.abspath(os.fspath(dataset))
+                fields["dataset"] = located(os.fspath(dataset))
             return self._submit(Submit(spec=job_spec(op=op, **fields)), [])
         packed = pack_value(dataset)  # the array's own memory becomes the frame
         msg = Submit(

@@ -10,7 +10,7 @@ from typing import Any
 import zmq
 
 from shardmill import __version__
-from shardmill.data.paths import check_data_path
+from shardmill.data.paths import check_data_path, is_url
 from shardmill.errors import (
     InvalidTransition,
     JobSpecError,
@@ -109,7 +109,7 @@ class ClientRequests:
         paths = {
             name: check_data_path(path, core.settings.data_roots)
             for name in ("dataset", "output")
-            if (path := getattr(msg.spec, name))
+            if (path := getattr(msg.spec, name)) and not (name == "dataset" and is_url(path))
         }
         if paths:
             msg = msg.model_copy(update={"spec": msg.spec.model_copy(update=paths)})

@@ -43,6 +43,7 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     worker, modules = argv[0], argv[1:]
+    os.environ["SHARDMILL_WORKER_ID"] = worker  # named in what it fetches by URL (data/remote)
     registry = Registry(modules, worker=worker)
     write_frames(proto_out, [])  # ready: imports done, reading tasks from now on
     stdin: BinaryIO = os.fdopen(0, "rb", buffering=0)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shardmill import exitcodes
+from shardmill.data.paths import located
 
 SIZES = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -62,7 +63,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     fields = spec_fields(args)
     if args.dataset is not None:
-        fields["dataset"] = os.path.abspath(args.dataset)
+        fields["dataset"] = located(args.dataset)
     if fields.get("output"):
         fields["output"] = os.path.abspath(fields["output"])
     spec = job_spec(op=args.op, shards=args.shards, **fields)

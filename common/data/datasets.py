@@ -18,7 +18,8 @@ from shardmill.data import synthetic
 from shardmill.data.base import Dataset, Part
 from shardmill.data.csvfile import CsvLayout, byte_splits, describe_csv, sample_columns
 from shardmill.data.parquet import ParquetDataset
-from shardmill.data.paths import check_path
+from shardmill.data.paths import check_path, is_url
+from shardmill.data.remote import RemoteError, RemoteNpy
 from shardmill.data.sharding import NpyHeader, read_npy_header, row_bounds
 from shardmill.errors import JobSpecError
 from shardmill.wire.spec import JobSpec, NpyPiece, NpySource, Source, SyntheticSource, ValueSource
@@ -79,6 +80,38 @@ class NpyDataset(RowDataset):
 
     def take(self, index: np.ndarray, columns: list[int]) -> list[np.ndarray]:
         rows = _as_2d(np.load(self.path, mmap_mode="r", allow_pickle=False))[index]
+        return [np.asarray(rows[:, c]) for c in columns]
+
+
+class NpyUrlDataset(RowDataset):
+    """A .npy behind a URL: the master reads its header; each worker fetches its own rows."""
+
+    format = "npy"
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.npy = RemoteNpy.open(url)
+        except RemoteError as e:
+            raise JobSpecError(f"dataset: {e}") from e
+        _check_npy_shape(url, NpyHeader(self.npy.shape, self.npy.dtype, self.npy.fortran_order))
+        if self.npy.fortran_order and self.npy.cols > 1:
+            raise JobSpecError(
+                f"dataset: {url} is stored in Fortran order; save it with np.save of a "
+                "C-ordered array (np.ascontiguousarray) so rows are contiguous bytes"
+            )
+        self.path = self.label = url
+        self.names = [str(i) for i in range(self.npy.cols)]
+        self.dtypes = [self.npy.dtype] * self.npy.cols
+        self.rows = self.npy.shape[0]
+
+    def source(self, start: int, stop: int) -> Source:
+        return NpySource(pieces=[NpyPiece(path=self.path, start=start, stop=stop)])
+
+    def take(self, index: np.ndarray, columns: list[int]) -> list[np.ndarray]:
+        try:
+            rows = self.npy.take(index)
+        except RemoteError as e:
+            raise JobSpecError(f"dataset: {e}") from e
         return [np.asarray(rows[:, c]) for c in columns]
 
 
@@ -260,6 +293,8 @@ def open_dataset(spec: JobSpec, values: np.ndarray | None = None) -> Dataset:
             f"dataset: op {spec.op!r} needs a dataset (a .npy or .csv path, a directory of .npy "
             "parts with format='npy_dir', synthetic=..., or an array)"
         )
+    if is_url(spec.dataset):
+        return _open_url(spec.dataset, fmt)
     if fmt == "csv":
         return CsvDataset(spec, spec.dataset)
     if fmt == "npy_dir":
@@ -267,6 +302,15 @@ def open_dataset(spec: JobSpec, values: np.ndarray | None = None) -> Dataset:
     if fmt == "parquet":
         return ParquetDataset(spec.dataset)
     return NpyDataset(spec.dataset)
+
+
+def _open_url(url: str, fmt: str) -> Dataset:
+    if fmt != "npy":
+        raise JobSpecError(
+            f"dataset: {url}: only .npy files can be read by URL so far; put {fmt} data on "
+            "storage every worker mounts"
+        )
+    return NpyUrlDataset(url)
 
 
 def _check_npy_shape(path: str, header: NpyHeader) -> None:

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from shardmill.errors import JobSpecError
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+LOCAL_SCHEMES = frozenset({"file", "local", "memory"})  # paths in disguise: the data roots apply
+
+
+def is_url(path: str) -> bool:
+    """Whether `path` names a remote file (http(s)://, s3://, ...) rather than a local path."""
+    match = _SCHEME.match(path)
+    return match is not None and match.group(1).lower() not in LOCAL_SCHEMES
+
+
+def located(path: str) -> str:
+    """A dataset as the master should see it: a URL as given, a local path made absolute."""
+    return path if is_url(path) else os.path.abspath(path)
 
 
 def check_data_path(path: str, roots: Sequence[Path]) -> str:

@@ -15,6 +15,8 @@ from shardmill.data import synthetic
 from shardmill.data.base import Chunk
 from shardmill.data.csvfile import read_chunks
 from shardmill.data.parquet import parquet_chunks
+from shardmill.data.paths import is_url
+from shardmill.data.remote import RemoteError, RemoteNpy
 from shardmill.data.sharding import hash_buckets, range_buckets
 from shardmill.errors import BadInput
 from shardmill.ops.base import Block
@@ -31,6 +33,7 @@ from shardmill.wire.spec import (
 CHUNK_BYTES = 32 << 20
 MAX_MAPS = 64
 _MAPS: dict[tuple[str, int, int], np.ndarray] = {}
+_REMOTE: dict[str, RemoteNpy] = {}  # headers of URL datasets, read once per child
 
 
 def iter_blocks(desc: ScanShard, values: np.ndarray | None = None) -> Iterator[Block]:
@@ -83,6 +86,10 @@ def _chunks(desc: ScanShard, values: np.ndarray | None) -> Iterator[Chunk]:
 def _npy_chunks(src: NpySource, first_row: int) -> Iterator[Chunk]:
     row = first_row
     for piece in src.pieces:
+        if is_url(piece.path):
+            yield from _url_chunks(piece.path, piece.start, piece.stop)
+            row += piece.stop - piece.start
+            continue
         data = _mapped(piece.path)
         if piece.stop > data.shape[0]:
             raise BadInput(
@@ -91,6 +98,17 @@ def _npy_chunks(src: NpySource, first_row: int) -> Iterator[Chunk]:
             )
         yield from _matrix_chunks(data[piece.start : piece.stop], row)
         row += piece.stop - piece.start
+
+
+def _url_chunks(url: str, start: int, stop: int) -> Iterator[Chunk]:
+    """The rows [start, stop) of a .npy behind a URL, a range request per chunk."""
+    try:
+        npy = _REMOTE.get(url) or _REMOTE.setdefault(url, RemoteNpy.open(url, probe=False))
+        step = max(1, CHUNK_BYTES // max(1, npy.row_bytes))
+        for a in range(start, stop, step):
+            yield Chunk(a, matrix=npy.rows(a, min(stop, a + step)))
+    except RemoteError as e:  # a 404 now is for good; a cut body may pass on another try
+        raise BadInput(str(e), retryable=e.transient) from e
 
 
 def _matrix_chunks(data: np.ndarray, first_row: int) -> Iterator[Chunk]:
