@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
+from shardmill.data.paths import is_url
+from shardmill.data.remote import RemoteError, file_size, open_binary, remote_error
 from shardmill.errors import BadInput, JobSpecError
 from shardmill.wire.spec import ColumnType, CsvSource
 
@@ -50,11 +51,13 @@ def describe_csv(
 ) -> CsvLayout:
     """Read the header and a sample; infer float64 or str per column, overridden by `dtypes`."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        size = file_size(path)
+        with open_binary(path) as f:
             first = f.readline()
             head = f.read(SAMPLE_BYTES)
             head += f.readline()
+    except RemoteError as e:
+        raise JobSpecError(f"dataset: {e}") from e
     except OSError as e:
         raise JobSpecError(f"dataset: {path} cannot be read: {e.strerror or e}") from e
     first_fields = _split(_decode_sample(first, path), delimiter)
@@ -115,25 +118,40 @@ class CsvChunk:
 def read_chunks(source: CsvSource, chunk_bytes: int = CHUNK_BYTES) -> Iterator[CsvChunk]:
     """Parse the lines that begin in [start, stop), a chunk of about `chunk_bytes` at a time."""
     try:
-        f = open(source.path, "rb")  # noqa: SIM115 - closed in the finally below
+        f = open_binary(source.path)
+    except RemoteError as e:
+        raise BadInput(str(e), retryable=e.transient) from e
     except OSError as e:
         raise BadInput(f"{source.path} cannot be read: {e.strerror or e}", retryable=True) from e
     try:
-        pos = _first_line_at(f, source.start)
-        while pos < source.stop:
-            buf = f.read(chunk_bytes)
-            if not buf:
-                return
-            if not buf.endswith(b"\n"):
-                buf += f.readline()  # finish the last line
-            if pos + len(buf) > source.stop:
-                cut = buf.find(b"\n", source.stop - pos - 1)
-                buf = buf if cut < 0 else buf[: cut + 1]
-            yield CsvChunk(pos, _parse(buf, pos, source))
-            pos += len(buf)
-            f.seek(pos)
+        yield from _read_lines(f, source, chunk_bytes)
+    except BadInput:
+        raise
+    except Exception as e:  # behind a URL: a cut body or a dropped connection, never data
+        if not is_url(source.path):
+            raise
+        err = remote_error(source.path, e)
+        raise BadInput(str(err), retryable=err.transient) from e
     finally:
         f.close()
+
+
+def _read_lines(f: BinaryIO, source: CsvSource, chunk_bytes: int) -> Iterator[CsvChunk]:
+    """The chunks of whole lines that begin in [start, stop): reads no further than the last
+    line that begins before `stop` (a shard behind a URL fetches its own bytes only)."""
+    pos = _first_line_at(f, source.start)
+    while pos < source.stop:
+        buf = f.read(min(chunk_bytes, source.stop - pos))
+        if not buf:
+            return
+        if not buf.endswith(b"\n"):
+            buf += f.readline()  # finish the last line
+        if pos + len(buf) > source.stop:
+            cut = buf.find(b"\n", source.stop - pos - 1)
+            buf = buf if cut < 0 else buf[: cut + 1]
+        yield CsvChunk(pos, _parse(buf, pos, source))
+        pos += len(buf)
+        f.seek(pos)
 
 
 def _first_line_at(f: BinaryIO, start: int) -> int:
@@ -150,8 +168,8 @@ def _parse(buf: bytes, offset: int, source: CsvSource) -> list[np.ndarray]:
     try:
         text = buf.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = line_number(source.path, offset + e.start)
-        raise BadInput(f"{source.path} line {line}: not valid UTF-8 ({e.reason})") from e
+        at = _where(source.path, offset + e.start)
+        raise BadInput(f"{source.path} {at}: not valid UTF-8 ({e.reason})") from e
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -171,9 +189,9 @@ def _parse(buf: bytes, offset: int, source: CsvSource) -> list[np.ndarray]:
 
 
 def _bad_width(source: CsvSource, lines: list[str], i: int, offset: int, got: int) -> BadInput:
-    line = line_number(source.path, _byte_of(lines, i, offset))
+    at = _where(source.path, _byte_of(lines, i, offset))
     return BadInput(
-        f"{source.path} line {line}: expected {len(source.names)} fields "
+        f"{source.path} {at}: expected {len(source.names)} fields "
         f"({', '.join(source.names)}), got {got}: {lines[i][:120]!r}"
     )
 
@@ -205,10 +223,10 @@ def _convert(
         try:
             parse(value.strip() or ("nan" if kind == "float64" else value))
         except ValueError:
-            line = line_number(source.path, _byte_of(lines, i, offset))
+            at = _where(source.path, _byte_of(lines, i, offset))
             hint = "float64" if kind == "int64" else "str"
             raise BadInput(
-                f"{source.path} line {line} field {source.names[j]!r} (column {j}): "
+                f"{source.path} {at} field {source.names[j]!r} (column {j}): "
                 f"{value!r} is not {kind}; fix the value, or declare the column {hint} "
                 "with dtypes"
             ) from None
@@ -217,6 +235,12 @@ def _convert(
 
 def _byte_of(lines: list[str], i: int, offset: int) -> int:
     return offset + sum(len(ln.encode()) + 1 for ln in lines[:i])
+
+
+def _where(path: str, byte: int) -> str:
+    """Where a bad byte is, for a message: its line, or (behind a URL, where counting lines
+    would mean fetching everything before it) its byte offset."""
+    return f"byte {byte}" if is_url(path) else f"line {line_number(path, byte)}"
 
 
 def line_number(path: str, byte: int) -> int:

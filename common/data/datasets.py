@@ -216,7 +216,8 @@ class CsvDataset(Dataset):
     exact = False
 
     def __init__(self, spec: JobSpec, path: str) -> None:
-        check_path(path, directory=False)
+        if not is_url(path):
+            check_path(path, directory=False)
         self.layout: CsvLayout = describe_csv(
             path, header=spec.header, delimiter=spec.delimiter, dtypes=dict(spec.dtypes)
         )
@@ -294,7 +295,7 @@ def open_dataset(spec: JobSpec, values: np.ndarray | None = None) -> Dataset:
             "parts with format='npy_dir', synthetic=..., or an array)"
         )
     if is_url(spec.dataset):
-        return _open_url(spec.dataset, fmt)
+        return _open_url(spec, spec.dataset, fmt)
     if fmt == "csv":
         return CsvDataset(spec, spec.dataset)
     if fmt == "npy_dir":
@@ -304,11 +305,13 @@ def open_dataset(spec: JobSpec, values: np.ndarray | None = None) -> Dataset:
     return NpyDataset(spec.dataset)
 
 
-def _open_url(url: str, fmt: str) -> Dataset:
+def _open_url(spec: JobSpec, url: str, fmt: str) -> Dataset:
+    if fmt == "csv":
+        return CsvDataset(spec, url)
     if fmt != "npy":
         raise JobSpecError(
-            f"dataset: {url}: only .npy files can be read by URL so far; put {fmt} data on "
-            "storage every worker mounts"
+            f"dataset: {url}: .npy and CSV files can be read by URL, {fmt} not yet; put it "
+            "on storage every worker mounts"
         )
     return NpyUrlDataset(url)
 

@@ -13,14 +13,16 @@ import asyncio
 import io
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 import numpy as np
 
 from shardmill import __version__
+from shardmill.data.paths import is_url
 
 HEADER_BYTES = 1 << 16  # a .npy header is far smaller: one request reads it
+LINE_BLOCK = 1 << 16  # what a readline fetches at a time
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server
 READ_TIMEOUT = 30.0  # seconds a response may stall
 
@@ -57,7 +59,7 @@ class RemoteFile:
         try:
             return int(self.fs.size(self.path))
         except Exception as e:  # fsspec and its backends raise many kinds: name each
-            raise _named(self.url, e) from e
+            raise remote_error(self.url, e) from e
 
     def read(self, start: int, stop: int) -> bytes:
         """Bytes [start, stop), exactly: a short answer is an error, never data."""
@@ -66,7 +68,7 @@ class RemoteFile:
                 f.seek(start)
                 data = f.read(stop - start)
         except Exception as e:
-            raise _named(self.url, e) from e
+            raise remote_error(self.url, e) from e
         if len(data) != stop - start:
             raise RemoteError(
                 f"{self.url}: asked for bytes {start}-{stop - 1}, got {len(data)}: the body "
@@ -82,14 +84,14 @@ class RemoteFile:
                 [self.path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges]
             )
         except Exception as e:
-            raise _named(self.url, e) from e
+            raise remote_error(self.url, e) from e
         for (a, b), part in zip(ranges, parts, strict=True):
             if isinstance(part, Exception) or len(part) != b - a:
                 raise RemoteError(f"{self.url}: bytes {a}-{b - 1} came back short", transient=True)
         return [bytes(p) for p in parts]
 
 
-def _named(url: str, e: BaseException) -> RemoteError:
+def remote_error(url: str, e: BaseException) -> RemoteError:
     """What went wrong with `url`, in words, and whether a retry can help."""
     if isinstance(e, FileNotFoundError) and e.__cause__ is not None:
         e = e.__cause__  # fsspec calls any failure to stat a URL "not found": say what it was
@@ -111,6 +113,23 @@ def _named(url: str, e: BaseException) -> RemoteError:
     if type(e).__module__.startswith("aiohttp"):  # a payload cut mid-body, a reset
         return RemoteError(f"{url}: the transfer failed: {text}", transient=True)
     return RemoteError(f"{url} cannot be read: {type(e).__name__}: {text}", transient=False)
+
+
+def open_binary(path: str) -> BinaryIO:
+    """A local file, or a file behind a URL read with range requests: exact `read(n)`s, and a
+    `readline` that fetches LINE_BLOCK bytes at a time (a CSV shard reads its own lines)."""
+    if not is_url(path):
+        return open(path, "rb")
+    remote = RemoteFile(path)
+    try:
+        f: BinaryIO = remote.fs.open(remote.path, "rb", block_size=LINE_BLOCK, cache_type="none")
+    except Exception as e:
+        raise remote_error(path, e) from e
+    return f
+
+
+def file_size(path: str) -> int:
+    return RemoteFile(path).size() if is_url(path) else os.path.getsize(path)
 
 
 @dataclass(frozen=True)

@@ -197,3 +197,27 @@ def test_a_body_cut_short_is_retried_and_then_named(
     # Never parsed as data: each attempt failed on the short body, and it was tried again.
     assert [a.outcome for a in shard.history] == ["bad_input", "bad_input"]
     assert "cut short" in str(info.value) or "transfer failed" in str(info.value)
+
+
+def test_column_stats_over_a_csv_url(
+    nginx: tuple[str, Path, Path], url_cluster: LocalCluster
+) -> None:
+    base, www, log = nginx
+    x = np.random.default_rng(11).normal(size=(200_000, 4))
+    path = www / "table.csv"
+    with open(path, "w") as f:
+        f.write("a,b,c,d\n")
+        np.savetxt(f, x, delimiter=",", fmt="%.17g")
+    with url_cluster.client() as client:
+        stats = client.submit("column_stats", f"{base}/table.csv", shards=4).result(timeout=120)
+    assert stats["count"] == 200_000
+    np.testing.assert_allclose(stats["mean"], x.mean(axis=0), rtol=1e-9)
+    np.testing.assert_array_equal(stats["max"], x.max(axis=0))
+    # The workers read their shards' lines and no more: each byte of the data about once
+    # (plus at most a line-finding block per shard edge), never the whole file each.
+    fetched = _fetches(log, "table.csv")
+    workers = [(a, b) for who, a, b in fetched if who != "master"]
+    assert {who for who, _, _ in fetched} - {"master"}  # the workers fetched by range
+    size = path.stat().st_size
+    assert sum(b - a + 1 for a, b in workers) <= size + 4 * 2 * (1 << 16)
+    assert all(b - a + 1 < size / 2 for a, b in workers)
