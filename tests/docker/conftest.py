@@ -1,4 +1,4 @@
-"""Fixtures for tests against real containers: the image, and one Compose project per test."""
+"""Fixtures for tests against real containers: the image, and one Compose project per module."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from dockerenv import (
@@ -43,26 +42,45 @@ def docker_image() -> str:
     pytest.fail(f"{IMAGE} does not hold the working tree's code; files that differ: {stale}")
 
 
-@pytest.fixture
-def compose(docker_image: str, tmp_path: Path) -> Iterator[Compose]:
+@pytest.fixture(scope="module")
+def project(docker_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     """A master and 3 workers (2 slots each) in a project of their own; `down -v` after."""
     worker_port, client_port, dashboard_port = free_ports(3)
-    project = f"smtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    name = f"smtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     env = compose_env(worker_port, client_port, dashboard_port)
-    c = Compose(project, env, client_port, tmp_path / "keys")
+    c = Compose(name, env, client_port, tmp_path_factory.mktemp("compose") / "keys")
     try:
         c("up", "-d", "--scale", "worker=3")
         c.copy_client_keys()
-        with c.client() as client:
-            wait_until(lambda: len(client.workers()) == 3, what="3 workers to register")
         yield c
     finally:
-        try:  # shown only when the test fails: what each container said last
+        try:  # shown only when a test fails: what each container said last
             logs = c("logs", "--no-color", "--tail", "80", check=False)
-            print(f"--- docker compose logs ({project}) ---\n{logs.stdout}", file=sys.stderr)
+            print(f"--- docker compose logs ({name}) ---\n{logs.stdout}", file=sys.stderr)
         finally:
             down = c(
                 "--profile", "client", "down", "-v", "--remove-orphans", "-t", "5", check=False
             )
         left = c.leftovers()
-        assert not left, f"project {project} left {left} behind: {down.stderr}"
+        assert not left, f"project {name} left {left} behind: {down.stderr}"
+
+
+@pytest.fixture
+def compose(project: Compose) -> Compose:
+    """The module's project, settled for the next test: bringing a project up costs ~13 s,
+    so the tests share one and each leaves it whole again (a killed worker container is
+    restarted by its policy, extra workers are scaled away, a cut network is reconnected by
+    its test): 3 workers registered and idle, no job left."""
+    project("up", "-d", "--no-deps", "--no-recreate", "--scale", "worker=3", "worker")
+    with project.client() as client:
+        for job in client.jobs():
+            if job.state == "running":
+                client.cancel(job.job_id)
+
+        def settled() -> bool:
+            workers = client.workers()
+            return len(workers) == 3 and all(w.busy == 0 for w in workers)
+
+        wait_until(settled, timeout=60, what="3 idle workers")
+        client.prune(0)
+    return project

@@ -1,8 +1,8 @@
 """The Compose deployment with real containers: shared volume, CLI, and faults mid-job.
 
-Each test gets its own project (master + 3 workers with 2 slots each, heartbeats 0.2 s x 5)
-from the `compose` fixture. Slow shards come from `sm_tasks:nap`, mounted into the workers
-by tests/docker/compose.test.yaml.
+The tests share one project (master + 3 workers with 2 slots each, heartbeats 0.2 s x 5)
+from the `compose` fixture, which settles it before each test. Slow shards come from
+`sm_tasks:nap`, mounted into the workers by tests/docker/compose.test.yaml.
 """
 
 from __future__ import annotations
