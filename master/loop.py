@@ -64,6 +64,8 @@ class MasterLoop:
         self.apply(ev.RestoreDone())
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.security = Security.resolve(settings.keys, settings.insecure, "master")
+        # The metrics port first: a busy one stops us before the ZMQ ports and ZAP start.
+        self.metrics_server = self.metrics.serve(settings.host, settings.metrics_port)
         self.refusals = RefusalLog()
         self.auth = self.security.authenticator(self.ctx, self.refusals)  # ZAP before we bind
         self.workers = WorkerMessages(self.core, self._router(settings.port), apply=self.apply)
@@ -75,7 +77,6 @@ class MasterLoop:
         ]
         self._next_beat = 0.0
         self._next_prune = 0.0
-        self.metrics_server = self.metrics.serve(settings.host, settings.metrics_port)
 
     def _executor_table(self) -> dict[type, Executor]:
         """What the loop does for each command the brain gives."""
@@ -169,6 +170,7 @@ class MasterLoop:
     def close(self) -> None:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         for watch in self.watches:
             watch.close()
         self.workers.sock.close(linger=0)

@@ -48,9 +48,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from shardmill.observe.dashboard import create_app
 
-    connect(args).close()  # bad keys or address: one clear line now, not on the first page load
+    connect(args).close()  # a bad address or key dir: one clear line now (the master may be down)
     token = args.token or os.environ.get("SHARDMILL_DASHBOARD_TOKEN") or None
-    app = create_app(lambda: connect(args), token=token)
+    app = create_app(lambda: connect(args), token=token, allowed_hosts=args.allowed_hosts or [])
     where = f"http://{args.host}:{args.port}"
     print(
         f"dashboard on {where} ({'cancel needs the token' if token else 'read-only'})", flush=True

@@ -156,6 +156,14 @@ def _pictures(sub: Subparsers) -> None:
     )
     p.add_argument("--port", type=int, default=8787, help="HTTP port (default 8787)")
     p.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="NAME",
+        help="a host name browsers may reach it by besides this machine's loopback names "
+        "(repeatable; '*' for any)",
+    )
+    p.add_argument(
         "--token",
         help="allow cancelling jobs with 'Authorization: Bearer TOKEN' "
         "($SHARDMILL_DASHBOARD_TOKEN; default: read-only)",

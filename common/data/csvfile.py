@@ -16,7 +16,13 @@ from typing import BinaryIO
 import numpy as np
 
 from shardmill.data.paths import is_url
-from shardmill.data.remote import RemoteError, file_size, open_binary, remote_error
+from shardmill.data.remote import (
+    RemoteError,
+    RemoteFile,
+    file_size,
+    open_binary,
+    remote_error,
+)
 from shardmill.errors import BadInput, JobSpecError
 from shardmill.wire.spec import ColumnType, CsvSource
 
@@ -52,14 +58,20 @@ def describe_csv(
     """Read the header and a sample; infer float64 or str per column, overridden by `dtypes`."""
     try:
         size = file_size(path)
+        if is_url(path) and size > 1:
+            RemoteFile(path).read(1, 2)  # ranges past byte 0 work: each worker reads its own
         with open_binary(path) as f:
             first = f.readline()
             head = f.read(SAMPLE_BYTES)
             head += f.readline()
     except RemoteError as e:
         raise JobSpecError(f"dataset: {e}") from e
-    except OSError as e:
-        raise JobSpecError(f"dataset: {path} cannot be read: {e.strerror or e}") from e
+    except Exception as e:
+        if is_url(path):  # fsspec's own errors: a server without ranges, a 403, a 5xx
+            raise JobSpecError(f"dataset: {remote_error(path, e)}") from e
+        if isinstance(e, OSError):
+            raise JobSpecError(f"dataset: {path} cannot be read: {e.strerror or e}") from e
+        raise
     first_fields = _split(_decode_sample(first, path), delimiter)
     if not first_fields:
         raise JobSpecError(f"dataset: {path} is empty; a CSV needs at least a header line")

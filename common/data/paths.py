@@ -10,13 +10,25 @@ from pathlib import Path
 from shardmill.errors import JobSpecError
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-LOCAL_SCHEMES = frozenset({"file", "local", "memory"})  # paths in disguise: the data roots apply
+# Remote stores only: a file://, a chained fsspec URL (`simplecache::file://...`) or any other
+# scheme could read the master's or a worker's own disk around the data roots.
+URL_SCHEMES = frozenset({"http", "https", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 def is_url(path: str) -> bool:
-    """Whether `path` names a remote file (http(s)://, s3://, ...) rather than a local path."""
-    match = _SCHEME.match(path)
-    return match is not None and match.group(1).lower() not in LOCAL_SCHEMES
+    """Whether `path` is given as a URL (any scheme: `check_url` says which are allowed)."""
+    return _SCHEME.match(path) is not None or "::" in path
+
+
+def check_url(url: str) -> None:
+    """Refuse, by name, a URL whose scheme is not a remote store's."""
+    match = _SCHEME.match(url)
+    scheme = match.group(1).lower() if match else ""
+    if scheme not in URL_SCHEMES or "::" in url:
+        raise JobSpecError(
+            f"dataset: {url}: only {', '.join(sorted(URL_SCHEMES))} URLs are read (no chained "
+            "URLs); give a local file as a plain path under the master's data roots"
+        )
 
 
 def located(path: str) -> str:

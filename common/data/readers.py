@@ -33,7 +33,6 @@ from shardmill.wire.spec import (
 CHUNK_BYTES = 32 << 20
 MAX_MAPS = 64
 _MAPS: dict[tuple[str, int, int], np.ndarray] = {}
-_REMOTE: dict[str, RemoteNpy] = {}  # headers of URL datasets, read once per child
 
 
 def iter_blocks(desc: ScanShard, values: np.ndarray | None = None) -> Iterator[Block]:
@@ -103,7 +102,7 @@ def _npy_chunks(src: NpySource, first_row: int) -> Iterator[Chunk]:
 def _url_chunks(url: str, start: int, stop: int) -> Iterator[Chunk]:
     """The rows [start, stop) of a .npy behind a URL, a range request per chunk."""
     try:
-        npy = _REMOTE.get(url) or _REMOTE.setdefault(url, RemoteNpy.open(url, probe=False))
+        npy = RemoteNpy.open(url, probe=False)  # per shard: the file may have been replaced
         step = max(1, CHUNK_BYTES // max(1, npy.row_bytes))
         for a in range(start, stop, step):
             yield Chunk(a, matrix=npy.rows(a, min(stop, a + step)))

@@ -181,10 +181,14 @@ class RemoteNpy:
         return np.frombuffer(data, dtype=self.dtype).reshape(-1, self.cols)
 
     def take(self, index: np.ndarray) -> np.ndarray:
-        """The rows at `index`, fetched concurrently (a sample, not a scan)."""
-        ranges = [
-            (self.offset + int(i) * self.row_bytes, self.offset + (int(i) + 1) * self.row_bytes)
-            for i in index
-        ]
+        """The rows at `index` (sorted), one range request per run of consecutive rows."""
+        runs: list[tuple[int, int]] = []
+        for i in (int(i) for i in index):
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        row = self.row_bytes
+        ranges = [(self.offset + a * row, self.offset + b * row) for a, b in runs]
         parts = RemoteFile(self.url).read_many(ranges) if ranges else []
         return np.frombuffer(b"".join(parts), dtype=self.dtype).reshape(-1, self.cols)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from shardmill.client import Client
 from shardmill.errors import MasterUnreachable, ServerError, ShardmillError
@@ -84,8 +85,18 @@ def job_detail(job: JobInfo, now: float) -> dict[str, Any]:
     }
 
 
-def create_app(connect: Callable[[], Client], *, token: str | None = None) -> FastAPI:
-    """The dashboard: `connect` makes the Client it asks the master with."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def create_app(
+    connect: Callable[[], Client],
+    *,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+) -> FastAPI:
+    """The dashboard: `connect` makes the Client it asks the master with. Requests must name
+    this machine in their Host header (or one of `allowed_hosts`): a web page elsewhere cannot
+    reach it through DNS rebinding."""
     master = Master(connect)
     app = FastAPI(
         title="shardmill dashboard",
@@ -95,6 +106,7 @@ def create_app(connect: Callable[[], Client], *, token: str | None = None) -> Fa
     )
     app.state.master = master
     app.state.token = token
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK_NAMES, *allowed_hosts])
     app.include_router(pages)
     app.include_router(api)
     return app

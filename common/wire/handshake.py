@@ -42,7 +42,10 @@ def fingerprint(public_z85: bytes) -> str:
 
 
 def key_fingerprint(path: Path) -> str:
-    public, _ = zmq.auth.load_certificate(path)
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError):
+        return "unknown: the file cannot be read"
     return fingerprint(public)
 
 
@@ -77,7 +80,9 @@ class HandshakeWatch:
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 return self._mismatch()
-            return self._wrong_master_key()
+            if self.keys is not None and not self.met:  # keys that never worked here
+                return self._wrong_master_key()
+            return None
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.keys is not None and not self.met:
             self._no_detail += 1
             if self._no_detail >= NO_DETAIL_LIMIT:
@@ -85,7 +90,8 @@ class HandshakeWatch:
         return None
 
     def _refused(self) -> str:
-        assert self.keys is not None
+        if self.keys is None:
+            return f"the master refused this {self.role} (ZAP); give it keys the master accepts"
         public = self.keys / f"{self.role}.key"
         return (
             f"the master refused this {self.role}'s key ({public}, fingerprint "
@@ -123,7 +129,10 @@ class HandshakeWatch:
 
 
 class RefusalLog:
-    """The master's log of refused peers: one line per peer and reason per `every` seconds."""
+    """The master's log of refused peers: one line per peer and reason per `every` seconds
+    (at most MAX_PEERS remembered: a peer cycling keys cannot grow it)."""
+
+    MAX_PEERS = 1000
 
     def __init__(self, every: float = 30.0) -> None:
         self.every = every
@@ -138,6 +147,10 @@ class RefusalLog:
             if now - self._last.get(key, -self.every) < self.every:
                 self._quiet[key] = self._quiet.get(key, 0) + 1
                 return
+            if len(self._last) >= self.MAX_PEERS and key not in self._last:
+                oldest = next(iter(self._last))
+                del self._last[oldest]
+                self._quiet.pop(oldest, None)
             self._last[key] = now
             quiet = self._quiet.pop(key, 0)
         more = f" ({quiet} more since the last line)" if quiet else ""

@@ -169,6 +169,11 @@ def test_the_api_is_read_only_without_the_token_and_documented(
     )
     assert code == 200 and json.loads(body)["state"] == "done"  # cancelling a done job: no-op
     assert http(f"{base}/api/jobs/no-such-job")[0] == 404
+    # A page served elsewhere cannot read it by DNS rebinding: the Host must be this machine.
+    assert http(f"{base}/api/jobs", headers={"Host": "evil.example"})[0] == 400
+    assert (
+        http(f"{base}/api/jobs", headers={"Host": f"localhost:{base.rsplit(':', 1)[1]}"})[0] == 200
+    )
     paths = json.loads(http(f"{base}/openapi.json")[1])["paths"]
     assert {"/api/jobs", "/api/workers", "/api/jobs/{job_id}", "/metrics"} <= set(paths)
 

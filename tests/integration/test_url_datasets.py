@@ -139,11 +139,17 @@ def test_a_404_and_a_server_without_ranges_are_refused_at_submit(
 ) -> None:
     base, www, _ = nginx
     np.save(www / "norange" / "small.npy", np.ones((1000, 3)))
+    (www / "norange" / "small.csv").write_text("a,b\n" + "1,2\n" * 1000)
     with url_cluster.client() as client:
         with pytest.raises(JobSpecError, match=r"not found \(HTTP 404\)"):
             client.submit("column_stats", f"{base}/missing.npy")
-        with pytest.raises(JobSpecError, match="does not answer range requests"):
-            client.submit("column_stats", f"{base}/norange/small.npy")
+        for name in ("small.npy", "small.csv"):
+            with pytest.raises(JobSpecError, match="does not answer range requests"):
+                client.submit("column_stats", f"{base}/norange/{name}")
+        # Local files are paths under the data roots, never URLs around them.
+        for url in ("file:///etc/passwd", "simplecache::file:///etc/hosts", "ftp://h/x.npy"):
+            with pytest.raises(JobSpecError, match=r"only .* URLs are read"):
+                client.submit("column_stats", url, format="csv")
         assert client.jobs() == [] or all(j.state == "done" for j in client.jobs())
 
 

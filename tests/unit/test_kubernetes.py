@@ -95,10 +95,10 @@ def test_every_command_line_parses_with_the_cli(objects: list[dict[str, Any]]) -
 
 
 def test_keys_come_from_the_secret_as_each_role_reads_them(objects: list[dict[str, Any]]) -> None:
-    """The master: its pair and authorized/ (as `shardmill keygen` lays them out); a worker
-    or client: its pair and master.key."""
+    """The master: its pair and authorized/ (as `shardmill keygen` lays them out), and the
+    client pair its health probe pings with; a worker or client: its pair and master.key."""
     want = {
-        "shardmill-master": {"master.key", "master.key_secret"}
+        "shardmill-master": {"master.key", "master.key_secret", "client.key", "client.key_secret"}
         | {f"{AUTHORIZED}/{r}.key" for r in ROLES if r != "master"},
         "shardmill-worker": {"master.key", "worker.key", "worker.key_secret"},
         "shardmill-dashboard": {"master.key", "client.key", "client.key_secret"},
