@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shardmill {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_master, _worker, _submit, _plan, _queries, _pictures, _health, _keygen, _demo):
+    builders = (_master, _worker, _submit, _plan, _queries, _pictures, _dashboard, _health)
+    for add in (*builders, _keygen, _demo):
         add(sub)
     return parser
 
@@ -148,6 +149,9 @@ def _pictures(sub: Subparsers) -> None:
             "-o", "--output", help=f"file to write (default JOB-{name}.{default}; - for stdout)"
         )
         p.set_defaults(output_default=f"{name}.{default}")
+
+
+def _dashboard(sub: Subparsers) -> None:
     p = _client(
         sub, "dashboard", "serve a live web dashboard of jobs and workers", observe.cmd_dashboard
     )
