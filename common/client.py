@@ -87,6 +87,7 @@ class Client:
         self._sock: zmq.Socket[bytes] | None = None
         self._watch: HandshakeWatch | None = None  # the socket's handshake outcomes
         self._met = False  # a handshake with the master succeeded once
+        self._poller: zmq.Poller | None = None
         self._ids = itertools.count(1)
 
     # ---- jobs ----------------------------------------------------------------------------------
@@ -310,10 +311,8 @@ class Client:
 
     def _await_reply(self, req: int, wait: float) -> Decoded:
         sock = self._socket()
-        assert self._watch is not None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._watch.monitor, zmq.POLLIN)
+        assert self._watch is not None and self._poller is not None
+        poller = self._poller
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
             ready = dict(poller.poll(int(left * 1000) + 1))
@@ -343,6 +342,9 @@ class Client:
             self.security.client(sock, "client")
             keys = self.security.keys
             self._watch = HandshakeWatch(sock, role="client", keys=keys, met=self._met)
+            self._poller = zmq.Poller()  # the reply and the handshake's events, one per socket
+            self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(self._watch.monitor, zmq.POLLIN)
             sock.connect(self.master)
             self._sock = sock
         return self._sock
@@ -354,6 +356,7 @@ class Client:
             self._met = self._watch.met  # kept across sockets: a restart is not a wrong key
             self._watch.close()
             self._watch = None
+            self._poller = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

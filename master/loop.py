@@ -216,7 +216,8 @@ class MasterLoop:
             self.apply(ev.PruneRequested(retention, core.waited_on()))
         if now >= self._next_beat:
             self._next_beat = now + self.settings.heartbeat_interval
-            self.metrics.snapshot.observe(core.brain, now)  # what --metrics-port serves
+            if self.metrics_server is not None:  # what --metrics-port serves between beats
+                self.metrics.snapshot.observe(core.brain, now)
             for worker in list(core.brain.workers):
                 self.workers.send(worker, MasterPing())
 

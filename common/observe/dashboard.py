@@ -71,16 +71,14 @@ def job_detail(job: JobInfo, now: float) -> dict[str, Any]:
     """A job with its shards, their stories, and its task stream laid out in lanes."""
     timeline = Timeline.of(job, now)
     shards = job.shards or []
-    retrying = sum(1 for s in shards if len(s.history) > 1 and s.state not in ("done", "failed"))
     return {
         **job_row(job, now),
-        "retrying": retrying,
         "shards": [s.model_dump(mode="json") for s in shards],
         "length": timeline.length,
         "lanes": [{"worker": w, "slot": s} for w, s in timeline.lanes],
         "bars": [{**b.__dict__, "merged": b.merged} for b in timeline.bars],
         "retried": timeline.retried(),
-        "lost_workers": timeline.lost_workers(),
+        "lost_workers": timeline.lost_workers(),  # from the checkpointed stories: restarts too
         "efficiency": timeline.efficiency().__dict__,
     }
 

@@ -93,16 +93,17 @@ class Shard:
         *,
         worker: str | None = None,
         ran: float | None = None,
-    ) -> bool:
-        """End its latest open attempt (on `worker`, if named); False when none was open."""
+    ) -> Attempt | None:
+        """End its latest open attempt (on `worker`, if named): that attempt, or None when none
+        was open."""
         for attempt in reversed(self.history):
             if attempt.ended is None and (worker is None or attempt.worker == worker):
                 attempt.ended = now
                 attempt.outcome = outcome
                 attempt.error = err
                 attempt.ran = ran
-                return True
-        return False
+                return attempt
+        return None
 
     def info(self, *, history: bool, offset: float = 0.0) -> ShardInfo:
         return ShardInfo(
@@ -157,8 +158,8 @@ class Job:
     def charge(self, shard: Shard, err: ErrorInfo, now: float) -> None:
         """A failed attempt that counts against max_attempts: it closes, and the job tallies it."""
         shard.charged += 1
-        worker = next((a.worker for a in reversed(shard.history) if a.ended is None), "?")
-        shard.close_attempt(now, err.kind, err)
+        closed = shard.close_attempt(now, err.kind, err)
+        worker = "?" if closed is None else closed.worker
         self.attempts_failed += 1
         self.retrying += shard.charged == 1
         if err.kind == "lost" and worker not in self.lost_workers:
