@@ -32,6 +32,14 @@ def _keys_field(role: str) -> Path | None:
     )
 
 
+def _health_field(role: str, when: str) -> Path | None:
+    return Field(
+        None,
+        validation_alias=AliasChoices(f"SHARDMILL_{role}_HEALTH_FILE", "SHARDMILL_HEALTH_FILE"),
+        description=f"file touched {when} (`shardmill health` reads its age)",
+    )
+
+
 def _insecure_field(role: str) -> bool:
     return Field(
         False,
@@ -71,6 +79,7 @@ class MasterSettings(BaseSettings):
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
+    health_file: Path | None = _health_field("MASTER", "on each heartbeat while serving")
     keys: Path | None = _keys_field("MASTER")
     insecure: bool = _insecure_field("MASTER")
     data_roots: list[Path] = Field(
@@ -126,7 +135,7 @@ class WorkerSettings(BaseSettings):
     heartbeat_liveness: int = Field(3, ge=1, description="missed master beats before reconnect")
     reconnect_max: float = Field(5.0, gt=0, description="longest wait between reconnects")
     drain_grace: float = Field(30.0, ge=0, description="seconds to finish shards on SIGTERM")
-    health_file: Path | None = Field(None, description="touched whenever the master is heard")
+    health_file: Path | None = _health_field("WORKER", "whenever the master is heard")
     keys: Path | None = _keys_field("WORKER")
     insecure: bool = _insecure_field("WORKER")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -16,6 +16,7 @@ import zmq
 from shardmill import exitcodes
 from shardmill.config import MasterSettings
 from shardmill.errors import ShardmillError, StateDirError
+from shardmill.health import HealthFile
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.model import Limits, Timing
 from shardmill.master.brain.state import MasterState
@@ -76,6 +77,7 @@ class MasterLoop:
             for name, sock in [("worker", self.workers.sock), ("client", self.clients.sock)]
         ]
         self._next_beat = 0.0
+        self.health = HealthFile(settings.health_file, f"master pid {os.getpid()}")
         self._next_prune = 0.0
 
     def _executor_table(self) -> dict[type, Executor]:
@@ -216,6 +218,7 @@ class MasterLoop:
             self.apply(ev.PruneRequested(retention, core.waited_on()))
         if now >= self._next_beat:
             self._next_beat = now + self.settings.heartbeat_interval
+            self.health.touch(now, 0.0)  # the loop turns and its sockets are bound
             if self.metrics_server is not None:  # what --metrics-port serves between beats
                 self.metrics.snapshot.observe(core.brain, now)
             for worker in list(core.brain.workers):

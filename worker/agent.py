@@ -21,6 +21,7 @@ import zmq
 from shardmill import __version__, exitcodes
 from shardmill.config import WorkerSettings
 from shardmill.errors import ProtocolError
+from shardmill.health import HealthFile
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode, encode
 from shardmill.wire.handshake import HandshakeWatch
@@ -70,7 +71,7 @@ class Agent:
         self.next_beat = 0.0
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
-        self._health_written = 0.0
+        self.health = HealthFile(settings.health_file, self.worker_id)
         self.fatal: str | None = None  # set when the master refuses us for good
         self._probe: str | None = None  # a /dev/shm file the master looks for at READY
         self._wake_r, self._wake_w = os.pipe()
@@ -212,10 +213,7 @@ class Agent:
         now = time.monotonic()
         self.last_heard = now
         self.reconnect_delay = self.interval
-        path = self.settings.health_file
-        if path is not None and now - self._health_written >= self.interval:
-            self._health_written = now
-            path.write_text(f"{time.time():.3f} {self.worker_id}\n")
+        self.health.touch(now, self.interval)
 
     def _on_master(self, msg: Message, frames: list[Buffer]) -> None:
         match msg:

@@ -57,6 +57,7 @@ def _master(sub: Subparsers) -> None:
     p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
+    p.add_argument("--health-file", help="file touched on each heartbeat while serving")
     _security_flags(p)
     p.set_defaults(handler=roles.cmd_master)
 
@@ -175,12 +176,15 @@ def _dashboard(sub: Subparsers) -> None:
 
 
 def _health(sub: Subparsers) -> None:
-    p = sub.add_parser("health", help="exit 0 when the master (or this worker) is serving")
-    p.add_argument("--master", help="ping this master client address")
+    p = sub.add_parser(
+        "health",
+        help="exit 0 when this role is serving (its health file is fresh) or a master answers",
+    )
+    p.add_argument("--master", help="ping this master client address instead of a file")
     p.add_argument(
         "--file",
-        default=os.environ.get("SHARDMILL_WORKER_HEALTH_FILE"),
-        help="a worker's health file (default $SHARDMILL_WORKER_HEALTH_FILE)",
+        help="a master's or worker's --health-file (default $SHARDMILL_HEALTH_FILE, "
+        "or the role's own $SHARDMILL_WORKER_HEALTH_FILE / $SHARDMILL_MASTER_HEALTH_FILE)",
     )
     p.add_argument("--max-age", type=float, default=10.0, help="seconds (with --file)")
     _security_flags(p)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ MASTER_FLAGS = (
     "state_dir",
     "log_level",
     "log_format",
+    "health_file",
     "imports",
 )
 WORKER_FLAGS = (
@@ -102,11 +102,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    if args.file:
-        path = Path(args.file)
-        age = time.time() - path.stat().st_mtime if path.exists() else float("inf")
-        if age > args.max_age:
-            print(f"unhealthy: {path} last touched {age:.1f} s ago", file=sys.stderr)
+    from shardmill import health
+
+    file = args.file or (None if args.master else health.default_file())
+    if file:
+        problem = health.stale(Path(file), args.max_age)
+        if problem:
+            print(f"unhealthy: {problem}", file=sys.stderr)
             return exitcodes.UNHEALTHY
         return exitcodes.OK
     try:

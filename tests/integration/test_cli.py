@@ -141,6 +141,33 @@ def test_exit_codes_name_the_problem(cluster: LocalCluster, tmp_path: Path) -> N
     assert sick.returncode == exitcodes.UNHEALTHY
 
 
+def test_health_files_follow_each_role(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK is a bare `shardmill health`: it must pass for a serving master
+    and a worker that hears it, and fail once a role stops (its file goes stale)."""
+    files = {"MASTER": tmp_path / "master.health", "WORKER": tmp_path / "worker.health"}
+    env = cluster_env() | {f"SHARDMILL_{r}_HEALTH_FILE": str(f) for r, f in files.items()}
+    with LocalCluster(1, heartbeat_interval=0.05, heartbeat_liveness=10, env=env) as cluster:
+
+        def health(role: str, *extra: str) -> subprocess.CompletedProcess[str]:
+            return run_cli(
+                "health", *extra, env=cluster_env() | {"SHARDMILL_HEALTH_FILE": str(files[role])}
+            )
+
+        for role in files:
+            wait_until(lambda r=role: health(r).returncode == 0, what=f"{role} health file fresh")
+        assert "master pid" in files["MASTER"].read_text()
+        cluster.kill_master()
+        stale = wait_until(
+            lambda: (p := health("MASTER", "--max-age", "0.5")).returncode and p,
+            what="master health file stale",
+        )
+        assert stale.returncode == exitcodes.UNHEALTHY and "last touched" in stale.stderr
+        # the worker no longer hears a master either
+        wait_until(lambda: health("WORKER", "--max-age", "0.5").returncode, what="worker stale")
+    missing = run_cli("health", env=cluster_env() | {"SHARDMILL_HEALTH_FILE": str(tmp_path / "x")})
+    assert missing.returncode == exitcodes.UNHEALTHY and "does not exist" in missing.stderr
+
+
 def test_failed_job_exit_code_and_message(cluster: LocalCluster) -> None:
     with cluster.client() as client:
         job = client.map("sm_tasks:boom", [(1,)], max_attempts=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -10,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from shardmill import LocalCluster
 
@@ -68,3 +72,15 @@ def cli_json(*args: str, master: str | LocalCluster) -> Any:
 def runs(runs_dir: str, key: str) -> int:
     path = Path(runs_dir) / f"{key}.runs"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def parse_cli(argv: list[str]) -> Any:
+    """`argv` parsed by shardmill's own CLI parser; a test failure naming what it refused."""
+    from shardmill.cli.parser import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"shardmill {' '.join(argv)}: {err.getvalue().strip()}")

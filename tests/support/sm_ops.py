@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from shardmill.wire.spec import OpOptions
 
 
 def _map(block: Block, options: OpOptions) -> dict[str, Any]:
+    time.sleep(float(str(options.params.get("nap", 0))))  # slow shards, for faults mid-job
     power = float(str(options.params.get("power", 2)))
     x = np.abs(np.asarray(block.values, dtype=np.float64)) ** power
     return {"n": block.rows, "total": x.sum(axis=0)}

@@ -4,8 +4,6 @@ drift from the CLI."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,8 +12,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import parse_cli
 
-from shardmill.cli.parser import build_parser
 from shardmill.wire.security import AUTHORIZED, ROLES
 
 BASE = Path(__file__).parents[2] / "docker" / "kubernetes"
@@ -42,15 +40,6 @@ def _pods(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _parse(argv: list[str]) -> Any:
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return build_parser().parse_args(argv)
-    except SystemExit:
-        pytest.fail(f"shardmill {' '.join(argv)}: {err.getvalue().strip()}")
-
-
 def test_every_object_is_valid_kubernetes(objects: list[dict[str, Any]]) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
     assert kinds == [
@@ -69,7 +58,7 @@ def test_every_command_line_parses_with_the_cli(objects: list[dict[str, Any]]) -
     roles = {}
     for name, pod in _pods(objects).items():
         for c in pod["containers"]:
-            args = _parse(c["args"])
+            args = parse_cli(c["args"])
             roles[name] = c["args"][0]
             probes = [
                 c.get(p, {}).get("exec", {}).get("command")
@@ -77,7 +66,7 @@ def test_every_command_line_parses_with_the_cli(objects: list[dict[str, Any]]) -
             ]
             for command in filter(None, probes):
                 assert command[0] == "shardmill"
-                _parse(command[1:])
+                parse_cli(command[1:])
             env = {e["name"]: e["value"] for e in c.get("env", [])}
             assert env["SHARDMILL_KEYS"] == "/keys"
             if c["args"][0] == "worker":  # a drain is never cut short by the kubelet
@@ -116,7 +105,7 @@ def test_the_master_keeps_its_state_on_a_claim_and_services_match_ports(
     assert master["spec"]["replicas"] == 1
     (claim,) = master["spec"]["volumeClaimTemplates"]
     (container,) = master["spec"]["template"]["spec"]["containers"]
-    assert _parse(container["args"]).state_dir == "/state"
+    assert parse_cli(container["args"]).state_dir == "/state"
     assert {"name": "state", "mountPath": "/state"} in container["volumeMounts"]
     assert claim["metadata"]["name"] == "state"
     named = {p["name"] for p in container["ports"]}

@@ -1,0 +1,107 @@
+"""The Swarm deployment (docker/swarm.yaml) on a real single-node swarm, with faults mid-job.
+
+One job of slow shards runs through scaling 2 -> 4 workers, a `docker kill`ed worker task
+and a `docker kill`ed master task; Swarm replaces both, the master resumes from its state
+volume, and the answer equals NumPy's with every shard merged once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from helpers import wait_until
+from swarmenv import Stack, docker, swarm_node
+
+from shardmill.data import synthetic
+from shardmill.wire.spec import SyntheticSpec
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
+
+ROWS, COLS, SEED = 300_000, 3, 11
+SHARDS, NAP = 80, 1.0  # 80 one-second shards: about 20 s on 4 slots, time to act mid-job
+
+
+@pytest.fixture(scope="module")
+def stack(docker_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    keys = tmp_path_factory.mktemp("swarm") / "keys"
+    made = subprocess.run(
+        [sys.executable, "-m", "shardmill", "keygen", str(keys)], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    with swarm_node():
+        s = Stack(f"smswarm{os.getpid()}{uuid.uuid4().hex[:4]}", keys)
+        try:
+            s.deploy()
+            yield s
+        finally:
+            try:
+                print(s.logs(), file=sys.stderr)  # shown only when a test fails
+            finally:
+                left = s.remove()
+            assert not left, f"stack {s.name} left {left} behind"
+
+
+def _running(stack: Stack, job: str) -> dict[str, object]:
+    status = stack.cli("status", job)
+    assert status["state"] == "running", f"the job ended before the fault: {status}"
+    return dict(status)
+
+
+def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
+    # Given the stack up: the master and 2 workers healthy by the image's own HEALTHCHECK
+    wait_until(lambda: stack.replicas("master") == "1/1", timeout=120, what="a healthy master")
+    wait_until(lambda: stack.replicas("worker") == "2/2", timeout=120, what="2 healthy workers")
+    wait_until(lambda: len(stack.cli("workers")) == 2, timeout=60, what="2 workers registered")
+    # When a client on the stack's network submits a job of slow shards on generated data
+    job = stack.cli(
+        "submit", "sm_ops:power_sum", "--format", "synthetic",
+        "--synthetic", f"rows={ROWS},cols={COLS},seed={SEED}", "--shards", str(SHARDS),
+        "--option", "power=1", "--option", f"nap={NAP}",
+    )["job_id"]  # fmt: skip
+    wait_until(lambda: stack.cli("status", job)["shards_done"] >= 2, timeout=60, what="2 shards")
+    before = {w["worker_id"] for w in stack.cli("workers")}
+    # And the workers are scaled from 2 to 4 mid-job
+    docker("service", "scale", "--detach", f"{stack.name}_worker=4")
+    wait_until(lambda: len(stack.cli("workers")) == 4, timeout=90, what="4 workers registered")
+    _running(stack, job)
+    # And a worker task's container is killed: Swarm starts another in its place
+    victim = stack.containers("worker")[0]
+    docker("kill", victim)
+    wait_until(
+        lambda: victim not in (ids := stack.containers("worker")) and len(ids) == 4,
+        timeout=90,
+        what="Swarm to replace the killed worker task",
+    )
+    _running(stack, job)
+    # And then the master's container is killed: Swarm restarts it on the same state volume
+    master = stack.containers("master")
+    docker("kill", *master)
+    wait_until(
+        lambda: (now := stack.containers("master")) and now != master,
+        timeout=90,
+        what="Swarm to restart the master",
+    )
+    # Then the job resumes and ends with NumPy's answer, every shard merged exactly once
+    result = stack.cli("result", job, "--timeout", "180", timeout=240)["result"]
+    data = synthetic.rows(SyntheticSpec(rows=ROWS, cols=COLS, seed=SEED), 0, ROWS)
+    assert result["rows"] == ROWS
+    np.testing.assert_allclose(result["power_sum"], np.abs(data).sum(axis=0), rtol=1e-9)
+    status = stack.cli("status", job, "--shards")
+    assert [s["merged"] for s in status["shards"]] == [1] * SHARDS
+    # And workers that joined by scaling ran shards of it
+    ran = {a["worker"] for s in status["shards"] for a in s["history"] if a["outcome"] == "ok"}
+    assert ran - before, f"no shard ran on a worker added mid-job: {ran} vs {before}"
+    # And the 4 workers are back with the restarted master, each healthy by the image's check
+    wait_until(lambda: len(stack.cli("workers")) == 4, timeout=90, what="4 workers back")
+    wait_until(
+        lambda: all(stack.health(c) == "healthy" for c in stack.containers("worker")),
+        timeout=60,
+        what="every worker container healthy",
+    )
+    assert [stack.health(c) for c in stack.containers("master")] == ["healthy"]

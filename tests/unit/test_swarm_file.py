@@ -1,0 +1,88 @@
+"""docker/swarm.yaml as Docker's own stack loader reads it (`docker stack config`, no daemon
+needed): every command parses with shardmill's CLI parser, keys land where each role reads
+them, and what keeps a master's state safe (one replica, stop-first updates) stays put."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import parse_cli
+
+from shardmill.wire.security import AUTHORIZED
+
+ROOT = Path(__file__).parents[2]
+
+
+def _render(**env: str) -> subprocess.CompletedProcess[str]:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI: install Docker to check docker/swarm.yaml")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHARDMILL_")}
+    return subprocess.run(
+        [docker, "stack", "config", "-c", str(ROOT / "docker" / "swarm.yaml")],
+        capture_output=True, text=True, timeout=60, env=clean | env,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    proc = _render(SHARDMILL_KEYS_DIR="/k")
+    assert proc.returncode == 0, proc.stderr
+    return dict(yaml.safe_load(proc.stdout))
+
+
+def test_commands_parse_and_keys_land_where_each_role_reads_them(stack: dict[str, Any]) -> None:
+    services = stack["services"]
+    assert sorted(services) == ["master", "worker"]
+    master, worker = (
+        parse_cli(services["master"]["command"]),
+        parse_cli(services["worker"]["command"]),
+    )
+    assert (master.keys, master.state_dir, master.port, master.client_port) == (
+        "/keys", "/state", 5555, 5556,
+    )  # fmt: skip
+    assert (worker.keys, worker.master) == ("/keys", "tcp://master:5555")
+    targets = {n: {s["target"] for s in svc["secrets"]} for n, svc in services.items()}
+    assert targets == {
+        "master": {"/keys/master.key", "/keys/master.key_secret"}
+        | {f"/keys/{AUTHORIZED}/{r}.key" for r in ("worker", "client")},
+        "worker": {"/keys/master.key", "/keys/worker.key_secret"},
+    }
+    # secret keys readable by the image's user only; each secret made from keygen's file
+    for svc in services.values():
+        for s in svc["secrets"]:
+            assert s["uid"] == "10001" and s["mode"] == (
+                0o400 if "secret" in s["target"] else 0o444
+            )
+    assert {n: s["file"] for n, s in stack["secrets"].items()} == {
+        "master_key": "/k/master.key",
+        "master_key_secret": "/k/master.key_secret",
+        "worker_key": "/k/worker.key",
+        "worker_key_secret": "/k/worker.key_secret",
+        "client_key": "/k/client.key",
+    }
+
+
+def test_one_master_on_its_state_and_workers_drain_before_the_kill(stack: dict[str, Any]) -> None:
+    master, worker = stack["services"]["master"], stack["services"]["worker"]
+    deploy = master["deploy"]
+    assert deploy["replicas"] == 1 and deploy["update_config"]["order"] == "stop-first"
+    assert deploy["endpoint_mode"] == "dnsrr" and "ports" not in master
+    assert deploy["placement"]["constraints"] == ["node.role == manager"]
+    assert {"type": "volume", "source": "state", "target": "/state"} in master["volumes"]
+    grace = float(worker["stop_grace_period"].rstrip("s"))
+    assert grace > float(worker["environment"]["SHARDMILL_WORKER_DRAIN_GRACE"])
+    # no healthcheck test of their own: the image's `shardmill health` must pass for both
+    assert all("test" not in s.get("healthcheck", {}) for s in (master, worker))
+    assert stack["networks"]["net"] == {"driver": "overlay", "attachable": True}
+
+
+def test_a_missing_key_directory_is_named() -> None:
+    proc = _render()
+    assert proc.returncode != 0 and "SHARDMILL_KEYS_DIR" in proc.stderr
