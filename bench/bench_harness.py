@@ -44,6 +44,7 @@ class Sizes:
     fault_kill_after: float = 1.0
     scale_tasks: int = 1_000_000
     curve_shards: tuple[int, ...] = (2, 8, 32, 128, 512, 2048)
+    far_tasks: int = 2_000
 
 
 FULL = Sizes("full")

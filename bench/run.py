@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench_cluster import scale, startup
 from bench_context import Bench
+from bench_far import far_workers
 from bench_fault import w5_fault
 from bench_harness import (
     DATA_DIR,
@@ -41,6 +42,7 @@ WORKLOADS: dict[str, Callable[[Bench], list[Metric]]] = {
     "W4": w4_by_value,
     "scale": scale,
     "W5": w5_fault,
+    "far": far_workers,
 }
 BIG_SCALE_TASKS = 10_000_000
 FOREIGN_WARN = 0.05  # warn when other processes took more than 5% of the CPUs

@@ -128,8 +128,8 @@ class WorkerSettings(BaseSettings):
         None,
         ge=0,
         le=4096,
-        description="short shards taken beyond the slots, queued to start the moment one "
-        "ends (default: one per slot; 0: none)",
+        description="most short shards queued beyond the slots, to start the moment one "
+        "ends; the master sizes the window to its round trip (default: 64 per slot; 0: none)",
     )
     heartbeat_interval: float = Field(1.0, gt=0, description="until the master says otherwise")
     heartbeat_liveness: int = Field(3, ge=1, description="missed master beats before reconnect")

@@ -222,7 +222,7 @@ class MasterLoop:
             if self.metrics_server is not None:  # what --metrics-port serves between beats
                 self.metrics.snapshot.observe(core.brain, now)
             for worker in list(core.brain.workers):
-                self.workers.send(worker, MasterPing())
+                self.workers.send(worker, MasterPing(sent=now))
 
     # ---- commands ------------------------------------------------------------------------------
 

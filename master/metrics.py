@@ -60,6 +60,16 @@ class Snapshot(Collector):
                 "Longest silence of a live worker",
                 {"": max(ages, default=0.0)},
             ),
+            (
+                "worker_rtt_max_seconds",
+                "Longest measured round trip to a worker (ping to echo, smoothed)",
+                {"": max((w.rtt or 0.0 for w in workers), default=0.0)},
+            ),
+            (
+                "prefetch_window_shards",
+                "Short shards workers may queue beyond their slots, in total",
+                {"": float(sum(w.window for w in workers))},
+            ),
         )
 
     def collect(self) -> Iterator[Metric]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from shardmill.wire.protocol import (
     Disconnect,
     ErrorInfo,
     ErrorReply,
+    Heartbeat,
     Message,
     Ready,
     ShardAttempt,
@@ -43,7 +45,7 @@ class WorkerMessages:
         self._apply_with_result = apply  # a result rides along with its event, for the merge
         self.handlers: dict[str, Handler] = {
             "ready": self._on_ready,
-            "heartbeat": lambda identity, msg, a: self.core.apply(ev.WorkerSeen(_name(identity))),
+            "heartbeat": self._on_heartbeat,
             "draining": self._on_draining,
             "disconnect": self._on_disconnect,
             "done": self._on_done,
@@ -107,6 +109,10 @@ class WorkerMessages:
         )
         send(self.sock, identity, welcome)
         self.core.apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))
+
+    def _on_heartbeat(self, identity: bytes, msg: Heartbeat, arrays: list[Buffer]) -> None:
+        rtt = time.monotonic() - msg.echo if msg.echo else None
+        self.core.apply(ev.WorkerSeen(_name(identity), rtt))
 
     def _on_draining(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
         worker = _name(identity)

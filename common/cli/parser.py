@@ -67,7 +67,9 @@ def _worker(sub: Subparsers) -> None:
     p.add_argument("--master", help="master worker address (default tcp://127.0.0.1:5555)")
     p.add_argument("--slots", type=int, help="shards at once, one child process each")
     p.add_argument(
-        "--prefetch", type=int, help="short shards queued beyond the slots (default: = slots)"
+        "--prefetch",
+        type=int,
+        help="most short shards queued beyond the slots (default 64 per slot)",
     )
     _imports(p, "module tasks may come from (repeatable)")
     p.add_argument("--heartbeat-interval", type=float, help="until the master says otherwise")

@@ -114,6 +114,8 @@ class WorkerInfo(Frozen):
     busy: int
     heartbeat_age: float
     queued: int = 0  # short shards waiting on the worker behind running ones (its prefetch)
+    rtt: float | None = None  # seconds, the master's last measured round trip to it
+    window: int = 0  # short shards it may queue now: covers a round trip of them, capped
     shards_done: int
     shards_failed: int
     version: str
@@ -134,11 +136,13 @@ class Ready(_Msg):
     modules: list[str] = []
     held: list[Lease] = []
     shm_probe: str = ""  # a /dev/shm file the master looks for: do we share memory?
-    prefetch: int = Field(0, ge=0, le=4096)  # shards it queues beyond its slots
+    # The most shards it queues beyond its slots; the master sizes the window below it.
+    prefetch: int = Field(0, ge=0, le=4096)
 
 
 class Heartbeat(_Msg):
     kind: Literal["heartbeat"] = "heartbeat"
+    echo: float = 0.0  # a MasterPing's `sent`, returned at once: the master's round-trip clock
 
 
 class ShardAttempt(Frozen):
@@ -186,6 +190,7 @@ class Welcome(_Msg):
 
 class MasterPing(_Msg):
     kind: Literal["ping"] = "ping"
+    sent: float = 0.0  # the master's clock; the worker's next Heartbeat echoes it
 
 
 class Reregister(_Msg):

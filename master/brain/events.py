@@ -23,6 +23,7 @@ class WorkerReady:
 @dataclass(frozen=True)
 class WorkerSeen:
     worker: str
+    rtt: float | None = None  # seconds from a ping to its echo, when this beat was one
 
 
 @dataclass(frozen=True)

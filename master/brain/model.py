@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 
 from shardmill.master.brain.transitions import (
@@ -16,6 +17,10 @@ from shardmill.master.brain.transitions import (
 )
 from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobInfo, ShardInfo
 from shardmill.wire.spec import JobSpec
+
+# What one task costs a worker beyond its run, about (agent, child, pipes): a window is sized
+# as if no task took less, or a 20 us no-op would ask for a queue of thousands.
+MIN_TASK_SECONDS = 0.00025
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,11 @@ class Job:
     def finished(self) -> bool:
         return self.state is not JobState.RUNNING
 
+    @property
+    def mean_run(self) -> float:
+        """Seconds its shards ran on a worker, on average (0 before the first success)."""
+        return self.ok_seconds / self.ok_runs if self.ok_runs else 0.0
+
     def prefetches(self, below: float) -> bool:
         """Whether its shards may queue on a worker behind a running one: only once they are
         known to be short (mean below `below` seconds), where a round trip per shard is a real
@@ -244,7 +254,9 @@ class Worker:
     # the worker runs tasks first come, first served, so the oldest `slots` tasks are the
     # executing ones and the rest wait in its queue. A batch is one task of several shards.
     leases: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
-    prefetch: int = 0
+    prefetch: int = 0  # the most it queues beyond its slots (its own cap)
+    rtt: float | None = None  # seconds: the master's ping to its echo, smoothed
+    window: int = 0  # the queue last allowed to it (shown by `workers`)
     draining: bool = False
     done: int = 0
     failed: int = 0
@@ -253,9 +265,25 @@ class Worker:
         """Its tasks, oldest first."""
         return list(dict.fromkeys(self.leases.values()))
 
-    def credits(self, prefetch: bool) -> int:
-        """Tasks it may be sent now: free slots, plus its queue when the job prefetches."""
+    def observe_rtt(self, sample: float) -> None:
+        """A ping's round trip; smoothed, with a rise taken at once (a queue must cover it)."""
+        if sample >= 0:
+            old = self.rtt
+            self.rtt = sample if old is None or sample > old else old + (sample - old) / 8
+
+    def queue_window(self, mean_run: float) -> int:
+        """Shards to queue beyond its slots for a job whose shards run `mean_run` seconds: enough
+        that each slot has a round trip's worth waiting (the bandwidth-delay product), at least
+        one per slot, at most its own cap. Short shards stream; the queue never holds more than
+        about one round trip of work, so long ones are not hoarded."""
+        floor = min(self.slots, self.prefetch)
+        per_task = max(mean_run, MIN_TASK_SECONDS)  # the agent's own cost per task, at least
+        need = math.ceil(self.slots * (self.rtt or 0.0) / per_task)
+        return min(self.prefetch, max(floor, need))
+
+    def credits(self, queue: int) -> int:
+        """Tasks it may be sent now: free slots, plus `queue` shards waiting behind them."""
         if self.draining:
             return 0
         held = len(set(self.leases.values()))
-        return max(0, self.slots + (self.prefetch if prefetch else 0) - held)
+        return max(0, self.slots + queue - held)

@@ -21,12 +21,12 @@ def dispatch(
     A job of short shards also fills each worker's queue (its prefetch), so a child finds
     its next shard waiting instead of a round trip through the master."""
     roster = workers.values()
-    if not any(w.credits(prefetch=True) for w in roster):
+    if not any(w.credits(w.prefetch) for w in roster):
         return
     may_prefetch = True
     for job in runnable_jobs(active):
         prefetch = may_prefetch and job.prefetches(prefetch_below)
-        free = {w.worker_id: n for w in roster if (n := w.credits(prefetch)) > 0}
+        free = {w.worker_id: n for w in roster if (n := w.credits(_queue(w, job, prefetch))) > 0}
         while job.ready and free:
             shard = job.shards[job.ready[0]]
             worker = pick_worker(free, shard)
@@ -38,8 +38,16 @@ def dispatch(
                 del free[worker]
         if job.ready:  # it waits for a slot: no later job may queue shards ahead of it
             may_prefetch = False
-        if not any(w.credits(prefetch=may_prefetch) for w in roster):
+        if not any(w.credits(w.prefetch if may_prefetch else 0) for w in roster):
             return
+
+
+def _queue(worker: Worker, job: Job, prefetch: bool) -> int:
+    """The shards of `job` that may wait on `worker` behind its running ones (its window)."""
+    if not prefetch:
+        return 0
+    worker.window = worker.queue_window(job.mean_run)
+    return worker.window
 
 
 def runnable_jobs(active: dict[str, Job]) -> Iterator[Job]:

@@ -41,7 +41,7 @@ class MasterState:
         self._now = 0.0
         self._handlers: dict[type, Callable[[Any], object]] = {
             ev.WorkerReady: self._on_ready,
-            ev.WorkerSeen: lambda e: self._touch(e.worker),
+            ev.WorkerSeen: lambda e: self._touch(e.worker, e.rtt),
             ev.WorkerDraining: self._on_draining,
             ev.WorkerLeft: self._on_left,
             ev.ShardSucceeded: self._on_success,
@@ -83,12 +83,14 @@ class MasterState:
 
     # ---- workers -------------------------------------------------------------------------------
 
-    def _touch(self, worker: str) -> bool:
+    def _touch(self, worker: str, rtt: float | None = None) -> bool:
         w = self.workers.get(worker)
         if w is None:
             self._out.append(ev.AskReregister(worker))
             return False
         w.last_seen = self._now
+        if rtt is not None:
+            w.observe_rtt(rtt)
         return True
 
     def _on_draining(self, e: ev.WorkerDraining) -> None:

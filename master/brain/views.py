@@ -23,6 +23,8 @@ def worker_infos(
                 slots=w.slots,
                 busy=min(tasks, w.slots),
                 queued=max(0, tasks - w.slots),
+                rtt=None if w.rtt is None else round(w.rtt, 6),
+                window=w.window,
                 heartbeat_age=round(now - w.last_seen, 3),
                 shards_done=w.done,
                 shards_failed=w.failed,

@@ -111,3 +111,30 @@ def test_sigterm_hands_back_the_queued_shard_and_finishes_the_running_one(
         assert mine.count("handed back") == 1, mine
         assert all(o in ("ok", "handed back") for o in mine), mine
         assert [runs(runs_dir, f"s{i}") for i in range(8)] == [1] * 8
+
+
+def test_long_shards_are_not_hoarded_and_each_worker_shows_its_round_trip() -> None:
+    """The window is for short shards only: 40 half-second shards on 4 one-slot workers run
+    in 10 rounds, never queued on a worker, so the job takes about 40 x 0.5 / 4 = 5 s."""
+    cluster = LocalCluster(workers=4, imports=["sm_tasks"], env=cluster_env(), **FAST)
+    with cluster, cluster.client() as client:
+        # Given a job of short shards: each worker gets a window, shown with its round trip
+        # (the master pings on every beat); its children have imported the task module
+        squares = client.map("sm_tasks:square", [(i,) for i in range(400)], chunk_size=1).result()
+        assert squares == [i * i for i in range(400)]
+        shown = client.workers()
+        assert all(w.rtt is not None and 0 < w.rtt < 1 and w.window >= 1 for w in shown)
+        # When a job of half-second shards runs
+        job = client.map("sm_tasks:nap", [(i, 0.5) for i in range(40)], chunk_size=1)
+        most = 0
+        while (info := job.progress()).state == "running":
+            workers = client.workers()
+            most = max(most, *(w.busy + w.queued for w in workers))
+            assert all(w.queued == 0 for w in workers), workers
+        # Then no worker ever held more than its one slot, and the job took about 5 s
+        assert job.result(timeout=60) == [i * 3 for i in range(40)]
+        assert most == 1
+        assert info.finished_at is not None and info.started_at is not None
+        took = info.finished_at - info.started_at
+        assert took < 6.0, f"40 x 0.5 s shards on 4 workers took {took:.2f} s"
+        assert_merged_once(job)

@@ -9,6 +9,7 @@ from shardmill.master.brain import events as ev
 from shardmill.master.brain.model import Timing
 from shardmill.master.brain.state import MasterState
 from shardmill.master.brain.transitions import ShardState
+from shardmill.master.brain.views import worker_infos
 from shardmill.wire.protocol import ErrorInfo, Lease
 from shardmill.wire.spec import JobSpec
 
@@ -182,12 +183,41 @@ def test_prefetch_only_once_the_job_is_known_to_have_short_shards() -> None:
     # Given a new job / Then only the slot is filled: nothing is known of its shards yet
     sends = _sends(s.handle(ev.JobAdded("j", SPEC, 10), now=1))
     assert [c.shard for c in sends] == [0]
-    # When a short shard ends / Then the freed slot and both queue places are filled
+    # When a short shard ends (no round trip measured yet) / Then the slot and one queue place
     sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.01), now=1.01))
-    assert [c.shard for c in sends] == [1, 2, 3]
-    assert len(s.workers["w1"].leases) == 3
+    assert [c.shard for c in sends] == [1, 2]
+    assert len(s.workers["w1"].leases) == 2
     info = s.job_info("j")
     assert info.state == "running"
+
+
+def test_the_window_covers_the_round_trip_up_to_the_workers_cap() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=2, prefetch=16), now=0)
+    s.handle(ev.WorkerSeen("w1", rtt=0.004), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 100), now=0)
+    # Given 1 ms shards and a 4 ms round trip: 2 slots x 4 ms / 1 ms = 8 queued behind 2
+    s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.001), now=1)
+    w = s.workers["w1"]
+    assert (w.window, len(w.tasks())) == (8, 10)
+    assert worker_infos([w], {}, now=1, shm_peers=set())[0].window == 8
+    # When the round trip grows to 100 ms / Then the window stops at the worker's own cap
+    s.handle(ev.WorkerSeen("w1", rtt=0.1), now=1)
+    s.handle(ev.ShardSucceeded("w1", "j", 1, 1, duration=0.001), now=1.1)
+    assert (w.window, len(w.tasks())) == (16, 18)
+    # And a shorter round trip is believed slowly (one sample in 8), a longer one at once
+    s.handle(ev.WorkerSeen("w1", rtt=0.02), now=1.2)
+    assert w.rtt == pytest.approx(0.09)
+
+
+def test_shards_near_the_threshold_queue_one_per_slot_however_far_the_worker() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=64), now=0)
+    s.handle(ev.WorkerSeen("w1", rtt=0.02), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 10), now=0)
+    # 50 ms shards, 20 ms away: a round trip is under one shard, so one waits (no hoarding)
+    sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.05), now=1))
+    assert [c.shard for c in sends] == [1, 2]
 
 
 def test_long_shards_are_never_queued_on_a_worker() -> None:
@@ -256,7 +286,7 @@ def test_short_shards_of_a_dataset_op_travel_in_shrinking_batches() -> None:
     # 39 ready shards, 1 slot: a task takes ceil(39 / 2) = 16 (the cap), the next 12
     assert [(c.shard, len(c.more)) for c in sends] == [(1, 15), (17, 11)]
     assert [m for m, _ in sends[0].more] == list(range(2, 17))
-    assert s.workers["w1"].credits(prefetch=True) == 0  # two tasks held, 28 shards
+    assert s.workers["w1"].credits(s.workers["w1"].prefetch) == 0  # two tasks held, 28 shards
     # When the first batch comes back folded / Then its 16 shards are done, merged once
     cmds = s.handle(ev.ShardSucceeded("w1", "j", 1, 1, 0.1, sends[0].more), now=0.2)
     merges = [c for c in cmds if isinstance(c, ev.MergeShard)]
