@@ -41,14 +41,13 @@ from shardmill.wire.protocol import (
     Welcome,
 )
 from shardmill.wire.security import Security
+from shardmill.worker.resend import Recent
 from shardmill.worker.runner import ChildProcess, task_leases, wait_all
 
 log = logging.getLogger(__name__)
 # A worker queues at most this many short shards per slot beyond its slots (the master sizes
 # the window to the round trip below it): at 20 ms RTT and 0.3 ms tasks a slot needs ~64.
 PREFETCH_PER_SLOT = 64
-MAX_RESEND = 10_000  # results kept for resending after a reconnect...
-MAX_RESEND_BYTES = 256 * 2**20  # ...and their bytes
 
 
 class Agent:
@@ -73,8 +72,7 @@ class Agent:
             else settings.prefetch
         )
         self.pending: collections.deque[tuple[Task, list[Buffer]]] = collections.deque()
-        self.recent: collections.deque[tuple[float, list[Any]]] = collections.deque()
-        self.recent_bytes = 0
+        self.recent = Recent()  # results sent lately: resent after a reconnect
         self.handback: list[Lease] = []
         self.last_heard = time.monotonic()
         self.next_beat = 0.0
@@ -178,8 +176,7 @@ class Agent:
             self.sock = None
 
     def _resend_recent(self) -> None:
-        # The master merges the first copy of each shard and counts the rest as duplicates.
-        for _, frames in self.recent:
+        for frames in self.recent:
             self._send_frames(frames)
 
     def _ready(self) -> Ready:
@@ -303,18 +300,8 @@ class Agent:
         self._assign(now)  # its next shard (prefetched) first: the result can wait a moment
         frames: list[Any] = list(raw)  # forwarded as the child wrote them: no re-encoding
         self._send_frames(frames)
-        self.recent.append((now, frames))
-        self.recent_bytes += sum(memoryview(f).nbytes for f in frames)
-        # Keep what was sent since the master was last heard (it may never have arrived),
-        # bounded so a long outage cannot eat the worker's memory.
-        horizon = min(now, self.last_heard) - 2 * self.interval * self.liveness
-        while self.recent and (
-            self.recent[0][0] < horizon
-            or len(self.recent) > MAX_RESEND
-            or self.recent_bytes > MAX_RESEND_BYTES
-        ):
-            _, old = self.recent.popleft()
-            self.recent_bytes -= sum(memoryview(f).nbytes for f in old)
+        # Kept while the master may not have it: since it was last heard, and a margin.
+        self.recent.keep(now, frames, min(now, self.last_heard) - 2 * self.interval * self.liveness)
 
     def _report_death(self, child: ChildProcess) -> None:
         running = child.running

@@ -1,0 +1,42 @@
+"""Results a worker keeps after sending them: a master that vanished may never have merged them.
+
+Sent again after a reconnect or when a restarted master asks the worker to register again;
+the master merges the first copy of each shard and counts the rest as duplicates.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+MAX_RESEND = 10_000  # results kept for resending after a reconnect...
+MAX_RESEND_BYTES = 256 * 2**20  # ...and their bytes
+
+
+class Recent:
+    """What was sent since the master was last heard, bounded so a long outage cannot eat the
+    worker's memory."""
+
+    def __init__(self) -> None:
+        self.sent: collections.deque[tuple[float, list[Any]]] = collections.deque()
+        self.nbytes = 0
+
+    def keep(self, now: float, frames: list[Any], horizon: float) -> None:
+        """Remember `frames` sent at `now`; forget what was sent before `horizon`."""
+        self.sent.append((now, frames))
+        self.nbytes += _size(frames)
+        while self.sent and (
+            self.sent[0][0] < horizon
+            or len(self.sent) > MAX_RESEND
+            or self.nbytes > MAX_RESEND_BYTES
+        ):
+            _, old = self.sent.popleft()
+            self.nbytes -= _size(old)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return (frames for _, frames in self.sent)
+
+
+def _size(frames: list[Any]) -> int:
+    return sum(memoryview(f).nbytes for f in frames)
