@@ -149,6 +149,7 @@ def test_metrics_parse_and_count_the_job(lab: tuple[LocalCluster, str], killed_j
     assert samples["shardmill_shard_duration_seconds_count"][0].value >= 10
     assert {s.labels["state"]: s.value for s in samples["shardmill_jobs"]}["done"] == len(jobs)
     assert samples["shardmill_workers"][0].value >= 1
+    assert 0 < samples["shardmill_worker_rtt_max_seconds"][0].value < 1  # pinged, echoed
     # Bounded labels: nothing is labelled by job, shard or worker.
     assert all(set(s.labels) <= {"state", "kind", "le"} for v in samples.values() for s in v)
     # The master's own --metrics-port serves the same counters (its gauges as of the last beat).
