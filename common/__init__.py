@@ -20,6 +20,7 @@ from shardmill.errors import (
 )
 from shardmill.job import Job
 from shardmill.local import LocalCluster
+from shardmill.task import task
 
 __all__ = [
     "Client",
@@ -37,4 +38,5 @@ __all__ = [
     "ServerError",
     "ShardmillError",
     "__version__",
+    "task",
 ]

@@ -25,11 +25,14 @@ from shardmill.master.core import Core, send
 from shardmill.master.jobs import accept, new_job_id
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode_checked, peek_req
+from shardmill.wire.handshake import fingerprint
+from shardmill.wire.keyring import Keyring
 from shardmill.wire.protocol import (
     CLIENT_KINDS,
     CancelJob,
     ErrorInfo,
     ErrorReply,
+    JobInfo,
     JobList,
     JobResult,
     JobStatus,
@@ -51,9 +54,10 @@ Handler = Callable[[bytes, Any, list[Buffer]], None]
 class ClientRequests:
     """Decodes each client request, answers it from the brain, and turns acts into events."""
 
-    def __init__(self, core: Core, sock: zmq.Socket[bytes]) -> None:
+    def __init__(self, core: Core, sock: zmq.Socket[bytes], keyring: Keyring | None) -> None:
         self.core = core
         self.sock = sock
+        self.keyring = keyring  # None without CURVE: every client may do everything
         self._owner = ""
         self.handlers: dict[str, Handler] = {
             "submit": self._on_submit,
@@ -73,7 +77,33 @@ class ClientRequests:
         }
 
     def _reply(self, identity: bytes, msg: Message, arrays: Sequence[Any] = ()) -> None:
+        if self.keyring is not None:  # owners by name: one place for every reply of jobs
+            if isinstance(msg, JobStatus | JobResult):
+                msg = msg.model_copy(update={"job": self._named(msg.job)})
+            elif isinstance(msg, JobList):
+                msg = msg.model_copy(update={"jobs": [self._named(j) for j in msg.jobs]})
         send(self.sock, identity, msg, arrays)
+
+    def _named(self, info: JobInfo) -> JobInfo:
+        assert self.keyring is not None
+        return info.model_copy(update={"owner": self.keyring.owner_name(info.owner)})
+
+    def _may_manage(self, identity: bytes, req: int, job_ids: list[str]) -> bool:
+        """Whether this client may cancel these jobs: its own, or any when it is an admin;
+        otherwise answered so, naming the owner and the fix."""
+        if self.keyring is None or self.keyring.is_admin(self._owner):
+            return True
+        jobs = self.core.brain.jobs
+        theirs = [j for j in job_ids if jobs[j].owner and jobs[j].owner != self._owner]
+        if not theirs:
+            return True
+        owner = self.keyring.owner_name(jobs[theirs[0]].owner)
+        message = (
+            f"job {theirs[0]} belongs to {owner}: a client may cancel only its own jobs, "
+            "unless its public key is in the master's admins/ folder"
+        )
+        self._reply(identity, ErrorReply(req=req, code="forbidden", message=message))
+        return False
 
     def on_frames(self, frames: list[Any]) -> None:
         """One request, answered: the per-message boundary of the client socket."""
@@ -96,6 +126,9 @@ class ClientRequests:
             self.core.checkpoint.commit()  # make them durable first
         # With CURVE, ZAP sets User-Id to the client's public key: quotas follow the key.
         self._owner = _user_id(frames[-1])
+        if self.keyring is not None and self.keyring.client(self._owner) is None:
+            self._reply(identity, _revoked(msg, self._owner))  # connected before a SIGHUP
+            return
         try:
             self.handlers[msg.kind](identity, msg, decoded.arrays)
         except InvalidTransition:
@@ -106,13 +139,14 @@ class ClientRequests:
     def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
         core = self.core
         # The dataset, and row_stats' output (which the master creates), stay in the data roots.
-        paths = {
+        paths: dict[str, Any] = {
             name: check_data_path(path, core.settings.data_roots)
             for name in ("dataset", "output")
             if (path := getattr(msg.spec, name)) and not (name == "dataset" and is_url(path))
         }
-        if paths:
-            msg = msg.model_copy(update={"spec": msg.spec.model_copy(update=paths)})
+        # The owner is who the key says, whatever the request claims.
+        paths["owner"] = self._owner
+        msg = msg.model_copy(update={"spec": msg.spec.model_copy(update=paths)})
         if msg.shm:  # big arrays the client left in shared memory: map them, copy nothing
             arrays = core.segments.attach(msg.shm, arrays)
         data = accept(msg, arrays, core.registry)
@@ -174,7 +208,11 @@ class ClientRequests:
         self._reply(identity, WorkerList(req=msg.req, workers=infos))
 
     def _on_prune(self, identity: bytes, msg: PruneJobs, arrays: list[Buffer]) -> None:
-        cmds = self.core.apply(ev.PruneRequested(msg.older_than, self.core.waited_on()))
+        keep = self.core.waited_on()
+        if self.keyring is not None and not self.keyring.is_admin(self._owner):
+            others = {j for j, job in self.core.brain.jobs.items() if job.owner != self._owner}
+            keep = frozenset(keep | others)  # a client prunes only its own jobs
+        cmds = self.core.apply(ev.PruneRequested(msg.older_than, keep))
         pruned = [info for c in cmds if isinstance(c, ev.Pruned) for info in c.jobs]
         self._reply(identity, JobList(req=msg.req, jobs=pruned))
 
@@ -191,6 +229,8 @@ class ClientRequests:
 
     def _on_cancel(self, identity: bytes, msg: CancelJob, arrays: list[Buffer]) -> None:
         if not self._known_job(identity, msg.req, msg.job_id):
+            return
+        if not self._may_manage(identity, msg.req, [msg.job_id]):
             return
         self.core.apply(ev.CancelRequested(msg.job_id))
         info = self.core.brain.job_info(msg.job_id)
@@ -243,6 +283,14 @@ def _may_tell_of_merges(msg: Message) -> bool:
     """Whether the answer may tell of merges still waiting for their group commit. A submit's
     does not; a waiting result query is answered at the job's end, which commits first."""
     return not isinstance(msg, Submit) and not (isinstance(msg, ResultQuery) and msg.wait)
+
+
+def _revoked(msg: Message, user_id: str) -> ErrorReply:
+    text = (
+        f"this client's key (fingerprint {fingerprint(user_id.encode())}) is no longer in the "
+        "master's clients/ folder: it was revoked; ask the master's operator for a key"
+    )
+    return ErrorReply(req=getattr(msg, "req", 0), code="auth", message=text)
 
 
 def _user_id(frame: Any) -> str:

@@ -19,6 +19,7 @@ from shardmill.ops.registry import Registry
 from shardmill.wire import shm
 from shardmill.wire.codec import encode
 from shardmill.wire.protocol import Message, Ready
+from shardmill.wire.security import Security
 
 log = logging.getLogger(__name__)
 Apply = Callable[[ev.Event], list[ev.Command]]
@@ -60,3 +61,26 @@ def send(
         sock.send_multipart([identity, *encode(msg, arrays)], zmq.NOBLOCK, copy=False)
     except zmq.ZMQError as e:
         log.debug("cannot send %s to %s: %s", msg.kind, identity.hex(), e)
+
+
+def bind_router(
+    ctx: zmq.Context[zmq.Socket[bytes]], settings: MasterSettings, security: Security, port_of: str
+) -> zmq.Socket[bytes]:
+    """One of the master's two listening sockets (`workers` or `clients`), bound."""
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # A worker that reconnects keeps its identity: the new connection takes it over.
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    # Clients: the hard cut (the peer is disconnected) sits above the soft limit, which gets a
+    # clear error reply instead. Workers: at the limit itself (an authenticated worker must not
+    # make the master buffer a frame of any size); they fail a larger result themselves.
+    limit = settings.max_message_bytes
+    sock.setsockopt(zmq.MAXMSGSIZE, 2 * limit if port_of == "clients" else limit + 4096)
+    security.server(sock, port_of)  # its ZAP domain: the key folder this port accepts
+    port = settings.port if port_of == "workers" else settings.client_port
+    if port == 0:
+        sock.bind_to_random_port(f"tcp://{settings.host}")
+    else:
+        sock.bind(f"tcp://{settings.host}:{port}")
+    return sock

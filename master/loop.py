@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from shardmill.master.brain.state import MasterState
 from shardmill.master.brain.transitions import JobState
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.clients import ClientRequests
-from shardmill.master.core import Core, Peers
+from shardmill.master.core import Core, Peers, bind_router
 from shardmill.master.merge import MapMerger
 from shardmill.master.metrics import Metrics
 from shardmill.master.workers import Result, WorkerMessages
@@ -69,11 +70,12 @@ class MasterLoop:
         self.metrics_server = self.metrics.serve(settings.host, settings.metrics_port)
         self.refusals = RefusalLog()
         self.auth = self.security.authenticator(self.ctx, self.refusals)  # ZAP before we bind
-        self.workers = WorkerMessages(self.core, self._router(settings.port), apply=self.apply)
-        self.clients = ClientRequests(self.core, self._router(settings.client_port))
-        plain = self.security.keys is None
+        bind = functools.partial(bind_router, self.ctx, settings, self.security)
+        self.workers = WorkerMessages(self.core, bind("workers"), apply=self.apply)
+        keyring = None if self.auth is None else self.auth.keyring
+        self.clients = ClientRequests(self.core, bind("clients"), keyring)
         self.watches = [  # handshakes that fail before ZAP: a CURVE/plaintext mix-up
-            PortWatch(sock, name=name, insecure=plain, refusals=self.refusals)
+            PortWatch(sock, name=name, insecure=self.security.insecure, refusals=self.refusals)
             for name, sock in [("worker", self.workers.sock), ("client", self.clients.sock)]
         ]
         self._next_beat = 0.0
@@ -101,23 +103,6 @@ class MasterLoop:
             ev.DropDuplicate: self._duplicate,
         }
 
-    def _router(self, port: int) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A worker that reconnects keeps its identity: the new connection takes it over.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # The hard cut (the peer is disconnected) sits above the soft limit, which gets a
-        # clear error reply instead.
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_message_bytes)
-        self.security.server(sock)
-        host = self.settings.host
-        if port == 0:
-            sock.bind_to_random_port(f"tcp://{host}")
-        else:
-            sock.bind(f"tcp://{host}:{port}")
-        return sock
-
     def endpoints(self) -> dict[str, str]:
         ep_w = self.workers.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         ep_c = self.clients.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -136,7 +121,7 @@ class MasterLoop:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: None)
         print(
             json.dumps({"event": "listening", "pid": os.getpid(), **self.endpoints()}), flush=True
@@ -151,8 +136,7 @@ class MasterLoop:
         try:
             while True:
                 ready = dict(poller.poll(self._poll_timeout_ms()))
-                if wake_r in ready:
-                    log.info("master stopping (signal %d)", os.read(wake_r, 64)[0])
+                if wake_r in ready and self._signalled(os.read(wake_r, 64)):
                     break
                 if self.workers.sock in ready:
                     self._drain(self.workers.sock, self.workers.on_frames)
@@ -168,6 +152,18 @@ class MasterLoop:
             os.close(wake_r)
             os.close(wake_w)
             self.close()
+
+    def _signalled(self, signals: bytes) -> bool:
+        """SIGHUP reads the key folders again (a deleted key is refused from now on); any
+        other signal stops the master. True to stop."""
+        if any(s != signal.SIGHUP for s in signals):
+            log.info("master stopping (signal %d)", next(s for s in signals if s != signal.SIGHUP))
+            return True
+        if self.auth is None:
+            log.info("SIGHUP: no keys to read again (--insecure)")
+        else:
+            log.info("SIGHUP: key folders read again: %s", self.auth.keyring.load())
+        return False
 
     def close(self) -> None:
         if self.metrics_server is not None:
@@ -374,6 +370,7 @@ def serve(settings: MasterSettings, registry: Registry) -> int:
     # A file size limit (ulimit -f) must fail a write with EFBIG, which the store reports,
     # rather than kill us with SIGXFSZ before we can say why.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    os.umask(0o077)  # the state dir's database, journal and blobs: readable by this user only
     loop = MasterLoop(settings, registry)
     try:
         loop.run()  # its last commit, at close, may fail too

@@ -92,7 +92,11 @@ class Store:
         self.dir = state_dir
         self.on_commit: Callable[[float], None] | None = None  # seconds per commit (metrics)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            # Partial results are the users' data: this user's only (the master's umask makes
+            # every file in it 0600), and an older, wider directory is narrowed.
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if state_dir.stat().st_mode & 0o077:
+                state_dir.chmod(0o700)
         except OSError as e:
             raise StateDirError(f"state dir {state_dir} cannot be created: {e}") from e
         self._lock_fd = self._lock()

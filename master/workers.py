@@ -106,6 +106,7 @@ class WorkerMessages:
         welcome = Welcome(
             heartbeat_interval=timing.heartbeat_interval,
             heartbeat_liveness=timing.heartbeat_liveness,
+            max_message_bytes=self.core.settings.max_message_bytes,
         )
         send(self.sock, identity, welcome)
         self.core.apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))
@@ -166,8 +167,11 @@ class WorkerMessages:
 
 
 def _name(identity: bytes) -> str:
-    """A worker's name, as the brain and the logs know it."""
-    return identity.decode("utf-8", "replace")
+    """A worker's name, as the brain and the logs know it: its id when printable ASCII (as our
+    agents make them), else hex, so a hostile peer cannot write control characters into logs."""
+    if identity.isascii() and identity.decode("ascii").isprintable():
+        return identity.decode("ascii")
+    return "0x" + identity.hex()
 
 
 def _pairs(more: list[ShardAttempt]) -> tuple[tuple[int, int], ...]:

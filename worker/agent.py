@@ -41,7 +41,7 @@ from shardmill.wire.protocol import (
     Welcome,
 )
 from shardmill.wire.security import Security
-from shardmill.worker.resend import Recent
+from shardmill.worker.resend import Recent, too_large
 from shardmill.worker.runner import ChildProcess, task_leases, wait_all
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,12 @@ class Agent:
         self.poller = zmq.Poller()
         self.children = [self._spawn() for _ in range(settings.slots)]
         # Short shards the master may send beyond our slots wait in `pending` and start the
-        # moment a child is free, with no round trip to the master in between.
-        # The most it queues; the master sizes the window to its round trip below this cap.
-        self.prefetch = (
-            min(4096, PREFETCH_PER_SLOT * settings.slots)
-            if settings.prefetch is None
-            else settings.prefetch
-        )
+        # moment a child is free; at most `prefetch` (the master sizes the window below it).
+        cap = settings.prefetch
+        self.prefetch = min(4096, PREFETCH_PER_SLOT * settings.slots) if cap is None else cap
         self.pending: collections.deque[tuple[Task, list[Buffer]]] = collections.deque()
         self.recent = Recent()  # results sent lately: resent after a reconnect
+        self.max_bytes = 256 * 2**20  # the largest message the master reads (its WELCOME says)
         self.handback: list[Lease] = []
         self.last_heard = time.monotonic()
         self.next_beat = 0.0
@@ -236,6 +233,7 @@ class Agent:
             case Welcome():
                 self._drop_probe()  # the master has looked
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness
+                self.max_bytes = msg.max_message_bytes
                 # Beat at the master's pace from now on, not at our default's next tick.
                 self.next_beat = min(self.next_beat, time.monotonic() + self.interval)
             case ErrorReply(code="version"):
@@ -299,6 +297,9 @@ class Agent:
         now = time.monotonic()
         self._assign(now)  # its next shard (prefetched) first: the result can wait a moment
         frames: list[Any] = list(raw)  # forwarded as the child wrote them: no re-encoding
+        if (size := sum(memoryview(f).nbytes for f in frames)) > self.max_bytes:
+            self._fail(running.task, too_large(size, self.max_bytes), running.started)
+            return
         self._send_frames(frames)
         # Kept while the master may not have it: since it was last heard, and a margin.
         self.recent.keep(now, frames, min(now, self.last_heard) - 2 * self.interval * self.liveness)

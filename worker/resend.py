@@ -1,4 +1,5 @@
 """Results a worker keeps after sending them: a master that vanished may never have merged them.
+And what a result the master would not read becomes instead.
 
 Sent again after a reconnect or when a restarted master asks the worker to register again;
 the master merges the first copy of each shard and counts the rest as duplicates.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterator
 from typing import Any
+
+from shardmill.wire.protocol import ErrorInfo
 
 MAX_RESEND = 10_000  # results kept for resending after a reconnect...
 MAX_RESEND_BYTES = 256 * 2**20  # ...and their bytes
@@ -36,6 +39,17 @@ class Recent:
 
     def __iter__(self) -> Iterator[list[Any]]:
         return (frames for _, frames in self.sent)
+
+
+def too_large(size: int, limit: int) -> ErrorInfo:
+    """A result the master would not read: failed here, for good (a retry makes it again)."""
+    return ErrorInfo(
+        kind="bad_input",
+        type="ResultTooLarge",
+        retryable=False,
+        message=f"the shard's result is {size:,} bytes, above the master's max_message_bytes="
+        f"{limit:,}; use more shards or write the output to files",
+    )
 
 
 def _size(frames: list[Any]) -> int:

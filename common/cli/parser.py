@@ -202,6 +202,11 @@ def _keygen(sub: Subparsers) -> None:
         "user's ~/.config/shardmill/keys, which every role then finds by itself",
     )
     p.add_argument("--force", action="store_true", help="replace existing keys (rotation)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument(
+        "--client", metavar="NAME", help="add a named client (its own jobs; hand-out folder)"
+    )
+    who.add_argument("--worker", metavar="NAME", help="add a named worker key (hand-out folder)")
     p.set_defaults(handler=roles.cmd_keygen)
 
 

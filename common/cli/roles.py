@@ -120,15 +120,24 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from shardmill.wire.security import default_keys, keygen
+    from shardmill.wire.security import add_identity, default_keys, keygen
 
     directory = Path(args.dir) if args.dir else default_keys()
+    if args.client or args.worker:
+        role, name = ("client", args.client) if args.client else ("worker", args.worker)
+        out = add_identity(directory, role, name)
+        print(
+            f"{role} {name!r}: its public key is {directory}/{role}s/{name}.key (send the "
+            "master SIGHUP to accept it)"
+        )
+        print(f"hand {out} to it, and run it with --keys {out.name} (its pair and master.key)")
+        return exitcodes.OK
     written = keygen(directory, force=args.force)
     print(f"keys in {directory}: " + (", ".join(p.name for p in written) or "all present"))
     if not args.dir:
         print("every role started by this user on this machine uses them: no --keys needed")
         return exitcodes.OK
-    print(f"master: --keys {directory} (it trusts the public keys in {directory}/authorized)")
+    print(f"master: --keys {directory} (it accepts the keys in workers/ and clients/)")
     print("workers and clients: --keys DIR with their *.key_secret and master.key")
     return exitcodes.OK
 

@@ -121,6 +121,7 @@ def _last_worker(s: ShardInfo) -> str:
 JOB_COLUMNS = [
     Col("job", kind="id"),
     Col("name", rank=1),
+    Col("owner", rank=5),
     Col("op", rank=4),
     Col("state", kind="word"),
     Col("done", rank=7, kind="num"),
@@ -156,6 +157,7 @@ def show_jobs(jobs: list[JobInfo]) -> None:
         [
             j.job_id,
             j.name or "-",
+            j.owner or "-",
             j.op,
             j.state,
             str(j.shards_done),

@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from shardmill.errors import UnknownFunction
+from shardmill.task import exported
 
 
 def missing_modules(names: list[str]) -> list[str]:
@@ -60,6 +61,13 @@ class Registry:
             raise UnknownFunction(
                 f"function {ref!r}: module {module_name!r} has no function {func_name!r} on "
                 f"worker {self.worker}; check the name, or restart the workers after an update"
+            )
+        if func_name.startswith("_") or not exported(module, func_name, func):
+            where = getattr(func, "__module__", None) or type(func).__name__
+            raise UnknownFunction(
+                f"function {ref!r}: {func_name!r} is not defined in module {module_name!r} "
+                f"(it comes from {where}); clients may call only a module's own functions, "
+                f"those in its __all__, or ones marked @shardmill.task"
             )
         return func  # type: ignore[no-any-return]
 

@@ -2,8 +2,8 @@
 
 libzmq reports a failed handshake only through the socket monitor. `HandshakeWatch` reads those
 events for a connecting socket (client, worker) and turns them into one sentence with the fix;
-`RefusalLog` is the master's rate-limited log of peers it refused; `Gatekeeper` is its ZAP handler,
-which knows the peer's address and key where the monitor knows neither.
+`RefusalLog` is the master's rate-limited log of peers it refused (its ZAP handler, in keyring,
+knows the peer's address and key where the monitor knows neither).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 log = logging.getLogger(__name__)
@@ -95,9 +93,11 @@ class HandshakeWatch:
         public = self.keys / f"{self.role}.key"
         return (
             f"the master refused this {self.role}'s key ({public}, fingerprint "
-            f"{key_fingerprint(public)}): it is not in the master's authorized/ directory. "
-            f"Copy {public.name} into the master's KEYS/authorized/ and restart the master, or "
-            "use the key directory the master's keys were made with"
+            f"{key_fingerprint(public)}) on this port: it is not in the master's "
+            f"{self.role}s/ folder (a {self.role} needs a {self.role} key: a worker's key opens "
+            f"only the worker port, a client's only the client port). Copy {public.name} into "
+            f"the master's KEYS/{self.role}s/ and send the master SIGHUP, or use a key made "
+            f"with `shardmill keygen --{self.role} NAME KEYS`"
         )
 
     def _mismatch(self) -> str:
@@ -157,37 +157,6 @@ class RefusalLog:
         log.warning("refused %s: %s%s", peer, reason, more)
 
 
-class Gatekeeper(ThreadAuthenticator):
-    """The master's ZAP handler: only public keys in `authorized/` may connect; each refusal is
-    logged with the peer's address and key fingerprint."""
-
-    def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], authorized: Path, refusals: RefusalLog
-    ) -> None:
-        super().__init__(ctx)
-        self.refusals = refusals
-        self.known = set(zmq.auth.load_certificates(str(authorized)))
-        self._peer = "?"
-
-    def start(self) -> None:
-        super().start()
-        self.configure_curve_callback(domain="*", credentials_provider=self)
-
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        self._peer = msg[3].decode(errors="replace") if len(msg) > 3 else "?"
-        await super().handle_zap_message(msg)
-
-    def callback(self, domain: str, key: Any) -> bool:
-        """pyzmq's credentials-provider hook: is this z85 public key authorized?"""
-        if key in self.known:
-            return True
-        self.refusals.refused(
-            f"a peer at {self._peer or '?'} (key fingerprint {fingerprint(key)})",
-            "its public key is not in authorized/; copy its .key file there and restart",
-        )
-        return False
-
-
 class PortWatch:
     """Watches one of the master's listening sockets for handshakes that failed before ZAP."""
 
@@ -232,7 +201,6 @@ def mismatch_reason(insecure: bool, value: int) -> str | None:
 
 
 __all__ = [
-    "Gatekeeper",
     "HandshakeWatch",
     "PortWatch",
     "RefusalLog",

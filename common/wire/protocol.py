@@ -79,6 +79,7 @@ class JobInfo(Frozen):
     name: str
     op: str
     state: str
+    owner: str = ""  # the submitting client's name (its key file's stem); "" without CURVE
     shards_total: int
     shards_done: int
     shards_failed: int
@@ -186,6 +187,9 @@ class Welcome(_Msg):
     kind: Literal["welcome"] = "welcome"
     heartbeat_interval: float
     heartbeat_liveness: int
+    # The largest message the master reads from a worker: a bigger result is failed by the
+    # worker itself (the master's socket would cut the connection, and a resend would loop).
+    max_message_bytes: int = 256 * 2**20
 
 
 class MasterPing(_Msg):

@@ -1,14 +1,18 @@
 """CurveZMQ keys and socket setup: every TCP socket is authenticated and encrypted by default.
 
-`shardmill keygen DIR` writes three key pairs (master, worker, client) and `DIR/authorized/`,
-the public keys the master accepts. Each role reads only what it needs from DIR:
-the master its own pair and `authorized/`; a worker or client its own pair and `master.key`.
+`shardmill keygen DIR` writes three key pairs (master, worker, client) and the folders of
+public keys the master accepts, one per role (workers/, clients/; admins/ for clients that may
+manage every job: see keyring). Each role reads only what it needs from DIR: the master its own
+pair and the folders; a worker or client its own pair and `master.key`.
+`shardmill keygen --client NAME DIR` (or `--worker NAME`) adds one named identity: its public
+key in the folder, and `DIR/handout/client-NAME/` with all that client needs (`--keys` it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,30 +21,58 @@ import zmq
 import zmq.auth
 
 from shardmill.errors import ConfigError
-from shardmill.wire.handshake import Gatekeeper, RefusalLog
+from shardmill.wire.handshake import RefusalLog
+from shardmill.wire.keyring import ADMINS, CLIENTS, WORKERS, Gatekeeper, Keyring
 
 log = logging.getLogger(__name__)
 ROLES = ("master", "worker", "client")
-AUTHORIZED = "authorized"
+FOLDER = {"worker": WORKERS, "client": CLIENTS}
+HANDOUT = "handout"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def keygen(directory: Path, *, force: bool = False) -> list[Path]:
-    """Create master, worker and client key pairs and the master's authorized directory."""
+    """Create master, worker and client key pairs and the master's key folders (the default
+    client is an admin: the operator's own). Existing pairs are kept unless `force`."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    authorized = directory / AUTHORIZED
-    authorized.mkdir(exist_ok=True)
+    for folder in (WORKERS, CLIENTS, ADMINS):
+        (directory / folder).mkdir(exist_ok=True)
     written = []
     for role in ROLES:
         public = directory / f"{role}.key"
-        if public.exists() and not force:
-            continue
-        zmq.auth.create_certificates(directory, role)
-        os.chmod(directory / f"{role}.key_secret", 0o600)
-        written.append(public)
+        if force or not public.exists():
+            zmq.auth.create_certificates(directory, role)
+            os.chmod(directory / f"{role}.key_secret", 0o600)
+            written.append(public)
         if role != "master":
-            shutil.copy(public, authorized / public.name)
+            for folder in (FOLDER[role], *((ADMINS,) if role == "client" else ())):
+                if force or not (directory / folder / public.name).exists():
+                    shutil.copy(public, directory / folder / public.name)
     return written
+
+
+def add_identity(directory: Path, role: str, name: str) -> Path:
+    """A named client or worker: its public key in the master's folder, and a hand-out folder
+    holding its pair (as `ROLE.key_secret`) and master.key: `--keys` that folder."""
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"{name!r} is not a usable name: letters, digits, '.', '_' and '-' only "
+            "(it becomes a file name)"
+        )
+    if not (directory / "master.key").exists():
+        raise ConfigError(f"{directory} holds no master.key; run `shardmill keygen {directory}`")
+    public = directory / FOLDER[role] / f"{name}.key"
+    if public.exists():
+        raise ConfigError(f"{public} exists: {role} {name!r} has a key; remove it to make anew")
+    out = directory / HANDOUT / f"{role}-{name}"
+    out.mkdir(parents=True, mode=0o700)
+    zmq.auth.create_certificates(out, role)
+    os.chmod(out / f"{role}.key_secret", 0o600)
+    shutil.copy(directory / "master.key", out / "master.key")
+    public.parent.mkdir(exist_ok=True)
+    shutil.copy(out / f"{role}.key", public)
+    return out
 
 
 def default_keys() -> Path:
@@ -99,14 +131,16 @@ class Security:
             ) from e
         return public
 
-    def server(self, sock: zmq.Socket[bytes]) -> None:
-        """A master socket: CURVE server (before bind)."""
+    def server(self, sock: zmq.Socket[bytes], port_of: str) -> None:
+        """A master socket (before bind): CURVE server whose ZAP domain names the key folder
+        it accepts (`workers` or `clients`)."""
         if self.keys is None:
             return
         public, secret = self._pair("master")
         sock.curve_publickey = public
         sock.curve_secretkey = secret
         sock.curve_server = True
+        sock.zap_domain = port_of.encode()
 
     def client(self, sock: zmq.Socket[bytes], role: str) -> None:
         """A worker or client socket: CURVE client of the master (before connect)."""
@@ -120,12 +154,9 @@ class Security:
     def authenticator(
         self, ctx: zmq.Context[zmq.Socket[bytes]], refusals: RefusalLog
     ) -> Gatekeeper | None:
-        """The master's ZAP handler: only public keys in `authorized/` may connect."""
+        """The master's ZAP handler over its key folders (see keyring)."""
         if self.keys is None:
             return None
-        authorized = self.keys / AUTHORIZED
-        if not authorized.is_dir():
-            raise ConfigError(f"{authorized} is missing; run `shardmill keygen {self.keys}`")
-        auth = Gatekeeper(ctx, authorized, refusals)
+        auth = Gatekeeper(ctx, Keyring(self.keys), refusals)
         auth.start()
         return auth

@@ -54,6 +54,8 @@ class JobSpec(Frozen):
     task_timeout: float | None = Field(default=None, gt=0)
     allow_failures: int = Field(default=0, ge=0)
     name: str = ""
+    # Set by the master from the client's authenticated key (whatever a client sends here).
+    owner: str = ""
     # ---- datasets, sharding strategies and op options (see shardmill.data.plan) ----
     format: DatasetFormat | None = Field(default=None, description="None: from the path")
     strategy: Strategy = "rows"

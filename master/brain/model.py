@@ -225,6 +225,7 @@ class Job:
         return JobInfo(
             job_id=self.job_id,
             name=self.spec.name,
+            owner=self.owner,
             op=self.spec.op,
             state=str(self.state),
             shards_total=len(self.shards),

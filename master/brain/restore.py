@@ -21,6 +21,7 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
         state=e.state,
         error=e.error,
         finished_at=None if e.finished_at is None else e.finished_at - wall_offset,
+        owner=e.spec.owner,
     )
     job.story.append(f"restored as {e.state}")
     unsettled = ShardState.QUEUED if e.state is JobState.RUNNING else ShardState.CANCELLED

@@ -10,6 +10,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,10 +79,52 @@ def test_an_unknown_client_key_is_refused_by_name_and_logged(
     message = refusal(secured.client_address, keys=keysets["stranger"])
     finger = key_fingerprint(keysets["stranger"] / "client.key")
     assert "refused this client's key" in message
-    assert finger in message and "authorized/" in message
+    assert finger in message and "clients/" in message
     # The master names the peer and the same fingerprint, once.
     wait_until(lambda: f"key fingerprint {finger}" in master_log(secured), what="the refusal log")
     assert "refused a peer at 127.0.0.1" in master_log(secured)
+
+
+def test_a_key_of_the_other_role_is_refused_on_each_port_naming_the_role(
+    secured: LocalCluster, tmp_path: Path
+) -> None:
+    """Whoever takes over a worker host cannot use its key as a client's, nor the reverse."""
+    assert secured.keys_dir is not None
+    ours = Path(secured.keys_dir)
+    as_client = tmp_path / "worker_as_client"  # the worker's pair where a client's belongs
+    as_client.mkdir()
+    (as_client / "master.key").write_bytes((ours / "master.key").read_bytes())
+    for part in ("key", "key_secret"):
+        (as_client / f"client.{part}").write_bytes((ours / f"worker.{part}").read_bytes())
+    t0 = time.monotonic()
+    message = refusal(secured.client_address, keys=as_client)
+    assert time.monotonic() - t0 < 2.0
+    assert "not in the master's clients/ folder" in message and "worker's key" in message
+    wait_until(
+        lambda: "offered a worker's key (worker) on the client port" in master_log(secured),
+        what="the master naming the role",
+    )
+    # And a client's pair on the worker port: the worker exits at once, naming it
+    as_worker = tmp_path / "client_as_worker"
+    as_worker.mkdir()
+    (as_worker / "master.key").write_bytes((ours / "master.key").read_bytes())
+    for part in ("key", "key_secret"):
+        (as_worker / f"worker.{part}").write_bytes((ours / f"client.{part}").read_bytes())
+    cmd = [sys.executable, "-m", "shardmill", "worker", "--master", secured.worker_address]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*cmd, "--keys", str(as_worker)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cluster_env(),
+    )
+    assert time.monotonic() - t0 < 5.0  # an interpreter start and the refusal
+    assert proc.returncode == exitcodes.CONFIG and "workers/ folder" in proc.stderr
+    wait_until(
+        lambda: "offered a client's key (client) on the worker port" in master_log(secured),
+        what="the master naming the role",
+    )
 
 
 def test_an_insecure_client_against_curve_is_told_to_get_keys(secured: LocalCluster) -> None:

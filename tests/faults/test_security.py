@@ -23,6 +23,8 @@ from shardmill.wire.protocol import ErrorReply, Heartbeat, Ready, ShardDone, Sta
 from shardmill.wire.security import Security
 from shardmill.wire.spec import JobSpec
 
+FOLDERS = ("workers", "clients", "admins")
+
 
 def _jobs(cluster: LocalCluster) -> int:
     with cluster.client() as client:
@@ -35,10 +37,13 @@ def test_keygen_writes_private_secrets(tmp_path: Path) -> None:
     for role in ("master", "worker", "client"):
         mode = stat.S_IMODE((tmp_path / "k" / f"{role}.key_secret").stat().st_mode)
         assert mode == 0o600
-    assert sorted(p.name for p in (tmp_path / "k" / "authorized").iterdir()) == [
-        "client.key",
-        "worker.key",
-    ]
+    folders = {f: sorted(p.name for p in (tmp_path / "k" / f).iterdir()) for f in FOLDERS}
+    # one folder of public keys per port; the operator's own client is an admin
+    assert folders == {
+        "workers": ["worker.key"],
+        "clients": ["client.key"],
+        "admins": ["client.key"],
+    }
 
 
 class _Recorder:

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from helpers import parse_cli
 
-from shardmill.wire.security import AUTHORIZED, ROLES
+from shardmill.wire.keyring import ADMINS
+from shardmill.wire.security import FOLDER
 
 BASE = Path(__file__).parents[2] / "docker" / "kubernetes"
 KUBERNETES = kubernetes_validate.utils.latest_version()
@@ -84,11 +85,12 @@ def test_every_command_line_parses_with_the_cli(objects: list[dict[str, Any]]) -
 
 
 def test_keys_come_from_the_secret_as_each_role_reads_them(objects: list[dict[str, Any]]) -> None:
-    """The master: its pair and authorized/ (as `shardmill keygen` lays them out), and the
+    """The master: its pair and its key folders (as `shardmill keygen` lays them out), and the
     client pair its health probe pings with; a worker or client: its pair and master.key."""
     want = {
         "shardmill-master": {"master.key", "master.key_secret", "client.key", "client.key_secret"}
-        | {f"{AUTHORIZED}/{r}.key" for r in ROLES if r != "master"},
+        | {f"{FOLDER[r]}/{r}.key" for r in FOLDER}
+        | {f"{ADMINS}/client.key"},
         "shardmill-worker": {"master.key", "worker.key", "worker.key_secret"},
         "shardmill-dashboard": {"master.key", "client.key", "client.key_secret"},
     }

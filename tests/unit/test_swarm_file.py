@@ -14,7 +14,8 @@ import pytest
 import yaml
 from helpers import parse_cli
 
-from shardmill.wire.security import AUTHORIZED
+from shardmill.wire.keyring import ADMINS
+from shardmill.wire.security import FOLDER
 
 ROOT = Path(__file__).parents[2]
 
@@ -51,7 +52,8 @@ def test_commands_parse_and_keys_land_where_each_role_reads_them(stack: dict[str
     targets = {n: {s["target"] for s in svc["secrets"]} for n, svc in services.items()}
     assert targets == {
         "master": {"/keys/master.key", "/keys/master.key_secret"}
-        | {f"/keys/{AUTHORIZED}/{r}.key" for r in ("worker", "client")},
+        | {f"/keys/{FOLDER[r]}/{r}.key" for r in FOLDER}
+        | {f"/keys/{ADMINS}/client.key"},
         "worker": {"/keys/master.key", "/keys/worker.key_secret"},
     }
     # secret keys readable by the image's user only; each secret made from keygen's file
