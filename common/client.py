@@ -102,11 +102,15 @@ class Client:
         task_timeout: float | None = None,
         allow_failures: int = 0,
         name: str = "",
+        priority: int = 0,
+        speculate_after: float | None = None,
     ) -> Job:
         """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order.
 
         With `allow_failures=N`, up to N shards may fail for good: their items come back as
-        None and `job.status().missing_shards` lists them.
+        None and `job.status().missing_shards` lists them. `priority`: higher first within
+        this client's share of the workers. `speculate_after`: back up a shard running that
+        many times the job's median on an idle worker (None: the master's setting; 0: never).
         """
         items = [tuple(a) for a in args]
         spec = job_spec(
@@ -116,6 +120,8 @@ class Client:
             task_timeout=task_timeout,
             allow_failures=allow_failures,
             name=name,
+            priority=priority,
+            speculate_after=speculate_after,
         )
         size = chunk_size or max(1, math.ceil(len(items) / MAX_CHUNKS))
         parts, counts, part_arrays, arrays = [], [], [], []

@@ -65,6 +65,15 @@ class MasterSettings(BaseSettings):
     heartbeat_liveness: int = Field(3, ge=1, description="missed heartbeats before expiry")
     retry_backoff: float = Field(0.05, ge=0, description="first retry delay in seconds")
     retry_backoff_max: float = Field(5.0, ge=0, description="longest retry delay in seconds")
+    speculate_after: float = Field(
+        2.0,
+        ge=0,
+        description="start a backup attempt of a shard running this many times its job's "
+        "median shard time, on an idle worker (0: never; a job may override)",
+    )
+    speculate_min_age: float = Field(
+        1.0, ge=0, description="seconds a shard runs before a backup may start"
+    )
     prefetch_below: float = Field(
         0.1,
         ge=0,

@@ -250,6 +250,7 @@ def _attempts(history: Sequence[Attempt], offset: float) -> list[dict[str, Any]]
             "outcome": a.outcome,
             "error": None if a.error is None else a.error.model_dump(mode="json"),
             "ran": a.ran,
+            "backup": a.backup,
         }
         for a in history
     ]
@@ -273,6 +274,7 @@ def _settled_blob(shards: Sequence[Shard], offset: float) -> bytes:
                             a.outcome,
                             None if a.error is None else a.error.model_dump(mode="json"),
                             a.ran,
+                            a.backup,
                         ]
                         for a in s.history
                     ],

@@ -150,6 +150,9 @@ class ClientRequests:
         if msg.shm:  # big arrays the client left in shared memory: map them, copy nothing
             arrays = core.segments.attach(msg.shm, arrays)
         data = accept(msg, arrays, core.registry)
+        if not data.idempotent:  # an op with side effects: its shards never run twice at once
+            never = msg.spec.model_copy(update={"speculate_after": 0})
+            msg = msg.model_copy(update={"spec": never})
         job_id = msg.job_id or new_job_id()
         admission = core.apply(ev.SubmitRequested(job_id, len(data.descriptors), self._owner))
         refused = [c for c in admission if isinstance(c, ev.Refused)]

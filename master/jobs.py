@@ -26,6 +26,7 @@ class JobData:
     result: FinalResult | None = None
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)  # /dev/shm files holding `inputs`
+    idempotent: bool = True  # its op may run a shard twice at once (a speculative backup)
 
     def task(
         self,
@@ -73,7 +74,10 @@ def accept(msg: Submit, arrays: list[Buffer], registry: Registry) -> JobData:
     # Datasets, strategies and ops are planned in shardmill.data.plan (headers and samples only).
     plan = build_plan(spec, values_sent(msg, arrays), registry=registry)
     merger = OpMerger(plan.op, provenance=plan.provenance)
-    return JobData(descriptors=plan.descriptors, merger=merger, inputs=plan.inputs)
+    idempotent = bool(getattr(plan.op, "idempotent", True))
+    return JobData(
+        descriptors=plan.descriptors, merger=merger, inputs=plan.inputs, idempotent=idempotent
+    )
 
 
 def _accept_map(msg: Submit, arrays: list[Buffer]) -> JobData:

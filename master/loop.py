@@ -96,7 +96,7 @@ class MasterLoop:
             ev.FinalizeJob: self._finalize,
             ev.JobEnded: self._ended,
             ev.CancelOnWorker: lambda c, r: self.workers.send(
-                c.worker, CancelTasks(job_id=c.job_id)
+                c.worker, CancelTasks(job_id=c.job_id, shards=list(c.shards))
             ),
             ev.AskReregister: lambda cmd, result: self.workers.send(cmd.worker, Reregister()),
             ev.WorkerExpired: self._expired,
@@ -248,6 +248,8 @@ class MasterLoop:
             arrays, refs = self.core.segments.refs(arrays)
             msg = msg.model_copy(update={"shm": refs})
         self.workers.send(cmd.worker, msg, arrays)
+        if cmd.backup:
+            self.metrics.backups.inc()
 
     def _merge(self, cmd: ev.MergeShard, result: Result | None) -> ev.Event | None:
         """Fold a shard's (or a batch's) partial in, and checkpoint each shard it covers."""
@@ -349,6 +351,8 @@ def _brain(settings: MasterSettings) -> MasterState:
         retry_backoff=settings.retry_backoff,
         retry_backoff_max=settings.retry_backoff_max,
         prefetch_below=settings.prefetch_below,
+        speculate_after=settings.speculate_after,
+        speculate_min_age=settings.speculate_min_age,
     )
     limits = Limits(max_shards=settings.max_shards, max_queued_jobs=settings.max_queued_jobs)
     return MasterState(timing, limits=limits, wall_offset=time.time() - time.monotonic())

@@ -103,6 +103,7 @@ class Metrics:
         )
         self.shards_requeued = counter("shards_requeued", "Shards requeued from lost workers")
         self.duplicates = counter("duplicate_results", "Late second results, dropped")
+        self.backups = counter("backups_started", "Speculative second attempts of stragglers")
         self.jobs_ended = counter("jobs_ended", "Jobs that ended, by state", ("state",))
         self.shard_seconds = histogram(
             "shard_duration_seconds", "Time a worker spent on a shard", SHARD_SECONDS

@@ -73,9 +73,11 @@ def unpack_settled(blob: bytes) -> dict[int, StoredShard]:
                     ended=ended,
                     outcome=outcome,
                     error=None if error is None else ErrorInfo.model_validate(error),
-                    ran=ran[0] if ran else None,  # state dirs from before it was kept: None
+                    # state dirs from before these were kept: None, False
+                    ran=more[0] if more else None,
+                    backup=bool(more[1]) if len(more) > 1 else False,
                 )
-                for attempt, worker, started, ended, outcome, error, *ran in history
+                for attempt, worker, started, ended, outcome, error, *more in history
             ],
             None,
         )

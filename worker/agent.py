@@ -42,7 +42,7 @@ from shardmill.wire.protocol import (
 )
 from shardmill.wire.security import Security
 from shardmill.worker.resend import Recent, too_large
-from shardmill.worker.runner import ChildProcess, task_leases, wait_all
+from shardmill.worker.runner import ChildProcess, of, task_leases, wait_all
 
 log = logging.getLogger(__name__)
 # A worker queues at most this many short shards per slot beyond its slots (the master sizes
@@ -228,8 +228,8 @@ class Agent:
             case MasterPing(sent=sent) if sent:
                 self._send(Heartbeat(echo=sent))  # at once: the master times the round trip
                 self.next_beat = time.monotonic() + self.interval  # and it is our beat
-            case CancelTasks(job_id=job):
-                self._cancel(job)
+            case CancelTasks(job_id=job, shards=shards):
+                self._cancel(job, set(shards))
             case Welcome():
                 self._drop_probe()  # the master has looked
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness
@@ -349,10 +349,11 @@ class Agent:
             )
             self._fail(run.task, err, run.started)
 
-    def _cancel(self, job: str) -> None:
-        self.pending = collections.deque((t, a) for t, a in self.pending if t.job_id != job)
+    def _cancel(self, job: str, shards: set[int]) -> None:
+        """Drop the job's tasks (only those of `shards`, when named: a backup race ended)."""
+        self.pending = collections.deque(p for p in self.pending if not of(p[0], job, shards))
         for child in list(self.children):
-            if child.running is not None and child.running.task.job_id == job:
+            if child.running is not None and of(child.running.task, job, shards):
                 log.info("cancelling shard %s/%d", job, child.running.task.shard)
                 self._replace(child)
 

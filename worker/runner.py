@@ -27,6 +27,11 @@ class Running:
         return task_leases(self.task)
 
 
+def of(task: Task, job: str, shards: set[int]) -> bool:
+    """Whether `task` is one of the job's (of these shards only, when any are named)."""
+    return task.job_id == job and (not shards or task.shard in shards)
+
+
 def task_leases(task: Task) -> list[Lease]:
     """The shards a task holds: its own, and those of its batch."""
     first = Lease(job_id=task.job_id, shard=task.shard, attempt=task.attempt)

@@ -42,6 +42,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             task_timeout=args.task_timeout,
             allow_failures=args.allow_failures,
             name=args.name,
+            priority=args.priority,
+            speculate_after=args.speculate_after,
             **spec_fields(args),
         )
         if not args.wait:

@@ -37,6 +37,15 @@ def _master(sub: Subparsers) -> None:
     p.add_argument("--heartbeat-interval", type=float, help="seconds (default 1.0)")
     p.add_argument("--heartbeat-liveness", type=int, help="missed beats before expiry (3)")
     p.add_argument(
+        "--speculate-after",
+        type=float,
+        metavar="X",
+        help="back up a shard running X times its job's median on an idle worker (2; 0: off)",
+    )
+    p.add_argument(
+        "--speculate-min-age", type=float, metavar="S", help="never before S seconds (1.0)"
+    )
+    p.add_argument(
         "--prefetch-below",
         type=float,
         metavar="SECONDS",
@@ -90,6 +99,13 @@ def _submit(sub: Subparsers) -> None:
     p.add_argument("--task-timeout", type=float)
     p.add_argument("--allow-failures", type=int, default=0)
     p.add_argument("--name", default="")
+    p.add_argument("--priority", type=int, default=0, help="higher first, within your share")
+    p.add_argument(
+        "--speculate-after",
+        type=float,
+        metavar="X",
+        help="back up shards running X times the median (default: the master's; 0: never)",
+    )
     p.add_argument("--wait", action="store_true", help="show progress and print the result")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     add_spec_flags(p)

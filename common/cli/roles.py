@@ -27,6 +27,8 @@ MASTER_FLAGS = (
     "heartbeat_interval",
     "heartbeat_liveness",
     "prefetch_below",
+    "speculate_after",
+    "speculate_min_age",
     "state_dir",
     "log_level",
     "log_format",

@@ -214,7 +214,8 @@ def show_story(job_id: str, shard: ShardInfo) -> None:
     )
     for a in shard.history:
         took = f"{a.ended - a.started:.3f} s" if a.ended is not None else "running"
-        line = f"  attempt {a.attempt} on {a.worker}: {a.outcome} ({took})"
+        kind = " (backup)" if a.backup else ""
+        line = f"  attempt {a.attempt}{kind} on {a.worker}: {a.outcome} ({took})"
         if a.error is not None:
             sig = f", signal {a.error.signal}" if a.error.signal else ""
             code = f", exit code {a.error.exit_code}" if a.error.exit_code is not None else ""

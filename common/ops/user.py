@@ -38,6 +38,9 @@ class UserOp:
     # Whole rows by default: a user combine rarely expects partials over other columns.
     traits: OpTraits = field(default_factory=lambda: OpTraits(strategies=KEYED_STRATEGIES))
     name: str = ""
+    # False when running a shard twice at once would do harm (it writes somewhere, say): then
+    # the master never starts a speculative backup of its shards.
+    idempotent: bool = True
 
 
 def user_op(ref: str, reg: Registry) -> DatasetOp:
@@ -67,4 +70,5 @@ def user_op(ref: str, reg: Registry) -> DatasetOp:
         finalize=obj.finalize,
         traits=getattr(obj, "traits", None) or OpTraits(strategies=KEYED_STRATEGIES),
         name=ref,
+        idempotent=bool(getattr(obj, "idempotent", True)),
     )

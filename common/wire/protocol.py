@@ -63,6 +63,7 @@ class AttemptInfo(Frozen):
     outcome: str = "running"
     error: ErrorInfo | None = None
     ran: float | None = None  # seconds the worker ran it; started..ended also holds its queueing
+    backup: bool = False  # a speculative second attempt, started while the first still ran
 
 
 class ShardInfo(Frozen):
@@ -229,6 +230,7 @@ class Task(_Msg):
 class CancelTasks(_Msg):
     kind: Literal["cancel_tasks"] = "cancel_tasks"
     job_id: str
+    shards: list[int] = []  # only these (a backup race lost); empty: every shard of the job
 
 
 # ---- client -> master ------------------------------------------------------------------------

@@ -56,6 +56,15 @@ class JobSpec(Frozen):
     name: str = ""
     # Set by the master from the client's authenticated key (whatever a client sends here).
     owner: str = ""
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="higher first, within its client's share"
+    )
+    speculate_after: float | None = Field(
+        default=None,
+        ge=0,
+        description="back up a shard running this many times the job's median shard time "
+        "(None: the master's setting; 0: never)",
+    )
     # ---- datasets, sharding strategies and op options (see shardmill.data.plan) ----
     format: DatasetFormat | None = Field(default=None, description="None: from the path")
     strategy: Strategy = "rows"

@@ -184,6 +184,7 @@ class SendTask:
     shard: int
     attempt: int
     more: tuple[tuple[int, int], ...] = ()  # (shard, attempt) batched behind it
+    backup: bool = False  # a speculative second attempt of a straggler
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ class JobEnded:
 class CancelOnWorker:
     worker: str
     job_id: str
+    shards: tuple[int, ...] = ()  # only these (a backup race ended); empty: all of the job's
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from shardmill.master.brain.transitions import (
@@ -30,6 +31,8 @@ class Timing:
     retry_backoff: float = 0.05
     retry_backoff_max: float = 5.0
     prefetch_below: float = 0.1  # queue shards on workers for jobs whose shards are this short
+    speculate_after: float = 2.0  # x the job's median shard time: a backup attempt (0: never)
+    speculate_min_age: float = 1.0  # seconds, at least, before one
 
     @property
     def expiry(self) -> float:
@@ -53,6 +56,7 @@ class Attempt:
     outcome: str = "running"
     error: ErrorInfo | None = None
     ran: float | None = None  # seconds its worker reports running it (it may have queued first)
+    backup: bool = False  # a speculative second attempt
 
     def info(self, offset: float = 0.0) -> AttemptInfo:
         """As users read it: `offset` turns the master's clock into wall-clock time."""
@@ -64,6 +68,7 @@ class Attempt:
             outcome=self.outcome,
             error=self.error,
             ran=self.ran,
+            backup=self.backup,
         )
 
 
@@ -75,6 +80,7 @@ class Shard:
     charged: int = 0  # failed attempts that count against max_attempts
     solo: bool = False  # never batched again: its batch failed, and it may be the reason
     lease: str | None = None
+    backup: str | None = None  # the worker running a speculative second attempt
     not_before: float = 0.0
     merged: int = 0
     history: list[Attempt] = field(default_factory=list)
@@ -85,10 +91,11 @@ class Shard:
         what = f"shard {self.index} of job {self.job_id}"
         self.state = move(what, self.state, new, why, moves=SHARD_MOVES, story=self.story)
 
-    def start_attempt(self, worker: str, *, now: float) -> int:
+    def start_attempt(self, worker: str, *, now: float, backup: bool = False) -> int:
         """A new attempt on `worker` from `now`; returns its number."""
-        self.history.append(Attempt(number=len(self.history) + 1, worker=worker, started=now))
-        return len(self.history)
+        number = len(self.history) + 1
+        self.history.append(Attempt(number, worker, started=now, backup=backup))
+        return number
 
     def close_attempt(
         self,
@@ -128,13 +135,16 @@ class Job:
     shards: list[Shard]
     submitted_at: float
     state: JobState = JobState.RUNNING
-    owner: str = ""  # the submitting client's public key (CURVE), for per-client quotas
+    owner: str = ""  # the submitting client's public key (CURVE), for quotas and fair share
+    turn: int = 0  # when it was last leased a shard (a count): equal shares take turns
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
     duplicates: int = 0
     ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
     ok_seconds: float = 0.0
+    runs: list[float] = field(default_factory=list)  # each merged shard's run time (median)
+    _median: tuple[int, float] = (0, 0.0)  # (len(runs) when computed, the median)
     batchable: bool = False
     attempts_failed: int = 0  # attempts charged against max_attempts, lost ones included
     retrying: int = 0  # shards with a failed attempt that have not ended yet
@@ -208,6 +218,13 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state is not JobState.RUNNING
+
+    @property
+    def median_run(self) -> float:
+        """Seconds a shard of it ran, the median over its merged shards (0 before any)."""
+        if self._median[0] != len(self.runs):
+            self._median = (len(self.runs), statistics.median(self.runs) if self.runs else 0.0)
+        return self._median[1]
 
     @property
     def mean_run(self) -> float:

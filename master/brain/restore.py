@@ -40,4 +40,6 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
 def _attempt(a: AttemptInfo, wall_offset: float) -> Attempt:
     ended = None if a.ended is None else a.ended - wall_offset
     started = a.started - wall_offset
-    return Attempt(a.attempt, a.worker, started, ended, a.outcome, a.error, ran=a.ran)
+    return Attempt(
+        a.attempt, a.worker, started, ended, a.outcome, a.error, ran=a.ran, backup=a.backup
+    )

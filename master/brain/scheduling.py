@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 
 from shardmill.master.brain.model import Job, Shard, Worker
+from shardmill.master.brain.transitions import ShardState
 
 MAX_BATCH = 16  # shards in one task at most
 
@@ -17,29 +18,91 @@ def dispatch(
     *,
     lease: Callable[[Job, Shard, Worker, list[Shard]], None],
 ) -> None:
-    """Hand ready shards to workers with free credits, FIFO across jobs, spreading the load.
-    A job of short shards also fills each worker's queue (its prefetch), so a child finds
-    its next shard waiting instead of a round trip through the master."""
+    """Hand ready shards to workers with free credits, shared fairly, spreading the load.
+
+    Free slots go first: each to the job of the client (owner key) running the fewest shards,
+    then within that client to its highest `priority` job, then to its job running fewest
+    (so a small job submitted behind a big one starts at once, and one client's many jobs
+    cannot crowd out another's). Then, only if no job waits for a slot with long shards, jobs
+    of short shards also fill each worker's queue (its window), so a child finds its next shard
+    waiting instead of a round trip through the master."""
     roster = workers.values()
     if not any(w.credits(w.prefetch) for w in roster):
         return
-    may_prefetch = True
-    for job in runnable_jobs(active):
-        prefetch = may_prefetch and job.prefetches(prefetch_below)
-        free = {w.worker_id: n for w in roster if (n := w.credits(_queue(w, job, prefetch))) > 0}
-        while job.ready and free:
-            shard = job.shards[job.ready[0]]
-            worker = pick_worker(free, shard)
-            job.ready.popleft()
-            more = take_batch(job, shard, roster) if prefetch else []
-            lease(job, shard, workers[worker], more)
-            free[worker] -= 1
-            if free[worker] == 0:
-                del free[worker]
-        if job.ready:  # it waits for a slot: no later job may queue shards ahead of it
-            may_prefetch = False
-        if not any(w.credits(w.prefetch if may_prefetch else 0) for w in roster):
-            return
+    share = Share(active)
+    if not share.jobs:
+        return
+    _fill(share, workers, prefetch_below, lease, windows=False)
+    if share.jobs and all(job.prefetches(prefetch_below) for job in share.jobs):
+        _fill(share, workers, prefetch_below, lease, windows=True)
+
+
+class Share:
+    """Runnable jobs, and the shards each job and each client (owner) holds now."""
+
+    def __init__(self, active: dict[str, Job]) -> None:
+        self.jobs = list(runnable_jobs(active))
+        self.order = {job.job_id: i for i, job in enumerate(self.jobs)}
+        self.held = {job.job_id: job.counts[ShardState.LEASED] for job in active.values()}
+        self.by_owner: dict[str, int] = {}
+        self.owner_turn: dict[str, int] = {}  # when its client was last served
+        for job in active.values():
+            self.by_owner[job.owner] = self.by_owner.get(job.owner, 0) + self.held[job.job_id]
+            self.owner_turn[job.owner] = max(self.owner_turn.get(job.owner, 0), job.turn)
+
+    def next(self, skip: set[str]) -> Job | None:
+        """The job whose turn it is: fewest held by its client, its priority, fewest its own;
+        on a tie, the client and then the job served longest ago (so they take turns)."""
+        candidates = [j for j in self.jobs if j.ready and j.job_id not in skip]
+        if not candidates:
+            return None
+        return min(
+            candidates,
+            key=lambda j: (
+                self.by_owner[j.owner],
+                self.owner_turn[j.owner],
+                -j.spec.priority,
+                self.held[j.job_id],
+                j.turn,
+                self.order[j.job_id],
+            ),
+        )
+
+    def took(self, job: Job, n: int) -> None:
+        self.held[job.job_id] += n
+        self.by_owner[job.owner] += n
+        self.owner_turn[job.owner] = job.turn  # the lease stamped it
+        if not job.ready:
+            self.jobs.remove(job)
+
+
+def _fill(
+    share: Share,
+    workers: dict[str, Worker],
+    prefetch_below: float,
+    lease: Callable[[Job, Shard, Worker, list[Shard]], None],
+    *,
+    windows: bool,
+) -> None:
+    """Lease shards one at a time, each to the job whose turn it is: into free slots, or (with
+    `windows`) into the queues of workers near enough in time to need them."""
+    roster = workers.values()
+    full: set[str] = set()  # jobs no worker has room for in this pass
+    while (job := share.next(full)) is not None:
+        prefetch = job.prefetches(prefetch_below)
+        queue = windows and prefetch
+        free = {w.worker_id: n for w in roster if (n := w.credits(_queue(w, job, queue))) > 0}
+        if not free:
+            if not windows:
+                return  # slots are the same for every job: none is free
+            full.add(job.job_id)
+            continue
+        shard = job.shards[job.ready[0]]
+        worker = pick_worker(free, shard)
+        job.ready.popleft()
+        more = take_batch(job, shard, roster) if prefetch else []
+        lease(job, shard, workers[worker], more)
+        share.took(job, 1 + len(more))
 
 
 def _queue(worker: Worker, job: Job, prefetch: bool) -> int:

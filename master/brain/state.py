@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import collections
 import heapq
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.admission import prunable, refusal
-from shardmill.master.brain.failures import backoff, failure_message, lost_error
+from shardmill.master.brain.failures import backoff, failure_message
 from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
 from shardmill.master.brain.restore import restored_job
+from shardmill.master.brain.roster import Roster
 from shardmill.master.brain.scheduling import dispatch
+from shardmill.master.brain.speculation import plan_backups
 from shardmill.master.brain.transitions import TERMINAL, JobState, ShardState
-from shardmill.wire.protocol import ErrorInfo, JobInfo, Lease
+from shardmill.wire.protocol import ErrorInfo, JobInfo
 
 S = ShardState
 
 
-class MasterState:
+class MasterState(Roster):
     """Jobs, shards, workers and credits; every decision the master makes is taken here."""
 
     def __init__(
@@ -38,6 +40,8 @@ class MasterState:
         self.hold_until = 0.0  # after a restart: let workers re-register before dispatching
         self._waiting: list[tuple[float, str, int]] = []  # (not_before, job, shard) heap
         self._out: list[ev.Command] = []
+        self._backup_due: float | None = None  # when a running shard becomes a straggler
+        self._turns = itertools.count(1)  # stamps each job's last lease: equal shares take turns
         self._now = 0.0
         self._handlers: dict[type, Callable[[Any], object]] = {
             ev.WorkerReady: self._on_ready,
@@ -70,10 +74,13 @@ class MasterState:
         return self._out
 
     def next_deadline(self) -> float | None:
-        """The earliest time a Tick could change anything (expiry or end of a backoff)."""
+        """The earliest time a Tick could change anything (expiry, end of a backoff, a shard
+        slow enough for a backup)."""
         times = [w.last_seen + self.timing.expiry for w in self.workers.values()]
         if self.hold_until > self._now:
             times.append(self.hold_until)
+        if self._backup_due is not None:
+            times.append(self._backup_due)
         if self._waiting:
             times.append(self._waiting[0][0])
         return min(times) if times else None
@@ -82,104 +89,6 @@ class MasterState:
         return self.jobs[job_id].info(offset=self.wall_offset, shards=shards)
 
     # ---- workers -------------------------------------------------------------------------------
-
-    def _touch(self, worker: str, rtt: float | None = None) -> bool:
-        w = self.workers.get(worker)
-        if w is None:
-            self._out.append(ev.AskReregister(worker))
-            return False
-        w.last_seen = self._now
-        if rtt is not None:
-            w.observe_rtt(rtt)
-        return True
-
-    def _on_draining(self, e: ev.WorkerDraining) -> None:
-        if self._touch(e.worker):
-            self.workers[e.worker].draining = True
-
-    def _on_ready(self, e: ev.WorkerReady) -> None:
-        old = self.workers.pop(e.worker, None)
-        if old is not None:  # re-registration: what it no longer holds goes back to the queue
-            held = {(lease.job_id, lease.shard) for lease in e.held}
-            self._release_leases(old, charge=False, keep=held)
-        w = Worker(worker_id=e.worker, slots=e.slots, last_seen=self._now, prefetch=e.prefetch)
-        self.workers[e.worker] = w
-        for lease in e.held:
-            self._adopt(w, lease)
-
-    def _adopt(self, w: Worker, lease: Lease) -> None:
-        """A reconnecting worker still runs this shard: lease it back rather than re-run it."""
-        job = self.jobs.get(lease.job_id)
-        if job is None or job.finished or not 0 <= lease.shard < len(job.shards):
-            self._out.append(ev.CancelOnWorker(w.worker_id, lease.job_id))
-            return
-        shard = job.shards[lease.shard]
-        if shard.state in TERMINAL or (shard.lease and shard.lease != w.worker_id):
-            return  # done already, or re-run elsewhere: its result will be a counted duplicate
-        if shard.state is S.QUEUED:
-            job.ready.remove(shard.index)
-        if shard.state is S.WAITING:
-            job.move(shard, S.QUEUED, "held by reconnecting worker")
-        if shard.state is S.QUEUED:
-            job.move(shard, S.LEASED, f"held by reconnecting worker {w.worker_id}")
-        shard.lease = w.worker_id
-        w.leases[job.job_id, shard.index] = (job.job_id, shard.index)
-
-    def _on_left(self, e: ev.WorkerLeft) -> None:
-        w = self.workers.pop(e.worker, None)
-        if w is None:
-            return
-        handed = {(lease.job_id, lease.shard) for lease in e.handback}
-        self._release_leases(w, charge=False, keep=set(), uncharged=handed)
-
-    def _expire_workers(self) -> None:
-        for w in list(self.workers.values()):
-            silence = self._now - w.last_seen
-            if silence >= self.timing.expiry:
-                del self.workers[w.worker_id]
-                n = len(w.leases)
-                self._release_leases(w, charge=True, keep=set(), silence=silence)
-                self._out.append(ev.WorkerExpired(w.worker_id, n, silence))
-
-    def _release_leases(
-        self,
-        w: Worker,
-        *,
-        charge: bool,
-        keep: set[tuple[str, int]],
-        uncharged: set[tuple[str, int]] | None = None,
-        silence: float = 0.0,
-    ) -> None:
-        """Give a departed worker's shards back. A lost worker (expired, `charge`, or gone with
-        a DISCONNECT, `uncharged`) charges an attempt to the shards it was executing: its
-        oldest `slots` leases (it runs them in the order it got them); the rest were queued
-        there, never started, and go back uncharged, as do handed-back shards. A worker that
-        re-registers releases what it no longer holds, uncharged."""
-        lost = charge or uncharged is not None
-        executing = set(w.tasks()[: w.slots])
-        sizes = collections.Counter(w.leases.values())
-        for key in sorted(set(w.leases) - keep):
-            task = w.leases[key]
-            job = self.jobs[key[0]]
-            shard = job.shards[key[1]]
-            if shard.lease != w.worker_id or shard.state is not S.LEASED:
-                continue
-            shard.lease = None
-            if uncharged is not None and key in uncharged:
-                self._give_back(job, shard, "handed back", "handed back")
-            elif not lost:
-                self._give_back(job, shard, "released", "released on re-registration")
-            elif task not in executing:
-                self._give_back(job, shard, "never started", f"queued on lost worker {w.worker_id}")
-            elif sizes[task] > 1:
-                # Which shard of a batch was running is unknown: each runs again, alone.
-                shard.solo = True
-                why = f"batch lost with worker {w.worker_id}"
-                self._give_back(job, shard, "lost with its batch", why)
-            else:
-                self._charge(job, shard, lost_error(w.worker_id, silence if charge else None))
-
-    # ---- shard results -------------------------------------------------------------------------
 
     def _shard_for(self, job_id: str, index: int) -> tuple[Job, Shard] | None:
         job = self.jobs.get(job_id)
@@ -223,8 +132,10 @@ class MasterState:
             w.done += len(members)
         job.ok_runs += len(members)
         job.ok_seconds += e.duration
+        job.runs.extend([e.duration / len(members)] * len(members))
         attempts = {e.shard: e.attempt, **dict(e.more)}
         for m in members:
+            self._end_race(job, m, e.worker)
             self._free_lease(job, m)
             job.accept(m, e.worker, attempts[m.index], e.duration / len(members), now=self._now)
         self._out.append(ev.MergeShard(e.job_id, e.shard, tuple(indices[1:])))
@@ -264,6 +175,9 @@ class MasterState:
             other.solo = True
             why = f"its batch failed on shard {shard.index}"
             self._give_back(job, other, "its batch failed", why, e.error if crashed else None)
+        if shard.backup is not None and e.worker in (shard.lease, shard.backup):
+            self._lose_racer(job, shard, e.worker, e.error)  # the other attempt runs on
+            return
         if not job.leased_to(shard, e.worker):
             return  # a stale report about an attempt that was already re-run or ended
         self._free_lease(job, shard)
@@ -340,9 +254,10 @@ class MasterState:
         for shard in job.shards:
             if shard.state in TERMINAL:
                 continue
-            if shard.lease is not None:
-                holders.add(shard.lease)
-                shard.close_attempt(self._now, "cancelled", None)
+            for holder in filter(None, (shard.lease, shard.backup)):
+                holders.add(holder)
+                shard.close_attempt(self._now, "cancelled", None, worker=holder)
+            self._end_race(job, shard, None)
             self._free_lease(job, shard)
             job.move(shard, S.CANCELLED, f"job {state}")
         self._out.extend(ev.CancelOnWorker(w, job.job_id) for w in sorted(holders))
@@ -383,6 +298,20 @@ class MasterState:
     def _dispatch(self) -> None:
         if self._now >= self.hold_until:
             dispatch(self.active, self.workers, self.timing.prefetch_below, lease=self._lease)
+            self._speculate()
+
+    def _speculate(self) -> None:
+        """Backups of shards running far past their job's median, on workers with idle slots."""
+        plan = plan_backups(self.active, self.workers, self.timing, self._now)
+        self._backup_due = plan.due
+        for job, shard, w in plan.backups:
+            shard.backup = w.worker_id
+            w.leases[job.job_id, shard.index] = (job.job_id, shard.index)
+            attempt = shard.start_attempt(w.worker_id, now=self._now, backup=True)
+            shard.story.append(f"backup attempt {attempt} on {w.worker_id}: a straggler")
+            self._out.append(
+                ev.SendTask(w.worker_id, job.job_id, shard.index, attempt, backup=True)
+            )
 
     def _lease(self, job: Job, shard: Shard, w: Worker, more: list[Shard]) -> None:
         task = (job.job_id, shard.index)
@@ -394,6 +323,7 @@ class MasterState:
             attempts.append((s.index, s.start_attempt(w.worker_id, now=self._now)))
         if job.started_at is None:
             job.started_at = self._now
+        job.turn = next(self._turns)
         first, *rest = attempts
         self._out.append(
             ev.SendTask(w.worker_id, job.job_id, shard.index, first[1], more=tuple(rest))

@@ -149,3 +149,10 @@ def sum_after(arr: np.ndarray, flag: str) -> float:
     """The argument's sum, once the test creates `flag`."""
     wait_for_file(flag)
     return float(arr.sum())
+
+
+def stall_on(x: int, seconds: float, slow_file: str) -> int:
+    """Sleeps `seconds`, or 60 s on the worker named in `slow_file` (a straggler), then x*3."""
+    slow = Path(slow_file).read_text().strip()
+    time.sleep(60.0 if slow and os.environ.get("SHARDMILL_WORKER_ID") == slow else seconds)
+    return x * 3

@@ -354,3 +354,104 @@ def test_map_jobs_and_failed_shards_never_batch() -> None:
     s.handle(ev.JobAdded("m", SPEC, 10), now=0)  # not batchable: a map job
     sends = _sends(s.handle(ev.ShardSucceeded("w1", "m", 0, 1, duration=0.01), now=0.1))
     assert [c.more for c in sends] == [(), ()]
+
+
+def test_a_small_job_of_another_client_gets_its_share_of_the_slots_at_once() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=2), now=0)
+    s.handle(ev.JobAdded("big", SPEC, 1000, owner="alice"), now=0)
+    s.handle(ev.JobAdded("small", SPEC, 3, owner="bob"), now=0.1)
+
+    def ends(job: str, shard: int, now: float) -> list[tuple[str, int]]:
+        cmds = s.handle(ev.ShardSucceeded("w1", job, shard, 1, 1.0), now=now)
+        return [(c.job_id, c.shard) for c in _sends(cmds)]
+
+    # When alice's shards end / Then the first freed slot is bob's, the next alice's again
+    assert ends("big", 0, 1.0) == [("small", 0)]
+    assert ends("big", 1, 1.1) == [("big", 2)]
+    # And each client keeps one slot: bob's freed slot stays bob's while he has shards
+    assert ends("small", 0, 1.2) == [("small", 1)]
+    assert ends("small", 1, 1.3) == [("small", 2)]
+    assert ends("small", 2, 1.4) == [("big", 3)]
+
+
+def test_within_one_client_a_higher_priority_job_goes_first_and_equal_ones_take_turns() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("first", SPEC, 10), now=0)
+    s.handle(ev.JobAdded("second", SPEC, 10), now=0.1)
+    urgent = SPEC.model_copy(update={"priority": 5})
+    s.handle(ev.JobAdded("urgent", urgent, 2), now=0.2)
+    got = []
+    for i, (job, shard) in enumerate(
+        [("first", 0), ("urgent", 0), ("urgent", 1), ("second", 0), ("first", 1)]
+    ):
+        cmds = s.handle(ev.ShardSucceeded("w1", job, shard, 1, 1.0), now=1 + i)
+        got += [(c.job_id, c.shard) for c in _sends(cmds)]
+    # urgent first; then first and second (equal priority) take turns
+    assert got == [("urgent", 0), ("urgent", 1), ("second", 0), ("first", 1), ("second", 1)]
+
+
+def _straggling(s: MasterState) -> list[tuple[str, int]]:
+    """w1 and w2, one slot each; job j's shards take 1 s; shard 3 stalls on w2 from t=1."""
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 5), now=0)  # 0 on w1, 1 on w2
+    s.handle(ev.ShardSucceeded("w1", "j", 0, 1, 1.0), now=1)  # 2 on w1
+    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 1.0), now=1)  # 3 on w2
+    s.handle(ev.ShardSucceeded("w1", "j", 2, 1, 1.0), now=2)  # 4 on w1
+    cmds = s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 0.5), now=2.5)  # w1 idle; 3 ran 1.5 s
+    return [(c.worker, c.shard) for c in _sends(cmds)]
+
+
+def test_a_straggler_gets_a_backup_on_an_idle_worker_and_the_first_result_wins() -> None:
+    s = _state()
+    # Given w1 idle while shard 3 has run 1.5 s on w2 (median 1 s, threshold 2 x: not yet)
+    assert _straggling(s) == []
+    assert s.next_deadline() == pytest.approx(3.0)  # started at 1 + max(1 s, 2 x 1 s)
+    # When the Tick comes / Then a backup of shard 3 starts on w1
+    sends = _sends(s.handle(ev.Tick(), now=3.01))
+    assert [(c.worker, c.shard) for c in sends] == [("w1", 3)]
+    shard = s.jobs["j"].shards[3]
+    assert (shard.lease, shard.backup) == ("w2", "w1")
+    # When the backup's result comes first / Then it is merged, w2's attempt is cancelled there
+    cmds = s.handle(ev.ShardSucceeded("w1", "j", 3, sends[0].attempt, 0.5), now=3.5)
+    assert ev.CancelOnWorker("w2", "j", (3,)) in cmds
+    assert [a.outcome for a in shard.history] == ["superseded", "ok"]
+    assert [a.backup for a in shard.history] == [False, True] and shard.charged == 0
+    assert s.job_info("j").state == "done"
+    # And the loser's late result is a counted duplicate, never a second merge
+    s.handle(ev.ShardSucceeded("w2", "j", 3, 1, 5.0), now=6)
+    assert shard.merged == 1 and s.job_info("j").duplicates == 1
+    assert not s.workers["w1"].leases and not s.workers["w2"].leases
+
+
+def test_a_lost_straggler_leaves_its_backup_running_uncharged() -> None:
+    s = _state()
+    _straggling(s)
+    s.handle(ev.Tick(), now=3.01)
+    # When w2 (holding the straggler) expires / Then the backup on w1 carries on alone
+    s.handle(ev.WorkerSeen("w1"), now=3.5)
+    s.handle(ev.Tick(), now=4.5)
+    assert "w2" not in s.workers
+    shard = s.jobs["j"].shards[3]
+    assert (shard.lease, shard.backup, shard.charged, shard.state) == (
+        "w1",
+        None,
+        0,
+        ShardState.LEASED,
+    )
+    assert shard.history[0].outcome.startswith("lost")
+    s.handle(ev.ShardSucceeded("w1", "j", 3, 2, 0.5), now=4.6)
+    assert s.job_info("j").state == "done"
+
+
+def test_no_backups_when_the_job_says_never() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0)
+    never = SPEC.model_copy(update={"speculate_after": 0})
+    s.handle(ev.JobAdded("j", never, 5), now=0)
+    for shard, w, now in ((0, "w1", 1), (1, "w2", 1), (2, "w1", 2), (4, "w1", 2.5)):
+        s.handle(ev.ShardSucceeded(w, "j", shard, 1, 1.0), now=now)
+    assert _sends(s.handle(ev.Tick(), now=3.9)) == [] and s.next_deadline() == pytest.approx(4)

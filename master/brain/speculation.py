@@ -1,0 +1,92 @@
+"""Speculative backups: a shard running far longer than its job's median gets a second attempt
+on an idle worker; the first result is merged, the other attempt is cancelled, uncharged.
+
+Exactly-once merge makes this safe (a late second result is a counted duplicate). Only when a
+worker has a free slot, only for jobs with a few merged shards to take a median from, never
+for a batch, and never twice for one shard. Pure: decisions on the brain's records and time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardmill.master.brain.model import Job, Shard, Timing, Worker
+from shardmill.master.brain.transitions import ShardState
+
+MIN_RUNS = 3  # merged shards before a job's median means anything
+
+
+@dataclass
+class Plan:
+    backups: list[tuple[Job, Shard, Worker]]  # start now: (job, shard, the idle worker)
+    due: float | None  # when the next running shard becomes slow enough, if any
+
+
+def plan_backups(
+    active: dict[str, Job], workers: dict[str, Worker], timing: Timing, now: float
+) -> Plan:
+    free = {w.worker_id: n for w in workers.values() if (n := w.credits(0)) > 0}
+    if not free:
+        return Plan([], None)
+    slow, due = _stragglers(active, workers, timing, now)
+    backups = []
+    for _, job, shard, holder in sorted(slow, key=lambda s: s[0]):  # the longest running first
+        target = next((w for w in sorted(free, key=lambda w: -free[w]) if w != holder), None)
+        if target is None:
+            continue
+        backups.append((job, shard, workers[target]))
+        free[target] -= 1
+        if not free[target]:
+            del free[target]
+    return Plan(backups, due)
+
+
+def _stragglers(
+    active: dict[str, Job], workers: dict[str, Worker], timing: Timing, now: float
+) -> tuple[list[tuple[float, Job, Shard, str]], float | None]:
+    """Executing shards past their job's threshold (with their start and worker), and the
+    time the next one will be."""
+    slow: list[tuple[float, Job, Shard, str]] = []
+    due: float | None = None
+    for w in workers.values():
+        for key in w.tasks()[: w.slots]:  # the ones it is executing (it runs them in order)
+            job = active.get(key[0])
+            if job is None or job.finished or not _speculates(job, timing):
+                continue
+            shard = job.shards[key[1]]
+            if not _alone_on(shard, w, key):
+                continue
+            started = _open_attempt_start(shard, w.worker_id)
+            at = started + max(timing.speculate_min_age, _factor(job, timing) * job.median_run)
+            if at <= now:
+                slow.append((started, job, shard, w.worker_id))
+            elif due is None or at < due:
+                due = at
+    return slow, due
+
+
+def _alone_on(shard: Shard, w: Worker, key: tuple[str, int]) -> bool:
+    """Whether `w` runs the shard's only attempt, and not in a batch."""
+    if shard.backup is not None or shard.lease != w.worker_id:
+        return False
+    return shard.state is ShardState.LEASED and not _batched(w, key)
+
+
+def _factor(job: Job, timing: Timing) -> float:
+    return timing.speculate_after if job.spec.speculate_after is None else job.spec.speculate_after
+
+
+def _speculates(job: Job, timing: Timing) -> bool:
+    return _factor(job, timing) > 0 and len(job.runs) >= MIN_RUNS
+
+
+def _batched(w: Worker, key: tuple[str, int]) -> bool:
+    task = w.leases[key]
+    return sum(1 for t in w.leases.values() if t == task) > 1
+
+
+def _open_attempt_start(shard: Shard, worker: str) -> float:
+    for attempt in reversed(shard.history):
+        if attempt.ended is None and attempt.worker == worker:
+            return attempt.started
+    return float("inf")  # no open attempt: never slow
