@@ -50,6 +50,9 @@ def test_commands_parse_and_keys_land_where_each_role_reads_them(stack: dict[str
     )  # fmt: skip
     assert (worker.keys, worker.master) == ("/keys", "tcp://master:5555")
     targets = {n: {s["target"] for s in svc["secrets"]} for n, svc in services.items()}
+    for svc in services.values():  # Swarm mounts a secret at one path per service, silently
+        sources = [s["source"] for s in svc["secrets"]]
+        assert len(sources) == len(set(sources)), sources
     assert targets == {
         "master": {"/keys/master.key", "/keys/master.key_secret"}
         | {f"/keys/{FOLDER[r]}/{r}.key" for r in FOLDER}
@@ -68,6 +71,7 @@ def test_commands_parse_and_keys_land_where_each_role_reads_them(stack: dict[str
         "worker_key": "/k/worker.key",
         "worker_key_secret": "/k/worker.key_secret",
         "client_key": "/k/client.key",
+        "admin_key": "/k/client.key",
     }
 
 
