@@ -27,6 +27,7 @@ from bench_harness import (
 )
 from bench_report import evaluate, machine, render, write_json
 from bench_runtime import REV_ENV, rerun_at
+from bench_straggler import straggler
 from bench_workloads import shard_curve, w1_throughput, w2_latency, w3_by_reference, w4_by_value
 from rich.console import Console
 
@@ -43,6 +44,7 @@ WORKLOADS: dict[str, Callable[[Bench], list[Metric]]] = {
     "scale": scale,
     "W5": w5_fault,
     "far": far_workers,
+    "straggler": straggler,
 }
 BIG_SCALE_TASKS = 10_000_000
 FOREIGN_WARN = 0.05  # warn when other processes took more than 5% of the CPUs

@@ -144,6 +144,7 @@ class Job:
     ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
     ok_seconds: float = 0.0
     runs: list[float] = field(default_factory=list)  # each merged shard's run time (median)
+    by_worker: dict[str, tuple[int, float]] = field(default_factory=dict)  # (runs, seconds)
     _median: tuple[int, float] = (0, 0.0)  # (len(runs) when computed, the median)
     batchable: bool = False
     attempts_failed: int = 0  # attempts charged against max_attempts, lost ones included
@@ -225,6 +226,12 @@ class Job:
         if self._median[0] != len(self.runs):
             self._median = (len(self.runs), statistics.median(self.runs) if self.runs else 0.0)
         return self._median[1]
+
+    def slow_on(self, worker: str, factor: float) -> bool:
+        """Whether `worker`'s merged shards of this job took `factor` times the median or
+        more, on average: a slow host, whose running shard is a straggler from its start."""
+        n, seconds = self.by_worker.get(worker, (0, 0.0))
+        return n > 0 and seconds >= factor * self.median_run * n
 
     @property
     def mean_run(self) -> float:

@@ -1,5 +1,6 @@
-"""Speculative backups: a shard running far longer than its job's median gets a second attempt
-on an idle worker; the first result is merged, the other attempt is cancelled, uncharged.
+"""Speculative backups: a shard running far longer than its job's median (or running on a
+worker whose shards of the job took that long) gets a second attempt on an idle worker; the
+first result is merged, the other attempt is cancelled, uncharged.
 
 Exactly-once merge makes this safe (a late second result is a counted duplicate). Only when a
 worker has a free slot, only for jobs with a few merged shards to take a median from, never
@@ -57,7 +58,9 @@ def _stragglers(
             if not _alone_on(shard, w, key):
                 continue
             started = _open_attempt_start(shard, w.worker_id)
-            at = started + max(timing.speculate_min_age, _factor(job, timing) * job.median_run)
+            factor = _factor(job, timing)
+            wait = max(timing.speculate_min_age, factor * job.median_run)
+            at = started if job.slow_on(w.worker_id, factor) else started + wait
             if at <= now:
                 slow.append((started, job, shard, w.worker_id))
             elif due is None or at < due:

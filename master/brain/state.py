@@ -133,6 +133,8 @@ class MasterState(Roster):
         job.ok_runs += len(members)
         job.ok_seconds += e.duration
         job.runs.extend([e.duration / len(members)] * len(members))
+        n, seconds = job.by_worker.get(e.worker, (0, 0.0))
+        job.by_worker[e.worker] = (n + len(members), seconds + e.duration)
         attempts = {e.shard: e.attempt, **dict(e.more)}
         for m in members:
             self._end_race(job, m, e.worker)

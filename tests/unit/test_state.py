@@ -455,3 +455,16 @@ def test_no_backups_when_the_job_says_never() -> None:
     for shard, w, now in ((0, "w1", 1), (1, "w2", 1), (2, "w1", 2), (4, "w1", 2.5)):
         s.handle(ev.ShardSucceeded(w, "j", shard, 1, 1.0), now=now)
     assert _sends(s.handle(ev.Tick(), now=3.9)) == [] and s.next_deadline() == pytest.approx(4)
+
+
+def test_a_shard_on_a_known_slow_worker_is_backed_up_as_soon_as_a_slot_idles() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 6), now=0)  # 0 on w1, 1 on w2
+    for shard, now in ((0, 1), (2, 2), (3, 3)):  # w1: 1 s per shard
+        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 1.0), now=now)
+    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 3.5), now=3.5)  # w2 took 3.5 s: 5 goes to it
+    # When w1 finishes the last queued shard / Then w2's fresh shard is backed up at once
+    sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4))
+    assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
