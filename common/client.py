@@ -107,11 +107,9 @@ class Client:
     ) -> Job:
         """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order.
 
-        With `allow_failures=N`, up to N shards may fail for good: their items come back as
-        None and `job.status().missing_shards` lists them. `priority`: higher first within
-        this client's share of the workers. `speculate_after`: back up a shard running that
-        many times the job's median on an idle worker (None: the master's setting; 0: never).
-        """
+        `allow_failures=N`: up to N shards may fail for good (their items come back as None).
+        `priority`: higher first within this client's share. `speculate_after`: straggler
+        backups at that many times the median (None: the master's setting; 0: never)."""
         items = [tuple(a) for a in args]
         spec = job_spec(
             op="map",

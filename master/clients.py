@@ -46,6 +46,7 @@ from shardmill.wire.protocol import (
     Submitted,
     WorkerList,
 )
+from shardmill.wire.spec import JobSpec
 
 log = logging.getLogger(__name__)
 Handler = Callable[[bytes, Any, list[Buffer]], None]
@@ -138,15 +139,7 @@ class ClientRequests:
 
     def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
         core = self.core
-        # The dataset, and row_stats' output (which the master creates), stay in the data roots.
-        paths: dict[str, Any] = {
-            name: check_data_path(path, core.settings.data_roots)
-            for name in ("dataset", "output")
-            if (path := getattr(msg.spec, name)) and not (name == "dataset" and is_url(path))
-        }
-        # The owner is who the key says, whatever the request claims.
-        paths["owner"] = self._owner
-        msg = msg.model_copy(update={"spec": msg.spec.model_copy(update=paths)})
+        msg = msg.model_copy(update={"spec": self._checked(msg.spec)})
         if msg.shm:  # big arrays the client left in shared memory: map them, copy nothing
             arrays = core.segments.attach(msg.shm, arrays)
         data = accept(msg, arrays, core.registry)
@@ -178,6 +171,17 @@ class ClientRequests:
         core.apply(
             ev.JobAdded(job_id, msg.spec, len(data.descriptors), batchable, self._owner, now)
         )
+
+    def _checked(self, spec: JobSpec) -> JobSpec:
+        """The spec as the master runs it: paths inside the data roots (the dataset, and
+        row_stats' output, which the master creates), and the owner the key says, whatever
+        the request claims."""
+        fields: dict[str, Any] = {
+            name: check_data_path(path, self.core.settings.data_roots)
+            for name in ("dataset", "output")
+            if (path := getattr(spec, name)) and not (name == "dataset" and is_url(path))
+        }
+        return spec.model_copy(update={**fields, "owner": self._owner})
 
     def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:
         if job_id in self.core.data:

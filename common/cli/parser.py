@@ -36,15 +36,7 @@ def _master(sub: Subparsers) -> None:
     )
     p.add_argument("--heartbeat-interval", type=float, help="seconds (default 1.0)")
     p.add_argument("--heartbeat-liveness", type=int, help="missed beats before expiry (3)")
-    p.add_argument(
-        "--speculate-after",
-        type=float,
-        metavar="X",
-        help="back up a shard running X times its job's median on an idle worker (2; 0: off)",
-    )
-    p.add_argument(
-        "--speculate-min-age", type=float, metavar="S", help="never before S seconds (1.0)"
-    )
+    _speculation_flags(p)
     p.add_argument(
         "--prefetch-below",
         type=float,
@@ -69,6 +61,18 @@ def _master(sub: Subparsers) -> None:
     p.add_argument("--health-file", help="file touched on each heartbeat while serving")
     _security_flags(p)
     p.set_defaults(handler=roles.cmd_master)
+
+
+def _speculation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--speculate-after",
+        type=float,
+        metavar="X",
+        help="back up a shard running X times its job's median on an idle worker (2; 0: off)",
+    )
+    p.add_argument(
+        "--speculate-min-age", type=float, metavar="S", help="never before S seconds (1.0)"
+    )
 
 
 def _worker(sub: Subparsers) -> None:

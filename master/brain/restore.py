@@ -34,6 +34,11 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
         job.counts[st] += 1
         if st is ShardState.QUEUED:
             job.ready.append(i)
+        for a in shard.history:  # what straggler backups measure against: merged shards' runs
+            if a.outcome == "ok" and a.ran is not None:
+                job.runs.append(a.ran)
+                n, seconds = job.by_worker.get(a.worker, (0, 0.0))
+                job.by_worker[a.worker] = (n + 1, seconds + a.ran)
     return job
 
 

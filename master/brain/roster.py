@@ -109,12 +109,12 @@ class Roster:
         lost = charge or uncharged is not None
         executing = set(w.tasks()[: w.slots])
         sizes = collections.Counter(w.leases.values())
+        err = lost_error(w.worker_id, silence if charge else None)
         for key in sorted(set(w.leases) - keep):
             task = w.leases[key]
             job = self.jobs[key[0]]
             shard = job.shards[key[1]]
             if shard.backup is not None and w.worker_id in (shard.lease, shard.backup):
-                err = lost_error(w.worker_id, silence if charge else None)
                 self._lose_racer(job, shard, w.worker_id, err)  # the other attempt runs on
                 continue
             if shard.lease != w.worker_id or shard.state is not S.LEASED:
@@ -126,13 +126,12 @@ class Roster:
                 self._give_back(job, shard, "released", "released on re-registration")
             elif task not in executing:
                 self._give_back(job, shard, "never started", f"queued on lost worker {w.worker_id}")
-            elif sizes[task] > 1:
-                # Which shard of a batch was running is unknown: each runs again, alone.
+            elif sizes[task] > 1:  # which shard of a batch ran is unknown: each runs alone
                 shard.solo = True
                 why = f"batch lost with worker {w.worker_id}"
                 self._give_back(job, shard, "lost with its batch", why)
             else:
-                self._charge(job, shard, lost_error(w.worker_id, silence if charge else None))
+                self._charge(job, shard, err)
 
     # ---- shard results -------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ from shardmill.errors import InvalidTransition
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.model import Timing
 from shardmill.master.brain.state import MasterState
-from shardmill.master.brain.transitions import ShardState
+from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.master.brain.views import worker_infos
-from shardmill.wire.protocol import ErrorInfo, Lease
+from shardmill.wire.protocol import AttemptInfo, ErrorInfo, Lease
 from shardmill.wire.spec import JobSpec
 
 SPEC = JobSpec(op="map", function="m:f", max_attempts=3)
@@ -468,3 +468,19 @@ def test_a_shard_on_a_known_slow_worker_is_backed_up_as_soon_as_a_slot_idles() -
     # When w1 finishes the last queued shard / Then w2's fresh shard is backed up at once
     sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4))
     assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
+
+
+def test_owner_priority_and_run_times_survive_a_restart() -> None:
+    s = _state()
+    done = ShardState.DONE
+    ok = (AttemptInfo(attempt=1, worker="w0", started=0.0, ended=1.0, outcome="ok", ran=1.0),)
+    for job_id, owner, priority in (("a", "alice", 0), ("b", "alice", 9), ("c", "bob", 0)):
+        spec = SPEC.model_copy(update={"owner": owner, "priority": priority})
+        settled = {i: (done, ok) for i in range(3)} if job_id == "a" else {}
+        s.handle(ev.JobRestored(job_id, spec, 10, 0.0, JobState.RUNNING, settled), now=0)
+    s.handle(ev.RestoreDone(), now=0)
+    assert s.jobs["a"].owner == "alice" and s.jobs["a"].median_run == 1.0
+    # When a worker with 2 slots registers after the hold
+    sends = _sends(s.handle(ev.WorkerReady("w1", slots=2), now=5))
+    # Then bob gets a slot (his share), alice's other one goes to her priority-9 job
+    assert sorted(c.job_id for c in sends) == ["b", "c"]
