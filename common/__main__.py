@@ -1,5 +1,3 @@
-import sys
+from shardmill.cli import run
 
-from shardmill.cli import main
-
-sys.exit(main())
+run()

@@ -136,11 +136,10 @@ class LocalCluster:
             "--heartbeat-interval",
             str(self.heartbeat[0]),
             *self.worker_args,
-            *extra,
         ]
         for mod in self.imports:
             cmd += ["--import", mod]
-        cmd += self._security_args()
+        cmd += [*self._security_args(), *extra]  # the caller's flags win (argparse: last one)
         proc = subprocess.Popen(cmd, stderr=self._log(f"worker-{len(self.workers)}"), env=self.env)
         self.workers.append(proc)
         return proc

@@ -71,7 +71,7 @@ class BlobFiles:
         # A crash before the rename leaves a .tmp file, and one before the commit an
         # unreferenced file: both are swept at the next open.
         tmp = self.dir / f"{name}.tmp"
-        with open(tmp, "xb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())

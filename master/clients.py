@@ -21,7 +21,7 @@ from shardmill.errors import (
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
-from shardmill.master.core import Core, send
+from shardmill.master.core import Core, send, user_id
 from shardmill.master.jobs import accept, new_job_id
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode_checked, peek_req
@@ -95,10 +95,10 @@ class ClientRequests:
         if self.keyring is None or self.keyring.is_admin(self._owner):
             return True
         jobs = self.core.brain.jobs
-        theirs = [j for j in job_ids if jobs[j].owner and jobs[j].owner != self._owner]
+        theirs = [j for j in job_ids if jobs[j].owner != self._owner]
         if not theirs:
             return True
-        owner = self.keyring.owner_name(jobs[theirs[0]].owner)
+        owner = self.keyring.owner_name(jobs[theirs[0]].owner) or "no client (kept from before)"
         message = (
             f"job {theirs[0]} belongs to {owner}: a client may cancel only its own jobs, "
             "unless its public key is in the master's admins/ folder"
@@ -126,7 +126,7 @@ class ClientRequests:
         if _may_tell_of_merges(msg):
             self.core.checkpoint.commit()  # make them durable first
         # With CURVE, ZAP sets User-Id to the client's public key: quotas follow the key.
-        self._owner = _user_id(frames[-1])
+        self._owner = user_id(frames[-1])
         if self.keyring is not None and self.keyring.client(self._owner) is None:
             self._reply(identity, _revoked(msg, self._owner))  # connected before a SIGHUP
             return
@@ -298,11 +298,3 @@ def _revoked(msg: Message, user_id: str) -> ErrorReply:
         "master's clients/ folder: it was revoked; ask the master's operator for a key"
     )
     return ErrorReply(req=getattr(msg, "req", 0), code="auth", message=text)
-
-
-def _user_id(frame: Any) -> str:
-    """The peer's CURVE public key as ZAP set it; empty on insecure sockets."""
-    try:
-        return str(frame.get("User-Id") or "")
-    except (zmq.ZMQError, AttributeError):
-        return ""

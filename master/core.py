@@ -32,6 +32,7 @@ class Peers:
 
     hello: dict[str, Ready] = field(default_factory=dict)
     shares_memory: set[str] = field(default_factory=set)
+    keys: dict[str, str] = field(default_factory=dict)  # worker -> the key it registered with
 
 
 @dataclass
@@ -84,3 +85,11 @@ def bind_router(
     else:
         sock.bind(f"tcp://{settings.host}:{port}")
     return sock
+
+
+def user_id(frame: Any) -> str:
+    """The peer's CURVE public key as ZAP set it; empty on insecure sockets."""
+    try:
+        return str(frame.get("User-Id") or "")
+    except (zmq.ZMQError, AttributeError):
+        return ""

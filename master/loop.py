@@ -16,7 +16,7 @@ import zmq
 
 from shardmill import exitcodes
 from shardmill.config import MasterSettings
-from shardmill.errors import ShardmillError, StateDirError
+from shardmill.errors import ConfigError, ShardmillError, StateDirError
 from shardmill.health import HealthFile
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.model import Limits, Timing
@@ -71,8 +71,8 @@ class MasterLoop:
         self.refusals = RefusalLog()
         self.auth = self.security.authenticator(self.ctx, self.refusals)  # ZAP before we bind
         bind = functools.partial(bind_router, self.ctx, settings, self.security)
-        self.workers = WorkerMessages(self.core, bind("workers"), apply=self.apply)
         keyring = None if self.auth is None else self.auth.keyring
+        self.workers = WorkerMessages(self.core, bind("workers"), apply=self.apply, keyring=keyring)
         self.clients = ClientRequests(self.core, bind("clients"), keyring)
         self.watches = [  # handshakes that fail before ZAP: a CURVE/plaintext mix-up
             PortWatch(sock, name=name, insecure=self.security.insecure, refusals=self.refusals)
@@ -161,8 +161,11 @@ class MasterLoop:
             return True
         if self.auth is None:
             log.info("SIGHUP: no keys to read again (--insecure)")
-        else:
+            return False
+        try:
             log.info("SIGHUP: key folders read again: %s", self.auth.keyring.load())
+        except ConfigError as e:  # a bad file must not stop the master: the old keys stay
+            log.error("SIGHUP: keys not reloaded, the previous ones stay in force: %s", e)
         return False
 
     def close(self) -> None:
@@ -324,6 +327,7 @@ class MasterLoop:
     def _expired(self, cmd: ev.WorkerExpired, result: Result | None) -> None:
         self.metrics.shards_requeued.inc(cmd.requeued)
         self.core.peers.hello.pop(cmd.worker, None)
+        self.core.peers.keys.pop(cmd.worker, None)
         log.warning(
             "worker %s expired after %.1f s of silence; %d shards requeued",
             cmd.worker,
@@ -374,7 +378,6 @@ def serve(settings: MasterSettings, registry: Registry) -> int:
     # A file size limit (ulimit -f) must fail a write with EFBIG, which the store reports,
     # rather than kill us with SIGXFSZ before we can say why.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    os.umask(0o077)  # the state dir's database, journal and blobs: readable by this user only
     loop = MasterLoop(settings, registry)
     try:
         loop.run()  # its last commit, at close, may fail too

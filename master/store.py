@@ -92,8 +92,8 @@ class Store:
         self.dir = state_dir
         self.on_commit: Callable[[float], None] | None = None  # seconds per commit (metrics)
         try:
-            # Partial results are the users' data: this user's only (the master's umask makes
-            # every file in it 0600), and an older, wider directory is narrowed.
+            # Partial results are the users' data: this user's only (its files are 0600), and
+            # an older, wider directory is narrowed.
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if state_dir.stat().st_mode & 0o077:
                 state_dir.chmod(0o700)
@@ -119,7 +119,7 @@ class Store:
     def _lock(self) -> int:
         path = self.dir / LOCK_NAME
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise StateDirError(f"state dir {self.dir} is not writable: {e}") from e
         try:
@@ -137,6 +137,10 @@ class Store:
 
     def _open(self, fresh: bool) -> sqlite3.Connection:
         try:
+            # Partial results are the users' data: 0600, and SQLite gives its -wal and -shm
+            # files the database's own mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

@@ -12,9 +12,11 @@ import zmq
 from shardmill import __version__
 from shardmill.errors import InvalidTransition, ProtocolError, StateDirError
 from shardmill.master.brain import events as ev
-from shardmill.master.core import Core, send
+from shardmill.master.core import Core, send, user_id
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode_checked
+from shardmill.wire.handshake import fingerprint
+from shardmill.wire.keyring import WORKERS, Keyring
 from shardmill.wire.protocol import (
     WORKER_KINDS,
     Disconnect,
@@ -31,6 +33,7 @@ from shardmill.wire.protocol import (
 
 log = logging.getLogger(__name__)
 Result = tuple[bytes, list[Buffer]]
+MAX_RTT = 10.0  # seconds: an echo older than this (or from the future) is not believed
 Handler = Callable[[bytes, Any, list[Buffer]], object]
 
 
@@ -38,10 +41,16 @@ class WorkerMessages:
     """Decodes what workers send and feeds the brain; the loop carries out what it decides."""
 
     def __init__(
-        self, core: Core, sock: zmq.Socket[bytes], *, apply: Callable[[ev.Event, Result], object]
+        self,
+        core: Core,
+        sock: zmq.Socket[bytes],
+        *,
+        apply: Callable[[ev.Event, Result], object],
+        keyring: Keyring | None = None,
     ) -> None:
         self.core = core
         self.sock = sock
+        self.keyring = keyring  # None without CURVE
         self._apply_with_result = apply  # a result rides along with its event, for the merge
         self.handlers: dict[str, Handler] = {
             "ready": self._on_ready,
@@ -59,6 +68,8 @@ class WorkerMessages:
         """One worker message: the per-message boundary of the worker socket."""
         identity = bytes(frames[0].bytes)
         worker = _name(identity)
+        if self.keyring is not None and not self._key_holds(identity, worker, frames[-1]):
+            return
         try:
             decoded = decode_checked(
                 frames[1:],
@@ -75,6 +86,29 @@ class WorkerMessages:
         except Exception as e:  # the per-message boundary: log, reply, keep serving everyone
             log.error("error handling a worker message from %s", worker, exc_info=True)
             send(self.sock, identity, ErrorReply(code="internal", message=str(e)))
+
+    def _key_holds(self, identity: bytes, worker: str, frame: Any) -> bool:
+        """Whether this message's key may speak for `worker`: still in workers/ (a SIGHUP may
+        have revoked it: the worker is dropped and told), and the key it registered with (no
+        other key holder can take over its id)."""
+        assert self.keyring is not None
+        key = user_id(frame)
+        bound = self.core.peers.keys.setdefault(worker, key)
+        if self.keyring.keys.name(WORKERS, key.encode()) is None:
+            text = (
+                f"this worker's key (fingerprint {fingerprint(key.encode())}) is no longer in "
+                "the master's workers/ folder: it was revoked"
+            )
+            log.warning("worker %s refused: %s", worker, text)
+            send(self.sock, identity, ErrorReply(code="revoked", message=text))
+            if worker in self.core.brain.workers:
+                self.core.peers.hello.pop(worker, None)
+                self.core.apply(ev.WorkerLeft(worker))
+            return False
+        if bound != key:
+            log.warning("worker id %s used by another key than its own: ignored", worker)
+            return False
+        return True
 
     def _on_ready(self, identity: bytes, msg: Ready, arrays: list[Buffer]) -> None:
         worker = _name(identity)
@@ -113,6 +147,8 @@ class WorkerMessages:
 
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, arrays: list[Buffer]) -> None:
         rtt = time.monotonic() - msg.echo if msg.echo else None
+        if rtt is not None and not 0 <= rtt <= MAX_RTT:  # not an echo of our recent ping
+            rtt = None
         self.core.apply(ev.WorkerSeen(_name(identity), rtt))
 
     def _on_draining(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
@@ -124,6 +160,7 @@ class WorkerMessages:
         worker = _name(identity)
         log.info("worker %s disconnected, handing back %d shards", worker, len(msg.handback))
         self.core.peers.hello.pop(worker, None)
+        self.core.peers.keys.pop(worker, None)
         self.core.apply(ev.WorkerLeft(worker, tuple(msg.handback)))
 
     def _on_failed(self, identity: bytes, msg: ShardFailed, arrays: list[Buffer]) -> None:

@@ -236,7 +236,7 @@ class Agent:
                 self.max_bytes = msg.max_message_bytes
                 # Beat at the master's pace from now on, not at our default's next tick.
                 self.next_beat = min(self.next_beat, time.monotonic() + self.interval)
-            case ErrorReply(code="version"):
+            case ErrorReply(code="version" | "revoked"):
                 log.error("master refused this worker: %s", msg.message)
                 self.fatal = msg.message
             case ErrorReply():

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from shardmill.cli.main import main
+from shardmill.cli.main import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

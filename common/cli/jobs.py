@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 
 from shardmill import exitcodes
-from shardmill.cli.follow import follow, poll_until_done
 from shardmill.cli.spec import spec_fields
 from shardmill.cli.tables import (
     console,
@@ -51,6 +50,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return exitcodes.OK
         if not args.json:
             console.print(f"job [bold]{job.id}[/] submitted")
+            from shardmill.cli.follow import follow  # rich.progress: only when it follows
+
             follow(job, args.timeout)
         return _print_result(args, job)
 
@@ -114,6 +115,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from shardmill.cli.follow import follow, poll_until_done
+
     with connect(args) as client:
         job = client.job(args.job)
         if args.json:

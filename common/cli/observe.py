@@ -8,15 +8,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardmill import exitcodes
 from shardmill.cli.jobs import connect
-from shardmill.observe.report import render_report
-from shardmill.observe.timeline import Timeline
-from shardmill.observe.trace import chrome_trace
+
+if TYPE_CHECKING:  # imported by the commands that use them: every CLI start pays for imports
+    from shardmill.observe.timeline import Timeline
 
 
 def _timeline(args: argparse.Namespace) -> Timeline:
+    from shardmill.observe.timeline import Timeline
+
     with connect(args) as client:
         return Timeline.of(client.status(args.job, shards=True))
 
@@ -36,10 +39,14 @@ def _write(args: argparse.Namespace, text: str, what: str) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from shardmill.observe.report import render_report
+
     return _write(args, render_report(_timeline(args)), "the report")
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    from shardmill.observe.trace import chrome_trace
+
     return _write(args, json.dumps(chrome_trace(_timeline(args))), "the trace")
 
 

@@ -205,8 +205,8 @@ def _health(sub: Subparsers) -> None:
     p.add_argument("--master", help="ping this master client address instead of a file")
     p.add_argument(
         "--file",
-        help="a master's or worker's --health-file (default $SHARDMILL_HEALTH_FILE, "
-        "or the role's own $SHARDMILL_WORKER_HEALTH_FILE / $SHARDMILL_MASTER_HEALTH_FILE)",
+        help="a master's or worker's --health-file (default: $SHARDMILL_WORKER_HEALTH_FILE, "
+        "$SHARDMILL_MASTER_HEALTH_FILE or $SHARDMILL_HEALTH_FILE, the first one set)",
     )
     p.add_argument("--max-age", type=float, default=10.0, help="seconds (with --file)")
     _security_flags(p)

@@ -63,9 +63,12 @@ def add_identity(directory: Path, role: str, name: str) -> Path:
     if not (directory / "master.key").exists():
         raise ConfigError(f"{directory} holds no master.key; run `shardmill keygen {directory}`")
     public = directory / FOLDER[role] / f"{name}.key"
-    if public.exists():
-        raise ConfigError(f"{public} exists: {role} {name!r} has a key; remove it to make anew")
     out = directory / HANDOUT / f"{role}-{name}"
+    if public.exists() or out.exists():
+        raise ConfigError(
+            f"{role} {name!r} has a key already ({public} or {out}); remove both to make a "
+            "new one (then send the master SIGHUP)"
+        )
     out.mkdir(parents=True, mode=0o700)
     zmq.auth.create_certificates(out, role)
     os.chmod(out / f"{role}.key_secret", 0o600)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 FunctionRef = Annotated[
     str,
@@ -61,10 +61,17 @@ class JobSpec(Frozen):
     )
     speculate_after: float | None = Field(
         default=None,
-        ge=0,
         description="back up a shard running this many times the job's median shard time "
-        "(None: the master's setting; 0: never)",
+        "(None: the master's setting; 0: never; else at least 1)",
     )
+
+    @field_validator("speculate_after")
+    @classmethod
+    def _sane_speculation(cls, v: float | None) -> float | None:
+        if v is not None and v != 0 and not 1 <= v < float("inf"):
+            raise ValueError("speculate_after: 0 (never) or a factor of at least 1, such as 2")
+        return v
+
     # ---- datasets, sharding strategies and op options (see shardmill.data.plan) ----
     format: DatasetFormat | None = Field(default=None, description="None: from the path")
     strategy: Strategy = "rows"

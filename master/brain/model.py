@@ -137,6 +137,7 @@ class Job:
     state: JobState = JobState.RUNNING
     owner: str = ""  # the submitting client's public key (CURVE), for quotas and fair share
     turn: int = 0  # when it was last leased a shard (a count): equal shares take turns
+    backups: int = 0  # speculative attempts running now (they hold slots too)
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
@@ -303,8 +304,8 @@ class Worker:
         about one round trip of work, so long ones are not hoarded."""
         floor = min(self.slots, self.prefetch)
         per_task = max(mean_run, MIN_TASK_SECONDS)  # the agent's own cost per task, at least
-        need = math.ceil(self.slots * (self.rtt or 0.0) / per_task)
-        return min(self.prefetch, max(floor, need))
+        need = min(float(self.prefetch), self.slots * (self.rtt or 0.0) / per_task)
+        return min(self.prefetch, max(floor, math.ceil(need)))
 
     def credits(self, queue: int) -> int:
         """Tasks it may be sent now: free slots, plus `queue` shards waiting behind them."""

@@ -65,6 +65,9 @@ class Roster:
             self._out.append(ev.CancelOnWorker(w.worker_id, lease.job_id))
             return
         shard = job.shards[lease.shard]
+        if shard.backup == w.worker_id and shard.state is S.LEASED:
+            w.leases[job.job_id, shard.index] = (job.job_id, shard.index)  # its backup runs on
+            return
         if shard.state in TERMINAL or (shard.lease and shard.lease != w.worker_id):
             return  # done already, or re-run elsewhere: its result will be a counted duplicate
         if shard.state is S.QUEUED:
@@ -147,6 +150,7 @@ class Roster:
                 w.leases.pop((job.job_id, shard.index), None)
             self._out.append(ev.CancelOnWorker(other, job.job_id, (shard.index,)))
         shard.backup = None
+        job.backups -= 1
 
     def _lose_racer(self, job: Job, shard: Shard, worker: str, err: ErrorInfo) -> None:
         """One of a shard's two attempts ended without a result (failed, or its worker was
@@ -155,6 +159,7 @@ class Roster:
         if shard.lease == worker:
             shard.lease = shard.backup
         shard.backup = None
+        job.backups -= 1
         w = self.workers.get(worker)
         if w is not None:
             w.leases.pop((job.job_id, shard.index), None)

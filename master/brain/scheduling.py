@@ -43,7 +43,9 @@ class Share:
     def __init__(self, active: dict[str, Job]) -> None:
         self.jobs = list(runnable_jobs(active))
         self.order = {job.job_id: i for i, job in enumerate(self.jobs)}
-        self.held = {job.job_id: job.counts[ShardState.LEASED] for job in active.values()}
+        self.held = {
+            job.job_id: job.counts[ShardState.LEASED] + job.backups for job in active.values()
+        }
         self.by_owner: dict[str, int] = {}
         self.owner_turn: dict[str, int] = {}  # when its client was last served
         for job in active.values():

@@ -60,7 +60,8 @@ def _stragglers(
             started = _open_attempt_start(shard, w.worker_id)
             factor = _factor(job, timing)
             wait = max(timing.speculate_min_age, factor * job.median_run)
-            at = started if job.slow_on(w.worker_id, factor) else started + wait
+            known_slow = job.slow_on(w.worker_id, factor)
+            at = started + (timing.speculate_min_age if known_slow else wait)
             if at <= now:
                 slow.append((started, job, shard, w.worker_id))
             elif due is None or at < due:

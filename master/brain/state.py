@@ -308,6 +308,7 @@ class MasterState(Roster):
         self._backup_due = plan.due
         for job, shard, w in plan.backups:
             shard.backup = w.worker_id
+            job.backups += 1
             w.leases[job.job_id, shard.index] = (job.job_id, shard.index)
             attempt = shard.start_attempt(w.worker_id, now=self._now, backup=True)
             shard.story.append(f"backup attempt {attempt} on {w.worker_id}: a straggler")

@@ -16,7 +16,7 @@ import pytest
 import zmq
 from helpers import FAST, cluster_env, run_cli, wait_until
 
-from shardmill import LocalCluster, ServerError
+from shardmill import LocalCluster, ServerError, exitcodes
 from shardmill.errors import UnknownFunction
 from shardmill.ops.registry import Registry
 from shardmill.wire.codec import encode
@@ -194,3 +194,28 @@ def test_the_state_dir_is_readable_by_its_owner_only(owned: LocalCluster) -> Non
     assert files and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in files), [
         (p.name, oct(p.stat().st_mode)) for p in files
     ]
+
+
+def test_a_revoked_worker_is_dropped_and_a_bad_key_file_does_not_stop_the_master(
+    owned: LocalCluster,
+) -> None:
+    assert owned.keys_dir is not None and owned.master is not None and owned.log_dir is None
+    keys = Path(owned.keys_dir)
+    made = run_cli("keygen", "--worker", "w2", str(keys))
+    assert made.returncode == 0, made.stderr
+    # Given a junk file among the client keys: SIGHUP logs it and keeps the keys it had
+    (keys / "clients" / "junk.key").write_text("not a key\n")
+    owned.master.send_signal(signal.SIGHUP)
+    # And w2's key is accepted once the junk is gone
+    (keys / "clients" / "junk.key").unlink()
+    owned.master.send_signal(signal.SIGHUP)
+    proc = owned.add_worker("--keys", str(keys / "handout" / "worker-w2"))
+    with owned.client() as client:
+        wait_until(lambda: len(client.workers()) == 2, what="w2 registered")
+        # When w2's public key is deleted and the master is sent SIGHUP
+        (keys / "workers" / "w2.key").unlink()
+        owned.master.send_signal(signal.SIGHUP)
+        # Then w2 is told at its next message and exits with the settings code; it is gone
+        assert proc.wait(timeout=30) == exitcodes.CONFIG
+        wait_until(lambda: len(client.workers()) == 1, what="w2 dropped")
+        assert client.map("sm_tasks:square", [(3,)]).result(timeout=30) == [9]

@@ -457,7 +457,7 @@ def test_no_backups_when_the_job_says_never() -> None:
     assert _sends(s.handle(ev.Tick(), now=3.9)) == [] and s.next_deadline() == pytest.approx(4)
 
 
-def test_a_shard_on_a_known_slow_worker_is_backed_up_as_soon_as_a_slot_idles() -> None:
+def test_a_shard_on_a_known_slow_worker_is_backed_up_without_waiting_for_the_median() -> None:
     s = _state()
     s.handle(ev.WorkerReady("w1", slots=1), now=0)
     s.handle(ev.WorkerReady("w2", slots=1), now=0)
@@ -465,9 +465,13 @@ def test_a_shard_on_a_known_slow_worker_is_backed_up_as_soon_as_a_slot_idles() -
     for shard, now in ((0, 1), (2, 2), (3, 3)):  # w1: 1 s per shard
         s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 1.0), now=now)
     s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 3.5), now=3.5)  # w2 took 3.5 s: 5 goes to it
-    # When w1 finishes the last queued shard / Then w2's fresh shard is backed up at once
-    sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4))
+    # When w1 finishes the last queued shard / Then w2's shard is backed up once it is
+    # speculate_min_age (1 s) old, not 2 x the median: w2 is known to be slow
+    assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4)) == []
+    assert s.next_deadline() == pytest.approx(4.5)
+    sends = _sends(s.handle(ev.Tick(), now=4.5))
     assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
+    assert s.jobs["j"].backups == 1
 
 
 def test_owner_priority_and_run_times_survive_a_restart() -> None:
@@ -484,3 +488,32 @@ def test_owner_priority_and_run_times_survive_a_restart() -> None:
     sends = _sends(s.handle(ev.WorkerReady("w1", slots=2), now=5))
     # Then bob gets a slot (his share), alice's other one goes to her priority-9 job
     assert sorted(c.job_id for c in sends) == ["b", "c"]
+
+
+def test_a_backup_holder_that_re_registers_keeps_its_backup() -> None:
+    s = _state()
+    _straggling(s)
+    s.handle(ev.Tick(), now=3.01)  # backup of 3 on w1
+    # When w1 re-registers still holding its backup / Then the backup stays its own
+    s.handle(ev.WorkerReady("w1", slots=1, held=(Lease(job_id="j", shard=3, attempt=2),)), now=3.2)
+    shard = s.jobs["j"].shards[3]
+    assert (shard.lease, shard.backup) == ("w2", "w1") and ("j", 3) in s.workers["w1"].leases
+    # And when w2 fails it, the backup carries on as the one attempt
+    s.handle(ev.ShardFailed("w2", "j", 3, 1, _error()), now=3.3)
+    assert (shard.lease, shard.backup, shard.charged) == ("w1", None, 0)
+    s.handle(ev.ShardSucceeded("w1", "j", 3, 2, 0.5), now=3.5)
+    assert s.job_info("j").state == "done" and s.jobs["j"].backups == 0
+
+
+def test_a_forged_round_trip_cannot_overflow_the_window() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1, prefetch=8), now=0)
+    s.handle(ev.WorkerSeen("w1", rtt=1e308), now=0)
+    assert s.workers["w1"].queue_window(0.001) == 8
+
+
+def test_a_job_may_not_ask_for_backups_below_its_median() -> None:
+    for bad in (0.5, 1e-9, float("inf")):
+        with pytest.raises(ValueError, match="at least 1"):
+            JobSpec(op="map", function="m:f", speculate_after=bad)
+    assert JobSpec(op="map", function="m:f", speculate_after=0).speculate_after == 0
