@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_cli import cli_queries
 from bench_cluster import scale, startup
 from bench_context import Bench
 from bench_far import far_workers
@@ -45,6 +46,7 @@ WORKLOADS: dict[str, Callable[[Bench], list[Metric]]] = {
     "W5": w5_fault,
     "far": far_workers,
     "straggler": straggler,
+    "cli": cli_queries,
 }
 BIG_SCALE_TASKS = 10_000_000
 FOREIGN_WARN = 0.05  # warn when other processes took more than 5% of the CPUs
