@@ -171,7 +171,8 @@ class Compose:
 
     def copy_client_keys(self) -> None:
         """Copy what a host client needs out of the `keys` volume, as the README shows."""
-        tar = [*self.command, "exec", "-T", "master", "tar", "-C", "/keys", "-c", *CLIENT_KEYS]
+        # The dashboard mounts the client's keys (the master holds no client secret)
+        tar = [*self.command, "exec", "-T", "dashboard", "tar", "-C", "/keys", "-c", *CLIENT_KEYS]
         proc = subprocess.run(
             tar, capture_output=True, timeout=60, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL
         )
