@@ -85,10 +85,10 @@ def test_every_command_line_parses_with_the_cli(objects: list[dict[str, Any]]) -
 
 
 def test_keys_come_from_the_secret_as_each_role_reads_them(objects: list[dict[str, Any]]) -> None:
-    """The master: its pair and its key folders (as `shardmill keygen` lays them out), and the
-    client pair its health probe pings with; a worker or client: its pair and master.key."""
+    """The master: its pair and its key folders (as `shardmill keygen` lays them out), no client
+    secret (its probes read its health file); a worker or client: its pair and master.key."""
     want = {
-        "shardmill-master": {"master.key", "master.key_secret", "client.key", "client.key_secret"}
+        "shardmill-master": {"master.key", "master.key_secret"}
         | {f"{FOLDER[r]}/{r}.key" for r in FOLDER}
         | {f"{ADMINS}/client.key"},
         "shardmill-worker": {"master.key", "worker.key", "worker.key_secret"},
