@@ -157,7 +157,7 @@ class Agent:
         )
         self._close_socket(linger=0)
         self._connect()
-        self._resend_recent()  # results sent just before the silence may be lost with it
+        self.recent.resend(self._send_frames)  # results sent before the silence may be lost
         self.last_heard = now + self.reconnect_delay - self.interval * self.liveness
         self.reconnect_delay = min(self.settings.reconnect_max, self.reconnect_delay * 2)
 
@@ -171,10 +171,6 @@ class Agent:
             self.poller.unregister(self.sock)
             self.sock.close(linger=linger)
             self.sock = None
-
-    def _resend_recent(self) -> None:
-        for frames in self.recent:
-            self._send_frames(frames)
 
     def _ready(self) -> Ready:
         held = [lease for c in self.children if c.running for lease in c.running.leases]
@@ -199,18 +195,25 @@ class Agent:
 
     def _drain_socket(self) -> None:
         assert self.sock is not None
+        echo = 0.0  # the newest ping's clock, echoed once after the drain (not once per ping)
         while True:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                break
             self._heard()
             try:
                 decoded = decode(frames)
             except ProtocolError as e:
                 log.warning("bad message from master: %s", e)
                 continue
+            if isinstance(decoded.msg, MasterPing):
+                echo = max(echo, decoded.msg.sent)
+                continue
             self._on_master(decoded.msg, [memoryview(f.buffer) for f in frames])
+        if echo:  # the master times the round trip with it; it is our beat, too
+            self._send(Heartbeat(echo=echo))
+            self.next_beat = time.monotonic() + self.interval
 
     def _heard(self) -> None:
         now = time.monotonic()
@@ -225,9 +228,6 @@ class Agent:
                     self.handback.extend(task_leases(msg))
                 else:
                     self.pending.append((msg, frames))  # forwarded as received
-            case MasterPing(sent=sent) if sent:
-                self._send(Heartbeat(echo=sent))  # at once: the master times the round trip
-                self.next_beat = time.monotonic() + self.interval  # and it is our beat
             case CancelTasks(job_id=job, shards=shards):
                 self._cancel(job, set(shards))
             case Welcome():
@@ -243,8 +243,10 @@ class Agent:
                 log.warning("master refused a message: %s %s", msg.code, msg.message)
             case _ if msg.kind == "reregister":
                 log.info("master asked this worker to register again")
+                for child in [c for c in self.children if c.running and c.has_output()]:
+                    self._on_child(child)  # a result already written is sent, not held
                 self._send(self._ready())
-                self._resend_recent()  # a restarted master may have lost uncommitted merges
+                self.recent.resend(self._send_frames)  # a restarted master may have lost some
 
     def _send(self, msg: Message, arrays: list[Any] | None = None) -> None:
         self._send_frames(encode(msg, arrays or ()))

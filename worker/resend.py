@@ -8,7 +8,7 @@ the master merges the first copy of each shard and counts the rest as duplicates
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 from shardmill.wire.protocol import ErrorInfo
@@ -37,8 +37,10 @@ class Recent:
             _, old = self.sent.popleft()
             self.nbytes -= _size(old)
 
-    def __iter__(self) -> Iterator[list[Any]]:
-        return (frames for _, frames in self.sent)
+    def resend(self, send: Callable[[list[Any]], None]) -> None:
+        """Send each kept result again (the master counts a second copy as a duplicate)."""
+        for _, frames in self.sent:
+            send(frames)
 
 
 def too_large(size: int, limit: int) -> ErrorInfo:

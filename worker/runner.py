@@ -4,6 +4,7 @@ death. What runs inside each child is `executor.py`."""
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
 import subprocess
 import sys
@@ -63,6 +64,10 @@ class ChildProcess:
 
     def fileno(self) -> int:
         return self.fd
+
+    def has_output(self) -> bool:
+        """Whether the child has written something not read yet (its result, or its EOF)."""
+        return bool(select.select([self.fd], [], [], 0)[0])
 
     def start(self, task: Task, frames: list[Buffer], now: float) -> bool:
         """Hand the child a task (the frames as the master sent them); False if it is dead."""

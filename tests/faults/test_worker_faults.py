@@ -54,6 +54,9 @@ def test_sigstop_then_sigcont_worker(fresh_cluster: LocalCluster, runs_dir: str)
         job = _slow_job(client, runs_dir, 6, 0.3)
         victim = worker_of(client, job)
         pid = agent_pid(client, victim)
+        # Its child has started the shard (leased is not yet started: the agent may hold it)
+        shard = next(s.index for s in job.status(shards=True).shards or [] if s.worker == victim)
+        wait_until(lambda: Path(runs_dir, f"s{shard}.pid").exists(), what="the shard started")
         # When the agent stops answering (SIGSTOP) / Then it is expired and the job completes
         os.kill(pid, signal.SIGSTOP)
         try:
