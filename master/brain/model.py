@@ -228,6 +228,13 @@ class Job:
             self._median = (len(self.runs), statistics.median(self.runs) if self.runs else 0.0)
         return self._median[1]
 
+    def record_run(self, worker: str, seconds: float, shards: int = 1) -> None:
+        """`shards` merged shards that ran `seconds` in all on `worker`: the medians and
+        per-worker averages straggler backups measure against."""
+        self.runs.extend([seconds / shards] * shards)
+        n, total = self.by_worker.get(worker, (0, 0.0))
+        self.by_worker[worker] = (n + shards, total + seconds)
+
     def slow_on(self, worker: str, factor: float) -> bool:
         """Whether `worker`'s merged shards of this job took `factor` times the median or
         more, on average: a slow host, whose running shard is a straggler from its start."""

@@ -36,9 +36,7 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
             job.ready.append(i)
         for a in shard.history:  # what straggler backups measure against: merged shards' runs
             if a.outcome == "ok" and a.ran is not None:
-                job.runs.append(a.ran)
-                n, seconds = job.by_worker.get(a.worker, (0, 0.0))
-                job.by_worker[a.worker] = (n + 1, seconds + a.ran)
+                job.record_run(a.worker, a.ran)
     return job
 
 

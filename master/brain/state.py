@@ -132,9 +132,7 @@ class MasterState(Roster):
             w.done += len(members)
         job.ok_runs += len(members)
         job.ok_seconds += e.duration
-        job.runs.extend([e.duration / len(members)] * len(members))
-        n, seconds = job.by_worker.get(e.worker, (0, 0.0))
-        job.by_worker[e.worker] = (n + len(members), seconds + e.duration)
+        job.record_run(e.worker, e.duration, len(members))
         attempts = {e.shard: e.attempt, **dict(e.more)}
         for m in members:
             self._end_race(job, m, e.worker)
