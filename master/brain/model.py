@@ -108,12 +108,18 @@ class Shard:
     ) -> Attempt | None:
         """End its latest open attempt (on `worker`, if named): that attempt, or None when none
         was open."""
+        attempt = self.open_attempt(worker)
+        if attempt is not None:
+            attempt.ended = now
+            attempt.outcome = outcome
+            attempt.error = err
+            attempt.ran = ran
+        return attempt
+
+    def open_attempt(self, worker: str | None = None) -> Attempt | None:
+        """Its latest attempt still running (on `worker`, if named)."""
         for attempt in reversed(self.history):
             if attempt.ended is None and (worker is None or attempt.worker == worker):
-                attempt.ended = now
-                attempt.outcome = outcome
-                attempt.error = err
-                attempt.ran = ran
                 return attempt
         return None
 

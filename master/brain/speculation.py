@@ -57,11 +57,14 @@ def _stragglers(
             shard = job.shards[key[1]]
             if not _alone_on(shard, w, key):
                 continue
-            started = _open_attempt_start(shard, w.worker_id)
-            factor = _factor(job, timing)
-            wait = max(timing.speculate_min_age, factor * job.median_run)
-            known_slow = job.slow_on(w.worker_id, factor)
-            at = started + (timing.speculate_min_age if known_slow else wait)
+            attempt = shard.open_attempt(w.worker_id)
+            if attempt is None:
+                continue
+            started, factor = attempt.started, _factor(job, timing)
+            wait = timing.speculate_min_age
+            if not job.slow_on(w.worker_id, factor):  # a known slow worker waits no median
+                wait = max(wait, factor * job.median_run)
+            at = started + wait
             if at <= now:
                 slow.append((started, job, shard, w.worker_id))
             elif due is None or at < due:
@@ -87,10 +90,3 @@ def _speculates(job: Job, timing: Timing) -> bool:
 def _batched(w: Worker, key: tuple[str, int]) -> bool:
     task = w.leases[key]
     return sum(1 for t in w.leases.values() if t == task) > 1
-
-
-def _open_attempt_start(shard: Shard, worker: str) -> float:
-    for attempt in reversed(shard.history):
-        if attempt.ended is None and attempt.worker == worker:
-            return attempt.started
-    return float("inf")  # no open attempt: never slow
