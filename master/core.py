@@ -34,6 +34,11 @@ class Peers:
     shares_memory: set[str] = field(default_factory=set)
     keys: dict[str, str] = field(default_factory=dict)  # worker -> the key it registered with
 
+    def forget(self, worker: str) -> None:
+        """A worker gone (disconnected, expired, revoked): its READY and key binding with it."""
+        self.hello.pop(worker, None)
+        self.keys.pop(worker, None)
+
 
 @dataclass
 class Core:

@@ -326,8 +326,7 @@ class MasterLoop:
 
     def _expired(self, cmd: ev.WorkerExpired, result: Result | None) -> None:
         self.metrics.shards_requeued.inc(cmd.requeued)
-        self.core.peers.hello.pop(cmd.worker, None)
-        self.core.peers.keys.pop(cmd.worker, None)
+        self.core.peers.forget(cmd.worker)
         log.warning(
             "worker %s expired after %.1f s of silence; %d shards requeued",
             cmd.worker,

@@ -102,7 +102,7 @@ class WorkerMessages:
             log.warning("worker %s refused: %s", worker, text)
             send(self.sock, identity, ErrorReply(code="revoked", message=text))
             if worker in self.core.brain.workers:
-                self.core.peers.hello.pop(worker, None)
+                self.core.peers.forget(worker)
                 self.core.apply(ev.WorkerLeft(worker))
             return False
         if bound != key:
@@ -159,8 +159,7 @@ class WorkerMessages:
     def _on_disconnect(self, identity: bytes, msg: Disconnect, arrays: list[Buffer]) -> None:
         worker = _name(identity)
         log.info("worker %s disconnected, handing back %d shards", worker, len(msg.handback))
-        self.core.peers.hello.pop(worker, None)
-        self.core.peers.keys.pop(worker, None)
+        self.core.peers.forget(worker)
         self.core.apply(ev.WorkerLeft(worker, tuple(msg.handback)))
 
     def _on_failed(self, identity: bytes, msg: ShardFailed, arrays: list[Buffer]) -> None:
