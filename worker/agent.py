@@ -303,8 +303,8 @@ class Agent:
             self._fail(running.task, too_large(size, self.max_bytes), running.started)
             return
         self._send_frames(frames)
-        # Kept while the master may not have it: since it was last heard, and a margin.
-        self.recent.keep(now, frames, min(now, self.last_heard) - 2 * self.interval * self.liveness)
+        horizon = min(now, self.last_heard) - 2 * self.interval * self.liveness  # and a margin
+        self.recent.keep(now, frames, size, horizon)  # the master may not have had it
 
     def _report_death(self, child: ChildProcess) -> None:
         running = child.running

@@ -22,24 +22,24 @@ class Recent:
     worker's memory."""
 
     def __init__(self) -> None:
-        self.sent: collections.deque[tuple[float, list[Any]]] = collections.deque()
+        self.sent: collections.deque[tuple[float, list[Any], int]] = collections.deque()
         self.nbytes = 0
 
-    def keep(self, now: float, frames: list[Any], horizon: float) -> None:
-        """Remember `frames` sent at `now`; forget what was sent before `horizon`."""
-        self.sent.append((now, frames))
-        self.nbytes += _size(frames)
+    def keep(self, now: float, frames: list[Any], size: int, horizon: float) -> None:
+        """Remember `frames` (`size` bytes) sent at `now`; forget what was sent before
+        `horizon`."""
+        self.sent.append((now, frames, size))
+        self.nbytes += size
         while self.sent and (
             self.sent[0][0] < horizon
             or len(self.sent) > MAX_RESEND
             or self.nbytes > MAX_RESEND_BYTES
         ):
-            _, old = self.sent.popleft()
-            self.nbytes -= _size(old)
+            self.nbytes -= self.sent.popleft()[2]
 
     def resend(self, send: Callable[[list[Any]], None]) -> None:
         """Send each kept result again (the master counts a second copy as a duplicate)."""
-        for _, frames in self.sent:
+        for _, frames, _ in self.sent:
             send(frames)
 
 
@@ -52,7 +52,3 @@ def too_large(size: int, limit: int) -> ErrorInfo:
         message=f"the shard's result is {size:,} bytes, above the master's max_message_bytes="
         f"{limit:,}; use more shards or write the output to files",
     )
-
-
-def _size(frames: list[Any]) -> int:
-    return sum(memoryview(f).nbytes for f in frames)
