@@ -82,7 +82,7 @@ class Snapshot(Collector):
 
 
 def _busy(brain: MasterState) -> int:
-    return sum(min(w.slots, len(w.tasks())) for w in brain.workers.values())
+    return sum(min(w.slots, w.leases.held) for w in brain.workers.values())
 
 
 class Metrics:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from shardmill.master.brain.transitions import (
@@ -284,15 +286,73 @@ class Job:
         )
 
 
+Key = tuple[str, int]  # (job, shard); a task is named by its first shard's key
+
+
+class Leases:
+    """What one worker holds: each leased shard's task, and the tasks in the order it got them
+    (it runs them first come, first served: the oldest `slots` are executing). A batch is one
+    task of several shards. Kept counted, so asking how many tasks it holds costs no scan."""
+
+    def __init__(self, worker_id: str, changed: set[str]) -> None:
+        self.worker_id = worker_id
+        self._task: dict[Key, Key] = {}
+        self._size: dict[Key, int] = {}  # task -> its shards still held, oldest task first
+        self._changed = changed  # the roster's: workers whose room may have grown
+
+    def add(self, key: Key, task: Key) -> None:
+        if key in self._task:
+            self.drop(key)
+        self._task[key] = task
+        self._size[task] = self._size.get(task, 0) + 1
+
+    def drop(self, key: Key) -> None:
+        task = self._task.pop(key, None)
+        if task is None:
+            return
+        left = self._size[task] - 1
+        if left:
+            self._size[task] = left
+        else:
+            del self._size[task]
+        self._changed.add(self.worker_id)
+
+    def task_of(self, key: Key) -> Key:
+        return self._task[key]
+
+    def batched(self, key: Key) -> bool:
+        """Whether the shard went in a task with others."""
+        return self._size[self._task[key]] > 1
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._task)
+
+    def tasks(self) -> list[Key]:
+        """Its tasks, oldest first."""
+        return list(self._size)
+
+    def executing(self, slots: int) -> list[Key]:
+        """The tasks it is running now: its oldest `slots`."""
+        return list(itertools.islice(self._size, slots))
+
+    @property
+    def held(self) -> int:
+        """Tasks it holds."""
+        return len(self._size)
+
+    def __len__(self) -> int:
+        return len(self._task)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._task
+
+
 @dataclass
 class Worker:
     worker_id: str
     slots: int
     last_seen: float
-    # (job, shard) -> the task it went in, (job, first shard), in the order they were leased:
-    # the worker runs tasks first come, first served, so the oldest `slots` tasks are the
-    # executing ones and the rest wait in its queue. A batch is one task of several shards.
-    leases: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    leases: Leases
     prefetch: int = 0  # the most it queues beyond its slots (its own cap)
     rtt: float | None = None  # seconds: the master's ping to its echo, smoothed
     window: int = 0  # the queue last allowed to it (shown by `workers`)
@@ -300,15 +360,15 @@ class Worker:
     done: int = 0
     failed: int = 0
 
-    def tasks(self) -> list[tuple[str, int]]:
-        """Its tasks, oldest first."""
-        return list(dict.fromkeys(self.leases.values()))
-
     def observe_rtt(self, sample: float) -> None:
         """A ping's round trip; smoothed, with a rise taken at once (a queue must cover it)."""
         if sample >= 0:
             old = self.rtt
             self.rtt = sample if old is None or sample > old else old + (sample - old) / 8
+
+    def tasks(self) -> list[Key]:
+        """Its tasks, oldest first."""
+        return self.leases.tasks()
 
     def queue_window(self, mean_run: float) -> int:
         """Shards to queue beyond its slots for a job whose shards run `mean_run` seconds: enough
@@ -324,5 +384,4 @@ class Worker:
         """Tasks it may be sent now: free slots, plus `queue` shards waiting behind them."""
         if self.draining:
             return 0
-        held = len(set(self.leases.values()))
-        return max(0, self.slots + queue - held)
+        return max(0, self.slots + queue - self.leases.held)

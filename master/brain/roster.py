@@ -6,11 +6,9 @@ The half of the brain that tracks who is alive and what each one holds; the job 
 
 from __future__ import annotations
 
-import collections
-
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.failures import lost_error
-from shardmill.master.brain.model import Job, Shard, Timing, Worker
+from shardmill.master.brain.model import Job, Leases, Shard, Timing, Worker
 from shardmill.master.brain.transitions import TERMINAL, ShardState
 from shardmill.wire.protocol import ErrorInfo, Lease
 
@@ -22,6 +20,8 @@ class Roster:
 
     jobs: dict[str, Job]
     workers: dict[str, Worker]
+    room: set[str]  # workers whose room for tasks may have grown since the last dispatch
+    _expiry_due: float | None
     timing: Timing
     _out: list[ev.Command]
     _now: float
@@ -42,6 +42,7 @@ class Roster:
         w.last_seen = self._now
         if rtt is not None:
             w.observe_rtt(rtt)
+        self.room.add(worker)  # its window may have grown: dispatch looks at it again
         return True
 
     def _on_draining(self, e: ev.WorkerDraining) -> None:
@@ -53,7 +54,11 @@ class Roster:
         if old is not None:  # re-registration: what it no longer holds goes back to the queue
             held = {(lease.job_id, lease.shard) for lease in e.held}
             self._release_leases(old, charge=False, keep=held)
-        w = Worker(worker_id=e.worker, slots=e.slots, last_seen=self._now, prefetch=e.prefetch)
+        leases = Leases(e.worker, self.room)
+        w = Worker(e.worker, e.slots, self._now, leases, prefetch=e.prefetch)
+        self.room.add(e.worker)
+        expiry = self._now + self.timing.expiry
+        self._expiry_due = expiry if self._expiry_due is None else min(self._expiry_due, expiry)
         self.workers[e.worker] = w
         for lease in e.held:
             self._adopt(w, lease)
@@ -66,7 +71,7 @@ class Roster:
             return
         shard = job.shards[lease.shard]
         if shard.backup == w.worker_id and shard.state is S.LEASED:
-            w.leases[job.job_id, shard.index] = (job.job_id, shard.index)  # its backup runs on
+            w.leases.add((job.job_id, shard.index), (job.job_id, shard.index))  # backup runs on
             return
         if shard.state in TERMINAL or (shard.lease and shard.lease != w.worker_id):
             return  # done already, or re-run elsewhere: its result will be a counted duplicate
@@ -77,7 +82,7 @@ class Roster:
         if shard.state is S.QUEUED:
             job.move(shard, S.LEASED, f"held by reconnecting worker {w.worker_id}")
         shard.lease = w.worker_id
-        w.leases[job.job_id, shard.index] = (job.job_id, shard.index)
+        w.leases.add((job.job_id, shard.index), (job.job_id, shard.index))
 
     def _on_left(self, e: ev.WorkerLeft) -> None:
         w = self.workers.pop(e.worker, None)
@@ -87,6 +92,10 @@ class Roster:
         self._release_leases(w, charge=False, keep=set(), uncharged=handed)
 
     def _expire_workers(self) -> None:
+        """Workers silent for the expiry time are lost; the next one due is noted (heard from
+        since, it is due later: the note is only ever early, and the next Tick looks again)."""
+        if self._expiry_due is not None and self._now < self._expiry_due:
+            return
         for w in list(self.workers.values()):
             silence = self._now - w.last_seen
             if silence >= self.timing.expiry:
@@ -94,6 +103,12 @@ class Roster:
                 n = len(w.leases)
                 self._release_leases(w, charge=True, keep=set(), silence=silence)
                 self._out.append(ev.WorkerExpired(w.worker_id, n, silence))
+        self._expiry_due = self._first_expiry()
+
+    def _first_expiry(self) -> float | None:
+        """When the longest silent worker expires, if it stays silent."""
+        oldest = min((w.last_seen for w in self.workers.values()), default=None)
+        return None if oldest is None else oldest + self.timing.expiry
 
     def _release_leases(
         self,
@@ -110,11 +125,10 @@ class Roster:
         there, never started, and go back uncharged, as do handed-back shards. A worker that
         re-registers releases what it no longer holds, uncharged."""
         lost = charge or uncharged is not None
-        executing = set(w.tasks()[: w.slots])
-        sizes = collections.Counter(w.leases.values())
+        executing = set(w.leases.executing(w.slots))
         err = lost_error(w.worker_id, silence if charge else None)
         for key in sorted(set(w.leases) - keep):
-            task = w.leases[key]
+            task = w.leases.task_of(key)
             job = self.jobs[key[0]]
             shard = job.shards[key[1]]
             if shard.backup is not None and w.worker_id in (shard.lease, shard.backup):
@@ -129,7 +143,7 @@ class Roster:
                 self._give_back(job, shard, "released", "released on re-registration")
             elif task not in executing:
                 self._give_back(job, shard, "never started", f"queued on lost worker {w.worker_id}")
-            elif sizes[task] > 1:  # which shard of a batch ran is unknown: each runs alone
+            elif w.leases.batched(key):  # which shard of a batch ran is unknown: each runs alone
                 shard.solo = True
                 why = f"batch lost with worker {w.worker_id}"
                 self._give_back(job, shard, "lost with its batch", why)
@@ -147,7 +161,7 @@ class Roster:
             assert other is not None
             w = self.workers.get(other)
             if w is not None:
-                w.leases.pop((job.job_id, shard.index), None)
+                w.leases.drop((job.job_id, shard.index))
             self._out.append(ev.CancelOnWorker(other, job.job_id, (shard.index,)))
         shard.backup = None
         job.backups -= 1
@@ -162,4 +176,4 @@ class Roster:
         job.backups -= 1
         w = self.workers.get(worker)
         if w is not None:
-            w.leases.pop((job.job_id, shard.index), None)
+            w.leases.drop((job.job_id, shard.index))

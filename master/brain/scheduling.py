@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from shardmill.master.brain.model import Job, Shard, Worker
 from shardmill.master.brain.transitions import ShardState
@@ -11,12 +12,16 @@ from shardmill.master.brain.transitions import ShardState
 MAX_BATCH = 16  # shards in one task at most
 
 
+Lease = Callable[[Job, Shard, Worker, list[Shard]], None]
+
+
 def dispatch(
     active: dict[str, Job],
     workers: dict[str, Worker],
+    room: set[str],
     prefetch_below: float,
     *,
-    lease: Callable[[Job, Shard, Worker, list[Shard]], None],
+    lease: Lease,
 ) -> None:
     """Hand ready shards to workers with free credits, shared fairly, spreading the load.
 
@@ -25,16 +30,27 @@ def dispatch(
     (so a small job submitted behind a big one starts at once, and one client's many jobs
     cannot crowd out another's). Then, only if no job waits for a slot with long shards, jobs
     of short shards also fill each worker's queue (its window), so a child finds its next shard
-    waiting instead of a round trip through the master."""
-    roster = workers.values()
-    if not any(w.credits(w.prefetch) for w in roster):
-        return
+    waiting instead of a round trip through the master.
+
+    Only the workers in `room` are looked at: those whose room was last seen above zero, or
+    may have grown since (a lease ended, it registered, it was heard from); the ones left
+    with none leave the set. So a result costs a look at its own worker, not at them all."""
     share = Share(active)
     if not share.jobs:
         return
-    _fill(share, workers, prefetch_below, lease, windows=False)
-    if share.jobs and all(job.prefetches(prefetch_below) for job in share.jobs):
-        _fill(share, workers, prefetch_below, lease, windows=True)
+    open_ = {
+        w: workers[w] for w in room if w in workers and workers[w].credits(workers[w].prefetch)
+    }
+    room.intersection_update(open_)  # the others have no room at any window
+    if not open_:
+        return
+    total = _Slots(workers)
+    _fill(share, open_, total, prefetch_below, lease, windows=False)
+    windows = bool(share.jobs) and all(job.prefetches(prefetch_below) for job in share.jobs)
+    if windows:
+        _fill(share, open_, total, prefetch_below, lease, windows=True)
+    # Full now: a worker leaves until its room grows (a lease ends, or it is heard from).
+    room.difference_update(w for w, x in open_.items() if not x.credits(x.window if windows else 0))
 
 
 class Share:
@@ -78,33 +94,91 @@ class Share:
             self.jobs.remove(job)
 
 
+class Free:
+    """Workers with room for a job's next task and how much, most room first (a heap whose
+    entries are checked against `room` when they surface)."""
+
+    def __init__(self, room: dict[str, int]) -> None:
+        self.room = room
+        self.heap = [(-n, w) for w, n in room.items()]
+        heapq.heapify(self.heap)
+
+    def pick(self, avoid: str | None) -> str:
+        """Most room first, then by name; not `avoid` (where a retry failed) if another has room."""
+        best = self._top()
+        if best != avoid or len(self.room) == 1:
+            return best
+        top = heapq.heappop(self.heap)
+        other = self._top()
+        heapq.heappush(self.heap, top)
+        return other
+
+    def take(self, worker: str) -> None:
+        n = self.room.get(worker, 0) - 1
+        if n > 0:
+            self.room[worker] = n
+            heapq.heappush(self.heap, (-n, worker))
+        else:
+            self.room.pop(worker, None)
+
+    def _top(self) -> str:
+        while True:
+            n, w = self.heap[0]
+            if self.room.get(w) == -n:
+                return w
+            heapq.heappop(self.heap)
+
+
+class _Slots:
+    """All workers' slots, counted once per dispatch and only if a batch asks."""
+
+    def __init__(self, workers: dict[str, Worker]) -> None:
+        self.workers = workers
+        self.n: int | None = None
+
+    def __call__(self) -> int:
+        if self.n is None:
+            self.n = sum(w.slots for w in self.workers.values() if not w.draining) or 1
+        return self.n
+
+
 def _fill(
     share: Share,
     workers: dict[str, Worker],
+    slots: Callable[[], int],
     prefetch_below: float,
-    lease: Callable[[Job, Shard, Worker, list[Shard]], None],
+    lease: Lease,
     *,
     windows: bool,
 ) -> None:
     """Lease shards one at a time, each to the job whose turn it is: into free slots, or (with
     `windows`) into the queues of workers near enough in time to need them."""
-    roster = workers.values()
     full: set[str] = set()  # jobs no worker has room for in this pass
+    frees: dict[str, Free] = {}  # per job (windows differ by job), or one for slots
     while (job := share.next(full)) is not None:
         prefetch = job.prefetches(prefetch_below)
-        queue = windows and prefetch
-        free = {w.worker_id: n for w in roster if (n := w.credits(_queue(w, job, queue))) > 0}
-        if not free:
+        key = job.job_id if windows else ""
+        if (free := frees.get(key)) is None:
+            queue = windows and prefetch
+            room = {
+                w.worker_id: n
+                for w in workers.values()
+                if (n := w.credits(_queue(w, job, queue))) > 0
+            }
+            free = frees[key] = Free(room)
+        if not free.room:
             if not windows:
                 return  # slots are the same for every job: none is free
             full.add(job.job_id)
             continue
         shard = job.shards[job.ready[0]]
-        worker = pick_worker(free, shard)
+        worker = free.pick(shard.history[-1].worker if shard.history else None)
         job.ready.popleft()
-        more = take_batch(job, shard, roster) if prefetch else []
+        more = take_batch(job, shard, slots) if prefetch else []
         lease(job, shard, workers[worker], more)
         share.took(job, 1 + len(more))
+        for other in frees.values():  # one task more on it, whatever job it was for
+            other.take(worker)
 
 
 def _queue(worker: Worker, job: Job, prefetch: bool) -> int:
@@ -124,22 +198,14 @@ def runnable_jobs(active: dict[str, Job]) -> Iterator[Job]:
             yield job
 
 
-def pick_worker(free: dict[str, int], shard: Shard) -> str:
-    """Most free credits first; a retry avoids the worker its last attempt failed on."""
-    last = shard.history[-1].worker if shard.history else None
-    ranked = sorted(free, key=lambda w: (w == last, -free[w], w))
-    return ranked[0]
-
-
-def take_batch(job: Job, first: Shard, workers: Iterable[Worker]) -> list[Shard]:
+def take_batch(job: Job, first: Shard, slots: Callable[[], int]) -> list[Shard]:
     """More shards to send with `first` in one task, taken off the job's queue: short shards
     of a dataset op that never failed, as many as keep the tail fine grained (guided
     self-scheduling: a task takes the ready shards / (2 x the slots), so the last tasks are
     single shards)."""
     if not job.batchable or first.solo or first.charged:
         return []
-    slots = sum(w.slots for w in workers if not w.draining) or 1
-    size = min(MAX_BATCH, math.ceil((len(job.ready) + 1) / (2 * slots)))
+    size = min(MAX_BATCH, math.ceil((len(job.ready) + 1) / (2 * slots())))
     more: list[Shard] = []
     while job.ready and len(more) < size - 1:
         nxt = job.shards[job.ready[0]]

@@ -24,11 +24,14 @@ class Plan:
 
 
 def plan_backups(
-    active: dict[str, Job], workers: dict[str, Worker], timing: Timing, now: float
+    active: dict[str, Job],
+    workers: dict[str, Worker],
+    idle: dict[str, int],
+    timing: Timing,
+    now: float,
 ) -> Plan:
-    free = {w.worker_id: n for w in workers.values() if (n := w.credits(0)) > 0}
-    if not free:
-        return Plan([], None)
+    """Backups onto the `idle` workers (free slots by worker), longest running shard first."""
+    free = dict(idle)
     slow, due = _stragglers(active, workers, timing, now)
     backups = []
     for _, job, shard, holder in sorted(slow, key=lambda s: s[0]):  # the longest running first
@@ -50,9 +53,9 @@ def _stragglers(
     slow: list[tuple[float, Job, Shard, str]] = []
     due: float | None = None
     for w in workers.values():
-        for key in w.tasks()[: w.slots]:  # the ones it is executing (it runs them in order)
+        for key in w.leases.executing(w.slots):
             job = active.get(key[0])
-            if job is None or job.finished or not _speculates(job, timing):
+            if job is None or job.finished or not speculates(job, timing):
                 continue
             shard = job.shards[key[1]]
             if not _alone_on(shard, w, key):
@@ -76,17 +79,12 @@ def _alone_on(shard: Shard, w: Worker, key: tuple[str, int]) -> bool:
     """Whether `w` runs the shard's only attempt, and not in a batch."""
     if shard.backup is not None or shard.lease != w.worker_id:
         return False
-    return shard.state is ShardState.LEASED and not _batched(w, key)
+    return shard.state is ShardState.LEASED and not w.leases.batched(key)
 
 
 def _factor(job: Job, timing: Timing) -> float:
     return timing.speculate_after if job.spec.speculate_after is None else job.spec.speculate_after
 
 
-def _speculates(job: Job, timing: Timing) -> bool:
+def speculates(job: Job, timing: Timing) -> bool:
     return _factor(job, timing) > 0 and len(job.runs) >= MIN_RUNS
-
-
-def _batched(w: Worker, key: tuple[str, int]) -> bool:
-    task = w.leases[key]
-    return sum(1 for t in w.leases.values() if t == task) > 1

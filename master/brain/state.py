@@ -14,11 +14,12 @@ from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
 from shardmill.master.brain.restore import restored_job
 from shardmill.master.brain.roster import Roster
 from shardmill.master.brain.scheduling import dispatch
-from shardmill.master.brain.speculation import plan_backups
+from shardmill.master.brain.speculation import plan_backups, speculates
 from shardmill.master.brain.transitions import TERMINAL, JobState, ShardState
 from shardmill.wire.protocol import ErrorInfo, JobInfo
 
 S = ShardState
+PLAN_EVERY = 0.05  # seconds between looks for stragglers while results come in
 
 
 class MasterState(Roster):
@@ -37,6 +38,9 @@ class MasterState(Roster):
         self.jobs: dict[str, Job] = {}
         self.active: dict[str, Job] = {}  # unfinished jobs, in submission order
         self.workers: dict[str, Worker] = {}
+        self.room: set[str] = set()  # workers that may have room for a task (see dispatch)
+        self._expiry_due: float | None = None  # the earliest a worker may expire, or sooner
+        self._next_plan = 0.0  # when speculation may look for stragglers again
         self.hold_until = 0.0  # after a restart: let workers re-register before dispatching
         self._waiting: list[tuple[float, str, int]] = []  # (not_before, job, shard) heap
         self._out: list[ev.Command] = []
@@ -76,7 +80,9 @@ class MasterState(Roster):
     def next_deadline(self) -> float | None:
         """The earliest time a Tick could change anything (expiry, end of a backoff, a shard
         slow enough for a backup)."""
-        times = [w.last_seen + self.timing.expiry for w in self.workers.values()]
+        if self._expiry_due is not None and self._expiry_due <= self._now:
+            self._expiry_due = self._first_expiry()  # heard from since, most likely
+        times = [] if self._expiry_due is None else [self._expiry_due]
         if self.hold_until > self._now:
             times.append(self.hold_until)
         if self._backup_due is not None:
@@ -100,7 +106,7 @@ class MasterState(Roster):
         if shard.lease is not None:
             w = self.workers.get(shard.lease)
             if w is not None:
-                w.leases.pop((job.job_id, shard.index), None)
+                w.leases.drop((job.job_id, shard.index))
             shard.lease = None
 
     def _give_back(
@@ -116,7 +122,7 @@ class MasterState(Roster):
         if w is not None:
             w.last_seen = self._now
             for index in indices:
-                w.leases.pop((e.job_id, index), None)
+                w.leases.drop((e.job_id, index))
         else:
             self._out.append(ev.AskReregister(e.worker))
         job = self.jobs.get(e.job_id)
@@ -156,9 +162,9 @@ class MasterState(Roster):
         w = self.workers.get(e.worker)
         if w is not None:
             w.last_seen = self._now
-            w.leases.pop((e.job_id, e.shard), None)
+            w.leases.drop((e.job_id, e.shard))
             for index, _ in e.more:
-                w.leases.pop((e.job_id, index), None)
+                w.leases.drop((e.job_id, index))
             w.failed += 1
         found = self._shard_for(e.job_id, e.shard)
         if found is None:
@@ -297,17 +303,31 @@ class MasterState(Roster):
 
     def _dispatch(self) -> None:
         if self._now >= self.hold_until:
-            dispatch(self.active, self.workers, self.timing.prefetch_below, lease=self._lease)
+            room, workers = self.room, self.workers
+            dispatch(self.active, workers, room, self.timing.prefetch_below, lease=self._lease)
             self._speculate()
 
     def _speculate(self) -> None:
-        """Backups of shards running far past their job's median, on workers with idle slots."""
-        plan = plan_backups(self.active, self.workers, self.timing, self._now)
+        """Backups of shards running far past their job's median, on workers with idle slots:
+        looked for at most every PLAN_EVERY seconds (it walks every worker's running tasks),
+        and when the next straggler is due."""
+        idle: dict[str, int] = {}
+        if any(speculates(job, self.timing) for job in self.active.values()):
+            idle = {w: n for w in self.room if (n := self.workers[w].credits(0)) > 0}
+        if not idle:
+            self._backup_due = None
+            return
+        due = self._backup_due
+        if self._now < self._next_plan and (due is None or self._now < due):
+            self._backup_due = self._next_plan if due is None else min(due, self._next_plan)
+            return
+        self._next_plan = self._now + PLAN_EVERY
+        plan = plan_backups(self.active, self.workers, idle, self.timing, self._now)
         self._backup_due = plan.due
         for job, shard, w in plan.backups:
             shard.backup = w.worker_id
             job.backups += 1
-            w.leases[job.job_id, shard.index] = (job.job_id, shard.index)
+            w.leases.add((job.job_id, shard.index), (job.job_id, shard.index))
             attempt = shard.start_attempt(w.worker_id, now=self._now, backup=True)
             shard.story.append(f"backup attempt {attempt} on {w.worker_id}: a straggler")
             self._out.append(
@@ -320,7 +340,7 @@ class MasterState(Roster):
         for s in [shard, *more]:
             job.move(s, S.LEASED, f"leased to {w.worker_id}" + (" in a batch" if more else ""))
             s.lease = w.worker_id
-            w.leases[job.job_id, s.index] = task
+            w.leases.add((job.job_id, s.index), task)
             attempts.append((s.index, s.start_attempt(w.worker_id, now=self._now)))
         if job.started_at is None:
             job.started_at = self._now

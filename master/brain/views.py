@@ -14,7 +14,7 @@ def worker_infos(
     infos = []
     for w in workers:
         ready = hello.get(w.worker_id)
-        tasks = len(w.tasks())
+        tasks = w.leases.held
         infos.append(
             WorkerInfo(
                 worker_id=w.worker_id,
