@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from shardmill.client import Client
+from typing import TYPE_CHECKING, Any
+
 from shardmill.errors import (
     ConfigError,
     HandshakeRefused,
@@ -18,9 +19,28 @@ from shardmill.errors import (
     ServerError,
     ShardmillError,
 )
-from shardmill.job import Job
-from shardmill.local import LocalCluster
 from shardmill.task import task
+
+if TYPE_CHECKING:
+    from shardmill.client import Client
+    from shardmill.job import Job
+    from shardmill.local import LocalCluster
+
+# Imported on first use: a worker's task process, the master and a CLI query import the
+# package without needing the client (and its settings, pydantic-settings) at all.
+_LAZY = {"Client": "shardmill.client", "Job": "shardmill.job", "LocalCluster": "shardmill.local"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardmill' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Client",

@@ -10,9 +10,8 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import zmq
 from pydantic import ValidationError
 
@@ -29,7 +28,7 @@ from shardmill.errors import (
 )
 from shardmill.job import LONG_POLL, Job, unpack_result
 from shardmill.wire import shm
-from shardmill.wire.codec import Decoded, decode, encode, pack_value
+from shardmill.wire.codec import Decoded, decode, encode, is_array, pack_value
 from shardmill.wire.handshake import HandshakeWatch
 from shardmill.wire.protocol import (
     CancelJob,
@@ -54,6 +53,9 @@ from shardmill.wire.protocol import (
 )
 from shardmill.wire.security import Security
 from shardmill.wire.spec import JobSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 MAX_CHUNKS = 64
@@ -186,7 +188,7 @@ class Client:
         }
         if fields.get("output") is not None:
             fields["output"] = os.path.abspath(os.fspath(fields["output"]))
-        if not isinstance(dataset, np.ndarray):
+        if not is_array(dataset):
             if dataset is not None:
                 fields["dataset"] = located(os.fspath(dataset))
             return self._submit(Submit(spec=job_spec(op=op, **fields)), [])

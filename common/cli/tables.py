@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -74,7 +74,8 @@ def out(args: argparse.Namespace, data: Any, human: Any) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray | np.generic):
+    np = sys.modules.get("numpy")  # no array where NumPy was never loaded
+    if np is not None and isinstance(value, np.ndarray | np.generic):
         return value.tolist()
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
@@ -87,6 +88,8 @@ def to_jsonable(value: Any) -> Any:
 
 def show_value(value: Any) -> None:
     # A table for per-column statistics (1-D arrays); anything else prints as it is.
+    import numpy as np
+
     if isinstance(value, dict) and "mean" in value and np.ndim(value["mean"]) == 1:
         stats = [k for k in ("mean", "std", "min", "max", "sum") if k in value]
         table = Table("column", *stats)

@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shardmill.errors import SharedMemoryError
+from shardmill.wire.codec import is_array
 from shardmill.wire.protocol import ShmRef
 
 SHM_DIR = Path("/dev/shm")
@@ -80,7 +79,7 @@ def remove(name: str) -> None:
 
 
 def frame_bytes(frame: Any) -> int:
-    return memoryview(frame).nbytes if not isinstance(frame, np.ndarray) else frame.nbytes
+    return frame.nbytes if is_array(frame) else memoryview(frame).nbytes
 
 
 def write_segment(
@@ -339,6 +338,8 @@ def _owned_file(path: Path) -> bool:
 
 
 def _bytes_view(frame: Any) -> memoryview:
+    import numpy as np
+
     if isinstance(frame, np.ndarray):
         arr = frame if frame.flags.c_contiguous else np.ascontiguousarray(frame)
         return arr.reshape(-1).view(np.uint8).data
@@ -346,6 +347,8 @@ def _bytes_view(frame: Any) -> memoryview:
 
 
 def _address(frame: Any) -> int:
+    import numpy as np
+
     if isinstance(frame, np.ndarray):
         return int(frame.ctypes.data)
     return int(np.frombuffer(frame, dtype=np.uint8).ctypes.data)
