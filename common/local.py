@@ -6,6 +6,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,14 +69,38 @@ class LocalCluster:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> LocalCluster:
-        self.start_master()
-        for _ in range(self.n_workers):
-            self.add_worker()
+        """Start the master and the workers at once (on ports chosen here, so the workers need
+        not wait for the master to announce them), then wait until every worker registered."""
+        for tries_left in (1, 0):
+            fresh = not self.worker_address
+            if fresh:
+                self.worker_address, self.client_address = _free_address(), _free_address()
+            self._spawn_master()
+            for _ in range(self.n_workers):
+                self.add_worker()
+            try:
+                self._await_master()
+                break
+            except ClusterStartError:
+                if not (fresh and tries_left):
+                    raise
+                # A port we chose was taken meanwhile: once more, on new ones.
+                for proc in [*self.workers, self.master]:
+                    if proc is not None:
+                        proc.kill()
+                        proc.wait()
+                self.worker_address = self.client_address = ""
+                self.workers = []
         self.wait_for_workers(self.n_workers)
         return self
 
     def start_master(self) -> subprocess.Popen[bytes]:
         """Start the master; after a first start, on the same ports (and state dir)."""
+        master = self._spawn_master()
+        self._await_master()
+        return master
+
+    def _spawn_master(self) -> subprocess.Popen[bytes]:
         interval, liveness = self.heartbeat
         ports = [_port(self.worker_address), _port(self.client_address)]
         cmd = [
@@ -102,7 +127,11 @@ class LocalCluster:
         self.master = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=self._log("master"), env=self.env
         )
-        assert self.master.stdout is not None
+        return self.master
+
+    def _await_master(self) -> None:
+        """Read the master's listening line: its addresses (and metrics URL)."""
+        assert self.master is not None and self.master.stdout is not None
         line = _read_line(self.master.stdout, self.startup_timeout)
         try:
             ready = json.loads(line)
@@ -111,7 +140,6 @@ class LocalCluster:
         except (ValueError, KeyError) as e:
             self.stop()
             raise ClusterStartError(f"master did not announce its ports (got {line!r})") from e
-        return self.master
 
     def kill_master(self) -> None:
         """SIGKILL the master, as a crash would (tests and demos of recovery)."""
@@ -225,6 +253,13 @@ def _env(env: dict[str, str] | None) -> dict[str, str]:
     paths = [os.getcwd(), *filter(None, out.get("PYTHONPATH", "").split(os.pathsep))]
     out["PYTHONPATH"] = os.pathsep.join(paths)
     return out
+
+
+def _free_address() -> str:
+    """A loopback TCP address no one listens on now (the kernel's pick, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _port(address: str) -> str:
