@@ -56,13 +56,13 @@ class Agent:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.interval = settings.heartbeat_interval
         self.liveness = settings.heartbeat_liveness
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
+        self.children = [self._spawn(fork=True) for _ in range(settings.slots)]  # before zmq
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None
         self.met_master = False  # a handshake with the master succeeded once
         self.poller = zmq.Poller()
-        self.children = [self._spawn() for _ in range(settings.slots)]
         # Short shards the master may send beyond our slots wait in `pending` and start the
         # moment a child is free; at most `prefetch` (the master sizes the window below it).
         cap = settings.prefetch
@@ -261,8 +261,8 @@ class Agent:
 
     # ---- children ------------------------------------------------------------------------------
 
-    def _spawn(self) -> ChildProcess:
-        return ChildProcess(self.worker_id, list(self.settings.imports))
+    def _spawn(self, fork: bool = False) -> ChildProcess:
+        return ChildProcess(self.worker_id, list(self.settings.imports), fork=fork)
 
     def _replace(self, child: ChildProcess) -> None:
         self.poller.unregister(child.fileno())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from shardmill.errors import ProtocolError
 from shardmill.wire.codec import Buffer, Decoded, decode
 from shardmill.wire.protocol import ErrorInfo, Lease, Task
+from shardmill.worker.forked import Forked
 from shardmill.worker.pipes import read_frames, write_frames
 
 
@@ -44,13 +45,18 @@ def task_leases(task: Task) -> list[Lease]:
 class ChildProcess:
     """One child process; the agent polls `fileno()` for its replies."""
 
-    def __init__(self, worker_id: str, modules: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardmill.worker.executor", worker_id, *modules],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-        )
+    def __init__(self, worker_id: str, modules: list[str], *, fork: bool = False) -> None:
+        """A fresh interpreter, or with `fork` a copy of the agent (see forked.py)."""
+        self.proc: subprocess.Popen[bytes] | Forked
+        if fork:
+            self.proc = Forked([worker_id, *modules])
+        else:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shardmill.worker.executor", worker_id, *modules],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+            )
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
         self.running: Running | None = None
