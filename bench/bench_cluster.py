@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench_cold import cold
 from bench_context import Bench
 from bench_data import WrongResult
 from bench_harness import (
@@ -19,6 +21,7 @@ from bench_harness import (
     WORKERS,
     Metric,
     Target,
+    cluster_env,
     interleaved,
     new_cluster,
     vm_hwm_mib,
@@ -52,6 +55,37 @@ def startup(b: Bench) -> list[Metric]:
         ready.add(label, [r["ready"] for r in runs])
         first.add(label, [r["first"] for r in runs])
     return [ready, first]
+
+
+def cold_start(b: Bench) -> list[Metric]:
+    """Import + LocalCluster(workers=2) + a first map answered, in a fresh process each time
+    (bench_cold.py), every system in turn; the first round warms the file cache."""
+    names = {SHARDMILL: "shardmill", POOL: "pool"}
+    names.update({n.title(): n for n in available_optional()})
+    rounds: dict[str, list[dict[str, float]]] = {label: [] for label in names}
+    for _ in range(b.reps + 1):
+        for label, name in names.items():
+            b.settle()
+            rounds[label].append(cold(name, cluster_env()))
+    total = Metric(
+        "cold",
+        "cold start: a fresh process imports, starts 2 workers, first map of 10 answered",
+        "s",
+        False,
+        target=Target("<=", 1.0),
+        note="wall from spawning the process; Dask's in the same run is the bar to beat",
+    )
+    parts = {}
+    for label, runs in rounds.items():
+        runs = runs[1:]
+        total.add(label, [r["answered"] for r in runs])
+        parts[label] = {
+            step: statistics.median(r[step] - r[prev] for r in runs)
+            for prev, step in (("start", "imported"), ("imported", "ready"), ("ready", "answered"))
+        }
+        parts[label]["interpreter"] = statistics.median(r["start"] for r in runs)
+    total.extra["split"] = parts
+    return [total]
 
 
 def _other_start(b: Bench, name: str) -> dict[str, Any]:

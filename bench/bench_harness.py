@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import statistics
 import time
@@ -16,6 +17,7 @@ from shardmill import LocalCluster
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 DATA_DIR = BENCH_DIR / ".data"
+log = logging.getLogger("bench")
 SHARDMILL = "shardmill"
 POOL = "Pool(2)"
 HANGS = "hangs"
@@ -45,10 +47,12 @@ class Sizes:
     scale_tasks: int = 1_000_000
     curve_shards: tuple[int, ...] = (2, 8, 32, 128, 512, 2048)
     far_tasks: int = 2_000
+    many_workers: int = 500
+    many_shards: int = 20_000
 
 
 FULL = Sizes("full")
-QUICK = Sizes("quick", rows=1_000_000, scale_tasks=100_000)
+QUICK = Sizes("quick", rows=1_000_000, scale_tasks=100_000, many_workers=200, many_shards=5_000)
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,10 @@ def prepare_environment() -> None:
     with the message limit lifted for W4."""
     os.chdir(REPO_DIR)
     os.environ.update(MESSAGE_LIMIT_ENV)
+    # With PYTHONDONTWRITEBYTECODE set (some CI images do), every process of the cluster and
+    # every CLI run compiles its imports from source: start-up would measure the compiler.
+    if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+        log.warning("PYTHONDONTWRITEBYTECODE unset for the processes the benchmark starts")
 
 
 def cluster_env() -> dict[str, str]:
@@ -153,6 +161,12 @@ def child_pids(pid: int) -> list[int]:
         return [int(p) for p in path.read_text().split()]
     except FileNotFoundError:
         return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """A live process's CPU time so far (user + system, every thread)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def vm_hwm_mib(pid: int) -> float:

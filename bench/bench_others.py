@@ -45,6 +45,9 @@ class DaskSystem:
         result: list[int] = self.client.gather(self.client.map(noop1, range(n), pure=False))
         return result
 
+    def map_noop_each(self, n: int) -> list[int]:
+        return self.map_noop(n)  # a task per item already
+
     def call_noop(self) -> None:
         self.client.submit(noop, pure=False).result()
 
@@ -112,6 +115,9 @@ class RaySystem:
     def map_noop(self, n: int) -> list[int]:
         result: list[int] = self.ray.get([self.noop1.remote(i) for i in range(n)])
         return result
+
+    def map_noop_each(self, n: int) -> list[int]:
+        return self.map_noop(n)  # a task per item already
 
     def call_noop(self) -> None:
         self.ray.get(self.noop.remote())

@@ -32,6 +32,10 @@ class System(Protocol):
         """Run noop1(i) for i in range(n), one task each; results in order."""
         ...
 
+    def map_noop_each(self, n: int) -> list[int]:
+        """The same, one task per message (no chunking, whatever the system would do)."""
+        ...
+
     def call_noop(self) -> None:
         """One synchronous no-op round trip."""
         ...
@@ -75,6 +79,11 @@ class ShardmillSystem:
 
     def map_noop(self, n: int) -> list[int]:
         job = self.client.map("bench_tasks:noop1", [(i,) for i in range(n)])
+        result: list[int] = job.result(timeout=JOB_TIMEOUT)
+        return result
+
+    def map_noop_each(self, n: int) -> list[int]:
+        job = self.client.map("bench_tasks:noop1", [(i,) for i in range(n)], chunk_size=1)
         result: list[int] = job.result(timeout=JOB_TIMEOUT)
         return result
 
@@ -125,7 +134,7 @@ class ShardmillSystem:
         # with their number (RESULTS.md): each repetition starts without the last one's.
         prune = getattr(self.client, "prune", None)
         if prune is not None:
-            prune()
+            prune(0)
 
     def close(self) -> None:
         self.client.close()
@@ -142,6 +151,9 @@ class PoolSystem:
 
     def map_noop(self, n: int) -> list[int]:
         return self.pool.map(noop1, range(n))
+
+    def map_noop_each(self, n: int) -> list[int]:
+        return self.pool.map(noop1, range(n), chunksize=1)
 
     def call_noop(self) -> None:
         self.pool.apply(noop)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench_cli import cli_queries
-from bench_cluster import scale, startup
+from bench_cluster import cold_start, scale, startup
 from bench_context import Bench
 from bench_far import far_workers
 from bench_fault import w5_fault
@@ -26,6 +26,7 @@ from bench_harness import (
     Metric,
     prepare_environment,
 )
+from bench_many import many_workers
 from bench_report import evaluate, machine, render, write_json
 from bench_runtime import REV_ENV, rerun_at
 from bench_straggler import straggler
@@ -37,6 +38,7 @@ log = logging.getLogger("bench")
 # Each workload gets a fresh cluster (what one leaves on the master must not slow the next).
 WORKLOADS: dict[str, Callable[[Bench], list[Metric]]] = {
     "startup": startup,
+    "cold": cold_start,
     "W1": w1_throughput,
     "W2": w2_latency,
     "W3": w3_by_reference,
@@ -47,6 +49,7 @@ WORKLOADS: dict[str, Callable[[Bench], list[Metric]]] = {
     "far": far_workers,
     "straggler": straggler,
     "cli": cli_queries,
+    "many": many_workers,
 }
 BIG_SCALE_TASKS = 10_000_000
 FOREIGN_WARN = 0.05  # warn when other processes took more than 5% of the CPUs
