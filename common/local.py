@@ -76,28 +76,39 @@ class LocalCluster:
             if fresh:
                 self.worker_address, self.client_address = _free_address(), _free_address()
             self._spawn_master()
+            given = self.worker_address
             for _ in range(self.n_workers):
                 self.add_worker()
             try:
                 self._await_master()
+                if self.worker_address != given:  # master_args chose the port: follow it
+                    self._kill_workers()
+                    for _ in range(self.n_workers):
+                        self.add_worker()
                 break
             except ClusterStartError:
                 if not (fresh and tries_left):
+                    self.stop()
                     raise
                 # A port we chose was taken meanwhile: once more, on new ones.
-                for proc in [*self.workers, self.master]:
-                    if proc is not None:
-                        proc.kill()
-                        proc.wait()
+                self._kill_workers()
+                self.kill_master()
                 self.worker_address = self.client_address = ""
-                self.workers = []
-        self.wait_for_workers(self.n_workers)
+        try:
+            self.wait_for_workers(self.n_workers)
+        except ClusterStartError:
+            self.stop()  # nothing is left running behind a failed start
+            raise
         return self
 
     def start_master(self) -> subprocess.Popen[bytes]:
         """Start the master; after a first start, on the same ports (and state dir)."""
         master = self._spawn_master()
-        self._await_master()
+        try:
+            self._await_master()
+        except ClusterStartError:
+            self.stop()
+            raise
         return master
 
     def _spawn_master(self) -> subprocess.Popen[bytes]:
@@ -138,7 +149,6 @@ class LocalCluster:
             self.worker_address, self.client_address = ready["workers"], ready["clients"]
             self.metrics_url = ready.get("metrics")  # with --metrics-port
         except (ValueError, KeyError) as e:
-            self.stop()
             raise ClusterStartError(f"master did not announce its ports (got {line!r})") from e
 
     def kill_master(self) -> None:
@@ -148,6 +158,12 @@ class LocalCluster:
             self.master.wait()
             if self.master.stdout is not None:
                 self.master.stdout.close()
+
+    def _kill_workers(self) -> None:
+        for proc in self.workers:
+            proc.kill()
+            proc.wait()
+        self.workers = []
 
     def add_worker(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start one more worker agent; it gets work as soon as it registers."""
