@@ -90,6 +90,7 @@ class Roster:
             return
         handed = {(lease.job_id, lease.shard) for lease in e.handback}
         self._release_leases(w, charge=False, keep=set(), uncharged=handed)
+        self.room.discard(e.worker)
 
     def _expire_workers(self) -> None:
         """Workers silent for the expiry time are lost; the next one due is noted (heard from
@@ -102,6 +103,7 @@ class Roster:
                 del self.workers[w.worker_id]
                 n = len(w.leases)
                 self._release_leases(w, charge=True, keep=set(), silence=silence)
+                self.room.discard(w.worker_id)
                 self._out.append(ev.WorkerExpired(w.worker_id, n, silence))
         self._expiry_due = self._first_expiry()
 

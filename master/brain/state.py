@@ -313,7 +313,9 @@ class MasterState(Roster):
         and when the next straggler is due."""
         idle: dict[str, int] = {}
         if any(speculates(job, self.timing) for job in self.active.values()):
-            idle = {w: n for w in self.room if (n := self.workers[w].credits(0)) > 0}
+            # In name order: which idle worker takes a backup must not follow set order.
+            workers = (self.workers.get(w) for w in sorted(self.room))
+            idle = {w.worker_id: n for w in workers if w is not None and (n := w.credits(0)) > 0}
         if not idle:
             self._backup_due = None
             return

@@ -517,3 +517,25 @@ def test_a_job_may_not_ask_for_backups_below_its_median() -> None:
         with pytest.raises(ValueError, match="at least 1"):
             JobSpec(op="map", function="m:f", speculate_after=bad)
     assert JobSpec(op="map", function="m:f", speculate_after=0).speculate_after == 0
+
+
+def test_an_idle_worker_leaving_while_every_shard_is_leased_costs_nothing() -> None:
+    # Given a job with a median (3 merged shards) whose last shards are all leased, and an
+    # idle third worker
+    s = _state()
+    for w in ("w1", "w2"):
+        s.handle(ev.WorkerReady(w, slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 5), now=0)
+    for shard, w, now in ((0, "w1", 0.1), (1, "w2", 0.1), (2, "w1", 0.2)):
+        s.handle(ev.ShardSucceeded(w, "j", shard, 1, 0.1), now=now)
+    s.handle(ev.WorkerReady("idle", slots=1), now=0.3)
+    # When the idle worker leaves, and another expires silent
+    s.handle(ev.WorkerLeft("idle"), now=0.4)
+    s.handle(ev.WorkerReady("quiet", slots=1), now=0.4)
+    s.handle(ev.Tick(), now=0.4 + s.timing.expiry + 1)
+    # Then the brain goes on (no stale worker looked up), and the expired workers' shards
+    # go to the next worker
+    assert set(s.workers) == set() and s.room == set()
+    sends = _sends(s.handle(ev.WorkerReady("w3", slots=2), now=10))
+    assert sorted(c.shard for c in sends) == [3, 4]
+    assert sorted(s.workers["w3"].leases) == [("j", 3), ("j", 4)]
