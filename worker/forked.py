@@ -9,12 +9,14 @@ started afresh (`python -m shardmill.worker.executor`), as the agent's sockets e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import BinaryIO
 
 
@@ -26,21 +28,17 @@ class Forked:
 
         r_in, w_in = os.pipe()
         r_out, w_out = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            code = 1
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (r_in, w_in, r_out, w_out):
+                os.close(fd)
+            raise
+        if pid == 0:  # the child: never returns, whatever happens
             try:
-                os.dup2(r_in, 0)
-                os.dup2(w_out, 1)
-                os.closerange(3, 1 << 16)  # siblings' pipes too, or they never see EOF
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)
-                code = executor.main(argv)
-            except BaseException:  # a child must never run on as a copy of the agent
-                traceback.print_exc()
+                _child(executor.main, argv, r_in, w_out)
             finally:
-                sys.stderr.flush()
-                os._exit(code)
+                os._exit(1)
         os.close(r_in)
         os.close(w_out)
         self.pid = pid
@@ -67,3 +65,24 @@ class Forked:
     def kill(self) -> None:
         if self.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
+
+
+def _child(main: Callable[[list[str]], int], argv: list[str], stdin: int, stdout: int) -> None:
+    code = 1
+    try:
+        os.dup2(stdin, 0)
+        os.dup2(stdout, 1)
+        os.closerange(3, 1 << 16)  # siblings' pipes too, or they never see EOF
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        rng = sys.modules.get("numpy.random")
+        if rng is not None:  # NumPy 1.x seeds it at import: siblings would draw the same
+            rng.seed()
+        code = main(argv)
+    except BaseException:  # a child must never run on as a copy of the agent
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+        os._exit(code)
