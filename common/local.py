@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -70,11 +71,20 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         """Start the master and the workers at once (on ports chosen here, so the workers need
-        not wait for the master to announce them), then wait until every worker registered."""
+        not wait for the master to announce them), then wait until every worker registered.
+        A failed start stops whatever it started."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         for tries_left in (1, 0):
             fresh = not self.worker_address
             if fresh:
-                self.worker_address, self.client_address = _free_address(), _free_address()
+                self.worker_address, self.client_address = _free_addresses(2)
             self._spawn_master()
             given = self.worker_address
             for _ in range(self.n_workers):
@@ -87,19 +97,14 @@ class LocalCluster:
                         self.add_worker()
                 break
             except ClusterStartError:
-                if not (fresh and tries_left):
-                    self.stop()
+                assert self.master is not None
+                if not (fresh and tries_left and self.master.poll() is not None):
                     raise
-                # A port we chose was taken meanwhile: once more, on new ones.
+                # The master exited: a port we chose was taken meanwhile. Again, on new ones.
                 self._kill_workers()
                 self.kill_master()
                 self.worker_address = self.client_address = ""
-        try:
-            self.wait_for_workers(self.n_workers)
-        except ClusterStartError:
-            self.stop()  # nothing is left running behind a failed start
-            raise
-        return self
+        self.wait_for_workers(self.n_workers)
 
     def start_master(self) -> subprocess.Popen[bytes]:
         """Start the master; after a first start, on the same ports (and state dir)."""
@@ -271,11 +276,14 @@ def _env(env: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def _free_address() -> str:
-    """A loopback TCP address no one listens on now (the kernel's pick, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+def _free_addresses(n: int) -> list[str]:
+    """`n` distinct loopback TCP addresses no one listens on now (the kernel's picks, held
+    together so they differ, then released)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [f"tcp://127.0.0.1:{s.getsockname()[1]}" for s in socks]
 
 
 def _port(address: str) -> str:
