@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shardmill import __version__
-from shardmill.cli import jobs, observe, roles
-from shardmill.cli.spec import add_spec_flags, cmd_plan
+from shardmill.cli import roles
+from shardmill.cli.spec import add_spec_flags
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(module: str, name: str) -> Handler:
+    """A command's handler, imported when that command runs: `shardmill master` or `worker`
+    need not import the client's commands (the client, rich tables) to start."""
+
+    def handler(args: argparse.Namespace) -> int:
+        run: Handler = getattr(importlib.import_module(f"shardmill.cli.{module}"), name)
+        return run(args)
+
+    handler.__name__ = name
+    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +112,7 @@ def _worker(sub: Subparsers) -> None:
 
 
 def _submit(sub: Subparsers) -> None:
-    p = _client(sub, "submit", "submit a job over a dataset", jobs.cmd_submit)
+    p = _client(sub, "submit", "submit a job over a dataset", _lazy("jobs", "cmd_submit"))
     p.add_argument("op", help='operation, e.g. "column_stats"')
     p.add_argument("dataset", nargs="?", help="a .npy, .csv or directory, as workers see it")
     p.add_argument("--shards", type=int, help="number of shards (default 16)")
@@ -123,29 +140,31 @@ def _plan(sub: Subparsers) -> None:
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_spec_flags(p)
-    p.set_defaults(handler=cmd_plan)
+    p.set_defaults(handler=_lazy("spec", "cmd_plan"))
 
 
 def _queries(sub: Subparsers) -> None:
     """The commands that ask the master about jobs and workers, or act on one job."""
-    p = _client(sub, "status", "show one job, or all jobs", jobs.cmd_status)
+    p = _client(sub, "status", "show one job, or all jobs", _lazy("jobs", "cmd_status"))
     p.add_argument("job", nargs="?")
     p.add_argument("--shards", action="store_true", help="list every shard")
-    p = _client(sub, "jobs", "list jobs", jobs.cmd_jobs)
+    p = _client(sub, "jobs", "list jobs", _lazy("jobs", "cmd_jobs"))
     p.add_argument("--prune", action="store_true", help="forget finished jobs (needs --older-than)")
     p.add_argument(
         "--older-than", type=float, help="with --prune: that ended this many seconds ago (0: all)"
     )
-    _client(sub, "workers", "list workers", jobs.cmd_workers)
-    p = _client(sub, "result", "print a job's result (waits for it)", jobs.cmd_result)
+    _client(sub, "workers", "list workers", _lazy("jobs", "cmd_workers"))
+    p = _client(sub, "result", "print a job's result (waits for it)", _lazy("jobs", "cmd_result"))
     p.add_argument("job")
     p.add_argument("--timeout", type=float)
-    p = _client(sub, "cancel", "cancel a job", jobs.cmd_cancel)
+    p = _client(sub, "cancel", "cancel a job", _lazy("jobs", "cmd_cancel"))
     p.add_argument("job")
-    p = _client(sub, "watch", "follow a job's progress until it ends", jobs.cmd_watch)
+    p = _client(sub, "watch", "follow a job's progress until it ends", _lazy("jobs", "cmd_watch"))
     p.add_argument("job")
     p.add_argument("--timeout", type=float)
-    p = _client(sub, "why", "tell one shard's story: attempts, workers, errors", jobs.cmd_why)
+    p = _client(
+        sub, "why", "tell one shard's story: attempts, workers, errors", _lazy("jobs", "cmd_why")
+    )
     p.add_argument("job")
     p.add_argument("shard", type=int)
 
@@ -156,13 +175,13 @@ def _pictures(sub: Subparsers) -> None:
         (
             "report",
             "write a job's report: one self-contained HTML file",
-            observe.cmd_report,
+            _lazy("observe", "cmd_report"),
             "html",
         ),
         (
             "trace",
             "write a job's Chrome trace (Perfetto, chrome://tracing)",
-            observe.cmd_trace,
+            _lazy("observe", "cmd_trace"),
             "json",
         ),
     ]:
@@ -176,7 +195,10 @@ def _pictures(sub: Subparsers) -> None:
 
 def _dashboard(sub: Subparsers) -> None:
     p = _client(
-        sub, "dashboard", "serve a live web dashboard of jobs and workers", observe.cmd_dashboard
+        sub,
+        "dashboard",
+        "serve a live web dashboard of jobs and workers",
+        _lazy("observe", "cmd_dashboard"),
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine)"
@@ -247,9 +269,7 @@ def _imports(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=help)
 
 
-def _client(
-    sub: Subparsers, name: str, help: str, handler: jobs.Handler
-) -> argparse.ArgumentParser:
+def _client(sub: Subparsers, name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help)
     p.add_argument(
         "--master",

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from shardmill import exitcodes
-from shardmill.client import Client
 from shardmill.config import MasterSettings, WorkerSettings
 from shardmill.errors import MasterUnreachable
 
@@ -114,6 +113,8 @@ def cmd_health(args: argparse.Namespace) -> int:
             return exitcodes.UNHEALTHY
         return exitcodes.OK
     try:
+        from shardmill.client import Client
+
         Client(args.master, connect_timeout=3.0, keys=args.keys, insecure=args.insecure).ping()
     except MasterUnreachable as e:
         print(f"unhealthy: {e}", file=sys.stderr)

@@ -7,9 +7,6 @@ import json
 import os
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from shardmill import exitcodes
 from shardmill.data.paths import located
 
@@ -77,6 +74,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _show(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     table = Table("shard", "rows", "bytes", "columns", "key from", "key to")
     for s in report["shards"]:
