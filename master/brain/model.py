@@ -294,11 +294,11 @@ class Leases:
     (it runs them first come, first served: the oldest `slots` are executing). A batch is one
     task of several shards. Kept counted, so asking how many tasks it holds costs no scan."""
 
-    def __init__(self, worker_id: str, changed: set[str]) -> None:
+    def __init__(self, worker_id: str, room: set[str]) -> None:
         self.worker_id = worker_id
         self._task: dict[Key, Key] = {}
         self._size: dict[Key, int] = {}  # task -> its shards still held, oldest task first
-        self._changed = changed  # the roster's: workers whose room may have grown
+        self._room = room  # the roster's: workers whose room may have grown
 
     def add(self, key: Key, task: Key) -> None:
         if key in self._task:
@@ -315,7 +315,7 @@ class Leases:
             self._size[task] = left
         else:
             del self._size[task]
-        self._changed.add(self.worker_id)
+        self._room.add(self.worker_id)
 
     def task_of(self, key: Key) -> Key:
         return self._task[key]
@@ -326,10 +326,6 @@ class Leases:
 
     def __iter__(self) -> Iterator[Key]:
         return iter(self._task)
-
-    def tasks(self) -> list[Key]:
-        """Its tasks, oldest first."""
-        return list(self._size)
 
     def executing(self, slots: int) -> list[Key]:
         """The tasks it is running now: its oldest `slots`."""
@@ -365,10 +361,6 @@ class Worker:
         if sample >= 0:
             old = self.rtt
             self.rtt = sample if old is None or sample > old else old + (sample - old) / 8
-
-    def tasks(self) -> list[Key]:
-        """Its tasks, oldest first."""
-        return self.leases.tasks()
 
     def queue_window(self, mean_run: float) -> int:
         """Shards to queue beyond its slots for a job whose shards run `mean_run` seconds: enough

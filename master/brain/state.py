@@ -303,8 +303,8 @@ class MasterState(Roster):
 
     def _dispatch(self) -> None:
         if self._now >= self.hold_until:
-            room, workers = self.room, self.workers
-            dispatch(self.active, workers, room, self.timing.prefetch_below, lease=self._lease)
+            timing = self.timing
+            dispatch(self.active, self.workers, self.room, timing.prefetch_below, lease=self._lease)
             self._speculate()
 
     def _speculate(self) -> None:

@@ -199,12 +199,12 @@ def test_the_window_covers_the_round_trip_up_to_the_workers_cap() -> None:
     # Given 1 ms shards and a 4 ms round trip: 2 slots x 4 ms / 1 ms = 8 queued behind 2
     s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.001), now=1)
     w = s.workers["w1"]
-    assert (w.window, len(w.tasks())) == (8, 10)
+    assert (w.window, w.leases.held) == (8, 10)
     assert worker_infos([w], {}, now=1, shm_peers=set())[0].window == 8
     # When the round trip grows to 100 ms / Then the window stops at the worker's own cap
     s.handle(ev.WorkerSeen("w1", rtt=0.1), now=1)
     s.handle(ev.ShardSucceeded("w1", "j", 1, 1, duration=0.001), now=1.1)
-    assert (w.window, len(w.tasks())) == (16, 18)
+    assert (w.window, w.leases.held) == (16, 18)
     # And a shorter round trip is believed slowly (one sample in 8), a longer one at once
     s.handle(ev.WorkerSeen("w1", rtt=0.02), now=1.2)
     assert w.rtt == pytest.approx(0.09)
