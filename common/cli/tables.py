@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from shardmill.wire.codec import is_array, is_numpy_scalar
 from shardmill.wire.protocol import JobInfo, ShardInfo, WorkerInfo
 
 console = Console()
@@ -74,8 +74,7 @@ def out(args: argparse.Namespace, data: Any, human: Any) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
-    np = sys.modules.get("numpy")  # no array where NumPy was never loaded
-    if np is not None and isinstance(value, np.ndarray | np.generic):
+    if is_array(value) or is_numpy_scalar(value):
         return value.tolist()
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}

@@ -53,12 +53,18 @@ def is_array(obj: object) -> TypeIs[np.ndarray]:
     return np is not None and isinstance(obj, np.ndarray)
 
 
+def is_numpy_scalar(obj: object) -> TypeIs[np.generic]:
+    """Whether `obj` is a NumPy scalar (`np.float64(1.0)`); as `is_array`, without importing."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(obj, np.generic)
+
+
 def encode(msg: Message, arrays: Sequence[np.ndarray | Buffer] = ()) -> list[Buffer]:
     """Turn a message and its array frames into zmq frames."""
     header = msgpack.packb(msg.model_dump(mode="python"), use_bin_type=True)
     frames: list[Buffer] = [header]
     for arr in arrays:
-        frames.append(_array_bytes(arr) if is_array(arr) else arr)
+        frames.append(array_bytes(arr) if is_array(arr) else arr)
     return frames
 
 
@@ -125,17 +131,14 @@ def pack_value(obj: object) -> Packed:
     arrays: list[np.ndarray] = []
 
     def default(o: object) -> object:
-        np = sys.modules.get("numpy")
-        if np is None:
-            pass
-        elif isinstance(o, np.ndarray):
+        if is_array(o):
             if o.dtype.hasobject:
                 raise TypeError("object arrays cannot be sent; use a numeric or bytes dtype")
             arr = o if o.flags.c_contiguous else o.copy(order="C")
             arrays.append(arr)
             meta = msgpack.packb([arr.dtype.str, list(arr.shape), len(arrays) - 1])
             return msgpack.ExtType(ARRAY_EXT, meta)
-        elif isinstance(o, np.generic):
+        if is_numpy_scalar(o):
             return o.item()
         if isinstance(o, tuple):
             return list(o)
@@ -207,12 +210,13 @@ def _dtype(name: str) -> np.dtype[Any]:
 def to_bytes(buf: np.ndarray | Buffer) -> bytes:
     """A copy of an array's or a frame's bytes (for storage)."""
     if is_array(buf):
-        return bytes(_array_bytes(buf))
+        return bytes(array_bytes(buf))
     return bytes(memoryview(buf).cast("B")) if memoryview(buf).nbytes else b""
 
 
-def _array_bytes(arr: np.ndarray) -> memoryview:
-    # A flat byte view without copying (empty and 0-d arrays included).
+def array_bytes(arr: np.ndarray) -> memoryview:
+    """An array's bytes as a flat view, without a copy unless it is not C-contiguous (empty
+    and 0-d arrays included)."""
     import numpy as np
 
     flat = arr if arr.flags.c_contiguous else arr.copy(order="C")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from shardmill.errors import SharedMemoryError
-from shardmill.wire.codec import is_array
+from shardmill.wire.codec import array_bytes, is_array
 from shardmill.wire.protocol import ShmRef
 
 SHM_DIR = Path("/dev/shm")
@@ -338,12 +338,7 @@ def _owned_file(path: Path) -> bool:
 
 
 def _bytes_view(frame: Any) -> memoryview:
-    import numpy as np
-
-    if isinstance(frame, np.ndarray):
-        arr = frame if frame.flags.c_contiguous else np.ascontiguousarray(frame)
-        return arr.reshape(-1).view(np.uint8).data
-    return memoryview(frame).cast("B")
+    return array_bytes(frame) if is_array(frame) else memoryview(frame).cast("B")
 
 
 def _address(frame: Any) -> int:
