@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bench_data import Dataset, ensure_dataset
-from bench_harness import CpuMonitor, Sizes, new_cluster, wait_quiet
+from bench_harness import CpuMonitor, Metric, Sizes, interleaved, new_cluster, wait_quiet
 from bench_systems import PoolSystem, ShardmillSystem, System, optional_systems
 
 QUIET_SHARE = 0.1  # other processes' share of the CPUs that counts as quiet
@@ -58,6 +60,15 @@ class Bench:
         if self.quiet_wait > 0:
             with self.monitor.paused():
                 wait_quiet(QUIET_SHARE, self.quiet_wait)
+
+    def measure(self, metric: Metric, run: Callable[[System], float]) -> Metric:
+        """Every system runs `run` in turn, a warm-up and then `reps` times; the samples go to
+        `metric`."""
+        for name, samples in interleaved(
+            self.systems(), self.reps, run, before=self.settle
+        ).items():
+            metric.add(name, samples)
+        return metric
 
     def systems(self) -> list[System]:
         pool = self.pool  # fork the Pool before the cluster's client opens a zmq context

@@ -14,42 +14,36 @@ from bench_systems import System
 
 def w1_throughput(b: Bench) -> list[Metric]:
     n = b.sizes.w1_tasks
-    expected = list(range(n))
-
-    def run(system: System) -> float:
-        t0 = time.perf_counter()
-        got = system.map_noop(n)
-        seconds = time.perf_counter() - t0
-        if got != expected:
-            raise WrongResult(f"{system.name}: map of {n} no-ops returned wrong values")
-        return n / seconds
-
     metric = Metric(
         "W1", f"throughput: map a no-op over {n:,} tasks, auto-chunked", "tasks/s", True
     )
-    for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
-        metric.add(name, samples)
+    b.measure(metric, lambda system: _map_rate(system, n, each=False))
     return [metric, *_w1_each(b, n)]
+
+
+def _map_rate(system: System, n: int, *, each: bool) -> float:
+    """Tasks per second of a map of `n` no-ops (one task per message with `each`), checked."""
+    t0 = time.perf_counter()
+    got = system.map_noop_each(n) if each else system.map_noop(n)
+    seconds = time.perf_counter() - t0
+    if got != list(range(n)):
+        raise WrongResult(f"{system.name}: map of {n} no-ops returned wrong values")
+    return n / seconds
 
 
 def _w1_each(b: Bench, n: int) -> list[Metric]:
     """W1 with one task per message (shardmill chunk_size=1, Pool chunksize=1, Dask
     client.map, Ray .remote()), and the master's CPU per task while shardmill runs it."""
-    expected = list(range(n))
     master = b.shardmill.cluster.master
     assert master is not None
     cpu: list[float] = []
 
     def run(system: System) -> float:
         before = cpu_seconds(master.pid)
-        t0 = time.perf_counter()
-        got = system.map_noop_each(n)
-        seconds = time.perf_counter() - t0
+        rate = _map_rate(system, n, each=True)
         if system.name == SHARDMILL:
             cpu.append((cpu_seconds(master.pid) - before) / n * 1e6)
-        if got != expected:
-            raise WrongResult(f"{system.name}: map of {n} no-ops returned wrong values")
-        return n / seconds
+        return rate
 
     each = Metric(
         "W1-each",
@@ -58,8 +52,7 @@ def _w1_each(b: Bench, n: int) -> list[Metric]:
         True,
         target=Target(">=", 1e4),
     )
-    for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
-        each.add(name, samples)
+    b.measure(each, run)
     master_cpu = Metric(
         "W1-master-cpu", "throughput, one per message: master CPU per task", "µs", False
     )
@@ -119,9 +112,7 @@ def w3_by_reference(b: Bench) -> list[Metric]:
         False,
         target=Target("<=", 1.10, "pool"),
     )
-    for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
-        metric.add(name, samples)
-    return [metric]
+    return [b.measure(metric, run)]
 
 
 def w4_by_value(b: Bench) -> list[Metric]:
@@ -145,8 +136,7 @@ def w4_by_value(b: Bench) -> list[Metric]:
         True,
         target=Target(">=", 1.5),
     )
-    for name, samples in interleaved(b.systems(), b.reps, run_map, before=b.settle).items():
-        metric.add(name, samples)
+    b.measure(metric, run_map)
     master = b.shardmill.cluster.master
     assert master is not None
     metric.extra["master_vmhwm_mib_after"] = vm_hwm_mib(master.pid)
@@ -159,9 +149,7 @@ def w4_by_value(b: Bench) -> list[Metric]:
         True,
         target=Target(">=", 1.5),
     )
-    for name, samples in interleaved(b.systems(), b.reps, run_submit, before=b.settle).items():
-        submit.add(name, samples)
-    return [metric, submit]
+    return [metric, b.measure(submit, run_submit)]
 
 
 def shard_curve(b: Bench) -> list[Metric]:
@@ -180,9 +168,7 @@ def shard_curve(b: Bench) -> list[Metric]:
         metric = Metric(
             f"curve-{shards}", f"curve: column_stats, {ds.rows:,} rows, {shards} shards", "s", False
         )
-        for name, samples in interleaved(b.systems(), b.reps, run, before=b.settle).items():
-            metric.add(name, samples)
-        metrics.append(metric)
+        metrics.append(b.measure(metric, run))
     return [*metrics, _overhead(metrics, b.sizes.curve_shards)]
 
 
