@@ -146,6 +146,7 @@ class MasterLoop:
                     if watch.monitor in ready:
                         watch.check()
                 self._timers()
+                self.workers.flush()  # what this turn decided for each worker, in one go
                 self.core.checkpoint.commit(time.monotonic())  # grouped: Checkpointer.commit
         finally:
             signal.set_wakeup_fd(-1)

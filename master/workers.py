@@ -14,7 +14,7 @@ from shardmill.errors import InvalidTransition, ProtocolError, StateDirError
 from shardmill.master.brain import events as ev
 from shardmill.master.core import Core, send, user_id
 from shardmill.wire import shm
-from shardmill.wire.codec import Buffer, decode_checked
+from shardmill.wire.codec import Buffer, bundles, decode_checked, encode, unbundle
 from shardmill.wire.handshake import fingerprint
 from shardmill.wire.keyring import WORKERS, Keyring
 from shardmill.wire.protocol import (
@@ -34,6 +34,8 @@ from shardmill.wire.protocol import (
 log = logging.getLogger(__name__)
 Result = tuple[bytes, list[Buffer]]
 MAX_RTT = 10.0  # seconds: an echo older than this (or from the future) is not believed
+BUNDLE_PARTS = 256  # the most messages sent to a worker as one bundle...
+BUNDLE_BYTES = 1 << 20  # ...and their bytes: a big task travels alone
 Handler = Callable[[bytes, Any, list[Buffer]], object]
 
 
@@ -52,6 +54,9 @@ class WorkerMessages:
         self.sock = sock
         self.keyring = keyring  # None without CURVE
         self._apply_with_result = apply  # a result rides along with its event, for the merge
+        # What the loop's turn has for each worker, sent at its end as bundles (`flush`): one
+        # send and one wake-up for a window of short tasks, in the order they were decided.
+        self.outbox: dict[str, list[list[Buffer]]] = {}
         self.handlers: dict[str, Handler] = {
             "ready": self._on_ready,
             "heartbeat": self._on_heartbeat,
@@ -62,17 +67,40 @@ class WorkerMessages:
         }
 
     def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
-        send(self.sock, worker.encode(), msg, arrays)
+        """Queue `msg` for `worker`; it leaves at the loop turn's end (`flush`)."""
+        self.outbox.setdefault(worker, []).append(encode(msg, arrays))
+
+    def flush(self) -> None:
+        """Send what this turn queued: each worker's messages as few bundles, in order."""
+        outbox, self.outbox = self.outbox, {}
+        for worker, parts in outbox.items():
+            identity = worker.encode()
+            for frames in bundles(parts, max_parts=BUNDLE_PARTS, max_bytes=BUNDLE_BYTES):
+                try:
+                    self.sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+                except zmq.ZMQError as e:  # gone, or its queue full: heartbeats tell the brain
+                    log.debug("cannot send to %s: %s", worker, e)
 
     def on_frames(self, frames: list[Any]) -> None:
-        """One worker message: the per-message boundary of the worker socket."""
+        """One zmq message from a worker: one protocol message or a bundle of them."""
         identity = bytes(frames[0].bytes)
         worker = _name(identity)
         if self.keyring is not None and not self._key_holds(identity, worker, frames[-1]):
             return
         try:
+            parts = unbundle(frames[1:])
+        except ProtocolError as e:
+            log.warning("bad message from worker %s: %s", worker, e)
+            send(self.sock, identity, ErrorReply(code="protocol", message=str(e)))
+            return
+        for part in parts:
+            self._on_message(identity, worker, part)
+
+    def _on_message(self, identity: bytes, worker: str, frames: Sequence[Any]) -> None:
+        """One worker message: the per-message boundary of the worker socket."""
+        try:
             decoded = decode_checked(
-                frames[1:],
+                frames,
                 max_bytes=self.core.settings.max_message_bytes,
                 kinds=WORKER_KINDS,
                 expected="a worker message; is this a client?",

@@ -7,7 +7,6 @@ silent it reconnects with capped exponential backoff and re-registers with the s
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import signal
@@ -23,31 +22,32 @@ from shardmill.config import WorkerSettings
 from shardmill.errors import ProtocolError
 from shardmill.health import HealthFile
 from shardmill.wire import shm
-from shardmill.wire.codec import Buffer, decode, encode
+from shardmill.wire.codec import Buffer, bundles, decode, encode, unbundle
 from shardmill.wire.handshake import HandshakeWatch
 from shardmill.wire.protocol import (
     CancelTasks,
     Disconnect,
     Draining,
+    ErrorInfo,
     ErrorReply,
     Heartbeat,
-    Lease,
     MasterPing,
     Message,
     Ready,
-    ShardDone,
     ShardFailed,
     Task,
     Welcome,
 )
 from shardmill.wire.security import Security
 from shardmill.worker.resend import Recent, too_large
-from shardmill.worker.runner import ChildProcess, of, task_leases, wait_all
+from shardmill.worker.runner import Running
+from shardmill.worker.slots import Slots
 
 log = logging.getLogger(__name__)
 # A worker queues at most this many short shards per slot beyond its slots (the master sizes
 # the window to the round trip below it): at 20 ms RTT and 0.3 ms tasks a slot needs ~64.
 PREFETCH_PER_SLOT = 64
+BUNDLE_PARTS = 256  # the most results sent to the master as one bundle
 
 
 class Agent:
@@ -57,20 +57,20 @@ class Agent:
         self.interval = settings.heartbeat_interval
         self.liveness = settings.heartbeat_liveness
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
-        self.children = [self._spawn(fork=True) for _ in range(settings.slots)]  # before zmq
+        imports = list(settings.imports)
+        self.slots = Slots(self.worker_id, imports, settings.slots, self._fail, self._forward)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None
         self.met_master = False  # a handshake with the master succeeded once
         self.poller = zmq.Poller()
-        # Short shards the master may send beyond our slots wait in `pending` and start the
-        # moment a child is free; at most `prefetch` (the master sizes the window below it).
+        # Short shards the master may send beyond our slots wait in `slots.pending` and start
+        # the moment a child is free; at most `prefetch` (the master sizes the window below it).
         cap = settings.prefetch
         self.prefetch = min(4096, PREFETCH_PER_SLOT * settings.slots) if cap is None else cap
-        self.pending: collections.deque[tuple[Task, list[Buffer]]] = collections.deque()
+        self.outbox: list[list[Any]] = []  # what this step sends, as bundles at its end
         self.recent = Recent()  # results sent lately: resent after a reconnect
         self.max_bytes = 256 * 2**20  # the largest message the master reads (its WELCOME says)
-        self.handback: list[Lease] = []
         self.last_heard = time.monotonic()
         self.next_beat = 0.0
         self.reconnect_delay = self.interval
@@ -88,12 +88,13 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
         self.poller.register(self._wake_r, zmq.POLLIN)
-        for child in self.children:
-            self.poller.register(child.fileno(), zmq.POLLIN)
+        self.slots.register(self.poller)
         self._connect()
+        self._flush()
         try:
             while not self._drained() and self.fatal is None:
                 self._step()
+                self._flush()
         finally:
             self._shutdown()
         return exitcodes.CONFIG if self.fatal else exitcodes.OK
@@ -108,11 +109,7 @@ class Agent:
             self.fatal = bad
         if self.sock is not None and self.sock in ready:
             self._drain_socket()
-        for child in list(self.children):
-            if child.fileno() in ready:
-                self._on_child(child)
-        self._check_timeouts(now)
-        self._assign(now)
+        self.slots.step(ready, now)
         if now >= self.next_beat:
             self.next_beat = now + self.interval
             self._send(Heartbeat())
@@ -122,7 +119,7 @@ class Agent:
     def _timeout_ms(self) -> int:
         now = time.monotonic()
         deadlines = [self.next_beat, self.last_heard + self.interval * self.liveness]
-        deadlines += [c.running.deadline for c in self.children if c.running and c.running.deadline]
+        deadlines += self.slots.deadlines()
         if self.draining_since is not None:
             deadlines.append(self.draining_since + self.settings.drain_grace)
         return max(0, int((min(deadlines) - now) * 1000) + 1)
@@ -145,7 +142,7 @@ class Agent:
             "worker %s connecting to %s with %d slots",
             self.worker_id,
             self.settings.master,
-            len(self.children),
+            len(self.slots.children),
         )
 
     def _reconnect(self) -> None:
@@ -171,19 +168,18 @@ class Agent:
             self.poller.unregister(self.sock)
             self.sock.close(linger=linger)
             self.sock = None
+        self.outbox.clear()  # results among it are resent from `recent`
 
     def _ready(self) -> Ready:
-        held = [lease for c in self.children if c.running for lease in c.running.leases]
-        held += [lease for t, _ in self.pending for lease in task_leases(t)]
         self._drop_probe()
         self._probe = shm.create_probe()
         return Ready(
-            slots=len(self.children),
+            slots=len(self.slots.children),
             hostname=socket.gethostname(),
             pid=os.getpid(),
             version=__version__,
             modules=list(self.settings.imports),
-            held=held,
+            held=self.slots.held(),
             shm_probe=self._probe or "",
             prefetch=self.prefetch,
         )
@@ -203,14 +199,20 @@ class Agent:
                 break
             self._heard()
             try:
-                decoded = decode(frames)
+                parts = unbundle(frames)
             except ProtocolError as e:
                 log.warning("bad message from master: %s", e)
                 continue
-            if isinstance(decoded.msg, MasterPing):
-                echo = max(echo, decoded.msg.sent)
-                continue
-            self._on_master(decoded.msg, [memoryview(f.buffer) for f in frames])
+            for part in parts:
+                try:
+                    decoded = decode(part)
+                except ProtocolError as e:
+                    log.warning("bad message from master: %s", e)
+                    continue
+                if isinstance(decoded.msg, MasterPing):
+                    echo = max(echo, decoded.msg.sent)
+                    continue
+                self._on_master(decoded.msg, [memoryview(f.buffer) for f in part])
         if echo:  # the master times the round trip with it; it is our beat, too
             self._send(Heartbeat(echo=echo))
             self.next_beat = time.monotonic() + self.interval
@@ -224,12 +226,9 @@ class Agent:
     def _on_master(self, msg: Message, frames: list[Buffer]) -> None:
         match msg:
             case Task():
-                if self.draining_since is not None:
-                    self.handback.extend(task_leases(msg))
-                else:
-                    self.pending.append((msg, frames))  # forwarded as received
+                self.slots.add(msg, frames)
             case CancelTasks(job_id=job, shards=shards):
-                self._cancel(job, set(shards))
+                self.slots.cancel(job, set(shards))
             case Welcome():
                 self._drop_probe()  # the master has looked
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness
@@ -243,8 +242,7 @@ class Agent:
                 log.warning("master refused a message: %s %s", msg.code, msg.message)
             case _ if msg.kind == "reregister":
                 log.info("master asked this worker to register again")
-                for child in [c for c in self.children if c.running and c.has_output()]:
-                    self._on_child(child)  # a result already written is sent, not held
+                self.slots.collect()  # a result already written is sent, not held
                 self._send(self._ready())
                 self.recent.resend(self._send_frames)  # a restarted master may have lost some
 
@@ -252,71 +250,33 @@ class Agent:
         self._send_frames(encode(msg, arrays or ()))
 
     def _send_frames(self, frames: list[Any]) -> None:
+        if self.sock is not None:
+            self.outbox.append(frames)
+
+    def _flush(self) -> None:
+        """Send what this step queued, as few bundles as the master's message limit allows."""
+        outbox, self.outbox = self.outbox, []
         if self.sock is None:
             return
-        try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            log.warning("master queue full; message dropped (it will be re-run)")
+        for frames in bundles(outbox, max_parts=BUNDLE_PARTS, max_bytes=self.max_bytes):
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                log.warning("master queue full; message dropped (it will be re-run)")
 
     # ---- children ------------------------------------------------------------------------------
 
-    def _spawn(self, fork: bool = False) -> ChildProcess:
-        return ChildProcess(self.worker_id, list(self.settings.imports), fork=fork)
-
-    def _replace(self, child: ChildProcess) -> None:
-        self.poller.unregister(child.fileno())
-        child.kill()
-        fresh = self._spawn()
-        self.children[self.children.index(child)] = fresh
-        self.poller.register(fresh.fileno(), zmq.POLLIN)
-
-    def _assign(self, now: float) -> None:
-        for child in self.children:
-            if not self.pending:
-                return
-            if child.ready and child.running is None:
-                task, arrays = self.pending.popleft()
-                if not child.start(task, arrays, now):
-                    self._report_death(child)
-
-    def _on_child(self, child: ChildProcess) -> None:
-        if not child.ready:
-            if not child.read_ready():
-                self._report_death(child)
-            return
-        got = child.read()
-        if got is None:
-            self._report_death(child)
-            return
-        decoded, raw = got
-        running, child.running = child.running, None
-        reply = decoded.msg
-        if running is None or not isinstance(reply, ShardDone | ShardFailed):
-            log.error("child %d sent an unexpected %s; replacing it", child.pid, reply.kind)
-            self._replace(child)
-            return
-        now = time.monotonic()
-        self._assign(now)  # its next shard (prefetched) first: the result can wait a moment
-        frames: list[Any] = list(raw)  # forwarded as the child wrote them: no re-encoding
+    def _forward(self, run: Running, raw: list[memoryview], now: float) -> None:
+        """A child's reply to the master as the child wrote it: no re-encoding."""
+        frames: list[Any] = list(raw)
         if (size := sum(memoryview(f).nbytes for f in frames)) > self.max_bytes:
-            self._fail(running.task, too_large(size, self.max_bytes), running.started)
+            self._fail(run.task, too_large(size, self.max_bytes), run.started)
             return
         self._send_frames(frames)
         horizon = min(now, self.last_heard) - 2 * self.interval * self.liveness  # and a margin
         self.recent.keep(now, frames, size, horizon)  # the master may not have had it
 
-    def _report_death(self, child: ChildProcess) -> None:
-        running = child.running
-        err = child.death()  # before replacing: the exit code, not our SIGKILL, tells the story
-        self._replace(child)
-        if running is None:
-            log.warning("idle child %d died (%s); replaced", child.pid, err.message)
-            return
-        log.warning("shard %s/%d: %s", running.task.job_id, running.task.shard, err.message)
-        self._fail(running.task, err, running.started)
-
-    def _fail(self, task: Task, err: Any, started: float) -> None:
+    def _fail(self, task: Task, err: ErrorInfo, started: float) -> None:
         msg = ShardFailed(
             job_id=task.job_id,
             shard=task.shard,
@@ -329,36 +289,6 @@ class Agent:
         )
         self._send(msg)
 
-    def _check_timeouts(self, now: float) -> None:
-        for child in list(self.children):
-            run = child.running
-            if run is None or run.deadline is None or now < run.deadline:
-                continue
-            self._replace(child)
-            timeout = run.task.timeout
-            log.warning(
-                "shard %s/%d exceeded task_timeout=%ss; child killed",
-                run.task.job_id,
-                run.task.shard,
-                timeout,
-            )
-            err = child.death().model_copy(
-                update={
-                    "kind": "timeout",
-                    "type": "TaskTimeout",
-                    "message": f"shard ran past task_timeout={timeout}s; its child was killed",
-                }
-            )
-            self._fail(run.task, err, run.started)
-
-    def _cancel(self, job: str, shards: set[int]) -> None:
-        """Drop the job's tasks (only those of `shards`, when named: a backup race ended)."""
-        self.pending = collections.deque(p for p in self.pending if not of(p[0], job, shards))
-        for child in list(self.children):
-            if child.running is not None and of(child.running.task, job, shards):
-                log.info("cancelling shard %s/%d", job, child.running.task.shard)
-                self._replace(child)
-
     # ---- drain and shutdown --------------------------------------------------------------------
 
     def _on_signal(self, data: bytes) -> None:
@@ -366,29 +296,25 @@ class Agent:
             log.info("signal %d: draining (grace %.0f s)", data[0], self.settings.drain_grace)
             self.draining_since = time.monotonic()
             self._send(Draining())
-            self.handback.extend(lease for t, _ in self.pending for lease in task_leases(t))
-            self.pending.clear()
+            self.slots.drain()
 
     def _drained(self) -> bool:
         if self.draining_since is None:
             return False
-        busy = [c for c in self.children if c.running]
+        busy = self.slots.busy()
         if not busy:
             return True
         if time.monotonic() - self.draining_since < self.settings.drain_grace:
             return False
-        for child in busy:  # grace is over: stop them and hand their shards back uncharged
-            assert child.running is not None
-            self.handback.extend(child.running.leases)
-            child.running = None
-            child.kill()
+        self.slots.stop(busy)
         return True
 
     def _shutdown(self) -> None:
         if self.sock is not None and not self.fatal:
-            self._send(Disconnect(handback=self.handback))
+            self._send(Disconnect(handback=self.slots.handback))
+            self._flush()
         self._close_socket(linger=1000)  # give the DISCONNECT a moment to leave
-        wait_all(self.children, timeout=2.0)
+        self.slots.close(timeout=2.0)
         self._drop_probe()
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)

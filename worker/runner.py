@@ -1,8 +1,14 @@
-"""The agent's child processes, one per slot: start, feed a task, read its reply, kill, describe a
-death. What runs inside each child is `executor.py`."""
+"""The agent's child processes, one per slot: start, feed tasks, read replies, kill, describe a
+death. What runs inside each child is `executor.py`.
+
+A child may hold a short queue: small tasks written to its pipe behind the one it runs, so it
+goes from one to the next without waiting for the agent (one wake-up for several tasks). The
+queue's head is the task running; the next one starts when the head's reply is read.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import select
 import signal
@@ -12,21 +18,33 @@ import time
 from dataclasses import dataclass
 
 from shardmill.errors import ProtocolError
-from shardmill.wire.codec import Buffer, Decoded, decode
+from shardmill.wire.codec import Buffer, peek_kind
 from shardmill.wire.protocol import ErrorInfo, Lease, Task
 from shardmill.worker.forked import Forked
 from shardmill.worker.pipes import read_frames, write_frames
 
+QUEUE_DEPTH = 16  # the most tasks in a child's pipe (the running one included)...
+PIPE_ROOM = 32 * 1024  # ...and their bytes: a write never fills the 64 KiB pipe and blocks us
+
 
 @dataclass
 class Running:
+    """A task given to a child: running when at the head of its queue, else waiting there."""
+
     task: Task
-    started: float
-    deadline: float | None
+    frames: list[Buffer]
+    size: int
+    started: float = 0.0
+    deadline: float | None = None
+    dropped: bool = False  # cancelled or handed back while queued: its reply is not sent
 
     @property
     def leases(self) -> list[Lease]:
         return task_leases(self.task)
+
+    def begin(self, now: float) -> None:
+        self.started = now
+        self.deadline = now + self.task.timeout if self.task.timeout else None
 
 
 def of(task: Task, job: str, shards: set[int]) -> bool:
@@ -59,7 +77,8 @@ class ChildProcess:
             )
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
-        self.running: Running | None = None
+        self.queue: collections.deque[Running] = collections.deque()
+        self.queued_bytes = 0
         # Until the child says it is ready (its imports take ~0.5 s), a task written to its
         # pipe could fill the pipe and block the agent, and with it the heartbeats.
         self.ready = False
@@ -71,14 +90,52 @@ class ChildProcess:
     def fileno(self) -> int:
         return self.fd
 
+    @property
+    def running(self) -> Running | None:
+        """The task the child runs now."""
+        return self.queue[0] if self.queue else None
+
+    def held(self) -> list[Lease]:
+        """The shards given to this child and still ours to report."""
+        return [lease for run in self.queue if not run.dropped for lease in run.leases]
+
+    def may_take(self, size: int, *, queue: bool) -> bool:
+        """Whether a task of `size` bytes may be written now: at once when idle; with `queue`,
+        behind the running one too, while the pipe keeps room for it."""
+        if not self.ready:
+            return False
+        if not self.queue:
+            return True
+        return queue and len(self.queue) < QUEUE_DEPTH and self.queued_bytes + size <= PIPE_ROOM
+
+    def finish(self, now: float) -> Running:
+        """The head's reply is in: it leaves the queue, and the next task starts."""
+        done = self.queue.popleft()
+        self.queued_bytes -= done.size
+        if self.queue:
+            self.queue[0].begin(now)
+        return done
+
+    def waiting(self) -> list[Running]:
+        """Tasks written to the child but not started, taken back (to run elsewhere); the
+        child itself is about to be replaced."""
+        rest = list(self.queue)[1:]
+        for run in rest:
+            self.queue.remove(run)
+            self.queued_bytes -= run.size
+        return rest
+
     def has_output(self) -> bool:
         """Whether the child has written something not read yet (its result, or its EOF)."""
         return bool(select.select([self.fd], [], [], 0)[0])
 
-    def start(self, task: Task, frames: list[Buffer], now: float) -> bool:
+    def start(self, task: Task, frames: list[Buffer], size: int, now: float) -> bool:
         """Hand the child a task (the frames as the master sent them); False if it is dead."""
-        deadline = now + task.timeout if task.timeout else None
-        self.running = Running(task, now, deadline)
+        run = Running(task, frames, size)
+        if not self.queue:
+            run.begin(now)
+        self.queue.append(run)
+        self.queued_bytes += size
         assert self.proc.stdin is not None
         try:
             write_frames(self.proc.stdin, frames)  # type: ignore[arg-type]
@@ -95,17 +152,18 @@ class ChildProcess:
         self.ready = frames == []
         return self.ready
 
-    def read(self) -> tuple[Decoded, list[memoryview]] | None:
-        """The child's reply and its raw frames, or None when it died (EOF or cut off)."""
+    def read(self) -> tuple[str, list[memoryview]] | None:
+        """The kind of the child's reply and its raw frames (forwarded as they are; the
+        master decodes them), or None when it died (EOF or cut off)."""
         assert self.proc.stdout is not None
         try:
             frames = read_frames(self.proc.stdout)  # type: ignore[arg-type]
         except EOFError:
             return None
-        if frames is None:
+        if not frames:
             return None
         try:
-            return decode(frames), frames
+            return peek_kind(frames[0]), frames
         except ProtocolError:
             return None
 

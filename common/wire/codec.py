@@ -3,13 +3,19 @@
 Values inside a message's `payload` are packed with `pack_value`: plain msgpack, where each
 NumPy array is an extension record `(dtype.str, shape, frame index)` and its bytes travel as a
 separate zero-copy frame. Every decode failure becomes one `ProtocolError`.
+
+Several messages to one peer may travel as one **bundle** (`bundle`/`unbundle`): a header
+`{"kind": "bundle", "v": 1, "counts": [frames of each part]}`, then each part's frames in order.
+One send, one receive and one wake-up carry many short tasks or results; each part is still
+decoded and handled alone, so a bad one costs only itself. Bundles do not nest.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
 ARRAY_EXT = 1
 MAX_ARRAY_DIMS = 32
 MAX_FRAMES = 65_536
+BUNDLE = "bundle"
 
 Buffer = bytes | bytearray | memoryview
 
@@ -68,6 +75,70 @@ def encode(msg: Message, arrays: Sequence[np.ndarray | Buffer] = ()) -> list[Buf
     return frames
 
 
+def bundle(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    """Encoded messages to one peer as one zmq message (a single one travels as it is)."""
+    if len(parts) == 1:
+        return list(parts[0])
+    counts = [len(p) for p in parts]
+    header = msgpack.packb({"kind": BUNDLE, "v": PROTOCOL_VERSION, "counts": counts})
+    return [header, *itertools.chain.from_iterable(parts)]
+
+
+def bundles(
+    parts: Sequence[Sequence[Any]], *, max_parts: int, max_bytes: int
+) -> Iterator[list[Any]]:
+    """Encoded messages to one peer, in order, as few bundles as the limits allow (a part
+    bigger than `max_bytes` travels alone)."""
+    group: list[Sequence[Any]] = []
+    size = 0
+    for part in parts:
+        nbytes = sum(memoryview(_buffer(f)).nbytes for f in part)
+        if group and (len(group) == max_parts or size + nbytes > max_bytes):
+            yield bundle(group)
+            group, size = [], 0
+        group.append(part)
+        size += nbytes
+    if group:
+        yield bundle(group)
+
+
+def unbundle(frames: Sequence[Any]) -> list[Sequence[Any]]:
+    """The messages one zmq message holds: itself, or a bundle's parts (its header checked
+    here; each part is decoded on its own)."""
+    if not frames:
+        return [frames]
+    try:
+        raw = msgpack.unpackb(_buffer(frames[0]), raw=False, strict_map_key=True)
+    except Exception:  # not our business here: decode() names what is wrong with it
+        return [frames]
+    if not isinstance(raw, dict) or raw.get("kind") != BUNDLE:
+        return [frames]
+    _check_version(raw.get("v"))
+    counts = raw.get("counts")
+    if (
+        not isinstance(counts, list)
+        or not all(isinstance(n, int) and n >= 1 for n in counts)
+        or sum(counts) != len(frames) - 1
+    ):
+        raise ProtocolError(
+            f"bad bundle header: counts {counts!r} must be positive frame counts adding up to "
+            f"the {len(frames) - 1} frames that follow it"
+        )
+    parts, start = [], 1
+    for n in counts:
+        parts.append(frames[start : start + n])
+        start += n
+    return parts
+
+
+def _check_version(version: object) -> None:
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"peer speaks protocol version {version!r}, this side speaks {PROTOCOL_VERSION}; "
+            "run the same shardmill version on the master, workers and clients"
+        )
+
+
 def decode(frames: Sequence[Any]) -> Decoded:
     """Parse zmq frames (bytes or zmq.Frame) into a validated message; raise ProtocolError."""
     if not frames:
@@ -81,11 +152,11 @@ def decode(frames: Sequence[Any]) -> Decoded:
         raise ProtocolError(f"header frame is not valid msgpack: {e}") from e
     if not isinstance(raw, dict):
         raise ProtocolError(f"header must be a map, got {type(raw).__name__}")
-    version = raw.get("v")
-    if version != PROTOCOL_VERSION:
-        raise VersionMismatch(
-            f"peer speaks protocol version {version!r}, this side speaks {PROTOCOL_VERSION}; "
-            "run the same shardmill version on the master, workers and clients"
+    _check_version(raw.get("v"))
+    if raw.get("kind") == BUNDLE:
+        raise ProtocolError(
+            "a bundle where one message was expected: bundles carry messages between the "
+            "master and its workers, and do not nest"
         )
     try:
         msg = MESSAGE_ADAPTER.validate_python(raw)
@@ -114,6 +185,19 @@ def decode_checked(
     if decoded.msg.kind not in kinds:
         raise ProtocolError(f"{decoded.msg.kind!r} is not {expected}")
     return decoded
+
+
+def peek_kind(header: Buffer) -> str:
+    """A message's kind from its header frame, without validating the rest (for a relay that
+    forwards it: the receiver decodes it in full)."""
+    try:
+        raw = msgpack.unpackb(header, raw=False)
+    except Exception as e:
+        raise ProtocolError(f"header frame is not valid msgpack: {e}") from e
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if not isinstance(kind, str):
+        raise ProtocolError("header has no kind")
+    return kind
 
 
 def peek_req(frames: Sequence[Any]) -> int:

@@ -9,7 +9,7 @@ import msgpack
 import zmq
 
 from shardmill import LocalCluster
-from shardmill.wire.codec import decode, encode
+from shardmill.wire.codec import bundle, decode, encode
 from shardmill.wire.protocol import ErrorReply, Heartbeat, JobsQuery
 from shardmill.wire.security import Security
 
@@ -53,6 +53,19 @@ def test_garbage_on_both_sockets_then_a_job_completes(cluster: LocalCluster) -> 
             assert _reply(sock).code == "protocol"
             # Given array frames that do not match / Then they are refused, not trusted
             sock.send_multipart([*encode(Heartbeat()), b"extra"])
+            if address == cluster.client_address:
+                assert "not a client request" in _reply(sock).message
+            # Given a bundle: its bad parts are refused one by one, its good ones served
+            bad = [msgpack.packb({"v": 1, "kind": "launch_missiles"})]
+            sock.send_multipart(bundle([bad, encode(Heartbeat()), [b"\xc1"]]))
+            if address == cluster.worker_address:
+                assert "launch_missiles" in _reply(sock).message
+                assert "not valid msgpack" in _reply(sock).message
+            else:  # clients send one message at a time
+                assert "do not nest" in _reply(sock).message
+            header = {"kind": "bundle", "v": 1, "counts": [5]}
+            sock.send_multipart([msgpack.packb(header), b"x"])
+            assert _reply(sock).code == "protocol"
         finally:
             sock.close()
     # Then the master still serves everyone: a real job completes

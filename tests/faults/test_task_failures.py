@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from faults import alive, assert_merged_once, read_pid
+from faults import alive, assert_merged_once, attempts, read_pid
 from helpers import runs, wait_until
 
 from shardmill import LocalCluster, RemoteError
@@ -101,6 +101,25 @@ def test_task_past_its_timeout_is_killed_and_retried(cluster: LocalCluster, runs
         first = _history(job)[0]
         assert first.outcome == "timeout" and "task_timeout=0.5" in first.error.message
         assert_merged_once(job)
+
+
+@pytest.mark.parametrize("fault", ["exit", "hang"])
+def test_a_child_lost_with_tasks_queued_in_its_pipe_charges_only_its_own(
+    cluster: LocalCluster, runs_dir: str, fault: str
+) -> None:
+    """Short shards queue in a child's pipe behind the running one; when that child dies or
+    runs past its timeout, the queued ones run in its replacement, uncharged and once."""
+    with cluster.client() as client:
+        args = [(runs_dir, f"q{i}", i, 150, fault) for i in range(300)]
+        job = client.map("sm_tasks:fault_with_queue", args, chunk_size=1, task_timeout=1.0)
+        assert job.result(timeout=60) == [i + 1 for i in range(300)]
+        assert os.path.exists(os.path.join(runs_dir, "queued-behind")), "no task was queued"
+        # Shards held up behind the hung one may run elsewhere too (backups: `superseded`),
+        # the hung one included, before its timeout kills the child
+        failed = [a.outcome for a in attempts(job) if a.outcome not in ("ok", "superseded")]
+        assert failed == ["crash"] if fault == "exit" else failed in ([], ["timeout"])
+        assert_merged_once(job)
+        assert runs(runs_dir, "q150") == 2
 
 
 def test_gil_holding_task_does_not_starve_heartbeats(cluster: LocalCluster) -> None:

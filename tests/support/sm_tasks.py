@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -85,6 +86,21 @@ def sleep_first(log_dir: str, key: str, seconds: float) -> str:
     if _record(log_dir, key) == 1:
         time.sleep(seconds)
     return "quick"
+
+
+def fault_with_queue(log_dir: str, key: str, x: int, at: int, fault: str) -> int:
+    """At item `at`, first run only: wait until more tasks sit in this child's pipe behind it
+    (its stdin, fd 0, is readable), note that, then die (`exit`) or hang (`hang`)."""
+    if x == at and _record(log_dir, key) == 1:
+        deadline = time.monotonic() + 20
+        while not select.select([0], [], [], 0.05)[0] and time.monotonic() < deadline:
+            pass
+        if select.select([0], [], [], 0)[0]:
+            Path(log_dir, "queued-behind").touch()
+        if fault == "exit":
+            os._exit(3)
+        time.sleep(60)
+    return x + 1
 
 
 def hold_gil(seconds: float) -> int:

@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from shardmill.errors import ProtocolError, VersionMismatch
-from shardmill.wire.codec import decode, encode, pack_value, unpack_value
-from shardmill.wire.protocol import ShardDone, Submit
+from shardmill.wire.codec import (
+    bundle,
+    bundles,
+    decode,
+    encode,
+    pack_value,
+    unbundle,
+    unpack_value,
+)
+from shardmill.wire.protocol import Heartbeat, ShardDone, Submit
 from shardmill.wire.spec import JobSpec
 
 
@@ -111,3 +119,53 @@ def test_messages_are_frozen_and_strict() -> None:
         Submit(spec=spec, unexpected=1)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         spec.op = "x"  # type: ignore[misc]
+
+
+def _done(shard: int, value: object) -> list[object]:
+    packed = pack_value(value)
+    msg = ShardDone(job_id="j", shard=shard, attempt=1, payload=packed.data)
+    return encode(msg, packed.arrays)  # type: ignore[return-value]
+
+
+def test_a_bundle_carries_messages_with_their_arrays_in_order() -> None:
+    parts = [_done(0, np.arange(3)), encode(Heartbeat()), _done(2, {"a": np.ones((2, 2))})]
+    frames = bundle(parts)
+    assert len(frames) == 1 + sum(len(p) for p in parts)
+    got = [decode(p) for p in unbundle(frames)]
+    assert [d.msg.kind for d in got] == ["done", "heartbeat", "done"]
+    assert unpack_value(got[0].msg.payload, got[0].arrays).tolist() == [0, 1, 2]  # type: ignore[union-attr]
+    assert unpack_value(got[2].msg.payload, got[2].arrays)["a"].shape == (2, 2)  # type: ignore[union-attr]
+    # A single message travels as it is, and a plain message unbundles to itself
+    assert bundle(parts[1:2]) == parts[1]
+    assert unbundle(parts[0]) == [parts[0]]
+
+
+def test_bundles_keep_order_within_their_limits() -> None:
+    parts = [_done(i, b"x" * 100) for i in range(10)] + [_done(10, b"y" * 5000)]
+    sent = list(bundles(parts, max_parts=4, max_bytes=1000))
+    got = [decode(p).msg for frames in sent for p in unbundle(frames)]
+    assert [m.shard for m in got] == list(range(11))  # type: ignore[union-attr]
+    assert [len(unbundle(f)) for f in sent] == [4, 4, 2, 1]  # the big one alone
+
+
+def test_bad_bundles_are_refused_by_what_is_wrong() -> None:
+    header = {"kind": "bundle", "v": 1, "counts": [1, 2]}
+    with pytest.raises(ProtocolError, match="adding up to the 2 frames"):
+        unbundle([msgpack.packb(header), b"a", b"b"])
+    with pytest.raises(ProtocolError, match="adding up"):
+        unbundle([msgpack.packb({**header, "counts": [0, 2]}), b"a", b"b"])
+    with pytest.raises(VersionMismatch, match="version 3"):
+        unbundle([msgpack.packb({**header, "v": 3}), b"a", b"b", b"c"])
+    with pytest.raises(ProtocolError, match="do not nest"):
+        decode(unbundle(bundle([bundle([encode(Heartbeat()), encode(Heartbeat())]), [b"x"]]))[0])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=4), st.lists(st.integers(-2, 5)))
+def test_any_bundle_header_splits_or_is_a_protocol_error(
+    rest: list[bytes], counts: list[int]
+) -> None:
+    frames = [msgpack.packb({"kind": "bundle", "v": 1, "counts": counts}), *rest]
+    with contextlib.suppress(ProtocolError):
+        parts = unbundle(frames)
+        assert [len(p) for p in parts] == counts

@@ -1,0 +1,206 @@
+"""The agent's children and the tasks waiting for one: which child runs what, a child's death
+or timeout as the shard's failure, a cancel, a drain's hand-back.
+
+The agent owns the socket: a child's reply leaves through its `forward`, a failure found here
+through its `report`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from shardmill.wire.codec import Buffer
+from shardmill.wire.protocol import ErrorInfo, Lease, Task
+from shardmill.worker.runner import ChildProcess, Running, of, task_leases, wait_all
+
+log = logging.getLogger(__name__)
+# A child's pipe holds tasks behind its running one only for a job whose shards ran this
+# briefly here (seconds): a wake-up per task is then much of their cost. Longer ones wait in the
+# agent, where a drain hands them back unstarted; the pipe's few run out within a drain's grace.
+QUEUE_BELOW = 0.02
+Pending = tuple[Task, list[Buffer], int]  # a task, its frames as received, their bytes
+Report = Callable[[Task, ErrorInfo, float], None]  # a shard failed here: task, why, started
+Forward = Callable[[Running, list[memoryview], float], None]  # a child's reply, as written
+
+
+class Slots:
+    """One child per slot, and the short shards the master sent beyond them."""
+
+    def __init__(
+        self, worker_id: str, imports: list[str], count: int, report: Report, forward: Forward
+    ) -> None:
+        self.worker_id, self.imports = worker_id, imports
+        self.children = [self._spawn(fork=True) for _ in range(count)]  # before any zmq
+        self.pending: collections.deque[Pending] = collections.deque()
+        self.brief: dict[str, float] = {}  # job -> the run time of its latest shard here
+        self.handback: list[Lease] = []  # shards a drain gives back to the master, unstarted
+        self.draining = False
+        self.poller: zmq.Poller | None = None
+        self._report, self._forward = report, forward
+
+    def register(self, poller: zmq.Poller) -> None:
+        self.poller = poller
+        for child in self.children:
+            poller.register(child.fileno(), zmq.POLLIN)
+
+    def add(self, task: Task, frames: list[Buffer]) -> None:
+        """A task from the master: it waits for a child (forwarded to it as received)."""
+        if self.draining:
+            self.handback.extend(task_leases(task))
+        else:
+            self.pending.append((task, frames, sum(memoryview(f).nbytes for f in frames)))
+
+    def step(self, ready: dict[Any, int], now: float) -> None:
+        """Replies the poll found, timeouts, then pending tasks to free children."""
+        for child in list(self.children):
+            if child.fileno() in ready:
+                self._on_child(child)
+        self._check_timeouts(now)
+        self._assign(now)
+
+    def held(self) -> list[Lease]:
+        """Every shard this worker holds: in its children, and waiting for one."""
+        held = [lease for c in self.children for lease in c.held()]
+        return held + [lease for t, _, _ in self.pending for lease in task_leases(t)]
+
+    def deadlines(self) -> list[float]:
+        return [r.deadline for c in self.children if (r := c.running) and r.deadline]
+
+    def collect(self) -> None:
+        """Replies children have already written: sent now, not held back."""
+        for child in [c for c in self.children if c.running and c.has_output()]:
+            self._on_child(child)
+
+    # ---- children ------------------------------------------------------------------------------
+
+    def _spawn(self, fork: bool = False) -> ChildProcess:
+        return ChildProcess(self.worker_id, self.imports, fork=fork)
+
+    def _replace(self, child: ChildProcess) -> None:
+        assert self.poller is not None
+        self.poller.unregister(child.fileno())
+        child.kill()
+        fresh = self._spawn()
+        self.children[self.children.index(child)] = fresh
+        self.poller.register(fresh.fileno(), zmq.POLLIN)
+
+    def _assign(self, now: float) -> None:
+        """Pending tasks to children: an idle one first, else queued behind a running one."""
+        while self.pending:
+            task, frames, size = self.pending[0]
+            queue = self.brief.get(task.job_id, QUEUE_BELOW) < QUEUE_BELOW
+            free = [c for c in self.children if c.may_take(size, queue=queue)]
+            if not free:
+                return
+            child = min(free, key=lambda c: len(c.queue))
+            self.pending.popleft()
+            if not child.start(task, frames, size, now):
+                self._report_death(child)
+
+    def _on_child(self, child: ChildProcess) -> None:
+        """Every reply the child has written (its queue runs on meanwhile)."""
+        if not child.ready:
+            if not child.read_ready():
+                self._report_death(child)
+            return
+        while child.queue:
+            got = child.read()
+            if got is None or got[0] not in ("done", "failed"):
+                if got is not None:
+                    log.error("child %d sent an unexpected %s; replacing it", child.pid, got[0])
+                self._report_death(child)
+                break
+            now = time.monotonic()
+            run = child.finish(now)
+            self._timed(run.task.job_id, now - run.started)
+            if not run.dropped:
+                self._forward(run, got[1], now)
+            if not child.has_output():
+                break
+        self._assign(time.monotonic())
+
+    def _timed(self, job: str, seconds: float) -> None:
+        self.brief[job] = seconds
+        if len(self.brief) > 64:  # the jobs of late: forget the oldest
+            del self.brief[next(iter(self.brief))]
+
+    def _retire(self, child: ChildProcess) -> None:
+        """Replace a child that must go; the tasks waiting in its pipe run in the next one."""
+        waiting = child.waiting()
+        self._replace(child)
+        for run in reversed(waiting):
+            if run.dropped:
+                continue
+            if self.draining:
+                self.handback.extend(run.leases)
+            else:
+                self.pending.appendleft((run.task, run.frames, run.size))
+
+    def _report_death(self, child: ChildProcess) -> None:
+        running = child.running
+        err = child.death()  # before replacing: the exit code, not our SIGKILL, tells the story
+        self._retire(child)
+        if running is None or running.dropped:
+            log.warning("idle child %d died (%s); replaced", child.pid, err.message)
+            return
+        log.warning("shard %s/%d: %s", running.task.job_id, running.task.shard, err.message)
+        self._report(running.task, err, running.started)
+
+    def _check_timeouts(self, now: float) -> None:
+        for child in list(self.children):
+            run = child.running
+            if run is None or run.deadline is None or now < run.deadline:
+                continue
+            self._retire(child)
+            timeout = run.task.timeout
+            log.warning(
+                "shard %s/%d exceeded task_timeout=%ss; child killed",
+                run.task.job_id,
+                run.task.shard,
+                timeout,
+            )
+            err = child.death().model_copy(
+                update={
+                    "kind": "timeout",
+                    "type": "TaskTimeout",
+                    "message": f"shard ran past task_timeout={timeout}s; its child was killed",
+                }
+            )
+            self._report(run.task, err, run.started)
+
+    def cancel(self, job: str, shards: set[int]) -> None:
+        """Drop the job's tasks (only those of `shards`, when named: a backup race ended)."""
+        self.pending = collections.deque(p for p in self.pending if not of(p[0], job, shards))
+        for child in list(self.children):
+            for queued in list(child.queue)[1:]:  # in its pipe: run, but not reported
+                queued.dropped = queued.dropped or of(queued.task, job, shards)
+            if (run := child.running) is not None and of(run.task, job, shards):
+                log.info("cancelling shard %s/%d", job, run.task.shard)
+                self._retire(child)
+
+    # ---- drain and shutdown --------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Take no more: what waits for a child goes back to the master unstarted."""
+        self.draining = True
+        self.handback.extend(lease for t, _, _ in self.pending for lease in task_leases(t))
+        self.pending.clear()
+
+    def busy(self) -> list[ChildProcess]:
+        return [c for c in self.children if (r := c.running) and not r.dropped]
+
+    def stop(self, children: list[ChildProcess]) -> None:
+        """A drain's grace is over: stop them and hand their shards back uncharged."""
+        for child in children:
+            self.handback.extend(child.held())
+            child.queue.clear()
+            child.kill()
+
+    def close(self, timeout: float) -> None:
+        wait_all(self.children, timeout=timeout)
