@@ -14,6 +14,7 @@ import os
 import time
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import zmq
 from bench_context import Bench
@@ -21,7 +22,7 @@ from bench_harness import SHARDMILL, Metric, Target, cluster_env, cpu_seconds, v
 
 from shardmill import LocalCluster, __version__
 from shardmill.ops.registry import Registry
-from shardmill.wire.codec import decode, encode
+from shardmill.wire.codec import bundles, decode, encode, unbundle
 from shardmill.wire.protocol import (
     Heartbeat,
     MasterPing,
@@ -166,25 +167,31 @@ class _Fakes:
                 sock.send_multipart(beat)
 
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
-        echo = 0.0  # the newest ping, echoed once per drain as an agent does
+        """What the master sent (bundles too), answered as an agent does: the replies of one
+        drain in one bundle, the newest ping echoed once."""
+        echo = 0.0
+        out: list[list[Any]] = []
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            decoded = decode(frames)
-            msg = decoded.msg
-            if isinstance(msg, Task):
-                reply, arrays = run_task(msg, decoded.arrays, self.registry)
-                sock.send_multipart(encode(reply, arrays))
-            elif isinstance(msg, MasterPing):
-                echo = max(echo, msg.sent)
-            elif isinstance(msg, Welcome):
-                self.interval = msg.heartbeat_interval
-            elif isinstance(msg, Reregister):
-                sock.send_multipart(self.ready)
+            for part in unbundle(frames):
+                decoded = decode(part)
+                msg = decoded.msg
+                if isinstance(msg, Task):
+                    reply, arrays = run_task(msg, decoded.arrays, self.registry)
+                    out.append(encode(reply, arrays))
+                elif isinstance(msg, MasterPing):
+                    echo = max(echo, msg.sent)
+                elif isinstance(msg, Welcome):
+                    self.interval = msg.heartbeat_interval
+                elif isinstance(msg, Reregister):
+                    out.append(self.ready)
         if echo:
-            sock.send_multipart(encode(Heartbeat(echo=echo)))
+            out.append(encode(Heartbeat(echo=echo)))
+        for frames in bundles(out, max_parts=256, max_bytes=2**20):
+            sock.send_multipart(frames)
 
     def close(self) -> None:
         for sock in self.socks:

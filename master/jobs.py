@@ -12,7 +12,7 @@ from shardmill.master.merge import FinalResult, MapMerger, Merger, OpMerger
 from shardmill.ops import MAP_OP
 from shardmill.ops.registry import Registry
 from shardmill.wire.codec import Buffer
-from shardmill.wire.protocol import BatchShard, Submit, Task
+from shardmill.wire.protocol import PROTOCOL_VERSION, ShmRef, Submit
 from shardmill.wire.spec import Descriptor, MapChunk
 
 
@@ -27,6 +27,7 @@ class JobData:
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)  # /dev/shm files holding `inputs`
     idempotent: bool = True  # its op may run a shard twice at once (a speculative backup)
+    _dumps: dict[Descriptor, dict[str, Any]] = field(default_factory=dict)  # as they travel
 
     def task(
         self,
@@ -37,20 +38,45 @@ class JobData:
         op: str,
         timeout: float | None,
         more: tuple[tuple[int, int], ...] = (),
-    ) -> tuple[Task, list[Buffer]]:
+    ) -> tuple[dict[str, Any], list[Buffer]]:
+        """A shard's `Task` message as its header (for `codec.encode_header`) and array frames.
+        Built as plain data: the master sends one per shard, and the pydantic model would cost
+        a third of the encoding. The worker validates it as a `Task` (a test holds the two
+        equal)."""
         payload, arrays = self.inputs[shard] if self.inputs else (b"", [])
-        batch = [BatchShard(shard=s, attempt=a, descriptor=self.descriptors[s]) for s, a in more]
-        msg = Task(
-            job_id=job_id,
-            shard=shard,
-            attempt=attempt,
-            op=op,
-            descriptor=self.descriptors[shard],
-            timeout=None if timeout is None else timeout * (1 + len(more)),  # per shard
-            payload=payload,
-            more=batch,
-        )
-        return msg, arrays
+        batch = [{"shard": s, "attempt": a, "descriptor": self._dump(s)} for s, a in more]
+        header = {
+            "v": PROTOCOL_VERSION,
+            "kind": "task",
+            "job_id": job_id,
+            "shard": shard,
+            "attempt": attempt,
+            "op": op,
+            "descriptor": self._dump(shard),
+            "timeout": None if timeout is None else timeout * (1 + len(more)),  # per shard
+            "payload": payload,
+            "shm": [],
+            "more": batch,
+        }
+        return header, arrays
+
+    @staticmethod
+    def with_refs(header: dict[str, Any], refs: list[ShmRef]) -> dict[str, Any]:
+        """The task's header naming the array frames the worker maps from shared memory."""
+        return {**header, "shm": [r.model_dump() for r in refs]}
+
+    def _dump(self, shard: int) -> dict[str, Any]:
+        """A shard's descriptor as plain data; the few distinct ones of a map job, once each."""
+        desc = self.descriptors[shard]
+        try:
+            dumped = self._dumps.get(desc)
+        except TypeError:  # a list inside (a dataset's pieces): not hashable, never repeated
+            return desc.model_dump(mode="python")
+        if dumped is None:
+            dumped = desc.model_dump(mode="python")
+            if len(self._dumps) < 64:
+                self._dumps[desc] = dumped
+        return dumped
 
     @property
     def batchable(self) -> bool:

@@ -245,13 +245,13 @@ class MasterLoop:
 
     def _send_task(self, cmd: ev.SendTask, result: Result | None) -> None:
         spec, data = self.core.brain.jobs[cmd.job_id].spec, self.core.data[cmd.job_id]
-        msg, arrays = data.task(
+        header, arrays = data.task(
             cmd.job_id, cmd.shard, cmd.attempt, op=spec.op, timeout=spec.task_timeout, more=cmd.more
         )
         if data.segments and cmd.worker in self.core.peers.shares_memory:  # it maps the pages
             arrays, refs = self.core.segments.refs(arrays)
-            msg = msg.model_copy(update={"shm": refs})
-        self.workers.send(cmd.worker, msg, arrays)
+            header = data.with_refs(header, refs)
+        self.workers.send_header(cmd.worker, header, arrays)
         if cmd.backup:
             self.metrics.backups.inc()
 
@@ -303,7 +303,8 @@ class MasterLoop:
             map_job=isinstance(data.merger, MapMerger),
         )
         self.metrics.job_ended(job)
-        log.info("%s", _ending(job.info(offset=offset)))
+        if log.isEnabledFor(logging.INFO):  # the line needs the job's whole info: not for nothing
+            log.info("%s", _ending(job.info(offset=offset)))
         data.release_inputs()
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:

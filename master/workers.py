@@ -14,7 +14,14 @@ from shardmill.errors import InvalidTransition, ProtocolError, StateDirError
 from shardmill.master.brain import events as ev
 from shardmill.master.core import Core, send, user_id
 from shardmill.wire import shm
-from shardmill.wire.codec import Buffer, bundles, decode_checked, encode, unbundle
+from shardmill.wire.codec import (
+    Buffer,
+    bundles,
+    decode_checked,
+    encode,
+    encode_header,
+    unbundle,
+)
 from shardmill.wire.handshake import fingerprint
 from shardmill.wire.keyring import WORKERS, Keyring
 from shardmill.wire.protocol import (
@@ -69,6 +76,10 @@ class WorkerMessages:
     def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
         """Queue `msg` for `worker`; it leaves at the loop turn's end (`flush`)."""
         self.outbox.setdefault(worker, []).append(encode(msg, arrays))
+
+    def send_header(self, worker: str, header: dict[str, Any], arrays: Sequence[Any]) -> None:
+        """As `send`, for a message the master built as plain data (a task)."""
+        self.outbox.setdefault(worker, []).append(encode_header(header, arrays))
 
     def flush(self) -> None:
         """Send what this turn queued: each worker's messages as few bundles, in order."""

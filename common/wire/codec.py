@@ -68,8 +68,14 @@ def is_numpy_scalar(obj: object) -> TypeIs[np.generic]:
 
 def encode(msg: Message, arrays: Sequence[np.ndarray | Buffer] = ()) -> list[Buffer]:
     """Turn a message and its array frames into zmq frames."""
-    header = msgpack.packb(msg.model_dump(mode="python"), use_bin_type=True)
-    frames: list[Buffer] = [header]
+    return encode_header(msg.model_dump(mode="python"), arrays)
+
+
+def encode_header(
+    header: dict[str, Any], arrays: Sequence[np.ndarray | Buffer] = ()
+) -> list[Buffer]:
+    """As `encode`, for a message already dumped to plain data (the master's tasks)."""
+    frames: list[Buffer] = [msgpack.packb(header, use_bin_type=True)]
     for arr in arrays:
         frames.append(array_bytes(arr) if is_array(arr) else arr)
     return frames

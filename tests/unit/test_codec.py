@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -12,16 +13,19 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from shardmill.errors import ProtocolError, VersionMismatch
+from shardmill.master.jobs import accept
+from shardmill.ops.registry import NO_MODULES
 from shardmill.wire.codec import (
     bundle,
     bundles,
     decode,
     encode,
+    encode_header,
     pack_value,
     unbundle,
     unpack_value,
 )
-from shardmill.wire.protocol import Heartbeat, ShardDone, Submit
+from shardmill.wire.protocol import Heartbeat, ShardAttempt, ShardDone, ShmRef, Submit, Task
 from shardmill.wire.spec import JobSpec
 
 
@@ -169,3 +173,37 @@ def test_any_bundle_header_splits_or_is_a_protocol_error(
     with contextlib.suppress(ProtocolError):
         parts = unbundle(frames)
         assert [len(p) for p in parts] == counts
+
+
+def test_the_masters_hand_built_tasks_are_the_task_model_exactly(tmp_path: Path) -> None:
+    """The master builds each Task header as plain data (master/jobs.py): the worker must read
+    it as the very Task the model would have made, for map and dataset jobs, batches and
+    shared-memory references."""
+    np.save(tmp_path / "d.npy", np.arange(60.0).reshape(20, 3))
+    dataset = JobSpec(op="column_stats", dataset=str(tmp_path / "d.npy"), shards=4)
+    packed = pack_value([(1, np.arange(3))])
+    mapping = Submit(
+        spec=JobSpec(op="map", function="m:f"),
+        parts=[packed.data] * 2,
+        part_counts=[1, 1],
+        part_arrays=[1, 1],
+    )
+    cases = [
+        (accept(mapping, packed.arrays * 2, NO_MODULES), "map", (), None),
+        (accept(Submit(spec=dataset), [], NO_MODULES), "column_stats", ((1, 2), (2, 1)), 1.5),
+    ]
+    ref = ShmRef(frame=0, segment="s", offset=8, size=24)
+    for data, op, more, timeout in cases:
+        header, arrays = data.task("j1", 0, 3, op=op, timeout=timeout, more=more)
+        for h in (header, data.with_refs(header, [ref])):
+            task = decode(encode_header(h, arrays)).msg
+            assert isinstance(task, Task)
+            assert _plain(task.model_dump(mode="python")) == _plain(h)
+        assert task.more_attempts() == [ShardAttempt(shard=s, attempt=a) for s, a in more]
+        assert task.descriptor == data.descriptors[0]
+        assert task.timeout == (None if timeout is None else timeout * (1 + len(more)))
+
+
+def _plain(header: dict[str, object]) -> object:
+    """A header as it travels (tuples and lists alike)."""
+    return msgpack.unpackb(msgpack.packb(header))
