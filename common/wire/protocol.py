@@ -3,6 +3,8 @@
 Values (task arguments, results) never live in these models: they ride in `payload`
 (msgpack made by `codec.pack_value`) plus NumPy array frames, so the master can forward them
 without decoding. Evolve by appending fields with defaults; never reuse a `kind` tag.
+Between the master and its workers several messages may travel as one bundle (kind
+"bundle", see `codec.bundle`): framing, not a message of its own.
 """
 
 from __future__ import annotations
