@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -72,7 +72,9 @@ class MasterLoop:
         self.auth = self.security.authenticator(self.ctx, self.refusals)  # ZAP before we bind
         bind = functools.partial(bind_router, self.ctx, settings, self.security)
         keyring = None if self.auth is None else self.auth.keyring
-        self.workers = WorkerMessages(self.core, bind("workers"), apply=self.apply, keyring=keyring)
+        self.workers = WorkerMessages(
+            self.core, bind("workers"), apply=self.apply_all, keyring=keyring
+        )
         self.clients = ClientRequests(self.core, bind("clients"), keyring)
         self.watches = [  # handshakes that fail before ZAP: a CURVE/plaintext mix-up
             PortWatch(sock, name=name, insecure=self.security.insecure, refusals=self.refusals)
@@ -226,21 +228,35 @@ class MasterLoop:
 
     # ---- commands ------------------------------------------------------------------------------
 
-    def apply(self, event: ev.Event, result: Result | None = None) -> list[ev.Command]:
-        """Feed the brain `event` (a shard's result rides along for the merge), carry out its
-        commands and the events they lead to; returns every command, for callers that ask."""
-        pending, commands = [event], []
-        match event:  # what workers report, for the metrics
-            case ev.ShardSucceeded(duration=seconds):
-                self.metrics.shard_seconds.observe(seconds)
-            case ev.ShardFailed(error=error):
-                self.metrics.attempts_failed.labels(error.kind).inc()
+    def apply(self, event: ev.Event) -> list[ev.Command]:
+        """Feed the brain `event`, carry out its commands and the events they lead to; returns
+        every command, for callers that ask."""
+        return self.apply_all([(event, None)])
+
+    def apply_all(self, items: Sequence[tuple[ev.Event, Result | None]]) -> list[ev.Command]:
+        """As `apply`, for events that arrived together (a worker's bundle): the brain takes
+        them at once and hands out work once. A shard's result rides along with its event,
+        for the merge."""
+        results: dict[tuple[str, int], Result] = {}
+        for event, result in items:
+            match event:  # what workers report, for the metrics
+                case ev.ShardSucceeded(job_id=job_id, shard=shard, duration=seconds):
+                    self.metrics.shard_seconds.observe(seconds)
+                    if result is not None:  # the first copy, if a bundle holds two
+                        results.setdefault((job_id, shard), result)
+                case ev.ShardFailed(error=error):
+                    self.metrics.attempts_failed.labels(error.kind).inc()
+        pending: list[Sequence[ev.Event]] = [[event for event, _ in items]]
+        commands: list[ev.Command] = []
         while pending:
-            for cmd in self.core.brain.handle(pending.pop(0), time.monotonic()):
+            for cmd in self.core.brain.handle_all(pending.pop(0), time.monotonic()):
                 commands.append(cmd)
-                follow_up = self.executors[type(cmd)](cmd, result)
+                merged = (
+                    results.get((cmd.job_id, cmd.shard)) if type(cmd) is ev.MergeShard else None
+                )
+                follow_up = self.executors[type(cmd)](cmd, merged)
                 if follow_up is not None:
-                    pending.append(follow_up)
+                    pending.append([follow_up])
         return commands
 
     def _send_task(self, cmd: ev.SendTask, result: Result | None) -> None:

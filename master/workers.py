@@ -44,6 +44,7 @@ MAX_RTT = 10.0  # seconds: an echo older than this (or from the future) is not b
 BUNDLE_PARTS = 256  # the most messages sent to a worker as one bundle...
 BUNDLE_BYTES = 1 << 20  # ...and their bytes: a big task travels alone
 Handler = Callable[[bytes, Any, list[Buffer]], object]
+ApplyAll = Callable[[Sequence[tuple[ev.Event, Result | None]]], object]
 
 
 class WorkerMessages:
@@ -54,13 +55,16 @@ class WorkerMessages:
         core: Core,
         sock: zmq.Socket[bytes],
         *,
-        apply: Callable[[ev.Event, Result], object],
+        apply: ApplyAll,
         keyring: Keyring | None = None,
     ) -> None:
         self.core = core
         self.sock = sock
         self.keyring = keyring  # None without CURVE
-        self._apply_with_result = apply  # a result rides along with its event, for the merge
+        self._apply_all = apply  # a result rides along with its event, for the merge
+        # A bundle's results and failures, fed to the brain together (one dispatch for them
+        # all); any other message first lets the ones before it through, to keep the order.
+        self._reports: list[tuple[ev.Event, Result | None]] = []
         # What the loop's turn has for each worker, sent at its end as bundles (`flush`): one
         # send and one wake-up for a window of short tasks, in the order they were decided.
         self.outbox: dict[str, list[list[Buffer]]] = {}
@@ -106,17 +110,33 @@ class WorkerMessages:
             return
         for part in parts:
             self._on_message(identity, worker, part)
+        self._boundary(identity, worker, self._report_all)
 
     def _on_message(self, identity: bytes, worker: str, frames: Sequence[Any]) -> None:
         """One worker message: the per-message boundary of the worker socket."""
-        try:
+
+        def handle() -> None:
             decoded = decode_checked(
                 frames,
                 max_bytes=self.core.settings.max_message_bytes,
                 kinds=WORKER_KINDS,
                 expected="a worker message; is this a client?",
             )
+            if decoded.msg.kind not in ("done", "failed"):
+                self._report_all()  # what came before it, first
             self.handlers[decoded.msg.kind](identity, decoded.msg, decoded.arrays)
+
+        self._boundary(identity, worker, handle)
+
+    def _report_all(self) -> None:
+        reports, self._reports = self._reports, []
+        if reports:
+            self._apply_all(reports)
+
+    def _boundary(self, identity: bytes, worker: str, handle: Callable[[], object]) -> None:
+        """Log and answer what goes wrong handling a worker's message; keep serving."""
+        try:
+            handle()
         except ProtocolError as e:
             log.warning("bad message from worker %s: %s", worker, e)
             send(self.sock, identity, ErrorReply(code="protocol", message=str(e)))
@@ -214,9 +234,10 @@ class WorkerMessages:
             error.message,
         )
         more = _pairs(msg.more)
-        self.core.apply(
-            ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration, more)
+        event = ev.ShardFailed(
+            worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration, more
         )
+        self._reports.append((event, None))
 
     def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
         worker = _name(identity)
@@ -233,12 +254,11 @@ class WorkerMessages:
                 f"max_result_bytes={limit:,}; use more shards or write the output "
                 "to files",
             )
-            self.core.apply(
-                ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err, 0.0, more)
-            )
+            failed = ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err, 0.0, more)
+            self._reports.append((failed, None))
             return
         event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more)
-        self._apply_with_result(event, (msg.payload, arrays))
+        self._reports.append((event, (msg.payload, arrays)))
 
 
 def _name(identity: bytes) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardmill.master.brain import events as ev
@@ -70,9 +70,15 @@ class MasterState(Roster):
 
     def handle(self, event: ev.Event, now: float) -> list[ev.Command]:
         """Apply one event at time `now`, then hand out work; return the commands to carry out."""
+        return self.handle_all((event,), now)
+
+    def handle_all(self, events: Sequence[ev.Event], now: float) -> list[ev.Command]:
+        """Apply events that arrived together (a worker's bundle of results), then hand out
+        work once for them all, as if each had come alone at the same instant."""
         self._now = now
         self._out = []
-        self._handlers[type(event)](event)
+        for event in events:
+            self._handlers[type(event)](event)
         self._release_waiting()
         self._dispatch()
         return self._out

@@ -539,3 +539,17 @@ def test_an_idle_worker_leaving_while_every_shard_is_leased_costs_nothing() -> N
     sends = _sends(s.handle(ev.WorkerReady("w3", slots=2), now=10))
     assert sorted(c.shard for c in sends) == [3, 4]
     assert sorted(s.workers["w3"].leases) == [("j", 3), ("j", 4)]
+
+
+def test_results_that_arrive_together_are_handed_out_once_as_if_each_came_alone() -> None:
+    # Given two one-slot workers each running a shard of a 6-shard job
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0)
+    first = _sends(s.handle(ev.JobAdded("j", SPEC, 6), now=1))
+    # When both results come in one bundle
+    together = [ev.ShardSucceeded(c.worker, "j", c.shard, c.attempt) for c in first]
+    cmds = s.handle_all(together, now=2)
+    # Then both merge, and each freed slot gets the next shard, from one dispatch
+    assert [type(c) for c in cmds] == [ev.MergeShard, ev.MergeShard, ev.SendTask, ev.SendTask]
+    assert sorted((c.worker, c.shard) for c in _sends(cmds)) == [("w1", 2), ("w2", 3)]
