@@ -22,7 +22,7 @@ from shardmill.config import WorkerSettings
 from shardmill.errors import ProtocolError
 from shardmill.health import HealthFile
 from shardmill.wire import shm
-from shardmill.wire.codec import Buffer, bundles, decode, encode, unbundle
+from shardmill.wire.codec import bundles, decode, encode, unbundle, unpack_header
 from shardmill.wire.handshake import HandshakeWatch
 from shardmill.wire.protocol import (
     CancelTasks,
@@ -35,12 +35,11 @@ from shardmill.wire.protocol import (
     Message,
     Ready,
     ShardFailed,
-    Task,
     Welcome,
 )
 from shardmill.wire.security import Security
 from shardmill.worker.resend import Recent, too_large
-from shardmill.worker.runner import Running
+from shardmill.worker.runner import Running, TaskHead
 from shardmill.worker.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -205,6 +204,11 @@ class Agent:
                 continue
             for part in parts:
                 try:
+                    header = unpack_header(part[0])
+                    if header.get("kind") == "task":  # most of them: read, not validated
+                        task = TaskHead.read(header)
+                        self.slots.add(task, [memoryview(f.buffer) for f in part])
+                        continue
                     decoded = decode(part)
                 except ProtocolError as e:
                     log.warning("bad message from master: %s", e)
@@ -212,7 +216,7 @@ class Agent:
                 if isinstance(decoded.msg, MasterPing):
                     echo = max(echo, decoded.msg.sent)
                     continue
-                self._on_master(decoded.msg, [memoryview(f.buffer) for f in part])
+                self._on_master(decoded.msg)
         if echo:  # the master times the round trip with it; it is our beat, too
             self._send(Heartbeat(echo=echo))
             self.next_beat = time.monotonic() + self.interval
@@ -223,10 +227,8 @@ class Agent:
         self.reconnect_delay = self.interval
         self.health.touch(now, self.interval)
 
-    def _on_master(self, msg: Message, frames: list[Buffer]) -> None:
+    def _on_master(self, msg: Message) -> None:
         match msg:
-            case Task():
-                self.slots.add(msg, frames)
             case CancelTasks(job_id=job, shards=shards):
                 self.slots.cancel(job, set(shards))
             case Welcome():
@@ -276,7 +278,7 @@ class Agent:
         horizon = min(now, self.last_heard) - 2 * self.interval * self.liveness  # and a margin
         self.recent.keep(now, frames, size, horizon)  # the master may not have had it
 
-    def _fail(self, task: Task, err: ErrorInfo, started: float) -> None:
+    def _fail(self, task: TaskHead, err: ErrorInfo, started: float) -> None:
         msg = ShardFailed(
             job_id=task.job_id,
             shard=task.shard,

@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from shardmill.errors import ProtocolError
 from shardmill.wire.codec import Buffer, peek_kind
-from shardmill.wire.protocol import ErrorInfo, Lease, Task
+from shardmill.wire.protocol import ErrorInfo, Lease, ShardAttempt
 from shardmill.worker.forked import Forked
 from shardmill.worker.pipes import read_frames, write_frames
 
@@ -27,11 +28,52 @@ QUEUE_DEPTH = 16  # the most tasks in a child's pipe (the running one included).
 PIPE_ROOM = 32 * 1024  # ...and their bytes: a write never fills the 64 KiB pipe and blocks us
 
 
+@dataclass(frozen=True, slots=True)
+class TaskHead:
+    """What the agent reads of a task it hands a child as received: whose shard, its timeout,
+    its batch. The child decodes and validates the whole `Task` (the agent's tasks are most of
+    its messages: a full decode here cost about a fifth of its time)."""
+
+    job_id: str
+    shard: int
+    attempt: int
+    timeout: float | None = None
+    more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
+
+    @classmethod
+    def read(cls, header: dict[str, Any]) -> TaskHead:
+        """From a `task` message's header (`codec.unpack_header`); ProtocolError if a field
+        the agent needs is missing or of the wrong type."""
+        try:
+            batch = header.get("more", ())
+            more = tuple((_count(m["shard"]), _count(m["attempt"])) for m in batch)
+            timeout = header.get("timeout")
+            if timeout is not None and not isinstance(timeout, int | float):
+                raise TypeError(f"timeout {timeout!r}")
+            job_id = header["job_id"]
+            if not isinstance(job_id, str):
+                raise TypeError(f"job_id {job_id!r}")
+            shard, attempt = _count(header["shard"]), _count(header["attempt"])
+        except (KeyError, TypeError) as e:
+            raise ProtocolError(f"invalid 'task' message: {e}") from e
+        return cls(job_id, shard, attempt, timeout, more)
+
+    def more_attempts(self) -> list[ShardAttempt]:
+        """The batch's other shards, as a reply names them."""
+        return [ShardAttempt(shard=s, attempt=a) for s, a in self.more]
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TypeError(f"{value!r} is not a shard or attempt number")
+    return value
+
+
 @dataclass
 class Running:
     """A task given to a child: running when at the head of its queue, else waiting there."""
 
-    task: Task
+    task: TaskHead
     frames: list[Buffer]
     size: int
     started: float = 0.0
@@ -47,17 +89,15 @@ class Running:
         self.deadline = now + self.task.timeout if self.task.timeout else None
 
 
-def of(task: Task, job: str, shards: set[int]) -> bool:
+def of(task: TaskHead, job: str, shards: set[int]) -> bool:
     """Whether `task` is one of the job's (of these shards only, when any are named)."""
     return task.job_id == job and (not shards or task.shard in shards)
 
 
-def task_leases(task: Task) -> list[Lease]:
+def task_leases(task: TaskHead) -> list[Lease]:
     """The shards a task holds: its own, and those of its batch."""
-    first = Lease(job_id=task.job_id, shard=task.shard, attempt=task.attempt)
-    return [first] + [
-        Lease(job_id=task.job_id, shard=m.shard, attempt=m.attempt) for m in task.more
-    ]
+    pairs = [(task.shard, task.attempt), *task.more]
+    return [Lease(job_id=task.job_id, shard=s, attempt=a) for s, a in pairs]
 
 
 class ChildProcess:
@@ -129,7 +169,7 @@ class ChildProcess:
         """Whether the child has written something not read yet (its result, or its EOF)."""
         return bool(select.select([self.fd], [], [], 0)[0])
 
-    def start(self, task: Task, frames: list[Buffer], size: int, now: float) -> bool:
+    def start(self, task: TaskHead, frames: list[Buffer], size: int, now: float) -> bool:
         """Hand the child a task (the frames as the master sent them); False if it is dead."""
         run = Running(task, frames, size)
         if not self.queue:
@@ -224,4 +264,4 @@ def wait_all(children: list[ChildProcess], timeout: float) -> None:
         child.close()
 
 
-__all__ = ["ChildProcess", "Running", "task_leases", "wait_all"]
+__all__ = ["ChildProcess", "Running", "TaskHead", "task_leases", "wait_all"]

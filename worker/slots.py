@@ -16,16 +16,16 @@ from typing import Any
 import zmq
 
 from shardmill.wire.codec import Buffer
-from shardmill.wire.protocol import ErrorInfo, Lease, Task
-from shardmill.worker.runner import ChildProcess, Running, of, task_leases, wait_all
+from shardmill.wire.protocol import ErrorInfo, Lease
+from shardmill.worker.runner import ChildProcess, Running, TaskHead, of, task_leases, wait_all
 
 log = logging.getLogger(__name__)
 # A child's pipe holds tasks behind its running one only for a job whose shards ran this
 # briefly here (seconds): a wake-up per task is then much of their cost. Longer ones wait in the
 # agent, where a drain hands them back unstarted; the pipe's few run out within a drain's grace.
 QUEUE_BELOW = 0.02
-Pending = tuple[Task, list[Buffer], int]  # a task, its frames as received, their bytes
-Report = Callable[[Task, ErrorInfo, float], None]  # a shard failed here: task, why, started
+Pending = tuple[TaskHead, list[Buffer], int]  # a task, its frames as received, their bytes
+Report = Callable[[TaskHead, ErrorInfo, float], None]  # a shard failed here: task, why, started
 Forward = Callable[[Running, list[memoryview], float], None]  # a child's reply, as written
 
 
@@ -49,7 +49,7 @@ class Slots:
         for child in self.children:
             poller.register(child.fileno(), zmq.POLLIN)
 
-    def add(self, task: Task, frames: list[Buffer]) -> None:
+    def add(self, task: TaskHead, frames: list[Buffer]) -> None:
         """A task from the master: it waits for a child (forwarded to it as received)."""
         if self.draining:
             self.handback.extend(task_leases(task))

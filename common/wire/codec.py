@@ -152,13 +152,7 @@ def decode(frames: Sequence[Any]) -> Decoded:
     if len(frames) > MAX_FRAMES:
         raise ProtocolError(f"{len(frames)} frames in one message; the limit is {MAX_FRAMES}")
     buffers = [_buffer(f) for f in frames]
-    try:
-        raw = msgpack.unpackb(buffers[0], raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError(f"header frame is not valid msgpack: {e}") from e
-    if not isinstance(raw, dict):
-        raise ProtocolError(f"header must be a map, got {type(raw).__name__}")
-    _check_version(raw.get("v"))
+    raw = unpack_header(buffers[0])
     if raw.get("kind") == BUNDLE:
         raise ProtocolError(
             "a bundle where one message was expected: bundles carry messages between the "
@@ -170,6 +164,19 @@ def decode(frames: Sequence[Any]) -> Decoded:
         kind = raw.get("kind")
         raise ProtocolError(f"invalid {kind!r} message: {_short(e)}") from e
     return Decoded(msg, buffers[1:])
+
+
+def unpack_header(frame: Any) -> dict[str, Any]:
+    """A message's header frame as plain data, its protocol version checked; not validated
+    (`decode` does that), for a reader that needs a few fields only (an agent's tasks)."""
+    try:
+        raw = msgpack.unpackb(_buffer(frame), raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"header frame is not valid msgpack: {e}") from e
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"header must be a map, got {type(raw).__name__}")
+    _check_version(raw.get("v"))
+    return raw
 
 
 def check_size(frames: Sequence[Any], limit: int) -> None:
@@ -196,11 +203,7 @@ def decode_checked(
 def peek_kind(header: Buffer) -> str:
     """A message's kind from its header frame, without validating the rest (for a relay that
     forwards it: the receiver decodes it in full)."""
-    try:
-        raw = msgpack.unpackb(header, raw=False)
-    except Exception as e:
-        raise ProtocolError(f"header frame is not valid msgpack: {e}") from e
-    kind = raw.get("kind") if isinstance(raw, dict) else None
+    kind = unpack_header(header).get("kind")
     if not isinstance(kind, str):
         raise ProtocolError("header has no kind")
     return kind

@@ -23,10 +23,21 @@ from shardmill.wire.codec import (
     encode_header,
     pack_value,
     unbundle,
+    unpack_header,
     unpack_value,
 )
-from shardmill.wire.protocol import Heartbeat, ShardAttempt, ShardDone, ShmRef, Submit, Task
-from shardmill.wire.spec import JobSpec
+from shardmill.wire.protocol import (
+    BatchShard,
+    Heartbeat,
+    Lease,
+    ShardAttempt,
+    ShardDone,
+    ShmRef,
+    Submit,
+    Task,
+)
+from shardmill.wire.spec import JobSpec, MapChunk
+from shardmill.worker.runner import TaskHead, task_leases
 
 
 def _round_trip(value: object) -> object:
@@ -207,3 +218,31 @@ def test_the_masters_hand_built_tasks_are_the_task_model_exactly(tmp_path: Path)
 def _plain(header: dict[str, object]) -> object:
     """A header as it travels (tuples and lists alike)."""
     return msgpack.unpackb(msgpack.packb(header))
+
+
+def test_the_agents_light_read_of_a_task_agrees_with_the_model_and_refuses_bad_fields() -> None:
+    batch = [
+        BatchShard(shard=s, attempt=a, descriptor=MapChunk(function="m:f", count=1))
+        for s, a in ((4, 1), (5, 2))
+    ]
+    task = Task(
+        job_id="j",
+        shard=3,
+        attempt=2,
+        op="map",
+        timeout=1.5,
+        descriptor=MapChunk(function="m:f", count=1),
+        more=batch,
+    )
+    header = unpack_header(encode(task)[0])
+    head = TaskHead.read(header)
+    assert (head.job_id, head.shard, head.attempt, head.timeout) == ("j", 3, 2, 1.5)
+    assert head.more_attempts() == task.more_attempts()
+    assert task_leases(head) == [
+        Lease(job_id="j", shard=s, attempt=a) for s, a in ((3, 2), (4, 1), (5, 2))
+    ]
+    for field, bad in (("shard", "3"), ("attempt", True), ("job_id", 7), ("timeout", "x")):
+        with pytest.raises(ProtocolError, match=f"invalid 'task' message: .*{bad!r}"):
+            TaskHead.read({**header, field: bad})
+    with pytest.raises(ProtocolError, match="job_id"):
+        TaskHead.read({k: v for k, v in header.items() if k != "job_id"})
