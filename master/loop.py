@@ -142,6 +142,8 @@ class MasterLoop:
                     break
                 if self.workers.sock in ready:
                     self._drain(self.workers.sock, self.workers.on_frames)
+                    self.workers.report_all()  # the results of the whole drain at once
+                    self.core.checkpoint.check()
                 if self.clients.sock in ready:
                     self._drain(self.clients.sock, self.clients.on_frames)
                 for watch in self.watches:

@@ -62,8 +62,9 @@ class WorkerMessages:
         self.sock = sock
         self.keyring = keyring  # None without CURVE
         self._apply_all = apply  # a result rides along with its event, for the merge
-        # A bundle's results and failures, fed to the brain together (one dispatch for them
-        # all); any other message first lets the ones before it through, to keep the order.
+        # Results and failures, fed to the brain together once the socket is drained (one
+        # dispatch for them all: `report_all`); any other message first lets the ones before
+        # it through, to keep the order.
         self._reports: list[tuple[ev.Event, Result | None]] = []
         # What the loop's turn has for each worker, sent at its end as bundles (`flush`): one
         # send and one wake-up for a window of short tasks, in the order they were decided.
@@ -110,7 +111,6 @@ class WorkerMessages:
             return
         for part in parts:
             self._on_message(identity, worker, part)
-        self._boundary(identity, worker, self._report_all)
 
     def _on_message(self, identity: bytes, worker: str, frames: Sequence[Any]) -> None:
         """One worker message: the per-message boundary of the worker socket."""
@@ -123,15 +123,23 @@ class WorkerMessages:
                 expected="a worker message; is this a client?",
             )
             if decoded.msg.kind not in ("done", "failed"):
-                self._report_all()  # what came before it, first
+                self.report_all()  # what came before it, first
             self.handlers[decoded.msg.kind](identity, decoded.msg, decoded.arrays)
 
         self._boundary(identity, worker, handle)
 
-    def _report_all(self) -> None:
+    def report_all(self) -> None:
+        """The results and failures read so far, to the brain at once (the loop calls this when
+        the socket is drained)."""
         reports, self._reports = self._reports, []
-        if reports:
+        if not reports:
+            return
+        try:
             self._apply_all(reports)
+        except (InvalidTransition, StateDirError):
+            raise  # a broken invariant or a failed checkpoint write: stop rather than go on
+        except Exception:  # the boundary for what several workers sent: log, keep serving
+            log.error("error handling %d worker results", len(reports), exc_info=True)
 
     def _boundary(self, identity: bytes, worker: str, handle: Callable[[], object]) -> None:
         """Log and answer what goes wrong handling a worker's message; keep serving."""
@@ -161,6 +169,7 @@ class WorkerMessages:
             log.warning("worker %s refused: %s", worker, text)
             send(self.sock, identity, ErrorReply(code="revoked", message=text))
             if worker in self.core.brain.workers:
+                self.report_all()  # its results read before this message count
                 self.core.peers.forget(worker)
                 self.core.apply(ev.WorkerLeft(worker))
             return False
