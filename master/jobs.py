@@ -124,7 +124,6 @@ def _accept_map(msg: Submit, arrays: list[Buffer]) -> JobData:
     for payload, k in zip(msg.parts, msg.part_arrays, strict=True):
         inputs.append((payload, arrays[offset : offset + k]))
         offset += k
-    descriptors: list[Descriptor] = [
-        MapChunk(function=spec.function, count=c) for c in msg.part_counts
-    ]
+    chunks = {c: MapChunk(function=spec.function, count=c) for c in set(msg.part_counts)}
+    descriptors: list[Descriptor] = [chunks[c] for c in msg.part_counts]  # frozen: shared
     return JobData(descriptors=descriptors, merger=MapMerger(list(msg.part_counts)), inputs=inputs)

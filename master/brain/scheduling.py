@@ -72,8 +72,8 @@ class Share:
         """The job whose turn it is: fewest held by its client, its priority, fewest its own;
         on a tie, the client and then the job served longest ago (so they take turns)."""
         candidates = [j for j in self.jobs if j.ready and j.job_id not in skip]
-        if not candidates:
-            return None
+        if len(candidates) < 2:  # one job running (the common case): no turns to weigh
+            return candidates[0] if candidates else None
         return min(
             candidates,
             key=lambda j: (
