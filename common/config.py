@@ -138,7 +138,7 @@ class WorkerSettings(BaseSettings):
         ge=0,
         le=4096,
         description="most short shards queued beyond the slots, to start the moment one "
-        "ends; the master sizes the window to its round trip (default: 64 per slot; 0: none)",
+        "ends; the master sizes the window to its round trip (default: 256 per slot; 0: none)",
     )
     heartbeat_interval: float = Field(1.0, gt=0, description="until the master says otherwise")
     heartbeat_liveness: int = Field(3, ge=1, description="missed master beats before reconnect")

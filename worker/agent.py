@@ -44,8 +44,9 @@ from shardmill.worker.slots import Slots
 
 log = logging.getLogger(__name__)
 # A worker queues at most this many short shards per slot beyond its slots (the master sizes
-# the window to the round trip below it): at 20 ms RTT and 0.3 ms tasks a slot needs ~64.
-PREFETCH_PER_SLOT = 64
+# the window to the round trip below it): at 20 ms RTT and ~0.1 ms per task (bundles, the
+# child's pipe queue) a slot needs ~200; 64 held a far worker to half its loopback rate.
+PREFETCH_PER_SLOT = 256
 BUNDLE_PARTS = 256  # the most results sent to the master as one bundle
 
 

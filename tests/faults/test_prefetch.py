@@ -119,11 +119,14 @@ def test_long_shards_are_not_hoarded_and_each_worker_shows_its_round_trip() -> N
     cluster = LocalCluster(workers=4, imports=["sm_tasks"], env=cluster_env(), **FAST)
     with cluster, cluster.client() as client:
         # Given a job of short shards: each worker gets a window, shown with its round trip
-        # (the master pings on every beat); its children have imported the task module
-        squares = client.map("sm_tasks:square", [(i,) for i in range(400)], chunk_size=1).result()
-        assert squares == [i * i for i in range(400)]
+        # (the master pings on every beat); its children have imported the task module. More
+        # shards than 4 full windows (256 each): on a loaded machine (a long round trip) the
+        # first workers' windows could otherwise take them all before the last ones get one
+        n = 2000
+        squares = client.map("sm_tasks:square", [(i,) for i in range(n)], chunk_size=1).result()
+        assert squares == [i * i for i in range(n)]
         shown = client.workers()
-        assert all(w.rtt is not None and 0 < w.rtt < 1 and w.window >= 1 for w in shown)
+        assert all(w.rtt is not None and 0 < w.rtt < 1 and w.window >= 1 for w in shown), shown
         # When a job of half-second shards runs
         job = client.map("sm_tasks:nap", [(i, 0.5) for i in range(40)], chunk_size=1)
         most = 0
