@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +13,7 @@ import zmq
 
 from shardmill.config import MasterSettings
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.model import Limits, Timing
 from shardmill.master.brain.state import MasterState
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.jobs import JobData
@@ -98,3 +101,29 @@ def user_id(frame: Any) -> str:
         return str(frame.get("User-Id") or "")
     except (zmq.ZMQError, AttributeError):
         return ""
+
+
+def new_brain(settings: MasterSettings) -> MasterState:
+    """The state machine, with the timing and limits the settings give."""
+    timing = Timing(
+        heartbeat_interval=settings.heartbeat_interval,
+        heartbeat_liveness=settings.heartbeat_liveness,
+        retry_backoff=settings.retry_backoff,
+        retry_backoff_max=settings.retry_backoff_max,
+        prefetch_below=settings.prefetch_below,
+        speculate_after=settings.speculate_after,
+        speculate_min_age=settings.speculate_min_age,
+    )
+    limits = Limits(max_shards=settings.max_shards, max_queued_jobs=settings.max_queued_jobs)
+    return MasterState(timing, limits=limits, wall_offset=time.time() - time.monotonic())
+
+
+def new_segments(settings: MasterSettings) -> shm.Segments:
+    """By-value inputs clients left in /dev/shm, and a pool of used segments for reuse."""
+    segments = shm.Segments(settings.shm_pool_bytes, settings.shm_pool_idle)
+    if settings.state_dir is not None:  # we hold its lock: leftovers are a killed master's
+        path = str(settings.state_dir.resolve()).encode()
+        segments.tag = hashlib.sha256(path).hexdigest()[:8]
+        if gone := segments.remove_leftovers():
+            log.info("removed %d shared-memory segments a previous master left", len(gone))
+    return segments

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -16,22 +15,20 @@ import zmq
 
 from shardmill import exitcodes
 from shardmill.config import MasterSettings
-from shardmill.errors import ConfigError, ShardmillError, StateDirError
+from shardmill.errors import ConfigError, StateDirError
 from shardmill.health import HealthFile
 from shardmill.master.brain import events as ev
-from shardmill.master.brain.model import Limits, Timing
-from shardmill.master.brain.state import MasterState
 from shardmill.master.brain.transitions import JobState
+from shardmill.master.brain.views import ending_line
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.clients import ClientRequests
-from shardmill.master.core import Core, Peers, bind_router
+from shardmill.master.core import Core, Peers, bind_router, new_brain, new_segments
 from shardmill.master.merge import MapMerger
 from shardmill.master.metrics import Metrics
 from shardmill.master.workers import Result, WorkerMessages
 from shardmill.ops.registry import Registry
-from shardmill.wire import shm
 from shardmill.wire.handshake import PortWatch, RefusalLog
-from shardmill.wire.protocol import CancelTasks, JobInfo, MasterPing, Reregister
+from shardmill.wire.protocol import CancelTasks, MasterPing, Reregister
 from shardmill.wire.security import Security
 
 log = logging.getLogger(__name__)
@@ -48,10 +45,10 @@ class MasterLoop:
         data, restored = checkpoint.restore(registry)
         self.core = Core(
             settings=settings,
-            brain=_brain(settings),
+            brain=new_brain(settings),
             checkpoint=checkpoint,
             registry=registry,
-            segments=_segments(settings),  # after the state dir's lock is ours
+            segments=new_segments(settings),  # after the state dir's lock is ours
             data=data,
             peers=Peers(),
             metrics=Metrics(),
@@ -72,9 +69,7 @@ class MasterLoop:
         self.auth = self.security.authenticator(self.ctx, self.refusals)  # ZAP before we bind
         bind = functools.partial(bind_router, self.ctx, settings, self.security)
         keyring = None if self.auth is None else self.auth.keyring
-        self.workers = WorkerMessages(
-            self.core, bind("workers"), apply=self.apply_all, keyring=keyring
-        )
+        self.workers = WorkerMessages(self.core, bind("workers"), self.apply_all, keyring)
         self.clients = ClientRequests(self.core, bind("clients"), keyring)
         self.watches = [  # handshakes that fail before ZAP: a CURVE/plaintext mix-up
             PortWatch(sock, name=name, insecure=self.security.insecure, refusals=self.refusals)
@@ -141,9 +136,7 @@ class MasterLoop:
                 if wake_r in ready and self._signalled(os.read(wake_r, 64)):
                     break
                 if self.workers.sock in ready:
-                    self._drain(self.workers.sock, self.workers.on_frames)
-                    self.workers.report_all()  # the results of the whole drain at once
-                    self.core.checkpoint.check()
+                    self._drain(self.workers.sock, self.workers.on_frames, self.workers.report_all)
                 if self.clients.sock in ready:
                     self._drain(self.clients.sock, self.clients.on_frames)
                 for watch in self.watches:
@@ -188,16 +181,25 @@ class MasterLoop:
             if self.auth is not None:
                 self.auth.stop()
 
-    def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None]) -> None:
+    def _drain(
+        self,
+        sock: zmq.Socket[bytes],
+        handle: Callable[[list[Any]], None],
+        then: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Handle what waits on `sock` (at most 1,000 messages), then `then` (the worker
+        socket's results, to the brain at once)."""
         for _ in range(1000):  # bounded, so one busy socket cannot starve the other or timers
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                break
             handle(frames)
             # A handler's boundary may have caught a failed write (a refused submit is answered
             # "state"): stop before the next message is answered from state not on disk.
             self.core.checkpoint.check()
+        then()
+        self.core.checkpoint.check()
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
@@ -236,30 +238,45 @@ class MasterLoop:
         return self.apply_all([(event, None)])
 
     def apply_all(self, items: Sequence[tuple[ev.Event, Result | None]]) -> list[ev.Command]:
-        """As `apply`, for events that arrived together (a worker's bundle): the brain takes
-        them at once and hands out work once. A shard's result rides along with its event,
-        for the merge."""
-        results: dict[tuple[str, int], Result] = {}
-        for event, result in items:
-            match event:  # what workers report, for the metrics
-                case ev.ShardSucceeded(job_id=job_id, shard=shard, duration=seconds):
-                    self.metrics.shard_seconds.observe(seconds)
-                    if result is not None:  # the first copy, if a bundle holds two
-                        results.setdefault((job_id, shard), result)
-                case ev.ShardFailed(error=error):
-                    self.metrics.attempts_failed.labels(error.kind).inc()
+        """As `apply`, for events that arrived together (a drain of the worker socket): the
+        brain takes them at once and hands out work once. A shard's result rides along with
+        its event, for the merge; a job whose merge fails is broken, and nothing more of it
+        is merged or finalized in this batch."""
+        results = self._observe(items)
         pending: list[Sequence[ev.Event]] = [[event for event, _ in items]]
         commands: list[ev.Command] = []
+        broken: set[str] = set()
         while pending:
             for cmd in self.core.brain.handle_all(pending.pop(0), time.monotonic()):
                 commands.append(cmd)
-                merged = (
-                    results.get((cmd.job_id, cmd.shard)) if type(cmd) is ev.MergeShard else None
-                )
+                merged = None
+                if isinstance(cmd, ev.MergeShard | ev.FinalizeJob) and cmd.job_id in broken:
+                    continue  # its JobBroken follows: it fails, with the reason
+                if isinstance(cmd, ev.MergeShard):
+                    merged = results.get((cmd.job_id, cmd.shard, cmd.worker, cmd.attempt))
                 follow_up = self.executors[type(cmd)](cmd, merged)
+                if isinstance(follow_up, ev.JobBroken):
+                    broken.add(follow_up.job_id)
                 if follow_up is not None:
                     pending.append([follow_up])
         return commands
+
+    def _observe(
+        self, items: Sequence[tuple[ev.Event, Result | None]]
+    ) -> dict[tuple[str, int, str, int], Result]:
+        """What workers report, into the metrics; each result by whose it is (job, shard,
+        worker, attempt), as the brain's MergeShard names it."""
+        results: dict[tuple[str, int, str, int], Result] = {}
+        for event, result in items:
+            match event:
+                case ev.ShardSucceeded(duration=seconds):
+                    self.metrics.shard_seconds.observe(seconds)
+                    if result is not None:  # a worker's resent copy is the same result
+                        key = (event.job_id, event.shard, event.worker, event.attempt)
+                        results.setdefault(key, result)
+                case ev.ShardFailed(error=error):
+                    self.metrics.attempts_failed.labels(error.kind).inc()
+        return results
 
     def _send_task(self, cmd: ev.SendTask, result: Result | None) -> None:
         spec, data = self.core.brain.jobs[cmd.job_id].spec, self.core.data[cmd.job_id]
@@ -284,7 +301,9 @@ class MasterLoop:
             offset = self.core.brain.wall_offset
             for index in (s, *cmd.more):
                 self.core.checkpoint.shard_merged(j, job.shards[index], data, result, offset=offset)
-        except (ShardmillError, ValueError, TypeError, KeyError) as e:
+        except StateDirError:
+            raise  # crash-only: the next master resumes from the last commit
+        except Exception as e:  # the op's own combine runs here: whatever it raises
             log.warning("job %s: shard %d result cannot be merged: %s", j, s, e)
             return ev.JobBroken(j, f"shard {s} returned a result that cannot be merged: {e}")
         self.metrics.merge_seconds.observe(time.perf_counter() - started)
@@ -295,7 +314,9 @@ class MasterLoop:
         data = self.core.data[cmd.job_id]
         try:
             data.result = data.merger.final(cmd.missing)
-        except (ShardmillError, ValueError, TypeError, KeyError) as e:
+        except StateDirError:
+            raise
+        except Exception as e:  # the op's own finalize runs here: whatever it raises
             log.warning("job %s cannot be finalized: %s", cmd.job_id, e)
             return ev.JobBroken(cmd.job_id, f"the merged result cannot be finalized: {e}")
         self._finish(cmd.job_id)
@@ -322,7 +343,7 @@ class MasterLoop:
         )
         self.metrics.job_ended(job)
         if log.isEnabledFor(logging.INFO):  # the line needs the job's whole info: not for nothing
-            log.info("%s", _ending(job.info(offset=offset)))
+            log.info("%s", ending_line(job.info(offset=offset)))
         data.release_inputs()
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:
@@ -353,43 +374,6 @@ class MasterLoop:
             cmd.silence,
             cmd.requeued,
         )
-
-
-def _ending(info: JobInfo) -> str:
-    """A job's end as the master logs it: how long, how many shards, what went wrong on the way."""
-    took = (info.finished_at or info.submitted_at) - info.submitted_at
-    line = (
-        f"job {info.job_id} {info.state} in {took:.2f} s: {info.shards_done}/{info.shards_total} "
-        f"shards done, {info.shards_failed} failed, {info.attempts_failed} failed attempt(s)"
-    )
-    if info.lost_workers:
-        line += f", lost worker(s) {', '.join(info.lost_workers)}"
-    return line
-
-
-def _brain(settings: MasterSettings) -> MasterState:
-    timing = Timing(
-        heartbeat_interval=settings.heartbeat_interval,
-        heartbeat_liveness=settings.heartbeat_liveness,
-        retry_backoff=settings.retry_backoff,
-        retry_backoff_max=settings.retry_backoff_max,
-        prefetch_below=settings.prefetch_below,
-        speculate_after=settings.speculate_after,
-        speculate_min_age=settings.speculate_min_age,
-    )
-    limits = Limits(max_shards=settings.max_shards, max_queued_jobs=settings.max_queued_jobs)
-    return MasterState(timing, limits=limits, wall_offset=time.time() - time.monotonic())
-
-
-def _segments(settings: MasterSettings) -> shm.Segments:
-    """By-value inputs clients left in /dev/shm, and a pool of used segments for reuse."""
-    segments = shm.Segments(settings.shm_pool_bytes, settings.shm_pool_idle)
-    if settings.state_dir is not None:  # we hold its lock: leftovers are a killed master's
-        path = str(settings.state_dir.resolve()).encode()
-        segments.tag = hashlib.sha256(path).hexdigest()[:8]
-        if gone := segments.remove_leftovers():
-            log.info("removed %d shared-memory segments a previous master left", len(gone))
-    return segments
 
 
 def serve(settings: MasterSettings, registry: Registry) -> int:

@@ -54,7 +54,6 @@ class WorkerMessages:
         self,
         core: Core,
         sock: zmq.Socket[bytes],
-        *,
         apply: ApplyAll,
         keyring: Keyring | None = None,
     ) -> None:

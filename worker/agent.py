@@ -265,7 +265,7 @@ class Agent:
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                log.warning("master queue full; message dropped (it will be re-run)")
+                log.warning("master queue full; results dropped (they will be re-run)")
 
     # ---- children ------------------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ class Running:
     size: int
     started: float = 0.0
     deadline: float | None = None
-    dropped: bool = False  # cancelled or handed back while queued: its reply is not sent
+    dropped: bool = False  # cancelled while queued in the pipe: its reply is not sent
 
     @property
     def leases(self) -> list[Lease]:

@@ -20,9 +20,10 @@ from shardmill.wire.protocol import ErrorInfo, Lease
 from shardmill.worker.runner import ChildProcess, Running, TaskHead, of, task_leases, wait_all
 
 log = logging.getLogger(__name__)
-# A child's pipe holds tasks behind its running one only for a job whose shards ran this
-# briefly here (seconds): a wake-up per task is then much of their cost. Longer ones wait in the
-# agent, where a drain hands them back unstarted; the pipe's few run out within a drain's grace.
+# A child's pipe holds tasks behind its running one only when every task in it is of a job
+# whose shards ran this briefly here (seconds): a wake-up per task is then much of their cost.
+# Longer ones wait in the agent, where a drain hands them back unstarted; the pipe's few run
+# out within a drain's grace.
 QUEUE_BELOW = 0.02
 Pending = tuple[TaskHead, list[Buffer], int]  # a task, its frames as received, their bytes
 Report = Callable[[TaskHead, ErrorInfo, float], None]  # a shard failed here: task, why, started
@@ -94,8 +95,14 @@ class Slots:
         """Pending tasks to children: an idle one first, else queued behind a running one."""
         while self.pending:
             task, frames, size = self.pending[0]
-            queue = self.brief.get(task.job_id, QUEUE_BELOW) < QUEUE_BELOW
-            free = [c for c in self.children if c.may_take(size, queue=queue)]
+            brief = self._brief(task.job_id)
+            free = [
+                c
+                for c in self.children
+                if c.may_take(
+                    size, queue=brief and all(self._brief(r.task.job_id) for r in c.queue)
+                )
+            ]
             if not free:
                 return
             child = min(free, key=lambda c: len(c.queue))
@@ -109,9 +116,9 @@ class Slots:
             if not child.read_ready():
                 self._report_death(child)
             return
-        while child.queue:
+        while True:  # readable with nothing given it: it died idle (EOF), or misbehaves
             got = child.read()
-            if got is None or got[0] not in ("done", "failed"):
+            if got is None or got[0] not in ("done", "failed") or not child.queue:
                 if got is not None:
                     log.error("child %d sent an unexpected %s; replacing it", child.pid, got[0])
                 self._report_death(child)
@@ -121,9 +128,12 @@ class Slots:
             self._timed(run.task.job_id, now - run.started)
             if not run.dropped:
                 self._forward(run, got[1], now)
-            if not child.has_output():
+            if not child.queue or not child.has_output():
                 break
         self._assign(time.monotonic())
+
+    def _brief(self, job: str) -> bool:
+        return self.brief.get(job, QUEUE_BELOW) < QUEUE_BELOW
 
     def _timed(self, job: str, seconds: float) -> None:
         self.brief[job] = seconds
@@ -131,7 +141,8 @@ class Slots:
             del self.brief[next(iter(self.brief))]
 
     def _retire(self, child: ChildProcess) -> None:
-        """Replace a child that must go; the tasks waiting in its pipe run in the next one."""
+        """Replace a child that must go; the tasks waiting in its pipe wait for a child again
+        (or, in a drain, go back to the master)."""
         waiting = child.waiting()
         self._replace(child)
         for run in reversed(waiting):
@@ -147,7 +158,8 @@ class Slots:
         err = child.death()  # before replacing: the exit code, not our SIGKILL, tells the story
         self._retire(child)
         if running is None or running.dropped:
-            log.warning("idle child %d died (%s); replaced", child.pid, err.message)
+            what = "idle" if running is None else "a cancelled shard's"
+            log.warning("%s child %d died (%s); replaced", what, child.pid, err.message)
             return
         log.warning("shard %s/%d: %s", running.task.job_id, running.task.shard, err.message)
         self._report(running.task, err, running.started)
@@ -158,6 +170,8 @@ class Slots:
             if run is None or run.deadline is None or now < run.deadline:
                 continue
             self._retire(child)
+            if run.dropped:  # cancelled while it waited in the pipe: nobody wants its end
+                continue
             timeout = run.task.timeout
             log.warning(
                 "shard %s/%d exceeded task_timeout=%ss; child killed",
@@ -193,7 +207,8 @@ class Slots:
         self.pending.clear()
 
     def busy(self) -> list[ChildProcess]:
-        return [c for c in self.children if (r := c.running) and not r.dropped]
+        """Children with a shard still to report (running, or waiting in the pipe)."""
+        return [c for c in self.children if any(not r.dropped for r in c.queue)]
 
     def stop(self, children: list[ChildProcess]) -> None:
         """A drain's grace is over: stop them and hand their shards back uncharged."""

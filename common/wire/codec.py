@@ -33,6 +33,7 @@ ARRAY_EXT = 1
 MAX_ARRAY_DIMS = 32
 MAX_FRAMES = 65_536
 BUNDLE = "bundle"
+MAX_BUNDLE_PARTS = 1024  # our roles send at most 256; more is refused whole, answered once
 
 Buffer = bytes | bytearray | memoryview
 
@@ -121,6 +122,8 @@ def unbundle(frames: Sequence[Any]) -> list[Sequence[Any]]:
         return [frames]
     _check_version(raw.get("v"))
     counts = raw.get("counts")
+    if isinstance(counts, list) and len(counts) > MAX_BUNDLE_PARTS:
+        raise ProtocolError(f"a bundle of {len(counts)} messages; the limit is {MAX_BUNDLE_PARTS}")
     if (
         not isinstance(counts, list)
         or not all(isinstance(n, int) and n >= 1 for n in counts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobInfo, Lease
@@ -194,6 +194,10 @@ class MergeShard:
     job_id: str
     shard: int
     more: tuple[int, ...] = ()  # shards folded into the same partial
+    # Whose result it is (the loop finds its payload by it, among a drain's results):
+    # not part of what the command means, so not compared.
+    worker: str = field(default="", compare=False)
+    attempt: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,9 @@ class MasterState(Roster):
         return self.handle_all((event,), now)
 
     def handle_all(self, events: Sequence[ev.Event], now: float) -> list[ev.Command]:
-        """Apply events that arrived together (a worker's bundle of results), then hand out
-        work once for them all, as if each had come alone at the same instant."""
+        """Apply events that arrived together (the results of one drain of the worker
+        socket), then hand out work once for them all, as if they had come at the same
+        instant."""
         self._now = now
         self._out = []
         for event in events:
@@ -150,7 +151,8 @@ class MasterState(Roster):
             self._end_race(job, m, e.worker)
             self._free_lease(job, m)
             job.accept(m, e.worker, attempts[m.index], e.duration / len(members), now=self._now)
-        self._out.append(ev.MergeShard(e.job_id, e.shard, tuple(indices[1:])))
+        merge = ev.MergeShard(e.job_id, e.shard, tuple(indices[1:]), e.worker, e.attempt)
+        self._out.append(merge)
         self._maybe_finish(job)
 
     def _drop_duplicate(self, job: Job, e: ev.ShardSucceeded, members: list[Shard]) -> None:

@@ -1,11 +1,12 @@
-"""Read-outs of the brain for users: the `workers` listing, joined with what each said at READY."""
+"""Read-outs of the brain for users: the `workers` listing (joined with what each said at
+READY), the line a job's end is logged with."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
 from shardmill.master.brain.model import Worker
-from shardmill.wire.protocol import Ready, WorkerInfo
+from shardmill.wire.protocol import JobInfo, Ready, WorkerInfo
 
 
 def worker_infos(
@@ -35,3 +36,15 @@ def worker_infos(
             )
         )
     return infos
+
+
+def ending_line(info: JobInfo) -> str:
+    """A job's end as the master logs it: how long, how many shards, what went wrong on the way."""
+    took = (info.finished_at or info.submitted_at) - info.submitted_at
+    line = (
+        f"job {info.job_id} {info.state} in {took:.2f} s: {info.shards_done}/{info.shards_total} "
+        f"shards done, {info.shards_failed} failed, {info.attempts_failed} failed attempt(s)"
+    )
+    if info.lost_workers:
+        line += f", lost worker(s) {', '.join(info.lost_workers)}"
+    return line

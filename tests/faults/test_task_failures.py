@@ -122,6 +122,19 @@ def test_a_child_lost_with_tasks_queued_in_its_pipe_charges_only_its_own(
         assert runs(runs_dir, "q150") == 2
 
 
+def test_a_child_that_dies_idle_is_replaced_and_charges_nothing(
+    cluster: LocalCluster, runs_dir: str
+) -> None:
+    with cluster.client() as client:
+        # Given a child that exits 0.2 s after its task returned, between tasks
+        pid = client.call("sm_tasks:die_idle", runs_dir, 0.2, timeout=30)
+        wait_until(lambda: not alive(pid), timeout=10, what="the child to exit")
+        # When more shards come / Then none is charged with its death: each runs once, ok
+        job = client.map("sm_tasks:square", [(i,) for i in range(20)], chunk_size=1)
+        assert job.result(timeout=60) == [i * i for i in range(20)]
+        assert [a.outcome for a in attempts(job)] == ["ok"] * 20
+
+
 def test_gil_holding_task_does_not_starve_heartbeats(cluster: LocalCluster) -> None:
     # Given heartbeats every 50 ms and expiry after 10 of them
     with cluster.client() as client:

@@ -6,6 +6,7 @@ import ctypes
 import os
 import select
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,13 @@ def fault_with_queue(log_dir: str, key: str, x: int, at: int, fault: str) -> int
             os._exit(3)
         time.sleep(60)
     return x + 1
+
+
+def die_idle(log_dir: str, seconds: float) -> int:
+    """Return at once, and make this child exit `seconds` later, idle (a leak, an OOM kill)."""
+    Path(log_dir, f"idle-{os.getpid()}").touch()
+    threading.Timer(seconds, os._exit, (0,)).start()
+    return os.getpid()
 
 
 def hold_gil(seconds: float) -> int:
