@@ -249,9 +249,9 @@ class MasterLoop:
         while pending:
             for cmd in self.core.brain.handle_all(pending.pop(0), time.monotonic()):
                 commands.append(cmd)
-                merged = None
                 if isinstance(cmd, ev.MergeShard | ev.FinalizeJob) and cmd.job_id in broken:
                     continue  # its JobBroken follows: it fails, with the reason
+                merged = None
                 if isinstance(cmd, ev.MergeShard):
                     merged = results.get((cmd.job_id, cmd.shard, cmd.worker, cmd.attempt))
                 follow_up = self.executors[type(cmd)](cmd, merged)

@@ -169,16 +169,15 @@ class ChildProcess:
         """Whether the child has written something not read yet (its result, or its EOF)."""
         return bool(select.select([self.fd], [], [], 0)[0])
 
-    def start(self, task: TaskHead, frames: list[Buffer], size: int, now: float) -> bool:
+    def start(self, run: Running, now: float) -> bool:
         """Hand the child a task (the frames as the master sent them); False if it is dead."""
-        run = Running(task, frames, size)
         if not self.queue:
             run.begin(now)
         self.queue.append(run)
-        self.queued_bytes += size
+        self.queued_bytes += run.size
         assert self.proc.stdin is not None
         try:
-            write_frames(self.proc.stdin, frames)  # type: ignore[arg-type]
+            write_frames(self.proc.stdin, run.frames)  # type: ignore[arg-type]
         except (BrokenPipeError, OSError):
             return False
         return True

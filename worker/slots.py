@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 # Longer ones wait in the agent, where a drain hands them back unstarted; the pipe's few run
 # out within a drain's grace.
 QUEUE_BELOW = 0.02
-Pending = tuple[TaskHead, list[Buffer], int]  # a task, its frames as received, their bytes
 Report = Callable[[TaskHead, ErrorInfo, float], None]  # a shard failed here: task, why, started
 Forward = Callable[[Running, list[memoryview], float], None]  # a child's reply, as written
 
@@ -38,7 +37,7 @@ class Slots:
     ) -> None:
         self.worker_id, self.imports = worker_id, imports
         self.children = [self._spawn(fork=True) for _ in range(count)]  # before any zmq
-        self.pending: collections.deque[Pending] = collections.deque()
+        self.pending: collections.deque[Running] = collections.deque()  # not given a child yet
         self.brief: dict[str, float] = {}  # job -> the run time of its latest shard here
         self.handback: list[Lease] = []  # shards a drain gives back to the master, unstarted
         self.draining = False
@@ -55,7 +54,7 @@ class Slots:
         if self.draining:
             self.handback.extend(task_leases(task))
         else:
-            self.pending.append((task, frames, sum(memoryview(f).nbytes for f in frames)))
+            self.pending.append(Running(task, frames, sum(memoryview(f).nbytes for f in frames)))
 
     def step(self, ready: dict[Any, int], now: float) -> None:
         """Replies the poll found, timeouts, then pending tasks to free children."""
@@ -68,7 +67,7 @@ class Slots:
     def held(self) -> list[Lease]:
         """Every shard this worker holds: in its children, and waiting for one."""
         held = [lease for c in self.children for lease in c.held()]
-        return held + [lease for t, _, _ in self.pending for lease in task_leases(t)]
+        return held + [lease for run in self.pending for lease in run.leases]
 
     def deadlines(self) -> list[float]:
         return [r.deadline for c in self.children if (r := c.running) and r.deadline]
@@ -94,20 +93,20 @@ class Slots:
     def _assign(self, now: float) -> None:
         """Pending tasks to children: an idle one first, else queued behind a running one."""
         while self.pending:
-            task, frames, size = self.pending[0]
-            brief = self._brief(task.job_id)
+            run = self.pending[0]
+            brief = self._brief(run.task.job_id)
             free = [
                 c
                 for c in self.children
                 if c.may_take(
-                    size, queue=brief and all(self._brief(r.task.job_id) for r in c.queue)
+                    run.size, queue=brief and all(self._brief(r.task.job_id) for r in c.queue)
                 )
             ]
             if not free:
                 return
             child = min(free, key=lambda c: len(c.queue))
             self.pending.popleft()
-            if not child.start(task, frames, size, now):
+            if not child.start(run, now):
                 self._report_death(child)
 
     def _on_child(self, child: ChildProcess) -> None:
@@ -151,7 +150,7 @@ class Slots:
             if self.draining:
                 self.handback.extend(run.leases)
             else:
-                self.pending.appendleft((run.task, run.frames, run.size))
+                self.pending.appendleft(run)
 
     def _report_death(self, child: ChildProcess) -> None:
         running = child.running
@@ -190,7 +189,7 @@ class Slots:
 
     def cancel(self, job: str, shards: set[int]) -> None:
         """Drop the job's tasks (only those of `shards`, when named: a backup race ended)."""
-        self.pending = collections.deque(p for p in self.pending if not of(p[0], job, shards))
+        self.pending = collections.deque(r for r in self.pending if not of(r.task, job, shards))
         for child in list(self.children):
             for queued in list(child.queue)[1:]:  # in its pipe: run, but not reported
                 queued.dropped = queued.dropped or of(queued.task, job, shards)
@@ -203,7 +202,7 @@ class Slots:
     def drain(self) -> None:
         """Take no more: what waits for a child goes back to the master unstarted."""
         self.draining = True
-        self.handback.extend(lease for t, _, _ in self.pending for lease in task_leases(t))
+        self.handback.extend(lease for run in self.pending for lease in run.leases)
         self.pending.clear()
 
     def busy(self) -> list[ChildProcess]:

@@ -115,12 +115,13 @@ def unbundle(frames: Sequence[Any]) -> list[Sequence[Any]]:
     if not frames:
         return [frames]
     try:
-        raw = msgpack.unpackb(_buffer(frames[0]), raw=False, strict_map_key=True)
-    except Exception:  # not our business here: decode() names what is wrong with it
+        raw = unpack_header(frames[0])  # a peer of another version is refused here
+    except VersionMismatch:
+        raise
+    except ProtocolError:  # not our business here: decode() names what is wrong with it
         return [frames]
-    if not isinstance(raw, dict) or raw.get("kind") != BUNDLE:
+    if raw.get("kind") != BUNDLE:
         return [frames]
-    _check_version(raw.get("v"))
     counts = raw.get("counts")
     if isinstance(counts, list) and len(counts) > MAX_BUNDLE_PARTS:
         raise ProtocolError(f"a bundle of {len(counts)} messages; the limit is {MAX_BUNDLE_PARTS}")
