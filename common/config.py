@@ -72,7 +72,10 @@ class MasterSettings(BaseSettings):
         "median shard time, on an idle worker (0: never; a job may override)",
     )
     speculate_min_age: float = Field(
-        1.0, ge=0, description="seconds a shard runs before a backup may start"
+        1.0,
+        ge=0,
+        description="seconds a shard runs before a backup may start (on a worker known slow "
+        "for the job: one median, if shorter)",
     )
     prefetch_below: float = Field(
         0.1,

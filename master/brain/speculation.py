@@ -1,6 +1,6 @@
-"""Speculative backups: a shard running far longer than its job's median (or running on a
-worker whose shards of the job took that long) gets a second attempt on an idle worker; the
-first result is merged, the other attempt is cancelled, uncharged.
+"""Speculative backups: a shard running far longer than its job's median (or for one median
+on a worker whose shards of the job took that long) gets a second attempt on an idle worker;
+the first result is merged, the other attempt is cancelled, uncharged.
 
 Exactly-once merge makes this safe (a late second result is a counted duplicate). Only when a
 worker has a free slot, only for jobs with a few merged shards to take a median from, never
@@ -64,15 +64,25 @@ def _stragglers(
             if attempt is None:
                 continue
             started, factor = attempt.started, _factor(job, timing)
-            wait = timing.speculate_min_age
-            if not job.slow_on(w.worker_id, factor):  # a known slow worker waits no median
-                wait = max(wait, factor * job.median_run)
+            wait = _wait(job, w.worker_id, factor, timing.speculate_min_age)
             at = started + wait
             if at <= now:
                 slow.append((started, job, shard, w.worker_id))
             elif due is None or at < due:
                 due = at
     return slow, due
+
+
+def _wait(job: Job, worker: str, factor: float, min_age: float) -> float:
+    """How long a shard runs on `worker` before it is a straggler. Anywhere: `factor` x the
+    job's median, and at least `min_age` (noise in short shards is not a straggler). On a
+    worker known to be slow for this job: one median, or `min_age` if shorter: its shard will
+    run `factor` medians or more, so a fresh run started now ends first, and the evidence is
+    the worker's own merged shards, not this shard's age (a slow worker's last shard of a job
+    otherwise holds the job's end for `min_age` more)."""
+    if job.slow_on(worker, factor):
+        return min(min_age, job.median_run)
+    return max(min_age, factor * job.median_run)
 
 
 def _alone_on(shard: Shard, w: Worker, key: tuple[str, int]) -> bool:

@@ -466,12 +466,28 @@ def test_a_shard_on_a_known_slow_worker_is_backed_up_without_waiting_for_the_med
         s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 1.0), now=now)
     s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 3.5), now=3.5)  # w2 took 3.5 s: 5 goes to it
     # When w1 finishes the last queued shard / Then w2's shard is backed up once it is
-    # speculate_min_age (1 s) old, not 2 x the median: w2 is known to be slow
+    # speculate_min_age (1 s, here also the median) old, not 2 x the median: w2 is known slow
     assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4)) == []
     assert s.next_deadline() == pytest.approx(4.5)
     sends = _sends(s.handle(ev.Tick(), now=4.5))
     assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
     assert s.jobs["j"].backups == 1
+
+
+def test_a_known_slow_workers_short_shard_is_backed_up_after_one_median() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 6), now=0)  # 0 on w1, 1 on w2
+    for shard, now in ((0, 0.25), (2, 0.5), (3, 0.75)):  # w1: 0.25 s per shard
+        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 0.25), now=now)
+    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 2.5), now=2.5)  # w2 10x slower: 5 goes to it
+    # When w1 finishes the last queued shard / Then w2's shard is backed up one median (0.25 s)
+    # after it started, not speculate_min_age (1 s): w2's shard would hold the job's end
+    assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 0.25), now=2.6)) == []
+    assert s.next_deadline() == pytest.approx(2.75)
+    sends = _sends(s.handle(ev.Tick(), now=2.75))
+    assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
 
 
 def test_owner_priority_and_run_times_survive_a_restart() -> None:
