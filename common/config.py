@@ -74,8 +74,8 @@ class MasterSettings(BaseSettings):
     speculate_min_age: float = Field(
         1.0,
         ge=0,
-        description="seconds a shard runs before a backup may start (on a worker known slow "
-        "for the job: one median, if shorter)",
+        description="seconds a shard runs before a backup may start (on a worker slower by "
+        "this much per shard of the job: one median, if shorter)",
     )
     prefetch_below: float = Field(
         0.1,

@@ -251,6 +251,11 @@ class Job:
         n, seconds = self.by_worker.get(worker, (0, 0.0))
         return n > 0 and seconds >= factor * self.median_run * n
 
+    def excess_on(self, worker: str) -> float:
+        """Seconds `worker`'s merged shards of this job took over the median, on average."""
+        n, seconds = self.by_worker.get(worker, (0, 0.0))
+        return seconds / n - self.median_run if n else 0.0
+
     @property
     def mean_run(self) -> float:
         """Seconds its shards ran on a worker, on average (0 before the first success)."""

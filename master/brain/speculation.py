@@ -76,13 +76,15 @@ def _stragglers(
 def _wait(job: Job, worker: str, factor: float, min_age: float) -> float:
     """How long a shard runs on `worker` before it is a straggler. Anywhere: `factor` x the
     job's median, and at least `min_age` (noise in short shards is not a straggler). On a
-    worker known to be slow for this job: one median, or `min_age` if shorter: its shard will
-    run `factor` medians or more, so a fresh run started now ends first, and the evidence is
-    the worker's own merged shards, not this shard's age (a slow worker's last shard of a job
-    otherwise holds the job's end for `min_age` more)."""
-    if job.slow_on(worker, factor):
+    worker whose shards of this job took `factor` x the median: `min_age`. And on one whose
+    shards took `min_age` or more over the median besides (a slow host, not noise): one
+    median, if shorter: a fresh run started then ends first, and otherwise the slow host's
+    last shard of a job holds the job's end for `min_age` more."""
+    if not job.slow_on(worker, factor):
+        return max(min_age, factor * job.median_run)
+    if job.excess_on(worker) >= min_age:
         return min(min_age, job.median_run)
-    return max(min_age, factor * job.median_run)
+    return min_age
 
 
 def _alone_on(shard: Shard, w: Worker, key: tuple[str, int]) -> bool:

@@ -490,6 +490,19 @@ def test_a_known_slow_workers_short_shard_is_backed_up_after_one_median() -> Non
     assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
 
 
+def test_a_worker_slow_by_less_than_the_minimum_age_waits_the_minimum_age() -> None:
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.WorkerReady("w2", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 6), now=0)  # 0 on w1, 1 on w2
+    for shard, now in ((0, 0.01), (2, 0.02), (3, 0.03)):  # w1: 10 ms per shard
+        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 0.01), now=now)
+    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 0.05), now=0.05)  # 5x, but by 40 ms: noise
+    # When w1 goes idle / Then w2's shard 5 is backed up only at speculate_min_age (1 s)
+    assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 0.01), now=0.06)) == []
+    assert s.next_deadline() == pytest.approx(1.05)
+
+
 def test_owner_priority_and_run_times_survive_a_restart() -> None:
     s = _state()
     done = ShardState.DONE
