@@ -32,6 +32,7 @@ from shardmill.wire.protocol import CancelTasks, MasterPing, Reregister
 from shardmill.wire.security import Security
 
 log = logging.getLogger(__name__)
+_JOB_OUTPUT = (ev.MergeShard, ev.FinalizeJob)  # a tuple: `A | B` is built at every call
 Executor = Callable[[Any, Result | None], ev.Event | None]
 
 
@@ -249,7 +250,7 @@ class MasterLoop:
         while pending:
             for cmd in self.core.brain.handle_all(pending.pop(0), time.monotonic()):
                 commands.append(cmd)
-                if isinstance(cmd, ev.MergeShard | ev.FinalizeJob) and cmd.job_id in broken:
+                if isinstance(cmd, _JOB_OUTPUT) and cmd.job_id in broken:
                     continue  # its JobBroken follows: it fails, with the reason
                 merged = None
                 if isinstance(cmd, ev.MergeShard):

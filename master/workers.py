@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -16,11 +17,13 @@ from shardmill.master.core import Core, send, user_id
 from shardmill.wire import shm
 from shardmill.wire.codec import (
     Buffer,
+    as_buffer,
     bundles,
     decode_checked,
     encode,
     encode_header,
     unbundle,
+    unpack_header,
 )
 from shardmill.wire.handshake import fingerprint
 from shardmill.wire.keyring import WORKERS, Keyring
@@ -103,13 +106,20 @@ class WorkerMessages:
         if self.keyring is not None and not self._key_holds(identity, worker, frames[-1]):
             return
         try:
-            parts = unbundle(frames[1:])
+            body = [as_buffer(f) for f in frames[1:]]  # each zmq.Frame's memory, viewed once
+            parts = unbundle(body)
         except ProtocolError as e:
             log.warning("bad message from worker %s: %s", worker, e)
             send(self.sock, identity, ErrorReply(code="protocol", message=str(e)))
             return
+        # Within the size limit as a whole, each part is: a result need not be weighed again.
+        small = sum(memoryview(b).nbytes for b in body) <= self.core.settings.max_message_bytes
         for part in parts:
-            self._on_message(identity, worker, part)
+            done = DoneHead.read(part) if small else None
+            if done is not None:  # a plain result, well-formed: no full decode
+                self._boundary(identity, worker, partial(self._done, worker, done, part[1:]))
+            else:
+                self._on_message(identity, worker, part)
 
     def _on_message(self, identity: bytes, worker: str, frames: Sequence[Any]) -> None:
         """One worker message: the per-message boundary of the worker socket."""
@@ -248,10 +258,15 @@ class WorkerMessages:
         self._reports.append((event, None))
 
     def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
-        worker = _name(identity)
-        size = len(msg.payload) + sum(memoryview(a).nbytes for a in arrays)
-        limit = self.core.settings.max_result_bytes
         more = _pairs(msg.more)
+        head = DoneHead(msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more)
+        self._done(_name(identity), head, arrays)
+
+    def _done(self, worker: str, msg: DoneHead, arrays: Sequence[Buffer]) -> None:
+        """A shard's result, held for the brain (`report_all`); one too large, a failure."""
+        size = len(msg.payload) + (sum(memoryview(a).nbytes for a in arrays) if arrays else 0)
+        limit = self.core.settings.max_result_bytes
+        more = msg.more
         if size > limit:  # refused as a failure that no retry can fix
             err = ErrorInfo(
                 kind="bad_input",
@@ -266,7 +281,41 @@ class WorkerMessages:
             self._reports.append((failed, None))
             return
         event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more)
-        self._reports.append((event, (msg.payload, arrays)))
+        self._reports.append((event, (msg.payload, list(arrays))))
+
+
+class DoneHead(NamedTuple):
+    """A `done` message's fields, as the master uses them."""
+
+    job_id: str
+    shard: int
+    attempt: int
+    duration: float
+    payload: bytes
+    more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
+
+    @classmethod
+    def read(cls, frames: Sequence[Buffer]) -> DoneHead | None:
+        """A single shard's result read without the pydantic decode (results are most of what
+        workers send), or None when the message is anything else, or not exactly the shape
+        `ShardDone` validates to (another kind, a batch, a field missing, extra or of another
+        type): `decode` then takes it and names whatever is wrong."""
+        try:
+            raw = unpack_header(frames[0])
+        except ProtocolError:
+            return None
+        if raw.get("kind") != "done" or not raw.keys() <= _DONE_KEYS or raw.get("more", []) != []:
+            return None
+        job_id, shard, attempt = raw.get("job_id"), raw.get("shard"), raw.get("attempt")
+        duration, payload = raw.get("duration", 0.0), raw.get("payload", b"")
+        if type(job_id) is not str or type(shard) is not int or type(attempt) is not int:
+            return None
+        if type(duration) not in (float, int) or type(payload) is not bytes:
+            return None
+        return cls(job_id, shard, attempt, float(duration), payload)
+
+
+_DONE_KEYS = frozenset(ShardDone.model_fields)
 
 
 def _name(identity: bytes) -> str:

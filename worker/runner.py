@@ -48,7 +48,7 @@ class TaskHead:
             batch = header.get("more", ())
             more = tuple((_count(m["shard"]), _count(m["attempt"])) for m in batch)
             timeout = header.get("timeout")
-            if timeout is not None and not isinstance(timeout, int | float):
+            if timeout is not None and not isinstance(timeout, _NUMBERS):
                 raise TypeError(f"timeout {timeout!r}")
             job_id = header["job_id"]
             if not isinstance(job_id, str):
@@ -61,6 +61,9 @@ class TaskHead:
     def more_attempts(self) -> list[ShardAttempt]:
         """The batch's other shards, as a reply names them."""
         return [ShardAttempt(shard=s, attempt=a) for s, a in self.more]
+
+
+_NUMBERS = (int, float)  # a tuple: `int | float` is built at every call
 
 
 def _count(value: object) -> int:

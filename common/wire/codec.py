@@ -99,7 +99,7 @@ def bundles(
     group: list[Sequence[Any]] = []
     size = 0
     for part in parts:
-        nbytes = sum(memoryview(_buffer(f)).nbytes for f in part)
+        nbytes = sum(memoryview(as_buffer(f)).nbytes for f in part)
         if group and (len(group) == max_parts or size + nbytes > max_bytes):
             yield bundle(group)
             group, size = [], 0
@@ -155,7 +155,7 @@ def decode(frames: Sequence[Any]) -> Decoded:
         raise ProtocolError("empty message: expected a msgpack header frame")
     if len(frames) > MAX_FRAMES:
         raise ProtocolError(f"{len(frames)} frames in one message; the limit is {MAX_FRAMES}")
-    buffers = [_buffer(f) for f in frames]
+    buffers = [as_buffer(f) for f in frames]
     raw = unpack_header(buffers[0])
     if raw.get("kind") == BUNDLE:
         raise ProtocolError(
@@ -174,7 +174,7 @@ def unpack_header(frame: Any) -> dict[str, Any]:
     """A message's header frame as plain data, its protocol version checked; not validated
     (`decode` does that), for a reader that needs a few fields only (an agent's tasks)."""
     try:
-        raw = msgpack.unpackb(_buffer(frame), raw=False, strict_map_key=True)
+        raw = msgpack.unpackb(as_buffer(frame), raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(f"header frame is not valid msgpack: {e}") from e
     if not isinstance(raw, dict):
@@ -185,7 +185,7 @@ def unpack_header(frame: Any) -> dict[str, Any]:
 
 def check_size(frames: Sequence[Any], limit: int) -> None:
     """Refuse a message whose frames add up to more than `limit` bytes."""
-    size = sum(memoryview(_buffer(f)).nbytes for f in frames)
+    size = sum(memoryview(as_buffer(f)).nbytes for f in frames)
     if size > limit:
         raise ProtocolError(
             f"message of {size:,} bytes exceeds the limit of {limit:,} (max_message_bytes); "
@@ -216,7 +216,7 @@ def peek_kind(header: Buffer) -> str:
 def peek_req(frames: Sequence[Any]) -> int:
     """The request id in a header we refuse anyway, so the error reply reaches its caller."""
     try:
-        header = msgpack.unpackb(_buffer(frames[0]), raw=False)
+        header = msgpack.unpackb(as_buffer(frames[0]), raw=False)
         req = header.get("req", 0) if isinstance(header, dict) else 0
         return req if isinstance(req, int) and 0 <= req < 2**63 else 0
     except Exception:  # garbage has no request id
@@ -320,8 +320,12 @@ def array_bytes(arr: np.ndarray) -> memoryview:
     return flat.reshape(-1).view(np.uint8).data
 
 
-def _buffer(frame: Any) -> Buffer:
-    if isinstance(frame, bytes | memoryview | bytearray):
+_BUFFERS = (bytes, memoryview, bytearray)  # a tuple: `bytes | ...` is built at every call
+
+
+def as_buffer(frame: Any) -> Buffer:
+    """A frame's bytes without a copy: a received zmq.Frame as a memoryview of its memory."""
+    if isinstance(frame, _BUFFERS):
         return frame
     buf = getattr(frame, "buffer", None)  # zmq.Frame received with copy=False
     if buf is not None:

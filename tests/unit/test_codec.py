@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from shardmill.errors import ProtocolError, VersionMismatch
 from shardmill.master.jobs import accept
+from shardmill.master.workers import DoneHead
 from shardmill.ops.registry import NO_MODULES
 from shardmill.wire.codec import (
     bundle,
@@ -246,3 +247,60 @@ def test_the_agents_light_read_of_a_task_agrees_with_the_model_and_refuses_bad_f
             TaskHead.read({**header, field: bad})
     with pytest.raises(ProtocolError, match="job_id"):
         TaskHead.read({k: v for k, v in header.items() if k != "job_id"})
+
+
+def test_the_masters_light_read_of_a_result_is_the_model_exactly() -> None:
+    done = ShardDone(job_id="j", shard=3, attempt=2, duration=0.5, payload=b"\x91\x05")
+    frames = encode(done)
+    assert DoneHead.read(frames) == DoneHead("j", 3, 2, 0.5, b"\x91\x05")
+    # A batch, a failure, and a field of another type are left to the full decode
+    batch = done.model_copy(update={"more": [ShardAttempt(shard=4, attempt=1)]})
+    assert DoneHead.read(encode(batch)) is None
+    assert DoneHead.read([msgpack.packb({**unpack_header(frames[0]), "shard": True})]) is None
+
+
+_ANY = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=4),
+    st.binary(max_size=4),
+    st.lists(st.fixed_dictionaries({"shard": st.integers(-1, 2), "attempt": st.integers(0, 2)})),
+)
+_RESULT = st.fixed_dictionaries(  # what a worker sends
+    {
+        "v": st.just(1),
+        "kind": st.just("done"),
+        "job_id": st.text(max_size=4),
+        "shard": st.integers(0, 9),
+        "attempt": st.integers(1, 3),
+    },
+    optional={
+        "duration": st.floats(0, 9) | st.integers(0, 9),
+        "payload": st.binary(max_size=4),
+        "more": st.just([]),
+    },
+)
+_NAMES = ["v", "kind", "job_id", "shard", "attempt", "duration", "payload", "more", "extra"]
+
+
+@given(_RESULT, st.sampled_from(_NAMES), st.none() | _ANY | st.sampled_from(["failed", 2]))
+def test_a_result_read_lightly_is_what_decode_reads_or_is_left_to_it(
+    header: dict[str, object], name: str, value: object
+) -> None:
+    """A result as a worker sends it, with one field changed, added or (None) removed."""
+    changed = {k: v for k, v in header.items() if k != name}
+    if value is not None:
+        changed[name] = value
+    frames = [msgpack.packb(changed)]
+    head = DoneHead.read(frames)
+    try:
+        msg = decode(frames).msg
+    except ProtocolError:  # refused in full: the light read must not have taken it
+        assert head is None
+        return
+    if head is not None:
+        assert isinstance(msg, ShardDone) and not msg.more
+        assert head == DoneHead(msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload)
+        assert type(head.duration) is float
