@@ -457,14 +457,21 @@ def test_no_backups_when_the_job_says_never() -> None:
     assert _sends(s.handle(ev.Tick(), now=3.9)) == [] and s.next_deadline() == pytest.approx(4)
 
 
-def test_a_shard_on_a_known_slow_worker_is_backed_up_without_waiting_for_the_median() -> None:
+def _one_slow(fast: float, slow: float) -> MasterState:
+    """Job j of 6 on w1 and w2 (one slot each): w1 runs 0, 2, 3 in `fast` s each, w2 runs 1
+    in `slow` s (ending then) and takes 5; w1 holds 4."""
     s = _state()
     s.handle(ev.WorkerReady("w1", slots=1), now=0)
     s.handle(ev.WorkerReady("w2", slots=1), now=0)
     s.handle(ev.JobAdded("j", SPEC, 6), now=0)  # 0 on w1, 1 on w2
-    for shard, now in ((0, 1), (2, 2), (3, 3)):  # w1: 1 s per shard
-        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 1.0), now=now)
-    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 3.5), now=3.5)  # w2 took 3.5 s: 5 goes to it
+    for k, shard in enumerate((0, 2, 3), start=1):
+        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, fast), now=k * fast)
+    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, slow), now=slow)
+    return s
+
+
+def test_a_shard_on_a_known_slow_worker_is_backed_up_without_waiting_for_the_median() -> None:
+    s = _one_slow(1.0, 3.5)  # w1: 1 s per shard; w2 took 3.5 s: 5 goes to it
     # When w1 finishes the last queued shard / Then w2's shard is backed up once it is
     # speculate_min_age (1 s, here also the median) old, not 2 x the median: w2 is known slow
     assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4)) == []
@@ -475,13 +482,7 @@ def test_a_shard_on_a_known_slow_worker_is_backed_up_without_waiting_for_the_med
 
 
 def test_a_known_slow_workers_short_shard_is_backed_up_after_one_median() -> None:
-    s = _state()
-    s.handle(ev.WorkerReady("w1", slots=1), now=0)
-    s.handle(ev.WorkerReady("w2", slots=1), now=0)
-    s.handle(ev.JobAdded("j", SPEC, 6), now=0)  # 0 on w1, 1 on w2
-    for shard, now in ((0, 0.25), (2, 0.5), (3, 0.75)):  # w1: 0.25 s per shard
-        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 0.25), now=now)
-    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 2.5), now=2.5)  # w2 10x slower: 5 goes to it
+    s = _one_slow(0.25, 2.5)  # w2 10x slower: 5 goes to it
     # When w1 finishes the last queued shard / Then w2's shard is backed up one median (0.25 s)
     # after it started, not speculate_min_age (1 s): w2's shard would hold the job's end
     assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 0.25), now=2.6)) == []
@@ -491,13 +492,7 @@ def test_a_known_slow_workers_short_shard_is_backed_up_after_one_median() -> Non
 
 
 def test_a_worker_slow_by_less_than_the_minimum_age_waits_the_minimum_age() -> None:
-    s = _state()
-    s.handle(ev.WorkerReady("w1", slots=1), now=0)
-    s.handle(ev.WorkerReady("w2", slots=1), now=0)
-    s.handle(ev.JobAdded("j", SPEC, 6), now=0)  # 0 on w1, 1 on w2
-    for shard, now in ((0, 0.01), (2, 0.02), (3, 0.03)):  # w1: 10 ms per shard
-        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 0.01), now=now)
-    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 0.05), now=0.05)  # 5x, but by 40 ms: noise
+    s = _one_slow(0.01, 0.05)  # w2 5x slower, but by 40 ms: noise
     # When w1 goes idle / Then w2's shard 5 is backed up only at speculate_min_age (1 s)
     assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 0.01), now=0.06)) == []
     assert s.next_deadline() == pytest.approx(1.05)
