@@ -328,7 +328,7 @@ class MasterLoop:
         self._finish(cmd.job_id)
 
     def _finish(self, job_id: str) -> None:
-        """Record the job's end, then answer everyone waiting for it."""
+        """Record the job's end, answer everyone waiting for it, then count and log it."""
         core = self.core
         data, job = core.data[job_id], core.brain.jobs[job_id]
         offset = core.brain.wall_offset
@@ -342,14 +342,15 @@ class MasterLoop:
             offset=offset,
             map_job=isinstance(data.merger, MapMerger),
         )
+        waiters, data.waiters = data.waiters, []
+        for identity, req in waiters:
+            self.clients.reply_result(job_id, identity, req)
+        # The rest after the answers: a waiting caller (a `call`) does not wait for it.
         self.metrics.job_ended(job)
         if log.isEnabledFor(logging.INFO):  # the line needs the job's whole info: not for nothing
             log.info("%s", ending_line(job.info(offset=offset)))
         data.release_inputs()
-        waiters, data.waiters = data.waiters, []
-        for identity, req in waiters:
-            self.clients.reply_result(job_id, identity, req)
-        core.segments.release(data.segments, time.monotonic())  # after the answers: may unlink
+        core.segments.release(data.segments, time.monotonic())  # may unlink what they mapped
         data.segments = []
 
     def _forget(self, cmd: ev.Pruned, result: Result | None) -> None:
