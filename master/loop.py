@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import os
@@ -384,6 +385,7 @@ def serve(settings: MasterSettings, registry: Registry) -> int:
     # rather than kill us with SIGXFSZ before we can say why.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     loop = MasterLoop(settings, registry)
+    _tune_gc()
     try:
         loop.run()  # its last commit, at close, may fail too
     except StateDirError as e:
@@ -392,6 +394,19 @@ def serve(settings: MasterSettings, registry: Registry) -> int:
         log.error("%s", e)
         return exitcodes.STATE
     return exitcodes.OK
+
+
+def _tune_gc() -> None:
+    """Keep Python's cyclic collector off the master's long-lived records. Finished jobs stay
+    (until job_retention) with a Shard and its attempts per shard, and a busy master allocates
+    fast: with the default young generation (700 allocations) the full collections that walk
+    all of it cost ~8 of ~46 µs per task (W1 one per message, jobs not pruned). As Ray Serve's
+    proxy does, collect the young generation every 10,000 allocations; what start-up built
+    (modules, schemas, the loop) is frozen out of every scan. Reference counting frees the
+    rest as before: this only delays reclaiming garbage cycles, which the master rarely makes."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 __all__ = ["MasterLoop", "serve"]
