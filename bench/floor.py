@@ -29,8 +29,12 @@ def _agent(address: str) -> None:
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     if os.fork() == 0:
+        os.close(w1)  # else its own copy keeps its input open: no EOF when the agent exits,
+        os.close(r2)  # and the orphan holds the caller's stdout (`floor.py | tail` hung)
         _child(r1, w2)
         os._exit(0)
+    os.close(r1)
+    os.close(w2)
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(address)
     sock.send(b"ready")
