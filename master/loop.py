@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import logging
 import os
@@ -14,7 +13,6 @@ from typing import Any
 
 import zmq
 
-from shardmill import exitcodes
 from shardmill.config import MasterSettings
 from shardmill.errors import ConfigError, StateDirError
 from shardmill.health import HealthFile
@@ -379,34 +377,4 @@ class MasterLoop:
         )
 
 
-def serve(settings: MasterSettings, registry: Registry) -> int:
-    """Run a master until stopped; returns the process exit code."""
-    # A file size limit (ulimit -f) must fail a write with EFBIG, which the store reports,
-    # rather than kill us with SIGXFSZ before we can say why.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    loop = MasterLoop(settings, registry)
-    _tune_gc()
-    try:
-        loop.run()  # its last commit, at close, may fail too
-    except StateDirError as e:
-        # Crash-only, as PostgreSQL PANICs on a failed fsync: nothing uncommitted was answered,
-        # the sockets are closed, and the next master resumes every job from the last commit.
-        log.error("%s", e)
-        return exitcodes.STATE
-    return exitcodes.OK
-
-
-def _tune_gc() -> None:
-    """Keep Python's cyclic collector off the master's long-lived records. Finished jobs stay
-    (until job_retention) with a Shard and its attempts per shard, and a busy master allocates
-    fast: with the default young generation (700 allocations) the full collections that walk
-    all of it cost ~8 of ~46 µs per task (W1 one per message, jobs not pruned). As Ray Serve's
-    proxy does, collect the young generation every 10,000 allocations; what start-up built
-    (modules, schemas, the loop) is frozen out of every scan. Reference counting frees the
-    rest as before: this only delays reclaiming garbage cycles, which the master rarely makes."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-
-
-__all__ = ["MasterLoop", "serve"]
+__all__ = ["MasterLoop"]

@@ -56,7 +56,7 @@ def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 def cmd_master(args: argparse.Namespace) -> int:
     from shardmill.cli.logs import setup_logging
-    from shardmill.master.loop import serve
+    from shardmill.master.process import serve
     from shardmill.ops.registry import Registry
 
     settings = MasterSettings(**given(args, *MASTER_FLAGS))
