@@ -6,7 +6,8 @@ import heapq
 import math
 from collections.abc import Callable, Iterator
 
-from shardmill.master.brain.model import Job, Shard, Worker
+from shardmill.master.brain.model import Job, Shard, Timing, Worker
+from shardmill.master.brain.speculation import leaves_to_others
 from shardmill.master.brain.transitions import ShardState
 
 MAX_BATCH = 16  # shards in one task at most
@@ -19,7 +20,7 @@ def dispatch(
     active: dict[str, Job],
     workers: dict[str, Worker],
     room: set[str],
-    prefetch_below: float,
+    timing: Timing,
     *,
     lease: Lease,
 ) -> None:
@@ -30,7 +31,8 @@ def dispatch(
     (so a small job submitted behind a big one starts at once, and one client's many jobs
     cannot crowd out another's). Then, only if no job waits for a slot with long shards, jobs
     of short shards also fill each worker's queue (its window), so a child finds its next shard
-    waiting instead of a round trip through the master.
+    waiting instead of a round trip through the master. A worker known to be slow for a job
+    takes none of its shards that the others would get to sooner (`leaves_to_others`).
 
     Only the workers in `room` are looked at: those whose room was last seen above zero, or
     may have grown since (a lease ended, it registered, it was heard from); the ones left
@@ -45,10 +47,10 @@ def dispatch(
     if not open_:
         return
     total = _Slots(workers)
-    _fill(share, open_, total, prefetch_below, lease, windows=False)
-    windows = bool(share.jobs) and all(job.prefetches(prefetch_below) for job in share.jobs)
+    _fill(share, open_, total, timing, lease, windows=False)
+    windows = bool(share.jobs) and all(job.prefetches(timing.prefetch_below) for job in share.jobs)
     if windows:
-        _fill(share, open_, total, prefetch_below, lease, windows=True)
+        _fill(share, open_, total, timing, lease, windows=True)
     # Full now: a worker leaves until its room grows (a lease ends, or it is heard from).
     room.difference_update(w for w, x in open_.items() if not x.credits(x.window if windows else 0))
 
@@ -113,6 +115,10 @@ class Free:
         heapq.heappush(self.heap, top)
         return other
 
+    def best(self, allowed: Callable[[str], bool]) -> str | None:
+        """The worker `pick` would choose among the `allowed` ones (a scan: rarely asked)."""
+        return min(((-n, w) for w, n in self.room.items() if allowed(w)), default=(0, None))[1]
+
     def take(self, worker: str) -> None:
         n = self.room.get(worker, 0) - 1
         if n > 0:
@@ -146,7 +152,7 @@ def _fill(
     share: Share,
     workers: dict[str, Worker],
     slots: Callable[[], int],
-    prefetch_below: float,
+    timing: Timing,
     lease: Lease,
     *,
     windows: bool,
@@ -156,7 +162,7 @@ def _fill(
     full: set[str] = set()  # jobs no worker has room for in this pass
     frees: dict[str, Free] = {}  # per job (windows differ by job), or one for slots
     while (job := share.next(full)) is not None:
-        prefetch = job.prefetches(prefetch_below)
+        prefetch = job.prefetches(timing.prefetch_below)
         key = job.job_id if windows else ""
         if (free := frees.get(key)) is None:
             queue = windows and prefetch
@@ -166,19 +172,37 @@ def _fill(
                 if (n := w.credits(_queue(w, job, queue))) > 0
             }
             free = frees[key] = Free(room)
-        if not free.room:
-            if not windows:
-                return  # slots are the same for every job: none is free
-            full.add(job.job_id)
-            continue
         shard = job.shards[job.ready[0]]
-        worker = free.pick(shard.history[-1].worker if shard.history else None)
+        worker = _choose(free, job, shard, workers, slots, timing) if free.room else None
+        if worker is None:
+            if not windows and not free.room:
+                return  # slots are the same for every job: none is free
+            full.add(job.job_id)  # no room for it, or only on a slow host for it
+            continue
         job.ready.popleft()
         more = take_batch(job, shard, slots) if prefetch else []
         lease(job, shard, workers[worker], more)
         share.took(job, 1 + len(more))
         for other in frees.values():  # one task more on it, whatever job it was for
             other.take(worker)
+
+
+def _choose(
+    free: Free,
+    job: Job,
+    shard: Shard,
+    workers: dict[str, Worker],
+    slots: Callable[[], int],
+    timing: Timing,
+) -> str | None:
+    """The worker for `shard`: the one with most room, unless it is a slow host for the job
+    that should leave the shard to the others (then the next, if any)."""
+
+    def takes(worker: str) -> bool:
+        return not leaves_to_others(job, workers[worker], slots, timing)
+
+    worker = free.pick(shard.history[-1].worker if shard.history else None)
+    return worker if takes(worker) else free.best(takes)
 
 
 def _queue(worker: Worker, job: Job, prefetch: bool) -> int:

@@ -9,6 +9,7 @@ for a batch, and never twice for one shard. Pure: decisions on the brain's recor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shardmill.master.brain.model import Job, Shard, Timing, Worker
@@ -35,7 +36,14 @@ def plan_backups(
     slow, due = _stragglers(active, workers, timing, now)
     backups = []
     for _, job, shard, holder in sorted(slow, key=lambda s: s[0]):  # the longest running first
-        target = next((w for w in sorted(free, key=lambda w: -free[w]) if w != holder), None)
+        target = next(
+            (
+                w
+                for w in sorted(free, key=lambda w: -free[w])
+                if w != holder and not known_slow(job, w, timing)
+            ),
+            None,
+        )
         if target is None:
             continue
         backups.append((job, shard, workers[target]))
@@ -64,7 +72,7 @@ def _stragglers(
             if attempt is None:
                 continue
             started, factor = attempt.started, _factor(job, timing)
-            wait = _wait(job, w.worker_id, factor, timing.speculate_min_age)
+            wait = wait_before_backup(job, w.worker_id, factor, timing.speculate_min_age)
             at = started + wait
             if at <= now:
                 slow.append((started, job, shard, w.worker_id))
@@ -73,7 +81,32 @@ def _stragglers(
     return slow, due
 
 
-def _wait(job: Job, worker: str, factor: float, min_age: float) -> float:
+def known_slow(job: Job, worker: str, timing: Timing) -> bool:
+    """Whether `worker` is a slow host for `job` (not noise): its merged shards of the job took
+    `speculate_after` x the median and `speculate_min_age` or more over it, on average."""
+    n, seconds = job.by_worker.get(worker, (0, 0.0))
+    if not n or seconds < timing.speculate_min_age * n or not speculates(job, timing):
+        return False  # decided without the median (it sorts every run after each result)
+    return job.slow_on(worker, _factor(job, timing)) and (
+        job.excess_on(worker) >= timing.speculate_min_age
+    )
+
+
+def leaves_to_others(job: Job, worker: Worker, slots: Callable[[], int], timing: Timing) -> bool:
+    """Whether `worker` should leave `job`'s next shard to the other workers: it is known slow
+    for the job, and they would run all of its ready shards before it ran that one (their
+    slots at the median, against its own average). Otherwise a slow host takes one of a job's
+    last shards, and the job's end waits for it or for its backup."""
+    if not known_slow(job, worker.worker_id, timing):
+        return False  # the common case: `slots` (all workers' slots) is not counted
+    others = slots() - worker.slots
+    if others <= 0:
+        return False
+    median = job.median_run
+    return median + job.excess_on(worker.worker_id) > len(job.ready) * median / others
+
+
+def wait_before_backup(job: Job, worker: str, factor: float, min_age: float) -> float:
     """How long a shard runs on `worker` before it is a straggler. Anywhere: `factor` x the
     job's median, and at least `min_age` (noise in short shards is not a straggler). On a
     worker whose shards of this job took `factor` x the median: `min_age`. And on one whose

@@ -311,8 +311,7 @@ class MasterState(Roster):
 
     def _dispatch(self) -> None:
         if self._now >= self.hold_until:
-            timing = self.timing
-            dispatch(self.active, self.workers, self.room, timing.prefetch_below, lease=self._lease)
+            dispatch(self.active, self.workers, self.room, self.timing, lease=self._lease)
             self._speculate()
 
     def _speculate(self) -> None:

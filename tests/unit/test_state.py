@@ -7,6 +7,7 @@ import pytest
 from shardmill.errors import InvalidTransition
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.model import Timing
+from shardmill.master.brain.speculation import wait_before_backup
 from shardmill.master.brain.state import MasterState
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.master.brain.views import worker_infos
@@ -457,42 +458,55 @@ def test_no_backups_when_the_job_says_never() -> None:
     assert _sends(s.handle(ev.Tick(), now=3.9)) == [] and s.next_deadline() == pytest.approx(4)
 
 
-def _one_slow(fast: float, slow: float) -> MasterState:
-    """Job j of 6 on w1 and w2 (one slot each): w1 runs 0, 2, 3 in `fast` s each, w2 runs 1
-    in `slow` s (ending then) and takes 5; w1 holds 4."""
+def _one_slow(fast: float, slow: float, shards: int = 6) -> tuple[MasterState, list[ev.SendTask]]:
+    """Job j of `shards` on w1 and w2 (one slot each): w1 runs 0, 2, 3 in `fast` s each and
+    holds 4; w2 runs 1 in `slow` s, ending then. The state, and what w2's result sent."""
     s = _state()
     s.handle(ev.WorkerReady("w1", slots=1), now=0)
     s.handle(ev.WorkerReady("w2", slots=1), now=0)
-    s.handle(ev.JobAdded("j", SPEC, 6), now=0)  # 0 on w1, 1 on w2
+    s.handle(ev.JobAdded("j", SPEC, shards), now=0)  # 0 on w1, 1 on w2
     for k, shard in enumerate((0, 2, 3), start=1):
         s.handle(ev.ShardSucceeded("w1", "j", shard, 1, fast), now=k * fast)
-    s.handle(ev.ShardSucceeded("w2", "j", 1, 1, slow), now=slow)
-    return s
+    return s, _sends(s.handle(ev.ShardSucceeded("w2", "j", 1, 1, slow), now=slow))
 
 
-def test_a_shard_on_a_known_slow_worker_is_backed_up_without_waiting_for_the_median() -> None:
-    s = _one_slow(1.0, 3.5)  # w1: 1 s per shard; w2 took 3.5 s: 5 goes to it
-    # When w1 finishes the last queued shard / Then w2's shard is backed up once it is
-    # speculate_min_age (1 s, here also the median) old, not 2 x the median: w2 is known slow
-    assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4)) == []
-    assert s.next_deadline() == pytest.approx(4.5)
-    sends = _sends(s.handle(ev.Tick(), now=4.5))
-    assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
-    assert s.jobs["j"].backups == 1
+def test_a_known_slow_worker_leaves_a_jobs_last_shard_to_a_faster_one() -> None:
+    # Given w2 known slow for j (3.5 s against a 1 s median) when one shard is left
+    s, sends = _one_slow(1.0, 3.5)
+    # Then w2 does not take it: w1 is free in 0.5 s and runs it in 1
+    assert sends == [] and list(s.jobs["j"].ready) == [5]
+    # When w1 finishes shard 4 / Then shard 5 is w1's, and no backup is needed
+    sends = _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4))
+    assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, False)]
 
 
-def test_a_known_slow_workers_short_shard_is_backed_up_after_one_median() -> None:
-    s = _one_slow(0.25, 2.5)  # w2 10x slower: 5 goes to it
-    # When w1 finishes the last queued shard / Then w2's shard is backed up one median (0.25 s)
-    # after it started, not speculate_min_age (1 s): w2's shard would hold the job's end
-    assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 0.25), now=2.6)) == []
-    assert s.next_deadline() == pytest.approx(2.75)
-    sends = _sends(s.handle(ev.Tick(), now=2.75))
-    assert [(c.worker, c.shard, c.backup) for c in sends] == [("w1", 5, True)]
+def test_a_known_slow_worker_takes_a_shard_while_the_others_have_plenty() -> None:
+    # Given w2 10x slower (2.5 s against 0.25) and 15 shards ready: w1 needs 3.75 s for them
+    _, sends = _one_slow(0.25, 2.5, shards=20)
+    # Then w2 takes the next one: it is done before the others would get to it
+    assert [(c.worker, c.shard, c.backup) for c in sends] == [("w2", 5, False)]
+
+
+def test_a_backup_never_goes_to_a_worker_known_slow_for_the_job() -> None:
+    # Given w2 known 10x slower, idle, and w1's shard 4 running for 1.75 s: a straggler
+    s, sends = _one_slow(0.25, 2.5)
+    # Then w2 takes neither the last shard nor a backup of shard 4
+    assert sends == [] and s.jobs["j"].backups == 0
+
+
+def test_a_known_slow_workers_shard_is_a_straggler_after_one_median() -> None:
+    # A shard on a slow host (by min_age or more) is a straggler after one median, or
+    # min_age if shorter; on any other worker after factor x the median, min_age at least
+    job = _one_slow(0.25, 2.5)[0].jobs["j"]  # median 0.25 s, w2 2.25 s over it
+    assert wait_before_backup(job, "w2", 2.0, 1.0) == pytest.approx(0.25)
+    assert wait_before_backup(job, "w1", 2.0, 1.0) == pytest.approx(1.0)
+    job = _one_slow(1.0, 3.5)[0].jobs["j"]  # median 1 s, w2 2.5 s over it
+    assert wait_before_backup(job, "w2", 2.0, 1.0) == pytest.approx(1.0)
+    assert wait_before_backup(job, "w1", 2.0, 1.0) == pytest.approx(2.0)
 
 
 def test_a_worker_slow_by_less_than_the_minimum_age_waits_the_minimum_age() -> None:
-    s = _one_slow(0.01, 0.05)  # w2 5x slower, but by 40 ms: noise
+    s, _ = _one_slow(0.01, 0.05)  # w2 5x slower, but by 40 ms: noise
     # When w1 goes idle / Then w2's shard 5 is backed up only at speculate_min_age (1 s)
     assert _sends(s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 0.01), now=0.06)) == []
     assert s.next_deadline() == pytest.approx(1.05)
