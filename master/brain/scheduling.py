@@ -151,7 +151,7 @@ class _Slots:
 def _fill(
     share: Share,
     workers: dict[str, Worker],
-    slots: Callable[[], int],
+    slots: _Slots,
     timing: Timing,
     lease: Lease,
     *,
@@ -173,7 +173,7 @@ def _fill(
             }
             free = frees[key] = Free(room)
         shard = job.shards[job.ready[0]]
-        worker = _choose(free, job, shard, workers, slots, timing) if free.room else None
+        worker = _choose(free, job, shard, workers, slots.workers, timing) if free.room else None
         if worker is None:
             if not windows and not free.room:
                 return  # slots are the same for every job: none is free
@@ -192,14 +192,15 @@ def _choose(
     job: Job,
     shard: Shard,
     workers: dict[str, Worker],
-    slots: Callable[[], int],
+    everyone: dict[str, Worker],
     timing: Timing,
 ) -> str | None:
-    """The worker for `shard`: the one with most room, unless it is a slow host for the job
-    that should leave the shard to the others (then the next, if any)."""
+    """The worker for `shard` among `workers` (those with room): the one with most room, unless
+    it is a slow host for the job that should leave the shard to the others of `everyone`
+    (then the next, if any)."""
 
     def takes(worker: str) -> bool:
-        return not leaves_to_others(job, workers[worker], slots, timing)
+        return not leaves_to_others(job, workers[worker], everyone, timing)
 
     worker = free.pick(shard.history[-1].worker if shard.history else None)
     return worker if takes(worker) else free.best(takes)

@@ -9,7 +9,7 @@ for a batch, and never twice for one shard. Pure: decisions on the brain's recor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shardmill.master.brain.model import Job, Shard, Timing, Worker
@@ -92,14 +92,21 @@ def known_slow(job: Job, worker: str, timing: Timing) -> bool:
     )
 
 
-def leaves_to_others(job: Job, worker: Worker, slots: Callable[[], int], timing: Timing) -> bool:
+def leaves_to_others(
+    job: Job, worker: Worker, workers: Mapping[str, Worker], timing: Timing
+) -> bool:
     """Whether `worker` should leave `job`'s next shard to the other workers: it is known slow
-    for the job, and they would run all of its ready shards before it ran that one (their
-    slots at the median, against its own average). Otherwise a slow host takes one of a job's
-    last shards, and the job's end waits for it or for its backup."""
+    for the job, and those that are not would run all of its ready shards before it ran that
+    one (their slots at the median, against its own average). Otherwise a slow host takes one
+    of a job's last shards, and the job's end waits for it or for its backup. With no worker
+    left that is not slow for the job, it takes the shard: someone must."""
     if not known_slow(job, worker.worker_id, timing):
-        return False  # the common case: `slots` (all workers' slots) is not counted
-    others = slots() - worker.slots
+        return False  # the common case: the other workers are not looked at
+    others = sum(
+        w.slots
+        for w in workers.values()
+        if not w.draining and not known_slow(job, w.worker_id, timing)
+    )
     if others <= 0:
         return False
     median = job.median_run

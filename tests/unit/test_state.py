@@ -494,6 +494,22 @@ def test_a_backup_never_goes_to_a_worker_known_slow_for_the_job() -> None:
     assert sends == [] and s.jobs["j"].backups == 0
 
 
+def test_slow_hosts_take_a_jobs_shards_when_no_faster_worker_is_left() -> None:
+    # Given w2 and w3 known 10x slower for j, leaving its last shards to w1
+    s = _state()
+    for w in ("w1", "w2", "w3"):
+        s.handle(ev.WorkerReady(w, slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 8), now=0)  # 0 on w1, 1 on w2, 2 on w3
+    for k, shard in enumerate((0, 3, 4), start=1):  # w1 then holds 5
+        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 0.25), now=k * 0.25)
+    assert _sends(s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 2.5), now=2.5)) == []
+    assert _sends(s.handle(ev.ShardSucceeded("w3", "j", 2, 1, 2.5), now=2.5)) == []
+    # When w1, the only faster worker, leaves / Then the slow hosts take the shards
+    handback = (Lease(job_id="j", shard=5, attempt=1),)
+    sends = _sends(s.handle(ev.WorkerLeft("w1", handback), now=2.6))
+    assert sorted(c.worker for c in sends) == ["w2", "w3"]
+
+
 def test_a_known_slow_workers_shard_is_a_straggler_after_one_median() -> None:
     # A shard on a slow host (by min_age or more) is a straggler after one median, or
     # min_age if shorter; on any other worker after factor x the median, min_age at least
