@@ -47,7 +47,7 @@ if _DIR:
                 endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
             except zmq.ZMQError:
                 endpoint = "?"
-            name = _names[id(sock)] = f"{sock.socket_type}@{endpoint.rsplit(':', 1)[-1]}"
+            name = _names[id(sock)] = f"{sock.type}@{endpoint.rsplit(':', 1)[-1]}"
         return name
 
     _send = _zsocket.Socket.send_multipart

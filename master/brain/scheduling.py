@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterator
 
 from shardmill.master.brain.model import Job, Shard, Timing, Worker
-from shardmill.master.brain.speculation import leaves_to_others
+from shardmill.master.brain.speculation import SlowHosts
 from shardmill.master.brain.transitions import ShardState
 
 MAX_BATCH = 16  # shards in one task at most
@@ -21,6 +21,7 @@ def dispatch(
     workers: dict[str, Worker],
     room: set[str],
     timing: Timing,
+    slow: SlowHosts,
     *,
     lease: Lease,
 ) -> None:
@@ -32,7 +33,7 @@ def dispatch(
     cannot crowd out another's). Then, only if no job waits for a slot with long shards, jobs
     of short shards also fill each worker's queue (its window), so a child finds its next shard
     waiting instead of a round trip through the master. A worker known to be slow for a job
-    takes none of its shards that the others would get to sooner (`leaves_to_others`).
+    takes none of its shards that the others would get to sooner (`SlowHosts`).
 
     Only the workers in `room` are looked at: those whose room was last seen above zero, or
     may have grown since (a lease ended, it registered, it was heard from); the ones left
@@ -47,10 +48,10 @@ def dispatch(
     if not open_:
         return
     total = _Slots(workers)
-    _fill(share, open_, total, timing, lease, windows=False)
+    _fill(share, open_, total, timing, slow, lease, windows=False)
     windows = bool(share.jobs) and all(job.prefetches(timing.prefetch_below) for job in share.jobs)
     if windows:
-        _fill(share, open_, total, timing, lease, windows=True)
+        _fill(share, open_, total, timing, slow, lease, windows=True)
     # Full now: a worker leaves until its room grows (a lease ends, or it is heard from).
     room.difference_update(w for w, x in open_.items() if not x.credits(x.window if windows else 0))
 
@@ -115,9 +116,10 @@ class Free:
         heapq.heappush(self.heap, top)
         return other
 
-    def best(self, allowed: Callable[[str], bool]) -> str | None:
+    def best(self, allowed: Callable[[str], bool], avoid: str | None) -> str | None:
         """The worker `pick` would choose among the `allowed` ones (a scan: rarely asked)."""
-        return min(((-n, w) for w, n in self.room.items() if allowed(w)), default=(0, None))[1]
+        ranked = ((w == avoid, -n, w) for w, n in self.room.items() if allowed(w))
+        return min(ranked, default=(False, 0, None))[2]
 
     def take(self, worker: str) -> None:
         n = self.room.get(worker, 0) - 1
@@ -151,8 +153,9 @@ class _Slots:
 def _fill(
     share: Share,
     workers: dict[str, Worker],
-    slots: _Slots,
+    slots: Callable[[], int],
     timing: Timing,
+    slow: SlowHosts,
     lease: Lease,
     *,
     windows: bool,
@@ -173,7 +176,7 @@ def _fill(
             }
             free = frees[key] = Free(room)
         shard = job.shards[job.ready[0]]
-        worker = _choose(free, job, shard, workers, slots.workers, timing) if free.room else None
+        worker = _choose(free, job, shard, workers, slow) if free.room else None
         if worker is None:
             if not windows and not free.room:
                 return  # slots are the same for every job: none is free
@@ -188,22 +191,15 @@ def _fill(
 
 
 def _choose(
-    free: Free,
-    job: Job,
-    shard: Shard,
-    workers: dict[str, Worker],
-    everyone: dict[str, Worker],
-    timing: Timing,
+    free: Free, job: Job, shard: Shard, workers: dict[str, Worker], slow: SlowHosts
 ) -> str | None:
-    """The worker for `shard` among `workers` (those with room): the one with most room, unless
-    it is a slow host for the job that should leave the shard to the others of `everyone`
-    (then the next, if any)."""
-
-    def takes(worker: str) -> bool:
-        return not leaves_to_others(job, workers[worker], everyone, timing)
-
-    worker = free.pick(shard.history[-1].worker if shard.history else None)
-    return worker if takes(worker) else free.best(takes)
+    """The worker for `shard`: the one with most room (not where its last attempt failed, if
+    another has room), unless it is a slow host that leaves the shard to others."""
+    avoid = shard.history[-1].worker if shard.history else None
+    worker = free.pick(avoid)
+    if not slow.leaves(job, workers[worker]):
+        return worker
+    return free.best(lambda w: not slow.leaves(job, workers[w]), avoid)
 
 
 def _queue(worker: Worker, job: Job, prefetch: bool) -> int:

@@ -36,14 +36,9 @@ def plan_backups(
     slow, due = _stragglers(active, workers, timing, now)
     backups = []
     for _, job, shard, holder in sorted(slow, key=lambda s: s[0]):  # the longest running first
-        target = next(
-            (
-                w
-                for w in sorted(free, key=lambda w: -free[w])
-                if w != holder and not known_slow(job, w, timing)
-            ),
-            None,
-        )
+        # Most room first; a worker known slow for the job only if no other is idle.
+        order = sorted(free, key=lambda w: (known_slow(job, w, timing), -free[w]))
+        target = next((w for w in order if w != holder), None)
         if target is None:
             continue
         backups.append((job, shard, workers[target]))
@@ -92,25 +87,38 @@ def known_slow(job: Job, worker: str, timing: Timing) -> bool:
     )
 
 
-def leaves_to_others(
-    job: Job, worker: Worker, workers: Mapping[str, Worker], timing: Timing
-) -> bool:
-    """Whether `worker` should leave `job`'s next shard to the other workers: it is known slow
-    for the job, and those that are not would run all of its ready shards before it ran that
-    one (their slots at the median, against its own average). Otherwise a slow host takes one
-    of a job's last shards, and the job's end waits for it or for its backup. With no worker
-    left that is not slow for the job, it takes the shard: someone must."""
-    if not known_slow(job, worker.worker_id, timing):
-        return False  # the common case: the other workers are not looked at
-    others = sum(
-        w.slots
-        for w in workers.values()
-        if not w.draining and not known_slow(job, w.worker_id, timing)
-    )
-    if others <= 0:
-        return False
-    median = job.median_run
-    return median + job.excess_on(worker.worker_id) > len(job.ready) * median / others
+class SlowHosts:
+    """Which workers leave a job's next shard to the others, for one dispatch at `now`.
+
+    A worker known slow for a job (`known_slow`) leaves it to the workers that are not, when
+    they would run all of the job's ready shards before it ran that one: their slots running
+    the job or free now, at the median, against its own average. Otherwise a slow host takes
+    one of a job's last shards, and the job's end waits for it or for its backup. It takes the
+    shard after all when no such slot exists (someone must), or once it has left the job's
+    shards to others for as long as it would take to run one and no shard of the job was
+    leased meanwhile (the others are stuck: a hung shard, another job's long ones)."""
+
+    def __init__(self, workers: Mapping[str, Worker], timing: Timing, now: float) -> None:
+        self.workers, self.timing, self.now = workers, timing, now
+        self._others: dict[str, int] = {}  # by job: counted once per dispatch
+
+    def leaves(self, job: Job, worker: Worker) -> bool:
+        if not known_slow(job, worker.worker_id, self.timing):
+            return False  # the common case: the other workers are not looked at
+        others = self._others.get(job.job_id)
+        if others is None:
+            free = sum(
+                w.credits(0)
+                for w in self.workers.values()
+                if not known_slow(job, w.worker_id, self.timing)
+            )
+            others = self._others[job.job_id] = free + job.counts[ShardState.LEASED]
+        own = job.median_run + job.excess_on(worker.worker_id)
+        if others <= 0 or own <= len(job.ready) * job.median_run / others:
+            return False
+        if job.declined_at is None:
+            job.declined_at = self.now
+        return self.now - job.declined_at < own
 
 
 def wait_before_backup(job: Job, worker: str, factor: float, min_age: float) -> float:

@@ -14,7 +14,7 @@ from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
 from shardmill.master.brain.restore import restored_job
 from shardmill.master.brain.roster import Roster
 from shardmill.master.brain.scheduling import dispatch
-from shardmill.master.brain.speculation import plan_backups, speculates
+from shardmill.master.brain.speculation import SlowHosts, plan_backups, speculates
 from shardmill.master.brain.transitions import TERMINAL, JobState, ShardState
 from shardmill.wire.protocol import ErrorInfo, JobInfo
 
@@ -311,7 +311,8 @@ class MasterState(Roster):
 
     def _dispatch(self) -> None:
         if self._now >= self.hold_until:
-            dispatch(self.active, self.workers, self.room, self.timing, lease=self._lease)
+            slow = SlowHosts(self.workers, self.timing, self._now)
+            dispatch(self.active, self.workers, self.room, self.timing, slow, lease=self._lease)
             self._speculate()
 
     def _speculate(self) -> None:
@@ -354,6 +355,7 @@ class MasterState(Roster):
         if job.started_at is None:
             job.started_at = self._now
         job.turn = next(self._turns)
+        job.declined_at = None  # its shards move: a slow host that left them waits anew
         first, *rest = attempts
         self._out.append(
             ev.SendTask(w.worker_id, job.job_id, shard.index, first[1], more=tuple(rest))

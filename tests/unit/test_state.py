@@ -7,7 +7,7 @@ import pytest
 from shardmill.errors import InvalidTransition
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.model import Timing
-from shardmill.master.brain.speculation import wait_before_backup
+from shardmill.master.brain.speculation import SlowHosts, plan_backups, wait_before_backup
 from shardmill.master.brain.state import MasterState
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.master.brain.views import worker_infos
@@ -487,27 +487,53 @@ def test_a_known_slow_worker_takes_a_shard_while_the_others_have_plenty() -> Non
     assert [(c.worker, c.shard, c.backup) for c in sends] == [("w2", 5, False)]
 
 
-def test_a_backup_never_goes_to_a_worker_known_slow_for_the_job() -> None:
-    # Given w2 known 10x slower, idle, and w1's shard 4 running for 1.75 s: a straggler
-    s, sends = _one_slow(0.25, 2.5)
-    # Then w2 takes neither the last shard nor a backup of shard 4
-    assert sends == [] and s.jobs["j"].backups == 0
-
-
-def test_slow_hosts_take_a_jobs_shards_when_no_faster_worker_is_left() -> None:
-    # Given w2 and w3 known 10x slower for j, leaving its last shards to w1
+def _two_slow() -> MasterState:
+    """Job j of 8 on w1, w2, w3 (one slot each): w1 runs 0, 3, 4 in 1 s each and holds 5 from
+    3 s; w2 and w3 ran 1 and 2 in 3.5 s (known slow), ending together at 3.5 s."""
     s = _state()
     for w in ("w1", "w2", "w3"):
         s.handle(ev.WorkerReady(w, slots=1), now=0)
     s.handle(ev.JobAdded("j", SPEC, 8), now=0)  # 0 on w1, 1 on w2, 2 on w3
-    for k, shard in enumerate((0, 3, 4), start=1):  # w1 then holds 5
-        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 0.25), now=k * 0.25)
-    assert _sends(s.handle(ev.ShardSucceeded("w2", "j", 1, 1, 2.5), now=2.5)) == []
-    assert _sends(s.handle(ev.ShardSucceeded("w3", "j", 2, 1, 2.5), now=2.5)) == []
+    for k, shard in enumerate((0, 3, 4), start=1):
+        s.handle(ev.ShardSucceeded("w1", "j", shard, 1, 1.0), now=k)
+    done = [ev.ShardSucceeded(w, "j", i, 1, 3.5) for w, i in (("w2", 1), ("w3", 2))]
+    assert _sends(s.handle_all(done, now=3.5)) == []  # 6 and 7 are left to w1
+    return s
+
+
+def test_a_backup_goes_to_a_worker_known_slow_for_the_job_only_if_no_other_is_idle() -> None:
+    # Given w2 known 10x slower, and w1's shard 4 running for 1.75 s: a straggler
+    _, sends = _one_slow(0.25, 2.5)
+    # Then w2, the only idle worker, takes its backup, not the last shard: a backup anywhere
+    # beats a hung shard, and the first result wins
+    assert [(c.worker, c.shard, c.backup) for c in sends] == [("w2", 4, True)]
+    # And where a worker not slow for the job is idle too, it takes the backup
+    s = _two_slow()
+    s.handle(ev.WorkerReady("w4", slots=1), now=3.6)  # it takes shard 6
+    plan = plan_backups(s.active, s.workers, {"w2": 1, "w4": 1}, s.timing, now=5.0)
+    assert [(shard.index, w.worker_id) for _, shard, w in plan.backups] == [(5, "w4")]
+
+
+def test_slow_hosts_take_a_jobs_shards_when_no_faster_worker_is_left() -> None:
+    # Given w2 and w3 known slow for j, leaving its last shards to w1
+    s = _two_slow()
     # When w1, the only faster worker, leaves / Then the slow hosts take the shards
     handback = (Lease(job_id="j", shard=5, attempt=1),)
-    sends = _sends(s.handle(ev.WorkerLeft("w1", handback), now=2.6))
+    sends = _sends(s.handle(ev.WorkerLeft("w1", handback), now=3.6))
     assert sorted(c.worker for c in sends) == ["w2", "w3"]
+
+
+def test_a_slow_host_leaves_shards_to_others_for_as_long_as_it_would_run_one() -> None:
+    # Given w2 known slow for j (3.5 s a shard), leaving shard 5 to w1 at 3.5
+    s, _ = _one_slow(1.0, 3.5)
+    job, w2 = s.jobs["j"], s.workers["w2"]
+    assert SlowHosts(s.workers, s.timing, 3.5).leaves(job, w2)
+    # When no shard of j is leased for 3.5 s (w1 hung) / Then w2 takes it after all
+    assert SlowHosts(s.workers, s.timing, 6.9).leaves(job, w2)
+    assert not SlowHosts(s.workers, s.timing, 7.0).leaves(job, w2)
+    # And a lease of j meanwhile starts the wait anew
+    s.handle(ev.ShardSucceeded("w1", "j", 4, 1, 1.0), now=4)  # w1 takes 5
+    assert job.declined_at is None
 
 
 def test_a_known_slow_workers_shard_is_a_straggler_after_one_median() -> None:
