@@ -238,7 +238,7 @@ class Job:
         sorts every run: past 64 runs it is taken again only when they grew by 5 %."""
         n, last = len(self.runs), self._median[0]
         if n != last and (last < 64 or n >= last * 1.05):
-            self._median = (len(self.runs), statistics.median(self.runs) if self.runs else 0.0)
+            self._median = (n, statistics.median(self.runs) if self.runs else 0.0)
         return self._median[1]
 
     def record_run(self, worker: str, seconds: float, shards: int = 1) -> None:

@@ -66,11 +66,9 @@ def _stragglers(
             attempt = shard.open_attempt(w.worker_id)
             if attempt is None:
                 continue
-            started, factor = attempt.started, _factor(job, timing)
-            wait = wait_before_backup(job, w.worker_id, factor, timing.speculate_min_age)
-            at = started + wait
+            at = attempt.started + wait_before_backup(job, w.worker_id, timing)
             if at <= now:
-                slow.append((started, job, shard, w.worker_id))
+                slow.append((attempt.started, job, shard, w.worker_id))
             elif due is None or at < due:
                 due = at
     return slow, due
@@ -121,18 +119,19 @@ class SlowHosts:
         return self.now - job.declined_at < own
 
 
-def wait_before_backup(job: Job, worker: str, factor: float, min_age: float) -> float:
+def wait_before_backup(job: Job, worker: str, timing: Timing) -> float:
     """How long a shard runs on `worker` before it is a straggler. Anywhere: `factor` x the
     job's median, and at least `min_age` (noise in short shards is not a straggler). On a
-    worker whose shards of this job took `factor` x the median: `min_age`. And on one whose
-    shards took `min_age` or more over the median besides (a slow host, not noise): one
-    median, if shorter: a fresh run started then ends first, and otherwise the slow host's
-    last shard of a job holds the job's end for `min_age` more."""
-    if not job.slow_on(worker, factor):
-        return max(min_age, factor * job.median_run)
-    if job.excess_on(worker) >= min_age:
+    worker whose shards of this job took `factor` x the median: `min_age`. And on a slow host
+    (`known_slow`: `min_age` or more over the median besides): one median, if shorter: a
+    fresh run started then ends first, and otherwise the slow host's last shard of a job
+    holds the job's end for `min_age` more."""
+    factor, min_age = _factor(job, timing), timing.speculate_min_age
+    if known_slow(job, worker, timing):
         return min(min_age, job.median_run)
-    return min_age
+    if job.slow_on(worker, factor):
+        return min_age
+    return max(min_age, factor * job.median_run)
 
 
 def _alone_on(shard: Shard, w: Worker, key: tuple[str, int]) -> bool:

@@ -539,12 +539,14 @@ def test_a_slow_host_leaves_shards_to_others_for_as_long_as_it_would_run_one() -
 def test_a_known_slow_workers_shard_is_a_straggler_after_one_median() -> None:
     # A shard on a slow host (by min_age or more) is a straggler after one median, or
     # min_age if shorter; on any other worker after factor x the median, min_age at least
-    job = _one_slow(0.25, 2.5)[0].jobs["j"]  # median 0.25 s, w2 2.25 s over it
-    assert wait_before_backup(job, "w2", 2.0, 1.0) == pytest.approx(0.25)
-    assert wait_before_backup(job, "w1", 2.0, 1.0) == pytest.approx(1.0)
-    job = _one_slow(1.0, 3.5)[0].jobs["j"]  # median 1 s, w2 2.5 s over it
-    assert wait_before_backup(job, "w2", 2.0, 1.0) == pytest.approx(1.0)
-    assert wait_before_backup(job, "w1", 2.0, 1.0) == pytest.approx(2.0)
+    s = _one_slow(0.25, 2.5)[0]
+    job = s.jobs["j"]  # median 0.25 s, w2 2.25 s over it
+    assert wait_before_backup(job, "w2", s.timing) == pytest.approx(0.25)
+    assert wait_before_backup(job, "w1", s.timing) == pytest.approx(1.0)
+    s = _one_slow(1.0, 3.5)[0]
+    job = s.jobs["j"]  # median 1 s, w2 2.5 s over it
+    assert wait_before_backup(job, "w2", s.timing) == pytest.approx(1.0)
+    assert wait_before_backup(job, "w1", s.timing) == pytest.approx(2.0)
 
 
 def test_a_worker_slow_by_less_than_the_minimum_age_waits_the_minimum_age() -> None:
