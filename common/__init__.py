@@ -25,10 +25,16 @@ if TYPE_CHECKING:
     from shardmill.client import Client
     from shardmill.job import Job
     from shardmill.local import LocalCluster
+    from shardmill.pipeline import Pipeline
 
 # Imported on first use: a worker's task process, the master and a CLI query import the
 # package without needing the client (and its settings, pydantic-settings) at all.
-_LAZY = {"Client": "shardmill.client", "Job": "shardmill.job", "LocalCluster": "shardmill.local"}
+_LAZY = {
+    "Client": "shardmill.client",
+    "Job": "shardmill.job",
+    "LocalCluster": "shardmill.local",
+    "Pipeline": "shardmill.pipeline",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -53,6 +59,7 @@ __all__ = [
     "JobTimeout",
     "LocalCluster",
     "MasterUnreachable",
+    "Pipeline",
     "ProtocolError",
     "RemoteError",
     "ServerError",

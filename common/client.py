@@ -57,6 +57,8 @@ from shardmill.wire.spec import JobSpec
 if TYPE_CHECKING:
     import numpy as np
 
+    from shardmill.pipeline import Pipeline, PipelineJob
+
 log = logging.getLogger(__name__)
 MAX_CHUNKS = 64
 
@@ -203,6 +205,12 @@ class Client:
 
     def job(self, job_id: str) -> Job:
         return Job(self, job_id)
+
+    def run(self, pipeline: Pipeline, **options: Any) -> PipelineJob:
+        """Start a pipeline (shardmill.pipeline); `options`: name, fetch_timeout, max_attempts."""
+        from shardmill.pipeline.job import PipelineJob
+
+        return PipelineJob(self, pipeline, **options)
 
     def _submit(self, msg: Submit, arrays: list[Any]) -> Job:
         reply = self._submit_exchange(msg, arrays, self.connect_timeout)

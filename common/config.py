@@ -148,6 +148,17 @@ class WorkerSettings(BaseSettings):
     reconnect_max: float = Field(5.0, gt=0, description="longest wait between reconnects")
     drain_grace: float = Field(30.0, ge=0, description="seconds to finish shards on SIGTERM")
     health_file: Path | None = _health_field("WORKER", "whenever the master is heard")
+    shuffle_dir: Path | None = Field(
+        None, description="where pipelines' map outputs are kept (default: a temporary directory)"
+    )
+    shuffle_host: str = Field(
+        "",
+        description="the name or address peers fetch map outputs at (default: 127.0.0.1 when "
+        "the master's address is loopback, else this host's name)",
+    )
+    shuffle_port: int = Field(
+        0, ge=0, le=65535, description="the port map outputs are served on (0: any free port)"
+    )
     keys: Path | None = _keys_field("WORKER")
     insecure: bool = _insecure_field("WORKER")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -81,6 +81,12 @@ class BadInput(ShardmillError):
         self.retryable = retryable  # True when another worker might read it (a missing mount)
 
 
+class FetchFailed(ShardmillError):
+    """Raised in a pipeline's reduce shard when a map output it needs cannot be fetched from
+    the worker that holds it (gone, or restarted without it); the message names each holder as
+    `[holder=ADDRESS]`, and the pipeline recomputes what that holder held."""
+
+
 class InvalidTransition(ShardmillError):
     """Raised when the master's state machine is asked for a transition its table forbids."""
 

@@ -40,6 +40,7 @@ from shardmill.wire.protocol import (
 from shardmill.wire.security import Security
 from shardmill.worker.resend import Recent, too_large
 from shardmill.worker.runner import Running, TaskHead
+from shardmill.worker.shuffle import Pieces
 from shardmill.worker.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Agent:
         self.liveness = settings.heartbeat_liveness
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
         imports = list(settings.imports)
+        self.pieces = Pieces(settings, self.security, self.worker_id)  # before any child
         self.slots = Slots(self.worker_id, imports, settings.slots, self._fail, self._forward)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
@@ -318,6 +320,7 @@ class Agent:
             self._flush()
         self._close_socket(linger=1000)  # give the DISCONNECT a moment to leave
         self.slots.close(timeout=2.0)
+        self.pieces.close()
         self._drop_probe()
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)

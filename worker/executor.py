@@ -15,12 +15,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shardmill.errors import BadInput, ProtocolError, UnknownFunction
+from shardmill.errors import BadInput, FetchFailed, ProtocolError, UnknownFunction
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode, encode, pack_value, unpack_value
 from shardmill.wire.protocol import ErrorInfo, ShardAttempt, ShardDone, ShardFailed, Task
-from shardmill.wire.spec import MapChunk, NpyPiece, NpySource, RowRange, ScanShard
+from shardmill.wire.spec import STAGE_FUNCTION, MapChunk, NpyPiece, NpySource, RowRange, ScanShard
 from shardmill.worker.pipes import read_frames, write_frames
 from shardmill.worker.scan import resolve_op, run_scan
 
@@ -80,6 +80,9 @@ def _guarded(task: Task, arrays: list[Buffer], registry: Registry, start: float)
         err = ErrorInfo(
             kind="unknown_function", type="UnknownFunction", message=str(e), retryable=False
         )
+        return _failed(task, start, err)
+    except FetchFailed as e:  # a peer's map output is gone: the pipeline recomputes it
+        err = ErrorInfo(kind="error", type=_qualname(e), message=str(e), retryable=False)
         return _failed(task, start, err)
     except BadInput as e:  # names the file, row and field; retrying cannot fix bad data
         err = ErrorInfo(kind="bad_input", type="BadInput", message=str(e), retryable=e.retryable)
@@ -158,8 +161,12 @@ def _execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
         arrays = _MAPS.open(task.shm, arrays)
     desc = task.descriptor
     if isinstance(desc, MapChunk):
-        func = registry.resolve(desc.function)
         args_list = unpack_value(task.payload, arrays)
+        if desc.function == STAGE_FUNCTION:  # a pipeline's stage: built in, like the ops
+            from shardmill.pipeline.stage import run_stage  # only children that run one
+
+            return [run_stage(*args, registry=registry) for args in args_list]
+        func = registry.resolve(desc.function)
         return [func(*args) for args in args_list]
     if isinstance(desc, RowRange):  # a job checkpointed before ScanShard existed
         desc = ScanShard(

@@ -57,6 +57,11 @@ def iter_blocks(desc: ScanShard, values: np.ndarray | None = None) -> Iterator[B
         yield Block(np.zeros((0, len(picked))), np.asarray(picked, dtype=np.int64), keys, -1)
 
 
+def iter_chunks(desc: ScanShard) -> Iterator[Chunk]:
+    """The shard's rows as the format reads them, a chunk at a time (pipelines build tables)."""
+    return _chunks(desc, None)
+
+
 def _filter(block: Block, bucket: Bucket) -> Block:
     assert block.keys is not None, "a bucketed shard always reads its key"
     if bucket.how == "hash":

@@ -154,6 +154,18 @@ class Security:
         sock.curve_secretkey = secret
         sock.curve_serverkey = self._master_public()
 
+    def peer_server(self, sock: zmq.Socket[bytes]) -> str:
+        """A worker's socket that peers fetch from (before bind): CURVE server with the
+        worker's own pair; returns its public key (z85) for peers to name, "" when insecure.
+        Peers are not told apart by key: a fetch must name its pipeline's secret token."""
+        if self.keys is None:
+            return ""
+        public, secret = self._pair("worker")
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+        sock.curve_server = True
+        return public.decode()
+
     def authenticator(
         self, ctx: zmq.Context[zmq.Socket[bytes]], refusals: RefusalLog
     ) -> Gatekeeper | None:

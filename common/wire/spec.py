@@ -18,6 +18,9 @@ FunctionRef = Annotated[
     ),
 ]
 
+# A pipeline's stage task travels as a map job of this built-in function (shardmill.pipeline).
+STAGE_FUNCTION = "shardmill.pipeline:stage"
+
 
 class Frozen(BaseModel):
     """The base of every wire model: immutable, and no field it does not name."""

@@ -1,0 +1,198 @@
+"""Pipelines on a real cluster: every result checked against NumPy on the same data."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FAST, cluster_env, wait_until
+from shared import warm
+
+from shardmill import LocalCluster, Pipeline
+from shardmill.pipeline import PipelineFailed, read_parts
+
+
+def _pipes_cluster() -> LocalCluster:
+    return LocalCluster(workers=2, imports=["sm_tasks", "sm_pipes"], env=cluster_env(), **FAST)
+
+
+@pytest.fixture(scope="module")
+def pipes() -> Iterator[LocalCluster]:
+    with _pipes_cluster() as c:
+        yield warm(c)
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    # 1,000,000 events of 500,000 users: a group-by with 500,000 distinct keys.
+    rng = np.random.default_rng(7)
+    data = np.stack([rng.integers(0, 500_000, 1_000_000), rng.integers(0, 100, 1_000_000)], axis=1)
+    path = tmp_path_factory.mktemp("pipes") / "events.npy"
+    np.save(path, data)
+    return path, data
+
+
+def _expected(data: np.ndarray) -> dict[str, np.ndarray]:
+    users, inv = np.unique(data[:, 0], return_inverse=True)
+    amount = data[:, 1]
+    total = np.zeros(len(users), dtype=np.int64)
+    np.add.at(total, inv, amount)
+    n = np.bincount(inv)
+    lo = np.full(len(users), np.iinfo(np.int64).max)
+    hi = np.full(len(users), np.iinfo(np.int64).min)
+    np.minimum.at(lo, inv, amount)
+    np.maximum.at(hi, inv, amount)
+    return {"user": users, "total": total, "n": n, "mean": total / n, "lo": lo, "hi": hi}
+
+
+def _by_user(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    order = np.argsort(table["user"], kind="stable")
+    return {k: v[order] for k, v in table.items()}
+
+
+def test_groupby_500k_keys_then_sort(pipes: LocalCluster, events: tuple[Path, np.ndarray]) -> None:
+    # Given a million events of 500,000 users
+    path, data = events
+    p = (
+        Pipeline.read(path, shards=8)
+        .map("sm_pipes:events")
+        .groupby("user")
+        .agg(
+            total=("amount", "sum"),
+            n=("amount", "count"),
+            mean=("amount", "mean"),
+            lo=("amount", "min"),
+            hi=("amount", "max"),
+        )
+        .sort("total", descending=True)
+        .collect()
+    )
+    # When it runs: group-by with the combiner, then a range-partitioned sort
+    job = pipes.client().run(p)
+    out = job.result(timeout=120)
+    # Then every aggregate equals NumPy's, and the rows come in descending order of total
+    want = _expected(data)
+    assert len(out["user"]) == len(want["user"]) > 400_000
+    assert np.all(np.diff(out["total"]) <= 0)
+    got = _by_user(out)
+    for col in ("user", "total", "n", "lo", "hi"):
+        assert np.array_equal(got[col], want[col]), col
+    assert np.allclose(got["mean"], want["mean"])
+    stages = job.progress()
+    assert [s.done for s in stages] == [8, 8, 8]
+    # the combiner: fewer rows cross the network than were read (keys repeat within a shard)
+    assert stages[1].bytes_fetched == stages[0].bytes_shuffled > 0
+
+
+def test_sort_ascending_and_write(
+    pipes: LocalCluster, events: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    path, data = events
+    p = Pipeline.read(path, shards=4).map("sm_pipes:events").sort("user").write(tmp_path / "out")
+    result = pipes.client().run(p).result(timeout=120)
+    table = read_parts(result["files"])
+    assert result["rows"] == len(data)
+    # stable: equal users keep the input order of their amounts
+    order = np.argsort(data[:, 0], kind="stable")
+    assert np.array_equal(table["user"], data[order, 0])
+    assert np.array_equal(table["amount"], data[order, 1])
+
+
+def test_inner_and_left_join(pipes: LocalCluster) -> None:
+    # Given orders (user, amount) and users (user, name) with duplicates on both sides
+    rng = np.random.default_rng(3)
+    left = {"user": rng.integers(0, 50, 2000), "amount": rng.integers(0, 9, 2000)}
+    names = np.array([f"u{i}" for i in range(0, 40)] * 2)  # users 40..49 have no name
+    right = {"user": np.arange(80) % 40, "name": names}
+    orders = Pipeline.from_tables([{k: v[i::3] for k, v in left.items()} for i in range(3)])
+    users = Pipeline.from_tables([{k: v[i::2] for k, v in right.items()} for i in range(2)])
+    client = pipes.client()
+    inner = client.run(orders.join(users, on="user", partitions=5).collect()).result(timeout=60)
+    leftj = client.run(orders.join(users, on="user", how="left").collect()).result(timeout=60)
+    # Then the inner join has each order once per matching name (2 here), none for 40..49
+    matched = left["user"] < 40
+    assert len(inner["user"]) == 2 * int(matched.sum())
+    assert np.array_equal(inner["name"], np.char.add("u", inner["user"].astype(str)))
+    pairs = np.stack([inner["user"], inner["amount"]], axis=1).tolist()
+    want = np.stack([left["user"], left["amount"]], axis=1)[matched].tolist() * 2
+    assert sorted(pairs) == sorted(want)
+    # and the left join keeps every unmatched order once, with an empty name
+    assert len(leftj["user"]) == 2 * int(matched.sum()) + int((~matched).sum())
+    assert sorted(leftj["user"][leftj["name"] == ""].tolist()) == sorted(
+        left["user"][~matched].tolist()
+    )
+
+
+def test_filter_repartition_map_partitions(pipes: LocalCluster) -> None:
+    rng = np.random.default_rng(5)
+    table = {"user": rng.integers(0, 30, 900), "amount": rng.integers(0, 100, 900)}
+    src = Pipeline.from_tables([{k: v[i::3] for k, v in table.items()} for i in range(3)])
+    p = (
+        src.filter("sm_pipes:big")
+        .repartition("user", partitions=4)
+        .map_partitions("sm_pipes:slow_count")
+    )
+    out = pipes.client().run(p.collect()).result(timeout=60)
+    keep = table["amount"] >= 50
+    users, counts = np.unique(table["user"][keep], return_counts=True)
+    got = _by_user(out)
+    assert np.array_equal(got["user"], users)  # every key in one partition: counted once
+    assert np.array_equal(got["n"], counts)
+
+
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        ("sm_pipes:ragged", "columns of unequal length (a=3, b=4)"),
+        ("sm_pipes:not_a_table", "returned list, not a table"),
+        ("sm_pipes:float_key", "key column 'user' has dtype float64, which cannot be a key"),
+    ],
+)
+def test_bad_tables_fail_with_one_clear_line(pipes: LocalCluster, step: str, says: str) -> None:
+    src = Pipeline.from_tables([{"user": np.arange(4), "amount": np.arange(4)}])
+    p = src.map(step).groupby("user").agg(total=("amount", "sum")).collect()
+    with pytest.raises(PipelineFailed) as e:
+        pipes.client().run(p).result(timeout=60)
+    first = str(e.value).splitlines()[0]
+    assert first.startswith("stage 0 (1 tables | map ") and "shard 0 failed" in first
+    assert says in first
+
+
+def test_missing_key_column_named(pipes: LocalCluster) -> None:
+    src = Pipeline.from_tables([{"user": np.arange(4), "amount": np.arange(4)}])
+    with pytest.raises(PipelineFailed, match="key column 'customer' is missing"):
+        pipes.client().run(src.groupby("customer").agg(n=("amount", "count"))).result(timeout=60)
+
+
+def test_worker_killed_mid_shuffle_recomputes_only_its_outputs(tmp_path: Path) -> None:
+    # Given a fresh cluster and a pipeline whose reduce stage is slow
+    rng = np.random.default_rng(11)
+    table = {"user": rng.integers(0, 200, 4000), "amount": rng.integers(0, 100, 4000)}
+    src = Pipeline.from_tables([{k: v[i::8] for k, v in table.items()} for i in range(8)])
+    p = src.repartition("user", partitions=8).map_partitions("sm_pipes:slow_count").collect()
+    with _pipes_cluster() as cluster:
+        warm(cluster)
+        job = cluster.client().run(p, fetch_timeout=5.0)
+        # When a worker is killed with -9 once the map outputs exist and the reduce has begun
+        wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
+        held = {s: v["holder"] for s, v in job.driver.outputs[0].items()}
+        victim = cluster.workers[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        out = job.result(timeout=120)
+    # Then the result is exact
+    users, counts = np.unique(table["user"], return_counts=True)
+    got = _by_user(out)
+    assert np.array_equal(got["user"], users) and np.array_equal(got["n"], counts)
+    # and only the lost holder's map outputs ran again
+    lost = [line for line in job.story if "could not fetch from" in line]
+    assert lost, job.story
+    found = re.search(r"could not fetch from (tcp://\S+?): stage 0", lost[0])
+    assert found is not None, lost
+    assert len(set(held.values())) == 2
+    again = sorted(s for s, h in held.items() if h == found.group(1))
+    assert sorted(job.progress()[0].recomputed) == again, job.story

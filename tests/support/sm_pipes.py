@@ -1,0 +1,40 @@
+"""Functions the pipeline tests' workers import: tables in, tables out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+Table = dict[str, np.ndarray]
+
+
+def events(t: Table) -> Table:
+    """The .npy's columns named: user, amount."""
+    return {"user": t["0"].astype(np.int64), "amount": t["1"].astype(np.int64)}
+
+
+def big(t: Table) -> np.ndarray:
+    return t["amount"] >= 50
+
+
+def slow_count(t: Table) -> Table:
+    """A user's reduce over one partition, slow enough to be caught mid-stage."""
+    time.sleep(0.25)
+    if not t:
+        return {"user": np.zeros(0, dtype=np.int64), "n": np.zeros(0, dtype=np.int64)}
+    users, counts = np.unique(t["user"], return_counts=True)
+    return {"user": users, "n": counts.astype(np.int64)}
+
+
+def ragged(t: Table) -> Table:
+    return {"a": np.arange(3), "b": np.arange(4)}
+
+
+def float_key(t: Table) -> Table:
+    return {"user": t["user"].astype(np.float64) + 0.5, "amount": t["amount"]}
+
+
+def not_a_table(t: Table) -> Any:
+    return [1, 2, 3]
