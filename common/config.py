@@ -154,7 +154,7 @@ class WorkerSettings(BaseSettings):
     shuffle_host: str = Field(
         "",
         description="the name or address peers fetch map outputs at (default: 127.0.0.1 when "
-        "the master's address is loopback, else this host's name)",
+        "the master's address is loopback, else this host's address on the route to the master)",
     )
     shuffle_port: int = Field(
         0, ge=0, le=65535, description="the port map outputs are served on (0: any free port)"

@@ -37,6 +37,8 @@ class Pieces:
         )
         self.root.mkdir(parents=True, exist_ok=True)
         host = settings.shuffle_host or _default_host(settings.master)
+        # Bind where peers will connect: loopback beside a loopback master, else every
+        # interface (the advertised address is one of them).
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         sock.linger = 0
@@ -62,5 +64,16 @@ class Pieces:
 
 
 def _default_host(master: str) -> str:
-    host = urlparse(master).hostname or ""
-    return "127.0.0.1" if host in LOOPBACK else socket.gethostname()
+    """The address peers can reach this worker at: 127.0.0.1 beside a loopback master, else
+    this host's address on the route to the master (a container's or pod's own IP, which its
+    peers on the same network reach; its host name often resolves only locally)."""
+    url = urlparse(master)
+    host = url.hostname or ""
+    if host in LOOPBACK:
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, url.port or 5555))  # UDP: no packet is sent
+            return str(probe.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
