@@ -196,3 +196,30 @@ def test_worker_killed_mid_shuffle_recomputes_only_its_outputs(tmp_path: Path) -
     assert len(set(held.values())) == 2
     again = sorted(s for s, h in held.items() if h == found.group(1))
     assert sorted(job.progress()[0].recomputed) == again, job.story
+
+
+def test_master_killed_mid_shuffle_resumes(tmp_path: Path) -> None:
+    # Given a master with a state directory, and a pipeline whose reduce stage is slow
+    rng = np.random.default_rng(13)
+    table = {"user": rng.integers(0, 300, 6000), "amount": rng.integers(0, 100, 6000)}
+    src = Pipeline.from_tables([{k: v[i::8] for k, v in table.items()} for i in range(8)])
+    p = src.repartition("user", partitions=8).map_partitions("sm_pipes:slow_count").collect()
+    with LocalCluster(
+        workers=2,
+        imports=["sm_tasks", "sm_pipes"],
+        env=cluster_env(),
+        state_dir=tmp_path / "state",
+        **FAST,
+    ) as cluster:
+        job = cluster.client().run(p)
+        # When the master is killed with -9 while the reduce stage runs, and started again
+        wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
+        cluster.kill_master()
+        cluster.start_master()
+        out = job.result(timeout=120)
+    # Then the result is exact, and the map outputs on the live workers were reused
+    users, counts = np.unique(table["user"], return_counts=True)
+    got = _by_user(out)
+    assert np.array_equal(got["user"], users) and np.array_equal(got["n"], counts)
+    assert job.progress()[0].recomputed == [], job.story
+    assert len(job.progress()[1].jobs) == 1, job.story  # the same stage job, resumed
