@@ -156,6 +156,12 @@ class WorkerSettings(BaseSettings):
         description="the name or address peers fetch map outputs at (default: 127.0.0.1 when "
         "the master's address is loopback, else this host's address on the route to the master)",
     )
+    shuffle_memory: int = Field(
+        1 << 30,
+        ge=1 << 16,
+        description="bytes of pipeline shuffle buffers for the whole worker, shared by its slots: "
+        "a stage shard buffers up to half its share, then spills a run to --shuffle-dir",
+    )
     shuffle_port: int = Field(
         0, ge=0, le=65535, description="the port map outputs are served on (0: any free port)"
     )

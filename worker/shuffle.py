@@ -55,6 +55,7 @@ class Pieces:
         os.environ["SHARDMILL_SHUFFLE_DIR"] = str(self.root)
         os.environ["SHARDMILL_SHUFFLE_ADDR"] = self.address
         os.environ["SHARDMILL_SHUFFLE_PUBLIC"] = public
+        os.environ["SHARDMILL_SHUFFLE_MEMORY"] = str(settings.shuffle_memory // settings.slots)
         os.environ["SHARDMILL_SHUFFLE_KEYS"] = "" if security.keys is None else str(security.keys)
         log.info("serving map outputs at %s from %s", self.address, self.root)
 

@@ -44,6 +44,10 @@ WORKER_FLAGS = (
     "heartbeat_interval",
     "drain_grace",
     "health_file",
+    "shuffle_dir",
+    "shuffle_host",
+    "shuffle_port",
+    "shuffle_memory",
     "log_level",
     "log_format",
 )

@@ -78,17 +78,22 @@ def _wide(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def merge(table: Table, keys: Sequence[str], aggs: Sequence[Agg], where: str) -> Table:
-    """The reduce side: fold partial rows of the same key, then finalize each aggregate."""
+def fold(table: Table, keys: Sequence[str], aggs: Sequence[Agg], where: str) -> Table:
+    """Partial rows of the same key folded into one (still partial: fold again or finish)."""
     key_cols = key_columns(table, keys, where)
     order, starts, first = groups(composite(key_cols))
     out: Table = {k: col[first] for k, col in zip(keys, key_cols, strict=True)}
-    folded: dict[str, np.ndarray] = {}
     for name, _, fn in aggs:
         for part in _PARTS[fn]:
             col = _part_name(name, part)
             values = table[col][order]
-            folded[col] = _FOLD[part].reduceat(values, starts) if len(values) else values
+            out[col] = _FOLD[part].reduceat(values, starts) if len(values) else values
+    return out
+
+
+def finish(folded: Table, keys: Sequence[str], aggs: Sequence[Agg]) -> Table:
+    """The aggregates from fully folded partial rows (a mean from its sum and count)."""
+    out: Table = {k: folded[k] for k in keys}
     for name, _, fn in aggs:
         if fn == "mean":
             total, n = folded[_part_name(name, "sum")], folded[_part_name(name, "count")]

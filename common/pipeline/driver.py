@@ -186,8 +186,14 @@ class Driver:
             }
         outs = self.outputs[parent]
         return [
-            {"holder": v["holder"], "key": v["key"], "out": v["out"], "request": request}
+            {
+                "holder": v["holder"],
+                "key": v["key"],
+                "out": v["out"],
+                "request": {**request, "run": run},
+            }
             for _, v in sorted(outs.items())
+            for run in range(int(v.get("runs", 1)))
         ]
 
     def _splitters(self, stage: Stage) -> None:

@@ -1,13 +1,16 @@
 """Fetching a reduce shard's pieces straight from the workers that hold them (never through the
-master): one socket per holder, every request sent at once, answers gathered until a deadline.
-A holder that does not answer in time, or no longer has the output, is a FetchFailed naming it:
-the pipeline recomputes what it held from the stage before (lineage) and runs the shard again.
+master), a page at a time: one socket per holder, one request in flight per stream and at most
+one page waiting beside the one in use, so memory stays bounded by pages, not partitions.
+A holder that does not answer in time, refuses connections, or no longer has the output, is a
+FetchFailed naming it: the pipeline recomputes what it held from the stage before (lineage).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,38 +24,122 @@ import zmq.utils.monitor
 from shardmill.errors import FetchFailed
 from shardmill.pipeline.tables import Table
 
+REFUSALS = 3  # connections refused in a row: the holder's host answers, its server is gone
+
 
 @dataclass(frozen=True)
 class Piece:
-    """One map output's share for this shard: where it lives and what to ask for."""
+    """One run of one map output, this shard's slice of it: where it lives, what to ask for."""
 
     holder: str  # the holder's piece server, tcp://host:port
     key: str  # its CURVE public key (z85), "" when insecure
     out: str  # the output's id
-    request: dict[str, Any]  # {"part": p} or {"lo": ..., "hi": ...}
+    request: dict[str, Any]  # {"run": r, "part": p} or {"run": r, "lo": ..., "hi": ...}
 
 
-REFUSALS = 3  # connections refused in a row: the holder's host answers, its server is gone
+class Streams:
+    """Every piece as a stream of pages, fetched ahead by one page."""
 
+    def __init__(self, pieces: list[Piece], token: str, timeout: float, page_bytes: int) -> None:
+        self.pieces, self.token, self.timeout = pieces, token, timeout
+        self.page_bytes = max(4096, page_bytes)
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.peers: dict[str, _Peer] = {}
+        self.poller = zmq.Poller()
+        self.pages: list[collections.deque[Table]] = [collections.deque() for _ in pieces]
+        self.cursor: list[int | None] = [0] * len(pieces)  # next row to ask for; None: all asked
+        self.flying = [False] * len(pieces)
+        self.missing: dict[str, str] = {}
+        self.fetched = 0
+        for i in range(len(pieces)):
+            self._ask(i)
 
-def fetch(pieces: list[Piece], token: str, timeout: float) -> list[Table]:
-    """Every piece's rows, in the order given; FetchFailed names each holder that failed."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    peers: dict[str, _Peer] = {}
-    poller = zmq.Poller()
-    try:
-        for i, piece in enumerate(pieces):
-            peer = peers.get(piece.holder)
-            if peer is None:
-                peer = peers[piece.holder] = _Peer(ctx, piece)
-                poller.register(peer.sock, zmq.POLLIN)
-                poller.register(peer.monitor, zmq.POLLIN)
-            req = {"token": token, "out": piece.out, "i": i, **piece.request}
-            peer.sock.send(msgpack.packb(req))
-        return _gather(pieces, peers, poller, timeout)
-    finally:
-        for peer in peers.values():
+    def close(self) -> None:
+        for peer in self.peers.values():
             peer.close()
+
+    def __enter__(self) -> Streams:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def next_page(self, i: int) -> Table | None:
+        """Stream i's next page, waiting for it if need be; None when the stream has ended."""
+        deadline = time.monotonic() + self.timeout
+        while not self.pages[i]:
+            if not self.flying[i]:
+                return None
+            self._wait(deadline)
+        page = self.pages[i].popleft()
+        self._ask(i)
+        return page
+
+    def more(self, i: int) -> bool:
+        """Whether stream i has pages beyond those taken."""
+        return bool(self.pages[i]) or self.flying[i]
+
+    def whole(self, i: int) -> Iterator[Table]:
+        while (page := self.next_page(i)) is not None:
+            yield page
+
+    def _ask(self, i: int) -> None:
+        row = self.cursor[i]
+        if row is None or self.flying[i] or len(self.pages[i]) > 1:
+            return
+        piece = self.pieces[i]
+        peer = self.peers.get(piece.holder)
+        if peer is None:
+            peer = self.peers[piece.holder] = _Peer(self.ctx, piece)
+            self.poller.register(peer.sock, zmq.POLLIN)
+            self.poller.register(peer.monitor, zmq.POLLIN)
+        req = {
+            "token": self.token,
+            "out": piece.out,
+            "i": i,
+            "row": row,
+            "max_bytes": self.page_bytes,
+            **piece.request,
+        }
+        peer.sock.send(msgpack.packb(req))
+        self.flying[i] = True
+
+    def _wait(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0 or self.missing:
+            self._fail()
+        by_socket = {id(p.sock): p for p in self.peers.values()}
+        for sock, _ in self.poller.poll(int(left * 1000) + 1):
+            peer = by_socket.get(id(sock))
+            if peer is None:
+                for p in self.peers.values():
+                    if p.refusals() >= REFUSALS:
+                        self.missing.setdefault(p.holder, "its server refuses connections")
+                continue
+            self._take(peer, sock.recv_multipart(copy=False))
+
+    def _take(self, peer: _Peer, frames: list[Any]) -> None:
+        head_raw, *cols = frames
+        head = msgpack.unpackb(head_raw.bytes)
+        i = head.get("i")
+        if not head.get("ok") or not isinstance(i, int) or not 0 <= i < len(self.pieces):
+            self.missing[peer.holder] = str(head.get("error", "a reply that names no request"))
+            return
+        page = {
+            name: np.frombuffer(col.buffer, dtype=np.dtype(dt)).copy()
+            for name, dt, col in zip(head["names"], head["dtypes"], cols, strict=True)
+        }
+        self.fetched += sum(int(c.nbytes) for c in page.values())
+        self.pages[i].append(page)
+        self.flying[i] = False
+        self.cursor[i] = head["next"]
+        self._ask(i)
+
+    def _fail(self) -> None:
+        stuck = {self.pieces[i].holder for i, f in enumerate(self.flying) if f}
+        raise FetchFailed(
+            _message(stuck | set(self.missing), self.missing, self.pieces, self.timeout)
+        )
 
 
 class _Peer:
@@ -61,8 +148,16 @@ class _Peer:
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], piece: Piece) -> None:
         self.holder = piece.holder
-        self.sock = _connect(ctx, piece)
+        self.sock = ctx.socket(zmq.DEALER)
+        keys = os.environ.get("SHARDMILL_SHUFFLE_KEYS", "")
+        if piece.key and keys:
+            public, secret = zmq.auth.load_certificate(Path(keys) / "worker.key_secret")
+            assert secret is not None, "the worker's own key pair has its secret"
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret
+            self.sock.curve_serverkey = piece.key.encode()
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        self.sock.connect(piece.holder)
         self.refused = 0
 
     def refusals(self) -> int:
@@ -79,58 +174,6 @@ class _Peer:
         self.sock.close(linger=0)
 
 
-def _connect(ctx: zmq.Context[zmq.Socket[bytes]], piece: Piece) -> zmq.Socket[bytes]:
-    sock = ctx.socket(zmq.DEALER)
-    keys = os.environ.get("SHARDMILL_SHUFFLE_KEYS", "")
-    if piece.key and keys:
-        public, secret = zmq.auth.load_certificate(Path(keys) / "worker.key_secret")
-        sock.curve_publickey = public
-        assert secret is not None
-        sock.curve_secretkey = secret
-        sock.curve_serverkey = piece.key.encode()
-    sock.connect(piece.holder)
-    return sock
-
-
-def _gather(
-    pieces: list[Piece], peers: dict[str, _Peer], poller: zmq.Poller, timeout: float
-) -> list[Table]:
-    got: dict[int, Table] = {}
-    missing: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    wanted = set(range(len(pieces)))
-    by_socket = {id(p.sock): p for p in peers.values()}
-    while wanted - set(got) - _of(pieces, missing):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        for sock, _ in poller.poll(int(left * 1000) + 1):
-            peer = by_socket.get(id(sock))
-            if peer is None:  # a monitor: count refusals
-                for p in peers.values():
-                    if p.refusals() >= REFUSALS and p.holder not in missing:
-                        missing[p.holder] = "its server refuses connections"
-                continue
-            head_raw, *cols = sock.recv_multipart(copy=False)
-            head = msgpack.unpackb(head_raw.bytes)
-            if not head.get("ok"):
-                missing[peer.holder] = str(head.get("error", "refused"))
-                continue
-            index = int(head["i"])
-            got[index] = {
-                name: np.frombuffer(col.buffer, dtype=np.dtype(dt)).copy()
-                for name, dt, col in zip(head["names"], head["dtypes"], cols, strict=True)
-            }
-    lost = {p.holder for i, p in enumerate(pieces) if i not in got}
-    if lost:
-        raise FetchFailed(_message(lost, missing, pieces, timeout))
-    return [got[i] for i in range(len(pieces))]
-
-
-def _of(pieces: list[Piece], missing: dict[str, str]) -> set[int]:
-    return {i for i, p in enumerate(pieces) if p.holder in missing}
-
-
 def _message(lost: set[str], missing: dict[str, str], pieces: list[Piece], timeout: float) -> str:
     parts = []
     for holder in sorted(lost):
@@ -138,7 +181,7 @@ def _message(lost: set[str], missing: dict[str, str], pieces: list[Piece], timeo
         why = (
             f"has not got them ({missing[holder]})"
             if holder in missing
-            else (f"did not answer within {timeout:g} s")
+            else f"did not answer within {timeout:g} s"
         )
         parts.append(f"{holder} {why}: outputs {', '.join(outs)}")
     holders = " ".join(f"[holder={h}]" for h in sorted(lost))

@@ -1,11 +1,13 @@
 """A worker's map outputs on its local disk, and the server its peers fetch them from.
 
-A map output is one directory per (pipeline token, output id): a column per `.npy` file, its
-rows grouped by partition (hash outputs, with the partition offsets in `meta`) or sorted by key
-(range outputs, cut at fetch time by the splitters the reduce side names). The master never
-sees these bytes: it keeps only where each output lives. The agent runs `PieceServer` on a
-socket of its own (CURVE with the worker's key pair, like every socket); a fetch must name the
-pipeline's token, which only that pipeline's tasks carry.
+A map output is a directory per (pipeline token, output id) holding one or more *runs*: each a
+column per `.npy` file, its rows grouped by partition (hash outputs: the partition offsets in
+`offsets.npy`) or sorted by key (range outputs: cut at fetch time by the reduce side's
+splitters). A map shard spills a run whenever its buffers pass its byte budget, so memory stays
+bounded by bytes whatever the shard's size. Fetches are paged: a request names the run, the
+slice and a row to start from, and is answered with at most `max_bytes` of rows and where to go
+on, so neither side holds more than a page. The master never sees these bytes: it keeps only
+where each output lives. A fetch must name the pipeline's token, which only its tasks carry.
 """
 
 from __future__ import annotations
@@ -35,51 +37,98 @@ def _checked(*parts: str) -> None:
             raise ValueError(f"not a valid token or output id: {part!r}")
 
 
-def write_output(root: Path, token: str, out_id: str, table: Table, meta: dict[str, Any]) -> int:
-    """Write `table` (already grouped or sorted) as output `out_id`; returns the bytes written.
-    A full disk fails the shard with the directory named and removes what it wrote."""
-    _checked(token, out_id)
-    final = root / token / out_id
-    tmp = root / token / f".{out_id}.tmp"
-    try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        for i, col in enumerate(table.values()):
-            np.save(tmp / f"{i}.npy", col, allow_pickle=False)
-        names = {**meta, "names": list(table)}
-        (tmp / "meta").write_bytes(msgpack.packb(names))
-        tmp.rename(final)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+class OutputWriter:
+    """Writes one map output run by run; `finish` makes it visible to fetches at once."""
+
+    def __init__(self, root: Path, token: str, out_id: str, where: str) -> None:
+        _checked(token, out_id)
+        self.root, self.where, self.out_id = root, where, out_id
+        self.final = root / token / out_id
+        self.tmp = root / token / f".{out_id}.tmp"
+        self.runs = 0
+        self.bytes = 0
+        self.names: list[str] = []
+
+    def run(self, table: Table, offsets: np.ndarray | None = None) -> None:
+        with self._disk():
+            run = self.tmp / f"r{self.runs}"
+            run.mkdir(parents=True)
+            for i, col in enumerate(table.values()):
+                np.save(run / f"{i}.npy", col, allow_pickle=False)
+            if offsets is not None:
+                np.save(run / "offsets.npy", offsets.astype(np.int64), allow_pickle=False)
+        self.names = list(table)
+        self.runs += 1
+        self.bytes += sum(int(c.nbytes) for c in table.values())
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        with self._disk():
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            (self.tmp / "meta").write_bytes(
+                msgpack.packb({**meta, "names": self.names, "runs": self.runs})
+            )
+            self.tmp.rename(self.final)
+
+    def _disk(self) -> _DiskGuard:
+        return _DiskGuard(self)
+
+
+class _DiskGuard:
+    """A full disk fails the shard with the directory named, and removes what it wrote."""
+
+    def __init__(self, writer: OutputWriter) -> None:
+        self.w = writer
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        if not isinstance(e, OSError):
+            return
+        shutil.rmtree(self.w.tmp, ignore_errors=True)
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         why = "is full" if full else f"cannot be written ({e.strerror or e})"
         raise BadInput(
-            f"the worker's shuffle directory {root} {why} while spilling map output "
-            f"{out_id}; free space there or point the worker's --shuffle-dir at a larger disk",
+            f"{self.w.where}: the worker's shuffle directory {self.w.root} {why} while spilling "
+            f"map output {self.w.out_id}; free space there or point the worker's --shuffle-dir "
+            "at a larger disk",
             retryable=True,
         ) from e
-    return sum(int(c.nbytes) for c in table.values())
 
 
-def read_piece(root: Path, token: str, out_id: str, request: dict[str, Any]) -> Table:
-    """Rows of one output: partition `part` of a hash output, or keys in [lo, hi) of a range
-    output (None: unbounded)."""
+def read_page(root: Path, token: str, request: dict[str, Any]) -> tuple[Table, int | None]:
+    """One page of one run's slice: partition `part` of a hash output, or keys in [lo, hi) of
+    a range output (None: unbounded), from row `row` of the slice, at most `max_bytes` of
+    rows (at least one). Returns the rows and the row to ask for next (None: the end)."""
+    out_id = str(request["out"])
     _checked(token, out_id)
     where = root / token / out_id
     meta = msgpack.unpackb((where / "meta").read_bytes())
-    cols = [np.load(where / f"{i}.npy", mmap_mode="r") for i in range(len(meta["names"]))]
-    if meta.get("offsets") is not None:
-        part = int(request["part"])
-        a, b = meta["offsets"][part], meta["offsets"][part + 1]
-    else:
-        key = cols[meta["names"].index(meta["key"])]
-        lo, hi = request.get("lo"), request.get("hi")
-        a = 0 if lo is None else int(np.searchsorted(key, np.asarray(lo, key.dtype), "left"))
-        b = len(key) if hi is None else int(np.searchsorted(key, np.asarray(hi, key.dtype), "left"))
-    return {n: np.ascontiguousarray(c[a:b]) for n, c in zip(meta["names"], cols, strict=True)}
+    names: list[str] = meta["names"]
+    run = int(request.get("run", 0))
+    if not 0 <= run < int(meta["runs"]):
+        raise ValueError(f"output {out_id} has {meta['runs']} runs, not run {run}")
+    cols = [np.load(where / f"r{run}" / f"{i}.npy", mmap_mode="r") for i in range(len(names))]
+    a, b = _slice(where / f"r{run}", meta, names, cols, request)
+    start = a + int(request.get("row", 0))
+    width = sum(c.dtype.itemsize for c in cols) or 1
+    end = min(b, start + max(1, int(request.get("max_bytes", 1 << 30)) // width))
+    page = {n: np.ascontiguousarray(c[start:end]) for n, c in zip(names, cols, strict=True)}
+    return page, (end - a if end < b else None)
 
 
-def _index(req: Any) -> Any:
-    return req.get("i") if isinstance(req, dict) else None
+def _slice(
+    run: Path, meta: dict[str, Any], names: list[str], cols: list[np.ndarray], req: dict[str, Any]
+) -> tuple[int, int]:
+    if meta["kind"] == "hash":
+        offsets = np.load(run / "offsets.npy")
+        part = int(req["part"])
+        return int(offsets[part]), int(offsets[part + 1])
+    key = cols[names.index(meta["key"])] if names else np.zeros(0)
+    lo, hi = req.get("lo"), req.get("hi")
+    a = 0 if lo is None else int(np.searchsorted(key, np.asarray(lo, key.dtype), "left"))
+    b = len(key) if hi is None else int(np.searchsorted(key, np.asarray(hi, key.dtype), "left"))
+    return a, max(a, b)
 
 
 def drop_token(root: Path, token: str) -> None:
@@ -107,8 +156,7 @@ class PieceServer:
         try:
             while not self._stop.is_set():
                 if self.sock.poll(200, zmq.POLLIN):
-                    frames = self.sock.recv_multipart(copy=True)
-                    self._answer(frames)
+                    self._answer(self.sock.recv_multipart(copy=True))
         finally:
             self.sock.close(linger=0)
 
@@ -119,7 +167,7 @@ class PieceServer:
         req: Any = {}
         try:
             req = msgpack.unpackb(raw)
-            table = read_piece(self.root, str(req["token"]), str(req["out"]), req)
+            page, more = read_page(self.root, str(req["token"]), req)
         except FileNotFoundError:
             self._reply(identity, {"ok": False, "error": "missing", "i": _index(req)}, [])
             return
@@ -127,11 +175,12 @@ class PieceServer:
             log.warning("shuffle fetch refused: %s", e)
             self._reply(identity, {"ok": False, "error": f"bad request: {e}", "i": _index(req)}, [])
             return
-        cols = list(table.values())
+        cols = list(page.values())
         head = {
             "ok": True,
             "i": req.get("i"),
-            "names": list(table),
+            "next": more,
+            "names": list(page),
             "dtypes": [c.dtype.str for c in cols],
         }
         self._reply(identity, head, cols)
@@ -139,3 +188,7 @@ class PieceServer:
     def _reply(self, identity: bytes, head: dict[str, Any], cols: list[np.ndarray]) -> None:
         frames: list[Any] = [identity, msgpack.packb(head), *cols]
         self.sock.send_multipart(frames, copy=False)
+
+
+def _index(req: Any) -> Any:
+    return req.get("i") if isinstance(req, dict) else None

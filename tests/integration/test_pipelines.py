@@ -223,3 +223,30 @@ def test_master_killed_mid_shuffle_resumes(tmp_path: Path) -> None:
     assert np.array_equal(got["user"], users) and np.array_equal(got["n"], counts)
     assert job.progress()[0].recomputed == [], job.story
     assert len(job.progress()[1].jobs) == 1, job.story  # the same stage job, resumed
+
+
+def test_tiny_budget_spills_runs_and_gives_the_same_bytes(pipes: LocalCluster) -> None:
+    # Given workers whose shuffle memory is 256 KiB (every shard spills many runs, every fetch
+    # is paged) and the same pipelines on the module's workers with the default budget
+    rng = np.random.default_rng(17)
+    data = np.stack([rng.integers(0, 5000, 120_000), rng.integers(0, 100, 120_000)], axis=1)
+    parts = [{"user": d[:, 0], "amount": d[:, 1]} for d in np.array_split(data, 4)]
+    src = Pipeline.from_tables(parts)
+    sort = src.sort("user", partitions=3).collect()
+    agg = src.groupby("user", partitions=3).agg(total=("amount", "sum")).collect()
+    env = {**cluster_env(), "SHARDMILL_WORKER_SHUFFLE_MEMORY": str(256 << 10)}
+    with LocalCluster(workers=2, imports=["sm_tasks", "sm_pipes"], env=env, **FAST) as tiny:
+        job = tiny.client().run(sort)
+        got_sort = job.result(timeout=120)
+        got_agg = tiny.client().run(agg).result(timeout=120)
+    # Then the maps spilled in runs (bytes shuffled: the whole table) ...
+    assert job.progress()[0].bytes_shuffled == data.nbytes
+    assert all(out["runs"] > 2 for out in job.driver.outputs[0].values())
+    # ... and the results are byte-identical to the default budget's, and right
+    want_sort = pipes.client().run(sort).result(timeout=120)
+    want_agg = pipes.client().run(agg).result(timeout=120)
+    for got, want in ((got_sort, want_sort), (got_agg, want_agg)):
+        assert got.keys() == want.keys()
+        assert all(got[k].tobytes() == want[k].tobytes() for k in got)
+    order = np.argsort(data[:, 0], kind="stable")
+    assert np.array_equal(got_sort["amount"], data[order, 1])
