@@ -162,6 +162,9 @@ class WorkerSettings(BaseSettings):
         description="bytes of pipeline shuffle buffers for the whole worker, shared by its slots: "
         "a stage shard buffers up to half its share, then spills a run to --shuffle-dir",
     )
+    shuffle_ttl: float = Field(
+        3600.0, gt=0, description="seconds unused after which a pipeline's map outputs are removed"
+    )
     shuffle_port: int = Field(
         0, ge=0, le=65535, description="the port map outputs are served on (0: any free port)"
     )

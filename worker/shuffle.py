@@ -50,7 +50,7 @@ class Pieces:
         else:
             port = sock.bind_to_random_port(f"tcp://{bind}")
         self.address = f"tcp://{host}:{port}"
-        self.server = PieceServer(self.root, sock)
+        self.server = PieceServer(self.root, sock, ttl=settings.shuffle_ttl)
         self.server.start()
         os.environ["SHARDMILL_SHUFFLE_DIR"] = str(self.root)
         os.environ["SHARDMILL_SHUFFLE_ADDR"] = self.address

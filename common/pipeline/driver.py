@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shardmill.errors import ShardmillError
+from shardmill.pipeline.fetch import drop_outputs
 from shardmill.pipeline.plan import Stage
 from shardmill.pipeline.tables import concat
 from shardmill.wire.spec import STAGE_FUNCTION
@@ -72,8 +73,23 @@ class Driver:
 
     def run(self) -> Any:
         last = self.stages[-1]
-        self._ensure(last.index)
-        return self._final(last)
+        try:
+            self._ensure(last.index)
+            return self._final(last)
+        finally:
+            self._drop()
+
+    def _drop(self) -> None:
+        """The workers' outputs of this pipeline are no longer needed: drop them now (a holder
+        out of reach sweeps them once unused for its --shuffle-ttl)."""
+        holders = {
+            v["holder"]: v["key"]
+            for outs in self.outputs.values()
+            for v in outs.values()
+            if "holder" in v
+        }
+        if holders:
+            drop_outputs(holders, self.token)
 
     # ---- stages --------------------------------------------------------------------------------
 

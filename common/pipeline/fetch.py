@@ -149,10 +149,8 @@ class _Peer:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], piece: Piece) -> None:
         self.holder = piece.holder
         self.sock = ctx.socket(zmq.DEALER)
-        keys = os.environ.get("SHARDMILL_SHUFFLE_KEYS", "")
-        if piece.key and keys:
-            public, secret = zmq.auth.load_certificate(Path(keys) / "worker.key_secret")
-            assert secret is not None, "the worker's own key pair has its secret"
+        if piece.key:
+            public, secret = _own_pair()
             self.sock.curve_publickey = public
             self.sock.curve_secretkey = secret
             self.sock.curve_serverkey = piece.key.encode()
@@ -174,6 +172,17 @@ class _Peer:
         self.sock.close(linger=0)
 
 
+def _own_pair() -> tuple[bytes, bytes]:
+    """A worker's own key pair; elsewhere (a pipeline's driver) a pair made for the call: the
+    piece server accepts any key, and a request must name the pipeline's secret token."""
+    keys = os.environ.get("SHARDMILL_SHUFFLE_KEYS", "")
+    if keys:
+        public, secret = zmq.auth.load_certificate(Path(keys) / "worker.key_secret")
+        if secret is not None:
+            return public, secret
+    return zmq.curve_keypair()
+
+
 def _message(lost: set[str], missing: dict[str, str], pieces: list[Piece], timeout: float) -> str:
     parts = []
     for holder in sorted(lost):
@@ -186,3 +195,25 @@ def _message(lost: set[str], missing: dict[str, str], pieces: list[Piece], timeo
         parts.append(f"{holder} {why}: outputs {', '.join(outs)}")
     holders = " ".join(f"[holder={h}]" for h in sorted(lost))
     return "map outputs cannot be fetched: " + "; ".join(parts) + " " + holders
+
+
+def drop_outputs(holders: dict[str, str], token: str, timeout: float = 1.0) -> list[str]:
+    """Ask each holder (address -> public key) to drop the pipeline's outputs; best effort:
+    returns the holders that did not confirm (their outputs go when unused for a while)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    peers = [_Peer(ctx, Piece(h, k, "", {})) for h, k in holders.items()]
+    poller = zmq.Poller()
+    try:
+        for peer in peers:
+            peer.sock.send(msgpack.packb({"op": "drop", "token": token}))
+            poller.register(peer.sock, zmq.POLLIN)
+        waiting = {id(p.sock): p.holder for p in peers}
+        deadline = time.monotonic() + timeout
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for sock, _ in poller.poll(int(left * 1000) + 1):
+                sock.recv_multipart()
+                waiting.pop(id(sock), None)
+        return sorted(waiting.values())
+    finally:
+        for peer in peers:
+            peer.close()

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +138,30 @@ def drop_token(root: Path, token: str) -> None:
     shutil.rmtree(root / token, ignore_errors=True)
 
 
-class PieceServer:
-    """Serves map outputs to peers from a thread of its own (its own socket, never shared)."""
+def sweep(root: Path, ttl: float, now: float) -> list[str]:
+    """Remove the outputs of pipelines unused for `ttl` seconds (a driver that died never
+    said it was done); returns their tokens."""
+    gone = []
+    for entry in root.iterdir() if root.exists() else []:
+        try:
+            idle = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        if entry.is_dir() and _NAME.match(entry.name) and idle > ttl:
+            shutil.rmtree(entry, ignore_errors=True)
+            gone.append(entry.name)
+    return gone
 
-    def __init__(self, root: Path, sock: zmq.Socket[bytes]) -> None:
+
+class PieceServer:
+    """Serves map outputs to peers from a thread of its own (its own socket, never shared),
+    drops a pipeline's outputs when its driver says it is done, and sweeps those unused for
+    `ttl` seconds."""
+
+    def __init__(self, root: Path, sock: zmq.Socket[bytes], ttl: float = 3600.0) -> None:
         self.root = root
         self.sock = sock
+        self.ttl = ttl
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="piece-server", daemon=True)
 
@@ -153,10 +173,17 @@ class PieceServer:
         self.thread.join(timeout=5)
 
     def _run(self) -> None:
+        next_sweep = time.monotonic() + min(60.0, self.ttl)
         try:
             while not self._stop.is_set():
                 if self.sock.poll(200, zmq.POLLIN):
                     self._answer(self.sock.recv_multipart(copy=True))
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + min(60.0, self.ttl)
+                    for token in sweep(self.root, self.ttl, time.time()):
+                        log.info(
+                            "removed pipeline %s's map outputs, unused for %g s", token, self.ttl
+                        )
         finally:
             self.sock.close(linger=0)
 
@@ -167,6 +194,11 @@ class PieceServer:
         req: Any = {}
         try:
             req = msgpack.unpackb(raw)
+            if req.get("op") == "drop":  # the pipeline is over: its outputs go
+                drop_token(self.root, str(req["token"]))
+                self._reply(identity, {"ok": True, "i": _index(req)}, [])
+                return
+            os.utime(self.root / str(req["token"]))  # in use: not swept
             page, more = read_page(self.root, str(req["token"]), req)
         except FileNotFoundError:
             self._reply(identity, {"ok": False, "error": "missing", "i": _index(req)}, [])

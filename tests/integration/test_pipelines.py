@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def test_groupby_500k_keys_then_sort(pipes: LocalCluster, events: tuple[Path, np
     assert np.allclose(got["mean"], want["mean"])
     stages = job.progress()
     assert [s.done for s in stages] == [8, 8, 8]
+    # the workers dropped the pipeline's map outputs once it was done
+    assert not list(Path(tempfile.gettempdir()).glob(f"shardmill-shuffle-*/{job.driver.token}"))
     # the combiner: fewer rows cross the network than were read (keys repeat within a shard)
     assert stages[1].bytes_fetched == stages[0].bytes_shuffled > 0
 
