@@ -46,6 +46,8 @@ class StageProgress:
     done: int = 0
     jobs: list[str] = field(default_factory=list)
     bytes_shuffled: int = 0  # written to the workers' shuffle directories (spilled to disk)
+    runs: int = 0  # files of sorted or partitioned rows written: more than one per shard when
+    # a shard's output passed its worker's --shuffle-memory
     bytes_fetched: int = 0  # read from peers by this stage's shards
     rows: int = 0
     recomputed: list[int] = field(default_factory=list)  # shards run again for lost outputs
@@ -155,6 +157,7 @@ class Driver:
         p = self.progress[stage.index]
         p.done = len(self.outputs[stage.index])
         p.bytes_shuffled += int(value.get("bytes", 0))
+        p.runs += int(value.get("runs", 0))
         p.bytes_fetched += int(value.get("fetched", 0))
         p.rows += int(value.get("rows", 0))
 

@@ -41,6 +41,9 @@ def partitions_of(table: Table, keys: list[str], parts: int, where: str) -> np.n
 
 
 class _Spilling(Sink):
+    """Buffers up to a quarter of the budget, then spills a run: sorting or folding what it
+    holds takes about as much again, and fetch pages the last quarter."""
+
     def __init__(self, task: dict[str, Any], budget: int, where: str) -> None:
         root = Path(os.environ.get("SHARDMILL_SHUFFLE_DIR", ""))
         self.holder = os.environ.get("SHARDMILL_SHUFFLE_ADDR", "")
@@ -62,7 +65,7 @@ class _Spilling(Sink):
         self.rows += rows(table)
         self.buffered.append(table)
         self.bytes += nbytes(table)
-        if self.bytes > self.budget // 2:
+        if self.bytes > self.budget // 4:
             self._compact()
 
     def _compact(self) -> None:
@@ -108,7 +111,7 @@ class HashSink(_Spilling):
                 concat(self.buffered, self.where), self.keys, self.aggs, self.where
             )
             self.buffered, self.bytes = [folded], nbytes(folded)
-            if self.bytes <= self.budget // 4:
+            if self.bytes <= self.budget // 8:
                 return
         self._spill()
 
