@@ -52,7 +52,7 @@ class OutputWriter:
         self.names: list[str] = []
 
     def run(self, table: Table, offsets: np.ndarray | None = None) -> None:
-        with self._disk():
+        with self._disk(sum(int(c.nbytes) for c in table.values())):
             run = self.tmp / f"r{self.runs}"
             run.mkdir(parents=True)
             for i, col in enumerate(table.values()):
@@ -64,22 +64,23 @@ class OutputWriter:
         self.bytes += sum(int(c.nbytes) for c in table.values())
 
     def finish(self, meta: dict[str, Any]) -> None:
-        with self._disk():
+        with self._disk(4096):
             self.tmp.mkdir(parents=True, exist_ok=True)
             (self.tmp / "meta").write_bytes(
                 msgpack.packb({**meta, "names": self.names, "runs": self.runs})
             )
             self.tmp.rename(self.final)
 
-    def _disk(self) -> _DiskGuard:
-        return _DiskGuard(self)
+    def _disk(self, need: int) -> _DiskGuard:
+        return _DiskGuard(self, need)
 
 
 class _DiskGuard:
-    """A full disk fails the shard with the directory named, and removes what it wrote."""
+    """A full disk fails the shard with the directory named, and removes what it wrote.
+    (NumPy reports a short write without an errno: then the free space tells.)"""
 
-    def __init__(self, writer: OutputWriter) -> None:
-        self.w = writer
+    def __init__(self, writer: OutputWriter, need: int) -> None:
+        self.w, self.need = writer, need
 
     def __enter__(self) -> None:
         return None
@@ -88,7 +89,9 @@ class _DiskGuard:
         if not isinstance(e, OSError):
             return
         shutil.rmtree(self.w.tmp, ignore_errors=True)
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            e.errno is None and shutil.disk_usage(self.w.root).free < self.need
+        )
         why = "is full" if full else f"cannot be written ({e.strerror or e})"
         raise BadInput(
             f"{self.w.where}: the worker's shuffle directory {self.w.root} {why} while spilling "

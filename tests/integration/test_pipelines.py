@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from helpers import FAST, cluster_env, wait_until
 from shared import warm
 
-from shardmill import LocalCluster, Pipeline
+from shardmill import Client, JobCancelled, LocalCluster, Pipeline
 from shardmill.pipeline import PipelineFailed, read_parts
 
 
@@ -26,6 +27,12 @@ def _pipes_cluster() -> LocalCluster:
 def pipes() -> Iterator[LocalCluster]:
     with _pipes_cluster() as c:
         yield warm(c)
+
+
+@pytest.fixture(scope="module")
+def client(pipes: LocalCluster) -> Iterator[Client]:
+    with pipes.client() as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ def _by_user(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in table.items()}
 
 
-def test_groupby_500k_keys_then_sort(pipes: LocalCluster, events: tuple[Path, np.ndarray]) -> None:
+def test_groupby_500k_keys_then_sort(client: Client, events: tuple[Path, np.ndarray]) -> None:
     # Given a million events of 500,000 users
     path, data = events
     p = (
@@ -74,7 +81,7 @@ def test_groupby_500k_keys_then_sort(pipes: LocalCluster, events: tuple[Path, np
         .collect()
     )
     # When it runs: group-by with the combiner, then a range-partitioned sort
-    job = pipes.client().run(p)
+    job = client.run(p)
     out = job.result(timeout=120)
     # Then every aggregate equals NumPy's, and the rows come in descending order of total
     want = _expected(data)
@@ -93,11 +100,11 @@ def test_groupby_500k_keys_then_sort(pipes: LocalCluster, events: tuple[Path, np
 
 
 def test_sort_ascending_and_write(
-    pipes: LocalCluster, events: tuple[Path, np.ndarray], tmp_path: Path
+    client: Client, events: tuple[Path, np.ndarray], tmp_path: Path
 ) -> None:
     path, data = events
     p = Pipeline.read(path, shards=4).map("sm_pipes:events").sort("user").write(tmp_path / "out")
-    result = pipes.client().run(p).result(timeout=120)
+    result = client.run(p).result(timeout=120)
     table = read_parts(result["files"])
     assert result["rows"] == len(data)
     # stable: equal users keep the input order of their amounts
@@ -106,7 +113,7 @@ def test_sort_ascending_and_write(
     assert np.array_equal(table["amount"], data[order, 1])
 
 
-def test_inner_and_left_join(pipes: LocalCluster) -> None:
+def test_inner_and_left_join(client: Client) -> None:
     # Given orders (user, amount) and users (user, name) with duplicates on both sides
     rng = np.random.default_rng(3)
     left = {"user": rng.integers(0, 50, 2000), "amount": rng.integers(0, 9, 2000)}
@@ -114,7 +121,6 @@ def test_inner_and_left_join(pipes: LocalCluster) -> None:
     right = {"user": np.arange(80) % 40, "name": names}
     orders = Pipeline.from_tables([{k: v[i::3] for k, v in left.items()} for i in range(3)])
     users = Pipeline.from_tables([{k: v[i::2] for k, v in right.items()} for i in range(2)])
-    client = pipes.client()
     inner = client.run(orders.join(users, on="user", partitions=5).collect()).result(timeout=60)
     leftj = client.run(orders.join(users, on="user", how="left").collect()).result(timeout=60)
     # Then the inner join has each order once per matching name (2 here), none for 40..49
@@ -131,7 +137,7 @@ def test_inner_and_left_join(pipes: LocalCluster) -> None:
     )
 
 
-def test_filter_repartition_map_partitions(pipes: LocalCluster) -> None:
+def test_filter_repartition_map_partitions(client: Client) -> None:
     rng = np.random.default_rng(5)
     table = {"user": rng.integers(0, 30, 900), "amount": rng.integers(0, 100, 900)}
     src = Pipeline.from_tables([{k: v[i::3] for k, v in table.items()} for i in range(3)])
@@ -140,7 +146,7 @@ def test_filter_repartition_map_partitions(pipes: LocalCluster) -> None:
         .repartition("user", partitions=4)
         .map_partitions("sm_pipes:slow_count")
     )
-    out = pipes.client().run(p.collect()).result(timeout=60)
+    out = client.run(p.collect()).result(timeout=60)
     keep = table["amount"] >= 50
     users, counts = np.unique(table["user"][keep], return_counts=True)
     got = _by_user(out)
@@ -156,20 +162,20 @@ def test_filter_repartition_map_partitions(pipes: LocalCluster) -> None:
         ("sm_pipes:float_key", "key column 'user' has dtype float64, which cannot be a key"),
     ],
 )
-def test_bad_tables_fail_with_one_clear_line(pipes: LocalCluster, step: str, says: str) -> None:
+def test_bad_tables_fail_with_one_clear_line(client: Client, step: str, says: str) -> None:
     src = Pipeline.from_tables([{"user": np.arange(4), "amount": np.arange(4)}])
     p = src.map(step).groupby("user").agg(total=("amount", "sum")).collect()
     with pytest.raises(PipelineFailed) as e:
-        pipes.client().run(p).result(timeout=60)
+        client.run(p).result(timeout=60)
     first = str(e.value).splitlines()[0]
     assert first.startswith("stage 0 (1 tables | map ") and "shard 0 failed" in first
     assert says in first
 
 
-def test_missing_key_column_named(pipes: LocalCluster) -> None:
+def test_missing_key_column_named(client: Client) -> None:
     src = Pipeline.from_tables([{"user": np.arange(4), "amount": np.arange(4)}])
     with pytest.raises(PipelineFailed, match="key column 'customer' is missing"):
-        pipes.client().run(src.groupby("customer").agg(n=("amount", "count"))).result(timeout=60)
+        client.run(src.groupby("customer").agg(n=("amount", "count"))).result(timeout=60)
 
 
 def test_worker_killed_mid_shuffle_recomputes_only_its_outputs(tmp_path: Path) -> None:
@@ -180,13 +186,15 @@ def test_worker_killed_mid_shuffle_recomputes_only_its_outputs(tmp_path: Path) -
     p = src.repartition("user", partitions=8).map_partitions("sm_pipes:slow_count").collect()
     with _pipes_cluster() as cluster:
         warm(cluster)
-        job = cluster.client().run(p, fetch_timeout=5.0)
+        own = cluster.client()
+        job = own.run(p, fetch_timeout=5.0)
         # When a worker is killed with -9 once the map outputs exist and the reduce has begun
         wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
         held = {s: v["holder"] for s, v in job.driver.outputs[0].items()}
         victim = cluster.workers[1]
         os.kill(victim.pid, signal.SIGKILL)
         out = job.result(timeout=120)
+        own.close()
     # Then the result is exact
     users, counts = np.unique(table["user"], return_counts=True)
     got = _by_user(out)
@@ -214,12 +222,14 @@ def test_master_killed_mid_shuffle_resumes(tmp_path: Path) -> None:
         state_dir=tmp_path / "state",
         **FAST,
     ) as cluster:
-        job = cluster.client().run(p)
+        own = cluster.client()
+        job = own.run(p)
         # When the master is killed with -9 while the reduce stage runs, and started again
         wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
         cluster.kill_master()
         cluster.start_master()
         out = job.result(timeout=120)
+        own.close()
     # Then the result is exact, and the map outputs on the live workers were reused
     users, counts = np.unique(table["user"], return_counts=True)
     got = _by_user(out)
@@ -228,7 +238,7 @@ def test_master_killed_mid_shuffle_resumes(tmp_path: Path) -> None:
     assert len(job.progress()[1].jobs) == 1, job.story  # the same stage job, resumed
 
 
-def test_tiny_budget_spills_runs_and_gives_the_same_bytes(pipes: LocalCluster) -> None:
+def test_tiny_budget_spills_runs_and_gives_the_same_bytes(client: Client) -> None:
     # Given workers whose shuffle memory is 256 KiB (every shard spills many runs, every fetch
     # is paged) and the same pipelines on the module's workers with the default budget
     rng = np.random.default_rng(17)
@@ -238,18 +248,63 @@ def test_tiny_budget_spills_runs_and_gives_the_same_bytes(pipes: LocalCluster) -
     sort = src.sort("user", partitions=3).collect()
     agg = src.groupby("user", partitions=3).agg(total=("amount", "sum")).collect()
     env = {**cluster_env(), "SHARDMILL_WORKER_SHUFFLE_MEMORY": str(256 << 10)}
-    with LocalCluster(workers=2, imports=["sm_tasks", "sm_pipes"], env=env, **FAST) as tiny:
-        job = tiny.client().run(sort)
+    with (
+        LocalCluster(workers=2, imports=["sm_tasks", "sm_pipes"], env=env, **FAST) as tiny,
+        tiny.client() as own,
+    ):
+        job = own.run(sort)
         got_sort = job.result(timeout=120)
-        got_agg = tiny.client().run(agg).result(timeout=120)
+        got_agg = own.run(agg).result(timeout=120)
     # Then the maps spilled in runs (bytes shuffled: the whole table) ...
     assert job.progress()[0].bytes_shuffled == data.nbytes
     assert all(out["runs"] > 2 for out in job.driver.outputs[0].values())
     # ... and the results are byte-identical to the default budget's, and right
-    want_sort = pipes.client().run(sort).result(timeout=120)
-    want_agg = pipes.client().run(agg).result(timeout=120)
+    want_sort = client.run(sort).result(timeout=120)
+    want_agg = client.run(agg).result(timeout=120)
     for got, want in ((got_sort, want_sort), (got_agg, want_agg)):
         assert got.keys() == want.keys()
         assert all(got[k].tobytes() == want[k].tobytes() for k in got)
     order = np.argsort(data[:, 0], kind="stable")
     assert np.array_equal(got_sort["amount"], data[order, 1])
+
+
+def test_cancel_stops_the_pipeline(client: Client) -> None:
+    table = {"user": np.arange(64) % 8, "amount": np.arange(64)}
+    src = Pipeline.from_tables([{k: v[i::8] for k, v in table.items()} for i in range(8)])
+    p = src.repartition("user", partitions=8).map_partitions("sm_pipes:slow_count").collect()
+    job = client.run(p)
+    wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        job.result(timeout=60)
+    assert job.done()
+
+
+def test_a_full_shuffle_disk_fails_the_pipeline_cleanly(tmp_path: Path) -> None:
+    # Given workers whose shuffle directory is a 1 MiB tmpfs
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        env = {**cluster_env(), "SHARDMILL_WORKER_SHUFFLE_DIR": str(small)}
+        with (
+            LocalCluster(workers=2, imports=["sm_tasks", "sm_pipes"], env=env, **FAST) as c,
+            c.client() as own,
+        ):
+            big = {"user": np.arange(400_000), "amount": np.arange(400_000)}  # 6.4 MB
+            p = Pipeline.from_tables([big]).repartition("user").collect()
+            # When a map stage spills more than the disk holds
+            with pytest.raises(PipelineFailed) as e:
+                own.run(p, max_attempts=1).result(timeout=60)
+            # Then the pipeline fails with the directory named and the fix ...
+            assert "shuffle directory" in str(e.value) and "is full" in str(e.value)
+            assert "--shuffle-dir" in str(e.value)
+            # ... what it wrote is gone, and the cluster goes on
+            assert sum(f.stat().st_size for f in small.rglob("*") if f.is_file()) == 0
+            assert own.map("sm_tasks:square", [(3,)]).result(timeout=30) == [9]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
