@@ -211,6 +211,7 @@ class ClientRequests:
             peers.hello,
             time.monotonic(),
             shm_peers=peers.shares_memory,
+            shuffle=peers.shuffle,
         )
         self._reply(identity, WorkerList(req=msg.req, workers=infos))
 

@@ -36,11 +36,13 @@ class Peers:
     hello: dict[str, Ready] = field(default_factory=dict)
     shares_memory: set[str] = field(default_factory=set)
     keys: dict[str, str] = field(default_factory=dict)  # worker -> the key it registered with
+    shuffle: dict[str, int] = field(default_factory=dict)  # worker -> map output bytes held
 
     def forget(self, worker: str) -> None:
         """A worker gone (disconnected, expired, revoked): its READY and key binding with it."""
         self.hello.pop(worker, None)
         self.keys.pop(worker, None)
+        self.shuffle.pop(worker, None)
 
 
 @dataclass

@@ -56,6 +56,7 @@ class MasterLoop:
         )
         self.executors = self._executor_table()
         self.metrics = self.core.metrics
+        self.metrics.snapshot.shuffle = self.core.peers.shuffle
         if checkpoint.store is not None:
             checkpoint.store.on_commit = self.metrics.commit_seconds.observe
         for event in restored:  # no worker is connected yet: nothing is sent

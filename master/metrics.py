@@ -8,7 +8,7 @@ thread of `--metrics-port` never touches the brain itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -39,6 +39,7 @@ class Snapshot(Collector):
 
     def __init__(self) -> None:
         self.values: tuple[tuple[str, str, dict[str, float]], ...] = ()
+        self.shuffle: Mapping[str, int] = {}  # worker -> map output bytes (its heartbeats)
 
     def observe(self, brain: MasterState, now: float) -> None:
         jobs = {str(s): 0.0 for s in JobState}
@@ -64,6 +65,11 @@ class Snapshot(Collector):
                 "worker_rtt_max_seconds",
                 "Longest measured round trip to a worker (ping to echo, smoothed)",
                 {"": max((w.rtt or 0.0 for w in workers), default=0.0)},
+            ),
+            (
+                "shuffle_bytes",
+                "Pipelines' map outputs spilled to workers' shuffle directories, held now",
+                {"": float(sum(self.shuffle.values()))},
             ),
             (
                 "prefetch_window_shards",

@@ -226,7 +226,10 @@ class WorkerMessages:
         rtt = time.monotonic() - msg.echo if msg.echo else None
         if rtt is not None and not 0 <= rtt <= MAX_RTT:  # not an echo of our recent ping
             rtt = None
-        self.core.apply(ev.WorkerSeen(_name(identity), rtt))
+        worker = _name(identity)
+        if msg.shuffle_bytes or worker in self.core.peers.shuffle:
+            self.core.peers.shuffle[worker] = msg.shuffle_bytes
+        self.core.apply(ev.WorkerSeen(worker, rtt))
 
     def _on_draining(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
         worker = _name(identity)

@@ -114,7 +114,7 @@ class Agent:
         self.slots.step(ready, now)
         if now >= self.next_beat:
             self.next_beat = now + self.interval
-            self._send(Heartbeat())
+            self._send(Heartbeat(shuffle_bytes=self.pieces.server.bytes))
         if now - self.last_heard > self.interval * self.liveness and self.draining_since is None:
             self._reconnect()
 
@@ -221,7 +221,7 @@ class Agent:
                     continue
                 self._on_master(decoded.msg)
         if echo:  # the master times the round trip with it; it is our beat, too
-            self._send(Heartbeat(echo=echo))
+            self._send(Heartbeat(echo=echo, shuffle_bytes=self.pieces.server.bytes))
             self.next_beat = time.monotonic() + self.interval
 
     def _heard(self) -> None:

@@ -151,6 +151,7 @@ WORKER_COLUMNS = [
     Col("done", rank=4, kind="num"),
     Col("failed", rank=4, kind="num"),
     Col("shm", rank=3),
+    Col("shuffle", rank=2, kind="num"),
 ]
 
 
@@ -201,6 +202,7 @@ def show_workers(workers: list[WorkerInfo]) -> None:
             str(w.shards_done),
             str(w.shards_failed),
             "yes" if w.shared_memory else "no",
+            f"{w.shuffle_bytes / 2**20:.1f} MiB",
         ]
         for w in workers
     ]

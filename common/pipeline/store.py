@@ -141,6 +141,19 @@ def drop_token(root: Path, token: str) -> None:
     shutil.rmtree(root / token, ignore_errors=True)
 
 
+COUNT_EVERY = 2.0  # seconds between counts of the bytes a worker's shuffle directory holds
+
+
+def held_bytes(root: Path) -> int:
+    total = 0
+    for path in root.rglob("*.npy"):
+        try:
+            total += path.stat().st_size
+        except OSError:  # dropped meanwhile
+            continue
+    return total
+
+
 def sweep(root: Path, ttl: float, now: float) -> list[str]:
     """Remove the outputs of pipelines unused for `ttl` seconds (a driver that died never
     said it was done); returns their tokens."""
@@ -165,6 +178,7 @@ class PieceServer:
         self.root = root
         self.sock = sock
         self.ttl = ttl
+        self.bytes = 0  # what its directory holds, measured every few seconds (heartbeats say)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="piece-server", daemon=True)
 
@@ -177,10 +191,14 @@ class PieceServer:
 
     def _run(self) -> None:
         next_sweep = time.monotonic() + min(60.0, self.ttl)
+        next_count = 0.0
         try:
             while not self._stop.is_set():
                 if self.sock.poll(200, zmq.POLLIN):
                     self._answer(self.sock.recv_multipart(copy=True))
+                if time.monotonic() >= next_count:
+                    next_count = time.monotonic() + COUNT_EVERY
+                    self.bytes = held_bytes(self.root)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + min(60.0, self.ttl)
                     for token in sweep(self.root, self.ttl, time.time()):

@@ -126,6 +126,7 @@ class WorkerInfo(Frozen):
     modules: list[str]
     draining: bool = False
     shared_memory: bool = False  # maps by-value inputs from the master's /dev/shm
+    shuffle_bytes: int = 0  # pipelines' map outputs it holds on disk (its last heartbeat's)
 
 
 # ---- worker -> master ------------------------------------------------------------------------
@@ -147,6 +148,7 @@ class Ready(_Msg):
 class Heartbeat(_Msg):
     kind: Literal["heartbeat"] = "heartbeat"
     echo: float = 0.0  # a MasterPing's `sent`, returned at once: the master's round-trip clock
+    shuffle_bytes: int = Field(0, ge=0)  # pipelines' map outputs it holds on disk now
 
 
 class ShardAttempt(Frozen):

@@ -10,7 +10,12 @@ from shardmill.wire.protocol import JobInfo, Ready, WorkerInfo
 
 
 def worker_infos(
-    workers: Iterable[Worker], hello: Mapping[str, Ready], now: float, *, shm_peers: set[str]
+    workers: Iterable[Worker],
+    hello: Mapping[str, Ready],
+    now: float,
+    *,
+    shm_peers: set[str],
+    shuffle: Mapping[str, int] | None = None,
 ) -> list[WorkerInfo]:
     infos = []
     for w in workers:
@@ -33,6 +38,7 @@ def worker_infos(
                 modules=list(ready.modules) if ready else [],
                 draining=w.draining,
                 shared_memory=w.worker_id in shm_peers,
+                shuffle_bytes=(shuffle or {}).get(w.worker_id, 0),
             )
         )
     return infos

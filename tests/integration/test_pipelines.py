@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +19,21 @@ from shardmill import Client, JobCancelled, LocalCluster, Pipeline
 from shardmill.pipeline import PipelineFailed, read_parts
 
 
-def _pipes_cluster() -> LocalCluster:
-    return LocalCluster(workers=2, imports=["sm_tasks", "sm_pipes"], env=cluster_env(), **FAST)
+def _pipes_cluster(shuffle_dir: Path | None = None) -> LocalCluster:
+    env = cluster_env()
+    if shuffle_dir is not None:  # each worker keeps its map outputs in shuffle_dir/WORKER_ID
+        env["SHARDMILL_WORKER_SHUFFLE_DIR"] = str(shuffle_dir)
+    return LocalCluster(workers=2, imports=["sm_tasks", "sm_pipes"], env=env, **FAST)
 
 
 @pytest.fixture(scope="module")
-def pipes() -> Iterator[LocalCluster]:
-    with _pipes_cluster() as c:
+def shuffle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shuffle")
+
+
+@pytest.fixture(scope="module")
+def pipes(shuffle_dir: Path) -> Iterator[LocalCluster]:
+    with _pipes_cluster(shuffle_dir) as c:
         yield warm(c)
 
 
@@ -63,7 +71,9 @@ def _by_user(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in table.items()}
 
 
-def test_groupby_500k_keys_then_sort(client: Client, events: tuple[Path, np.ndarray]) -> None:
+def test_groupby_500k_keys_then_sort(
+    client: Client, events: tuple[Path, np.ndarray], shuffle_dir: Path
+) -> None:
     # Given a million events of 500,000 users
     path, data = events
     p = (
@@ -94,7 +104,8 @@ def test_groupby_500k_keys_then_sort(client: Client, events: tuple[Path, np.ndar
     stages = job.progress()
     assert [s.done for s in stages] == [8, 8, 8]
     # the workers dropped the pipeline's map outputs once it was done
-    assert not list(Path(tempfile.gettempdir()).glob(f"shardmill-shuffle-*/{job.driver.token}"))
+    assert len(list(shuffle_dir.iterdir())) == 2  # a directory per worker ...
+    assert not list(shuffle_dir.glob(f"*/{job.driver.token}"))  # ... without the pipeline's
     # the combiner: fewer rows cross the network than were read (keys repeat within a shard)
     assert stages[1].bytes_fetched == stages[0].bytes_shuffled > 0
 
@@ -308,3 +319,23 @@ def test_a_full_shuffle_disk_fails_the_pipeline_cleanly(tmp_path: Path) -> None:
             assert own.map("sm_tasks:square", [(3,)]).result(timeout=30) == [9]
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_shuffle_bytes_held_show_in_workers_and_metrics(client: Client, shuffle_dir: Path) -> None:
+    # Given a megabyte of map output in each worker's shuffle directory
+    for worker in shuffle_dir.iterdir():
+        (worker / "t0" / "s0-0-x" / "r0").mkdir(parents=True)
+        np.save(worker / "t0" / "s0-0-x" / "r0" / "0.npy", np.zeros(1 << 17))
+    try:
+        # Then the workers report it in their heartbeats: `workers` and the metrics show it
+        held = 2 * ((1 << 20) + 128)  # with each .npy's header
+        wait_until(
+            lambda: sum(w.shuffle_bytes for w in client.workers()) == held,
+            what="the workers' shuffle bytes",
+        )
+        lines = client.metrics().splitlines()
+        values = [float(x.split()[1]) for x in lines if x.startswith("shardmill_shuffle_bytes ")]
+        assert values == [held]
+    finally:
+        for worker in shuffle_dir.iterdir():
+            shutil.rmtree(worker / "t0")
