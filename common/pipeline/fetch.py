@@ -38,7 +38,8 @@ class Piece:
 
 
 class Streams:
-    """Every piece as a stream of pages, fetched ahead by one page."""
+    """Every piece as a stream of pages, fetched ahead by one page (at most one waiting and
+    one in flight beside the one in use)."""
 
     def __init__(self, pieces: list[Piece], token: str, timeout: float, page_bytes: int) -> None:
         self.pieces, self.token, self.timeout = pieces, token, timeout
@@ -85,7 +86,7 @@ class Streams:
 
     def _ask(self, i: int) -> None:
         row = self.cursor[i]
-        if row is None or self.flying[i] or len(self.pages[i]) > 1:
+        if row is None or self.flying[i] or self.pages[i]:
             return
         piece = self.pieces[i]
         peer = self.peers.get(piece.holder)

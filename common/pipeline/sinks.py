@@ -74,6 +74,13 @@ class _Spilling(Sink):
     def _spill(self) -> None:
         raise NotImplementedError
 
+    def _taken(self) -> Table:
+        """The buffered rows as one table, the buffers let go (so the copies a spill makes
+        never sit beside them)."""
+        table = concat(self.buffered, self.where)
+        self.buffered, self.bytes = [], 0
+        return table
+
     def _result(self, meta: dict[str, Any]) -> dict[str, Any]:
         if self.buffered or not self.writer.runs:
             self._spill()
@@ -116,8 +123,9 @@ class HashSink(_Spilling):
         self._spill()
 
     def _spill(self) -> None:
-        table = concat(self.buffered, self.where) or {}
-        if self.agg and len(self.buffered) > 1:
+        folds = bool(self.agg) and len(self.buffered) > 1
+        table = self._taken()
+        if folds:
             table = aggregate.fold(table, self.keys, self.aggs, self.where)
         if table:
             part = partitions_of(table, self.keys, self.parts, self.where)
@@ -128,7 +136,6 @@ class HashSink(_Spilling):
         offsets = np.concatenate([[0], np.cumsum(counts)])
         self.writer.run(table, offsets)
         self.sizes += counts
-        self.buffered, self.bytes = [], 0
 
     def finish(self) -> dict[str, Any]:
         result = self._result({"kind": "hash"})
@@ -151,14 +158,13 @@ class RangeSink(_Spilling):
         super().add(table)
 
     def _spill(self) -> None:
-        table = concat(self.buffered, self.where)
+        table = self._taken()
         if table:
             table = take(table, np.argsort(table[self.key], kind="stable"))
             n = rows(table)
             picks = np.linspace(0, n - 1, num=min(n, self.samples)).astype(np.int64)
             self.picked.append(table[self.key][picks])
         self.writer.run(table)
-        self.buffered, self.bytes = [], 0
 
     def finish(self) -> dict[str, Any]:
         result = self._result({"kind": "range", "key": self.key})
@@ -212,7 +218,7 @@ class WriteSink(Sink):
         self.pending.append(table)
         self.bytes += nbytes(table)
         self.rows += rows(table)
-        if self.bytes > self.budget // 4:
+        if self.bytes > self.budget // 8:
             self._flush()
 
     def _flush(self) -> None:

@@ -45,7 +45,8 @@ def run_stage(task: dict[str, Any], *, registry: Registry) -> dict[str, Any]:
     for side in pieces:
         ids.append(list(range(at, at + len(side))))
         at += len(side)
-    page = budget // (4 * max(1, len(flat)))
+    # Up to three pages a stream (in use, waiting, in flight): a quarter of the budget.
+    page = budget // (12 * max(1, len(flat)))
     with Streams(flat, task["token"], float(task["fetch_timeout"]), page) as streams:
         rows_in = sources.shuffled(task, streams, ids, where)
         result = _drain(rows_in, task, sink, registry, where)
