@@ -118,7 +118,9 @@ def read_page(root: Path, token: str, request: dict[str, Any]) -> tuple[Table, i
     start = a + int(request.get("row", 0))
     width = sum(c.dtype.itemsize for c in cols) or 1
     end = min(b, start + max(1, int(request.get("max_bytes", 1 << 30)) // width))
-    page = {n: np.ascontiguousarray(c[start:end]) for n, c in zip(names, cols, strict=True)}
+    # A copy, not a view of the file's mapping: a view would keep the mapping (and every page
+    # of it a fetch touched) in the agent's memory until ZeroMQ has sent it.
+    page = {n: np.array(c[start:end]) for n, c in zip(names, cols, strict=True)}
     return page, (end - a if end < b else None)
 
 
