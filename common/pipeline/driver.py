@@ -70,6 +70,7 @@ class Driver:
     def __post_init__(self) -> None:
         self.progress = [StageProgress(s.index, s.label, s.shards) for s in self.stages]
         self._ran: dict[int, set[int]] = {s.index: set() for s in self.stages}
+        self._digests: dict[tuple[int, int], str] = {}  # each output's bytes, as first made
         for s in self.stages:
             self.outputs[s.index] = {}
 
@@ -99,11 +100,11 @@ class Driver:
         """Every shard of stage `index` has an output (its parents first)."""
         stage = self.stages[index]
         for _ in range(MAX_RECOMPUTES):
-            missing = [s for s in range(stage.shards) if s not in self.outputs[index]]
-            if not missing:
+            if len(self.outputs[index]) == stage.shards:
                 return
             for parent in stage.parents:
-                self._ensure(parent)
+                self._ensure(parent)  # may throw away outputs of this stage: see _record
+            missing = [s for s in range(stage.shards) if s not in self.outputs[index]]
             self._splitters(stage)
             again = [s for s in missing if s in self._ran[index]]
             self.progress[index].recomputed.extend(again)
@@ -153,6 +154,10 @@ class Driver:
             self._write_off(holder, stage)
 
     def _record(self, stage: Stage, shard: int, value: dict[str, Any]) -> None:
+        digest = value.get("digest", "")
+        if self._digests.setdefault((stage.index, shard), digest) != digest:
+            self._digests[(stage.index, shard)] = digest  # the new bytes are the ones now
+            self._mixed(stage, shard)
         self.outputs[stage.index][shard] = value
         p = self.progress[stage.index]
         p.done = len(self.outputs[stage.index])
@@ -160,6 +165,24 @@ class Driver:
         p.runs += int(value.get("runs", 0))
         p.bytes_fetched += int(value.get("fetched", 0))
         p.rows += int(value.get("rows", 0))
+
+    def _mixed(self, stage: Stage, shard: int) -> None:
+        """A recomputed output differs from the one it replaces: the stage's functions are not
+        deterministic. Its consumers' outputs so far read the old bytes: they all run again,
+        so no consumer ever mixes the two (Spark's SPARK-23207 lost rows that way)."""
+        self.story.append(
+            f"stage {stage.index} shard {shard} ran again and gave other bytes: its functions "
+            "are not deterministic"
+        )
+        for consumer in self.stages:
+            if stage.index in consumer.parents and self.outputs[consumer.index]:
+                redo = sorted(self.outputs[consumer.index])
+                self.outputs[consumer.index].clear()
+                self.progress[consumer.index].done = 0
+                self.story.append(
+                    f"stage {consumer.index} shards {_span(redo)} read the old bytes: they run "
+                    "again, so no shard mixes the two"
+                )
 
     def _write_off(self, holder: str, by: Stage) -> None:
         """Everything `holder` held is gone: its outputs are recomputed when next needed."""

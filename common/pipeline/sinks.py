@@ -92,6 +92,7 @@ class _Spilling(Sink):
             "runs": self.writer.runs,
             "rows": self.rows,
             "bytes": self.writer.bytes,
+            "digest": self.writer.digest.hexdigest(),
         }
 
 

@@ -13,6 +13,7 @@ where each output lives. A fetch must name the pipeline's token, which only its 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -50,13 +51,18 @@ class OutputWriter:
         self.runs = 0
         self.bytes = 0
         self.names: list[str] = []
+        # What was written, byte for byte: a recomputed output that differs from the one it
+        # replaces comes from a function that is not deterministic (see the driver).
+        self.digest = hashlib.blake2b(digest_size=16)
 
     def run(self, table: Table, offsets: np.ndarray | None = None) -> None:
         with self._disk(sum(int(c.nbytes) for c in table.values())):
             run = self.tmp / f"r{self.runs}"
             run.mkdir(parents=True)
-            for i, col in enumerate(table.values()):
+            for i, (name, col) in enumerate(table.items()):
                 np.save(run / f"{i}.npy", col, allow_pickle=False)
+                self.digest.update(f"{name}:{col.dtype.str}:{len(col)}".encode())
+                self.digest.update(np.ascontiguousarray(col).data)
             if offsets is not None:
                 np.save(run / "offsets.npy", offsets.astype(np.int64), allow_pickle=False)
         self.names = list(table)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from helpers import FAST, cluster_env, wait_until
 from shared import warm
 
 from shardmill import Client, JobCancelled, LocalCluster, Pipeline
-from shardmill.pipeline import PipelineFailed, read_parts
+from shardmill.pipeline import PipelineFailed, PipelineJob, read_parts
 
 
 def _pipes_cluster(shuffle_dir: Path | None = None) -> LocalCluster:
@@ -189,23 +190,29 @@ def test_missing_key_column_named(client: Client) -> None:
         client.run(src.groupby("customer").agg(n=("amount", "count"))).result(timeout=60)
 
 
-def test_worker_killed_mid_shuffle_recomputes_only_its_outputs(tmp_path: Path) -> None:
+def _kill_mid_reduce(
+    cluster: LocalCluster, p: Pipeline, done: int = 0
+) -> tuple[PipelineJob, Any, dict[int, str]]:
+    """Run `p`, SIGKILL the second worker once the map outputs exist and `done` shards of the
+    reduce ended; returns the job, its result, and which holder had each map output before."""
+    with cluster.client() as own:
+        job = own.run(p, fetch_timeout=5.0)
+        jobs = wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
+        wait_until(lambda: own.status(jobs[0]).shards_done >= done, what=f"{done} reduced")
+        held = {s: v["holder"] for s, v in job.driver.outputs[0].items()}
+        os.kill(cluster.workers[1].pid, signal.SIGKILL)
+        return job, job.result(timeout=120), held
+
+
+def test_worker_killed_mid_shuffle_recomputes_only_its_outputs() -> None:
     # Given a fresh cluster and a pipeline whose reduce stage is slow
     rng = np.random.default_rng(11)
     table = {"user": rng.integers(0, 200, 4000), "amount": rng.integers(0, 100, 4000)}
     src = Pipeline.from_tables([{k: v[i::8] for k, v in table.items()} for i in range(8)])
     p = src.repartition("user", partitions=8).map_partitions("sm_pipes:slow_count").collect()
     with _pipes_cluster() as cluster:
-        warm(cluster)
-        own = cluster.client()
-        job = own.run(p, fetch_timeout=5.0)
         # When a worker is killed with -9 once the map outputs exist and the reduce has begun
-        wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
-        held = {s: v["holder"] for s, v in job.driver.outputs[0].items()}
-        victim = cluster.workers[1]
-        os.kill(victim.pid, signal.SIGKILL)
-        out = job.result(timeout=120)
-        own.close()
+        job, out, held = _kill_mid_reduce(warm(cluster), p)
     # Then the result is exact
     users, counts = np.unique(table["user"], return_counts=True)
     got = _by_user(out)
@@ -218,6 +225,29 @@ def test_worker_killed_mid_shuffle_recomputes_only_its_outputs(tmp_path: Path) -
     assert len(set(held.values())) == 2
     again = sorted(s for s, h in held.items() if h == found.group(1))
     assert sorted(job.progress()[0].recomputed) == again, job.story
+    assert not any("not deterministic" in line for line in job.story)
+
+
+def test_a_function_that_is_not_deterministic_is_never_mixed() -> None:
+    # Given a map step that adds random numbers, and a reduce that sums them per user
+    table = {"user": np.arange(4000) % 100, "amount": np.arange(4000)}
+    src = Pipeline.from_tables([{k: v[i::8] for k, v in table.items()} for i in range(8)])
+    p = (
+        src.map("sm_pipes:noisy")
+        .repartition("user", partitions=8)
+        .map_partitions("sm_pipes:noise_sums")
+        .collect()
+    )
+    with _pipes_cluster() as cluster:
+        # When a worker dies mid-reduce and its map outputs are recomputed (other bytes now)
+        job, out, _ = _kill_mid_reduce(warm(cluster), p, done=2)
+        # Then the reduce stage ran again whole: each partition read one version of each map
+        # output, and the rows are all there
+        story = "\n".join(job.story)
+        assert "are not deterministic" in story and "so no shard mixes the two" in story, story
+        assert sorted(job.progress()[1].recomputed) == list(range(8)), job.story
+        got = _by_user(out)
+        assert np.array_equal(got["user"], np.arange(100)) and np.all(got["n"] == 40)
 
 
 def test_master_killed_mid_shuffle_resumes(tmp_path: Path) -> None:

@@ -38,3 +38,25 @@ def float_key(t: Table) -> Table:
 
 def not_a_table(t: Table) -> Any:
     return [1, 2, 3]
+
+
+def noisy(t: Table) -> Table:
+    """Not deterministic: a fresh random column on every run (unseeded on purpose)."""
+    return {**t, "noise": np.random.default_rng().integers(0, 1000, len(t["user"]))}
+
+
+def noise_sums(t: Table) -> Table:
+    """Per user: rows and the sum of the noise (a reduce that shows which bytes it read)."""
+    time.sleep(0.25)
+    if not t:
+        return {
+            "user": np.zeros(0, np.int64),
+            "n": np.zeros(0, np.int64),
+            "s": np.zeros(0, np.int64),
+        }
+    users, inv = np.unique(t["user"], return_inverse=True)
+    return {
+        "user": users,
+        "n": np.bincount(inv).astype(np.int64),
+        "s": np.bincount(inv, weights=t["noise"]).astype(np.int64),
+    }
