@@ -22,6 +22,7 @@ from shardmill.errors import ShardmillError
 from shardmill.pipeline.fetch import drop_outputs
 from shardmill.pipeline.plan import Stage
 from shardmill.pipeline.tables import concat
+from shardmill.wire.protocol import ErrorInfo
 from shardmill.wire.spec import STAGE_FUNCTION
 
 if TYPE_CHECKING:
@@ -53,105 +54,106 @@ class StageProgress:
     recomputed: list[int] = field(default_factory=list)  # shards run again for lost outputs
 
 
+@dataclass(frozen=True)
+class Run:
+    """Shards of one stage to run as one job: the next thing the pipeline needs."""
+
+    stage: int
+    shards: list[int]
+    tasks: list[dict[str, Any]]
+    name: str
+
+
 @dataclass
-class Driver:
-    client: Client
+class PipelineState:
+    """The pipeline's decisions, without I/O: which stage shards run next (`next_run`), what
+    their ending means (`ended`: outputs recorded, lost holders written off), the result.
+    Driven by the client (`drive`) or by anything else that can run a stage job."""
+
     stages: list[Stage]
     name: str = ""
     fetch_timeout: float = 10.0
-    max_attempts: int = 3
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     outputs: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
     splitters: dict[int, list[Any]] = field(default_factory=dict)
     story: list[str] = field(default_factory=list)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    current_job: str | None = None
 
     def __post_init__(self) -> None:
         self.progress = [StageProgress(s.index, s.label, s.shards) for s in self.stages]
         self._ran: dict[int, set[int]] = {s.index: set() for s in self.stages}
+        self._rounds: dict[int, int] = {s.index: 0 for s in self.stages}
         self._digests: dict[tuple[int, int], str] = {}  # each output's bytes, as first made
         for s in self.stages:
-            self.outputs[s.index] = {}
+            self.outputs.setdefault(s.index, {})
 
-    def run(self) -> Any:
-        last = self.stages[-1]
-        try:
-            self._ensure(last.index)
-            return self._final(last)
-        finally:
-            self._drop()
+    def next_run(self) -> Run | None:
+        """The next stage shards to run (parents first), or None when the last stage is done."""
+        return self._next(len(self.stages) - 1)
 
-    def _drop(self) -> None:
-        """The workers' outputs of this pipeline are no longer needed: drop them now (a holder
-        out of reach sweeps them once unused for its --shuffle-ttl)."""
-        holders = {
+    def _next(self, index: int) -> Run | None:
+        stage = self.stages[index]
+        if len(self.outputs[index]) == stage.shards:
+            return None
+        for parent in stage.parents:
+            if (run := self._next(parent)) is not None:
+                return run
+        self._rounds[index] += 1
+        if self._rounds[index] > MAX_RECOMPUTES:
+            raise PipelineFailed(
+                f"stage {index} ({stage.label}): outputs kept being lost after "
+                f"{MAX_RECOMPUTES} recomputes; are workers being replaced?"
+            )
+        missing = [s for s in range(stage.shards) if s not in self.outputs[index]]
+        self._splitters(stage)
+        self.progress[index].recomputed.extend(s for s in missing if s in self._ran[index])
+        self._ran[index].update(missing)
+        tasks = [self._task(stage, s) for s in missing]
+        return Run(index, missing, tasks, f"{self.name or 'pipeline'} stage {index}")
+
+    def started(self, run: Run, job_id: str) -> None:
+        stage = self.stages[run.stage]
+        self.progress[run.stage].jobs.append(job_id)
+        self.story.append(
+            f"stage {run.stage} ({stage.label}): shards {_span(run.shards)} in job {job_id}"
+        )
+
+    def ended(self, run: Run, values: list[Any], errors: list[ErrorInfo | None]) -> None:
+        """The run's job ended: a value per shard (None where it failed) and the last error of
+        each failed one. A fetch failure writes off its holder; any other failure is final."""
+        stage = self.stages[run.stage]
+        lost: set[str] = set()
+        for shard, value, err in zip(run.shards, values, errors, strict=True):
+            if value is not None:
+                self._record(stage, shard, value)
+            elif err is not None and err.type == FETCH_FAILED:
+                lost.update(_HOLDER.findall(err.message))
+            else:
+                what = f"{err.type}: {err.message}" if err is not None else "failed"
+                raise PipelineFailed(
+                    f"stage {stage.index} ({stage.label}) shard {shard} failed: {what}\n"
+                    f"{err.traceback if err is not None else ''}".rstrip()
+                )
+        for holder in sorted(lost):
+            self._write_off(holder, stage)
+
+    def holders(self) -> dict[str, str]:
+        """Every worker holding an output of this pipeline: address -> public key."""
+        return {
             v["holder"]: v["key"]
             for outs in self.outputs.values()
             for v in outs.values()
             if "holder" in v
         }
-        if holders:
-            drop_outputs(holders, self.token)
 
-    # ---- stages --------------------------------------------------------------------------------
-
-    def _ensure(self, index: int) -> None:
-        """Every shard of stage `index` has an output (its parents first)."""
-        stage = self.stages[index]
-        for _ in range(MAX_RECOMPUTES):
-            if len(self.outputs[index]) == stage.shards:
-                return
-            for parent in stage.parents:
-                self._ensure(parent)  # may throw away outputs of this stage: see _record
-            missing = [s for s in range(stage.shards) if s not in self.outputs[index]]
-            self._splitters(stage)
-            again = [s for s in missing if s in self._ran[index]]
-            self.progress[index].recomputed.extend(again)
-            self._ran[index].update(missing)
-            self._run(stage, missing)
-        raise PipelineFailed(
-            f"stage {index} ({stage.label}): outputs kept being lost after "
-            f"{MAX_RECOMPUTES} recomputes; are workers being replaced?"
-        )
-
-    def _run(self, stage: Stage, shards: list[int]) -> None:
-        if self.cancelled.is_set():
-            raise PipelineFailed("the pipeline was cancelled")
-        tasks = [(self._task(stage, s),) for s in shards]
-        job = self.client.map(
-            STAGE_FUNCTION,
-            tasks,
-            chunk_size=1,
-            max_attempts=self.max_attempts,
-            allow_failures=len(tasks),
-            name=f"{self.name or 'pipeline'} stage {stage.index}",
-        )
-        self.current_job = job.id
-        self.progress[stage.index].jobs.append(job.id)
-        self.story.append(
-            f"stage {stage.index} ({stage.label}): shards {_span(shards)} in job {job.id}"
-        )
-        results = job.result()
-        self.current_job = None
-        info = self.client.status(job.id, shards=True)
-        lost: set[str] = set()
-        for i, (shard, value) in enumerate(zip(shards, results, strict=True)):
-            if value is not None:
-                self._record(stage, shard, value)
-                continue
-            history = info.shards[i].history if info.shards else []
-            err = history[-1].error if history else None
-            if err is not None and err.type == FETCH_FAILED:
-                lost.update(_HOLDER.findall(err.message))
-                continue
-            what = f"{err.type}: {err.message}" if err is not None else "failed"
-            raise PipelineFailed(
-                f"stage {stage.index} ({stage.label}) shard {shard} failed: "
-                f"{what}\n{err.traceback if err is not None else ''}".rstrip()
-            )
-        for holder in sorted(lost):
-            self._write_off(holder, stage)
+    def result(self) -> Any:
+        last = self.stages[-1]
+        outs = [v for _, v in sorted(self.outputs[last.index].items())]
+        if last.output["kind"] == "write":
+            return {
+                "files": [f for v in outs for f in v["files"]],
+                "rows": sum(int(v["rows"]) for v in outs),
+            }
+        return concat([v["table"] for v in outs], "collect")
 
     def _record(self, stage: Stage, shard: int, value: dict[str, Any]) -> None:
         digest = value.get("digest", "")
@@ -254,15 +256,44 @@ class Driver:
         cuts = [keys[len(keys) * i // n].item() for i in range(1, n)]
         self.splitters[parent] = cuts
 
-    def _final(self, last: Stage) -> Any:
-        outs = [v for _, v in sorted(self.outputs[last.index].items())]
-        if last.output["kind"] == "write":
-            return {
-                "files": [f for v in outs for f in v["files"]],
-                "rows": sum(int(v["rows"]) for v in outs),
-            }
-        return concat([v["table"] for v in outs], "collect")
-
 
 def _span(shards: list[int]) -> str:
     return ", ".join(map(str, shards)) if len(shards) <= 12 else f"{len(shards)} shards"
+
+
+def drive(
+    state: PipelineState,
+    client: Client,
+    cancelled: threading.Event,
+    *,
+    max_attempts: int,
+    on_job: Any = None,
+) -> Any:
+    """Run the pipeline from a client: each run as a job of stage tasks, waited for."""
+    try:
+        while (run := state.next_run()) is not None:
+            if cancelled.is_set():
+                raise PipelineFailed("the pipeline was cancelled")
+            job = client.map(
+                STAGE_FUNCTION,
+                [(t,) for t in run.tasks],
+                chunk_size=1,
+                max_attempts=max_attempts,
+                allow_failures=len(run.tasks),
+                name=run.name,
+            )
+            state.started(run, job.id)
+            if on_job is not None:
+                on_job(job.id)
+            values = job.result()
+            info = client.status(job.id, shards=True)
+            errors = [_last_error(s.history) for s in info.shards or []]
+            state.ended(run, values, errors)
+        return state.result()
+    finally:
+        if holders := state.holders():
+            drop_outputs(holders, state.token)
+
+
+def _last_error(history: list[Any]) -> ErrorInfo | None:
+    return history[-1].error if history else None

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from shardmill.pipeline.api import Pipeline
-from shardmill.pipeline.driver import Driver, PipelineFailed, StageProgress
+from shardmill.pipeline.driver import PipelineFailed, PipelineState, StageProgress, drive
 from shardmill.pipeline.plan import compile_stages
 
 if TYPE_CHECKING:
@@ -37,9 +37,10 @@ class PipelineJob:
             keys=client.security.keys,
             insecure=client.security.insecure,
         )
-        self.driver = Driver(
-            self._own, stages, name=name, fetch_timeout=fetch_timeout, max_attempts=max_attempts
-        )
+        self.state = PipelineState(stages, name=name, fetch_timeout=fetch_timeout)
+        self._max_attempts = max_attempts
+        self._cancelled = threading.Event()
+        self._current: str | None = None  # the stage job running now
         self._client = client
         self._value: Any = None
         self._error: BaseException | None = None
@@ -48,11 +49,20 @@ class PipelineJob:
 
     def _drive(self) -> None:
         try:
-            self._value = self.driver.run()
+            self._value = drive(
+                self.state,
+                self._own,
+                self._cancelled,
+                max_attempts=self._max_attempts,
+                on_job=self._started,
+            )
         except BaseException as e:  # handed to whoever calls result()
             self._error = e
         finally:
             self._own.close()
+
+    def _started(self, job_id: str) -> None:
+        self._current = job_id
 
     def result(self, timeout: float | None = None) -> Any:
         """The collected table, or for `write` {"files": [...], "rows": n}; raises
@@ -70,12 +80,12 @@ class PipelineJob:
     def progress(self) -> list[StageProgress]:
         """Per stage: shards done, bytes shuffled (written to the workers' shuffle
         directories) and fetched, shards recomputed after a lost worker."""
-        return list(self.driver.progress)
+        return list(self.state.progress)
 
     @property
     def story(self) -> list[str]:
         """What ran, in order, with every recompute and why."""
-        return list(self.driver.story)
+        return list(self.state.story)
 
     @property
     def why(self) -> str | None:
@@ -83,10 +93,9 @@ class PipelineJob:
 
     def cancel(self) -> None:
         """Stop after the running stage job is cancelled; `result()` raises PipelineFailed."""
-        self.driver.cancelled.set()
-        job = self.driver.current_job
-        if job is not None:
-            self._client.cancel(job)
+        self._cancelled.set()
+        if self._current is not None:
+            self._client.cancel(self._current)
 
 
 __all__ = ["PipelineFailed", "PipelineJob"]

@@ -106,7 +106,7 @@ def test_groupby_500k_keys_then_sort(
     assert [s.done for s in stages] == [8, 8, 8]
     # the workers dropped the pipeline's map outputs once it was done
     assert len(list(shuffle_dir.iterdir())) == 2  # a directory per worker ...
-    assert not list(shuffle_dir.glob(f"*/{job.driver.token}"))  # ... without the pipeline's
+    assert not list(shuffle_dir.glob(f"*/{job.state.token}"))  # ... without the pipeline's
     # the combiner: fewer rows cross the network than were read (keys repeat within a shard)
     assert stages[1].bytes_fetched == stages[0].bytes_shuffled > 0
 
@@ -199,7 +199,7 @@ def _kill_mid_reduce(
         job = own.run(p, fetch_timeout=5.0)
         jobs = wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
         wait_until(lambda: own.status(jobs[0]).shards_done >= done, what=f"{done} reduced")
-        held = {s: v["holder"] for s, v in job.driver.outputs[0].items()}
+        held = {s: v["holder"] for s, v in job.state.outputs[0].items()}
         os.kill(cluster.workers[1].pid, signal.SIGKILL)
         return job, job.result(timeout=120), held
 
@@ -298,7 +298,7 @@ def test_tiny_budget_spills_runs_and_gives_the_same_bytes(client: Client) -> Non
         got_agg = own.run(agg).result(timeout=120)
     # Then the maps spilled in runs (bytes shuffled: the whole table) ...
     assert job.progress()[0].bytes_shuffled == data.nbytes
-    assert all(out["runs"] > 2 for out in job.driver.outputs[0].values())
+    assert all(out["runs"] > 2 for out in job.state.outputs[0].values())
     # ... and the results are byte-identical to the default budget's, and right
     want_sort = client.run(sort).result(timeout=120)
     want_agg = client.run(agg).result(timeout=120)
