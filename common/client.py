@@ -27,6 +27,7 @@ from shardmill.errors import (
     ServerError,
 )
 from shardmill.job import LONG_POLL, Job, unpack_result
+from shardmill.pipeline.calls import PipelineCalls
 from shardmill.wire import shm
 from shardmill.wire.codec import Decoded, decode, encode, is_array, pack_value
 from shardmill.wire.handshake import HandshakeWatch
@@ -57,13 +58,12 @@ from shardmill.wire.spec import JobSpec
 if TYPE_CHECKING:
     import numpy as np
 
-    from shardmill.pipeline import Pipeline, PipelineJob
 
 log = logging.getLogger(__name__)
 MAX_CHUNKS = 64
 
 
-class Client:
+class Client(PipelineCalls):
     """A connection to one master. Not thread-safe: use one Client per thread."""
 
     def __init__(
@@ -205,12 +205,6 @@ class Client:
 
     def job(self, job_id: str) -> Job:
         return Job(self, job_id)
-
-    def run(self, pipeline: Pipeline, **options: Any) -> PipelineJob:
-        """Start a pipeline (shardmill.pipeline); `options`: name, fetch_timeout, max_attempts."""
-        from shardmill.pipeline.job import PipelineJob
-
-        return PipelineJob(self, pipeline, **options)
 
     def _submit(self, msg: Submit, arrays: list[Any]) -> Job:
         reply = self._submit_exchange(msg, arrays, self.connect_timeout)

@@ -81,6 +81,11 @@ class BadInput(ShardmillError):
         self.retryable = retryable  # True when another worker might read it (a missing mount)
 
 
+class PipelineFailed(ShardmillError):
+    """Raised by a pipeline's `result()` when a stage failed for good (names stage, shard and
+    the error), and on the master when a stage cannot be planned or submitted."""
+
+
 class FetchFailed(ShardmillError):
     """Raised in a pipeline's reduce shard when a map output it needs cannot be fetched from
     the worker that holds it (gone, or restarted without it); the message names each holder as

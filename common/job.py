@@ -6,8 +6,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardmill.errors import JobCancelled, JobFailed, JobTimeout, MasterUnreachable, RemoteError
-from shardmill.wire.codec import unpack_value
-from shardmill.wire.protocol import JobInfo, JobResult, ResultQuery
+from shardmill.wire.codec import Decoded, unpack_value
+from shardmill.wire.protocol import JobInfo, JobResult, Message, ResultQuery
 
 if TYPE_CHECKING:
     from shardmill.client import Client
@@ -37,33 +37,41 @@ class Job:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the merged result; raises JobTimeout, RemoteError, JobFailed or JobCancelled."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        lost_since: float | None = None
-        while True:
-            left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
-            if left <= 0:
-                raise JobTimeout(
-                    f"job {self.id} did not finish within {timeout} s; it is still "
-                    f"running: follow it with `shardmill watch {self.id}`"
-                )
-            try:
-                reply = self.client._request(ResultQuery(job_id=self.id, wait=True), timeout=left)
-            except MasterUnreachable:
-                # Still running, or is the master gone? A gone master may be restarting from
-                # its checkpoint: keep asking for up to the client's reconnect_timeout.
-                if deadline is not None and deadline <= time.monotonic():
-                    continue
-                try:
-                    self.client.ping()
-                    lost_since = None
-                except MasterUnreachable:
-                    now = time.monotonic()
-                    lost_since = lost_since or now - self.client.connect_timeout
-                    if now - lost_since > self.client.reconnect_timeout:
-                        raise
+        reply = long_poll(
+            self.client, ResultQuery(job_id=self.id, wait=True), timeout, f"job {self.id}"
+        )
+        assert isinstance(reply.msg, JobResult)
+        return unpack_result(reply.msg, reply.arrays)
+
+
+def long_poll(client: Client, query: Message, timeout: float | None, what: str) -> Decoded:
+    """Ask until the master answers `query` (a wait for an end), riding out a master that
+    restarts from its checkpoint for up to the client's reconnect_timeout; JobTimeout past
+    `timeout`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    lost_since: float | None = None
+    while True:
+        left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
+        if left <= 0:
+            raise JobTimeout(
+                f"{what} did not finish within {timeout} s; it is still running: follow it "
+                f"with `shardmill watch {what.split()[-1]}`"
+            )
+        try:
+            return client._request(query, timeout=left)
+        except MasterUnreachable:
+            # Still running, or is the master gone? A gone master may be restarting from
+            # its checkpoint: keep asking for up to the client's reconnect_timeout.
+            if deadline is not None and deadline <= time.monotonic():
                 continue
-            assert isinstance(reply.msg, JobResult)
-            return unpack_result(reply.msg, reply.arrays)
+            try:
+                client.ping()
+                lost_since = None
+            except MasterUnreachable:
+                now = time.monotonic()
+                lost_since = lost_since or now - client.connect_timeout
+                if now - lost_since > client.reconnect_timeout:
+                    raise
 
 
 def unpack_result(msg: JobResult, arrays: list[Any]) -> Any:

@@ -51,7 +51,8 @@ def main() -> int:
         job = cluster.client().run(pipeline, name="etl")
         written = job.result(timeout=300)
         seconds = time.perf_counter() - started
-    for stage in job.progress():
+        stages = job.progress()
+    for stage in stages:
         print(
             f"stage {stage.index} {stage.label}: {stage.done}/{stage.shards} shards, "
             f"{stage.bytes_shuffled:,} bytes shuffled"

@@ -10,7 +10,6 @@ from typing import Any
 import zmq
 
 from shardmill import __version__
-from shardmill.data.paths import check_data_path, is_url
 from shardmill.errors import (
     InvalidTransition,
     JobSpecError,
@@ -22,7 +21,8 @@ from shardmill.master.brain import events as ev
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
 from shardmill.master.core import Core, send, user_id
-from shardmill.master.jobs import accept, new_job_id
+from shardmill.master.pipelines import PipelineRun
+from shardmill.master.submit import admit, queue
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode_checked, peek_req
 from shardmill.wire.handshake import fingerprint
@@ -38,15 +38,18 @@ from shardmill.wire.protocol import (
     JobStatus,
     Message,
     MetricsText,
+    PipelineInfo,
+    PipelineQuery,
+    PipelineStatus,
     Pong,
     PruneJobs,
     ResultQuery,
     StatusQuery,
     Submit,
+    SubmitPipeline,
     Submitted,
     WorkerList,
 )
-from shardmill.wire.spec import JobSpec
 
 log = logging.getLogger(__name__)
 Handler = Callable[[bytes, Any, list[Buffer]], None]
@@ -69,6 +72,8 @@ class ClientRequests:
             "cancel": self._on_cancel,
             "client_ping": self._on_ping,
             "prune": self._on_prune,
+            "submit_pipeline": self._on_submit_pipeline,
+            "pipeline": self._on_pipeline,
             "metrics": lambda identity, msg, arrays: self._reply(
                 identity,
                 MetricsText(
@@ -138,50 +143,18 @@ class ClientRequests:
             self._reply(identity, _error_reply(msg, e))
 
     def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
-        core = self.core
-        msg = msg.model_copy(update={"spec": self._checked(msg.spec)})
-        if msg.shm:  # big arrays the client left in shared memory: map them, copy nothing
-            arrays = core.segments.attach(msg.shm, arrays)
-        data = accept(msg, arrays, core.registry)
-        if not data.idempotent:  # an op with side effects: its shards never run twice at once
-            never = msg.spec.model_copy(update={"speculate_after": 0})
-            msg = msg.model_copy(update={"spec": never})
-        job_id = msg.job_id or new_job_id()
-        admission = core.apply(ev.SubmitRequested(job_id, len(data.descriptors), self._owner))
-        refused = [c for c in admission if isinstance(c, ev.Refused)]
-        if refused:
-            raise JobSpecError(refused[0].reason)
-        now = time.monotonic()  # one submit time, the same in the brain and the state dir
-        wall = now + core.brain.wall_offset
         try:
-            core.checkpoint.job_added(job_id, data, spec=msg.spec, submitted_at=wall)
+            job = admit(self.core, msg, arrays, self._owner)
         except StateDirError as e:
             log.error("job refused: %s", e)
             reply = ErrorReply(req=msg.req, code="state", message=f"job not accepted: {e}")
             self._reply(identity, reply)
             return
-        core.data[job_id] = data
-        data.segments = core.segments.adopt([ref.segment for ref in msg.shm])
-        log.info("job %s accepted: op %s, %d shards", job_id, msg.spec.op, len(data.descriptors))
         if msg.wait:  # the caller named the job: its one answer is the result
-            data.waiters.append((identity, msg.req))
+            job.data.waiters.append((identity, msg.req))
         else:
-            self._reply(identity, Submitted(req=msg.req, job_id=job_id))
-        batchable = data.batchable
-        core.apply(
-            ev.JobAdded(job_id, msg.spec, len(data.descriptors), batchable, self._owner, now)
-        )
-
-    def _checked(self, spec: JobSpec) -> JobSpec:
-        """The spec as the master runs it: paths inside the data roots (the dataset, and
-        row_stats' output, which the master creates), and the owner the key says, whatever
-        the request claims."""
-        fields: dict[str, Any] = {
-            name: check_data_path(path, self.core.settings.data_roots)
-            for name in ("dataset", "output")
-            if (path := getattr(spec, name)) and not (name == "dataset" and is_url(path))
-        }
-        return spec.model_copy(update={**fields, "owner": self._owner})
+            self._reply(identity, Submitted(req=msg.req, job_id=job.job_id))
+        queue(self.core, job, self._owner)
 
     def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:
         if job_id in self.core.data:
@@ -202,7 +175,69 @@ class ClientRequests:
     def _on_jobs(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
         brain = self.core.brain
         infos = [brain.job_info(j) for j in brain.jobs]
-        self._reply(identity, JobList(req=msg.req, jobs=infos))
+        runs = self.core.pipelines.runs.values() if self.core.pipelines else []
+        pipelines = [self._named_run(r.info()) for r in runs]
+        self._reply(identity, JobList(req=msg.req, jobs=infos, pipelines=pipelines))
+
+    # ---- pipelines -----------------------------------------------------------------------------
+
+    def _on_submit_pipeline(
+        self, identity: bytes, msg: SubmitPipeline, arrays: list[Buffer]
+    ) -> None:
+        assert self.core.pipelines is not None
+        run = self.core.pipelines.submit(msg, arrays, self._owner)
+        self._reply(identity, Submitted(req=msg.req, job_id=run.pipeline_id))
+
+    def _on_pipeline(self, identity: bytes, msg: PipelineQuery, arrays: list[Buffer]) -> None:
+        run = self._known_run(identity, msg.req, msg.pipeline_id)
+        if run is None:
+            return
+        if msg.wait and not run.finished:
+            run.waiters.append((identity, msg.req))
+            return
+        self._pipeline_status(identity, msg.req, run, with_result=msg.wait)
+
+    def _known_run(self, identity: bytes, req: int, pipeline_id: str) -> PipelineRun | None:
+        run = self.core.pipelines.runs.get(pipeline_id) if self.core.pipelines else None
+        if run is None:
+            message = f"no pipeline {pipeline_id!r} on this master; list them: shardmill jobs"
+            self._reply(identity, ErrorReply(req=req, code="unknown_job", message=message))
+        return run
+
+    def _pipeline_status(
+        self, identity: bytes, req: int, run: PipelineRun, *, with_result: bool
+    ) -> None:
+        info = self._named_run(run.info())
+        result = run.result if with_result and run.status == "done" else None
+        if result is None:
+            self._reply(identity, PipelineStatus(req=req, pipeline=info))
+        else:
+            reply = PipelineStatus(req=req, pipeline=info, result=result.data)
+            self._reply(identity, reply, result.arrays)
+
+    def answer_pipeline(self, run: PipelineRun) -> None:
+        """An ended pipeline: everyone waiting for it gets its status and result."""
+        waiters, run.waiters = run.waiters, []
+        for identity, req in waiters:
+            self._pipeline_status(identity, req, run, with_result=True)
+
+    def _named_run(self, info: PipelineInfo) -> PipelineInfo:
+        if self.keyring is None:
+            return info
+        return info.model_copy(update={"owner": self.keyring.owner_name(info.owner)})
+
+    def _cancel_pipeline(self, identity: bytes, msg: CancelJob, run: PipelineRun) -> None:
+        keyring = self.keyring
+        if keyring is not None and not keyring.is_admin(self._owner) and run.owner != self._owner:
+            message = (
+                f"pipeline {run.pipeline_id} belongs to {keyring.owner_name(run.owner)}: "
+                "a client may cancel only its own, unless its key is in the master's admins/"
+            )
+            self._reply(identity, ErrorReply(req=msg.req, code="forbidden", message=message))
+            return
+        assert self.core.pipelines is not None
+        self.core.pipelines.cancel(run)
+        self._pipeline_status(identity, msg.req, run, with_result=False)
 
     def _on_workers(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
         peers = self.core.peers
@@ -236,6 +271,10 @@ class ClientRequests:
             self._reply(identity, JobResult(req=msg.req, job=info))
 
     def _on_cancel(self, identity: bytes, msg: CancelJob, arrays: list[Buffer]) -> None:
+        pipelines = self.core.pipelines.runs if self.core.pipelines else {}
+        if msg.job_id in pipelines:
+            self._cancel_pipeline(identity, msg, pipelines[msg.job_id])
+            return
         if not self._known_job(identity, msg.req, msg.job_id):
             return
         if not self._may_manage(identity, msg.req, [msg.job_id]):

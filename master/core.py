@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -23,6 +23,9 @@ from shardmill.wire import shm
 from shardmill.wire.codec import encode
 from shardmill.wire.protocol import Message, Ready
 from shardmill.wire.security import Security
+
+if TYPE_CHECKING:
+    from shardmill.master.pipelines import Pipelines
 
 log = logging.getLogger(__name__)
 Apply = Callable[[ev.Event], list[ev.Command]]
@@ -58,6 +61,7 @@ class Core:
     peers: Peers
     metrics: Metrics
     apply: Apply  # feed the brain one event and carry out its commands; returns them
+    pipelines: Pipelines | None = None  # set by the loop once it is built
 
     def waited_on(self) -> frozenset[str]:
         """Jobs a client waits for: never pruned before it has its answer."""

@@ -24,6 +24,7 @@ from shardmill.master.clients import ClientRequests
 from shardmill.master.core import Core, Peers, bind_router, new_brain, new_segments
 from shardmill.master.merge import MapMerger
 from shardmill.master.metrics import Metrics
+from shardmill.master.pipelines import Pipelines
 from shardmill.master.workers import Result, WorkerMessages
 from shardmill.ops.registry import Registry
 from shardmill.wire.handshake import PortWatch, RefusalLog
@@ -59,9 +60,7 @@ class MasterLoop:
         self.metrics.snapshot.shuffle = self.core.peers.shuffle
         if checkpoint.store is not None:
             checkpoint.store.on_commit = self.metrics.commit_seconds.observe
-        for event in restored:  # no worker is connected yet: nothing is sent
-            self.apply(event)
-        self.apply(ev.RestoreDone())
+        self.pipelines = self._restore(restored)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.security = Security.resolve(settings.keys, settings.insecure, "master")
         # The metrics port first: a busy one stops us before the ZMQ ports and ZAP start.
@@ -79,6 +78,16 @@ class MasterLoop:
         self._next_beat = 0.0
         self.health = HealthFile(settings.health_file, f"master pid {os.getpid()}")
         self._next_prune = 0.0
+
+    def _restore(self, restored: Sequence[ev.Event]) -> Pipelines:
+        """Every job, then every pipeline, in the state dir back as it was (no worker is
+        connected yet: nothing is sent)."""
+        pipelines = self.core.pipelines = Pipelines(self.core, self.settings.state_dir)
+        for event in restored:
+            self.apply(event)
+        self.apply(ev.RestoreDone())
+        pipelines.restore()
+        return pipelines
 
     def _executor_table(self) -> dict[type, Executor]:
         """What the loop does for each command the brain gives."""
@@ -219,6 +228,8 @@ class MasterLoop:
             self.apply(ev.Tick())
         core.segments.expire(now)
         core.segments.drop_unowned()  # a refused submit's mappings (its client deletes the file)
+        for run in self.pipelines.step():  # stages ended this turn: the next ones start
+            self.clients.answer_pipeline(run)
         retention = self.settings.job_retention
         if retention is not None and now >= self._next_prune:
             self._next_prune = now + 60.0
@@ -345,6 +356,7 @@ class MasterLoop:
         waiters, data.waiters = data.waiters, []
         for identity, req in waiters:
             self.clients.reply_result(job_id, identity, req)
+        self.pipelines.job_ended(job_id)  # a stage: its pipeline moves on after this batch
         # The rest after the answers: a waiting caller (a `call`) does not wait for it.
         self.metrics.job_ended(job)
         if log.isEnabledFor(logging.INFO):  # the line needs the job's whole info: not for nothing

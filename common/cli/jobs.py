@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from shardmill import exitcodes
+from shardmill.cli.pipelines import is_pipeline, show_pipeline, show_pipelines, watch_pipeline
 from shardmill.cli.spec import spec_fields
 from shardmill.cli.tables import (
     console,
@@ -70,6 +71,11 @@ def _print_result(args: argparse.Namespace, job: Job) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.job is None:
         return cmd_jobs(args)
+    if is_pipeline(args.job):
+        with connect(args) as client:
+            pinfo = client.pipeline(args.job).status()
+        out(args, pinfo.model_dump(mode="json"), lambda: show_pipeline(pinfo))
+        return exitcodes.OK
     with connect(args) as client:
         info = client.status(args.job, shards=args.shards)
     out(args, info.model_dump(mode="json"), lambda: show_job(info))
@@ -81,7 +87,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return _prune(args)
     with connect(args) as client:
         jobs = client.jobs()
-    out(args, [j.model_dump(mode="json") for j in jobs], lambda: show_jobs(jobs))
+        pipelines = client.pipelines()
+
+    def human() -> None:
+        show_jobs(jobs)
+        if pipelines:
+            show_pipelines(pipelines)
+
+    out(args, [j.model_dump(mode="json") for j in jobs], human)
     return exitcodes.OK
 
 
@@ -117,6 +130,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from shardmill.cli.follow import follow, poll_until_done
 
+    if is_pipeline(args.job):
+        with connect(args) as client:
+            pinfo = watch_pipeline(client.pipeline(args.job), args.timeout)
+        return _exit_code(pinfo.state)
     with connect(args) as client:
         job = client.job(args.job)
         if args.json:
@@ -127,8 +144,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
             )
         else:
             info = follow(job, args.timeout)
+    return _exit_code(info.state)
+
+
+def _exit_code(state: str) -> int:
     return {"done": exitcodes.OK, "cancelled": exitcodes.CANCELLED}.get(
-        info.state, exitcodes.JOB_FAILED if info.state == "failed" else exitcodes.TIMEOUT
+        state, exitcodes.JOB_FAILED if state == "failed" else exitcodes.TIMEOUT
     )
 
 

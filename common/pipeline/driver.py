@@ -10,31 +10,22 @@ failed reduce shards run again. Outputs are deterministic, so the result is byte
 
 from __future__ import annotations
 
+import dataclasses
 import re
-import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from shardmill.errors import ShardmillError
-from shardmill.pipeline.fetch import drop_outputs
+from shardmill.errors import PipelineFailed
 from shardmill.pipeline.plan import Stage
 from shardmill.pipeline.tables import concat
 from shardmill.wire.protocol import ErrorInfo
-from shardmill.wire.spec import STAGE_FUNCTION
-
-if TYPE_CHECKING:
-    from shardmill.client import Client
 
 _HOLDER = re.compile(r"\[holder=(\S+)\]")
 FETCH_FAILED = "shardmill.errors.FetchFailed"
 MAX_RECOMPUTES = 20  # rounds of recompute for one stage before the pipeline gives up
-
-
-class PipelineFailed(ShardmillError):
-    """Raised by a pipeline's `result()` when a stage failed for good; names stage and shard."""
 
 
 @dataclass
@@ -135,6 +126,40 @@ class PipelineState:
                 )
         for holder in sorted(lost):
             self._write_off(holder, stage)
+
+    def record(self) -> dict[str, Any]:
+        """Everything it knows, as plain data (msgpack with array frames: `pack_value`), to
+        be written to the state dir and read back by `from_record` after a restart."""
+        return {
+            "stages": [dataclasses.asdict(s) for s in self.stages],
+            "name": self.name,
+            "fetch_timeout": self.fetch_timeout,
+            "token": self.token,
+            "outputs": [[i, sorted(o.items())] for i, o in self.outputs.items()],
+            "splitters": sorted(self.splitters.items()),
+            "story": self.story,
+            "progress": [dataclasses.asdict(p) for p in self.progress],
+            "ran": [[i, sorted(r)] for i, r in self._ran.items()],
+            "rounds": sorted(self._rounds.items()),
+            "digests": [[i, s, d] for (i, s), d in self._digests.items()],
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> PipelineState:
+        state = cls(
+            [Stage(**s) for s in rec["stages"]],
+            name=rec["name"],
+            fetch_timeout=rec["fetch_timeout"],
+            token=rec["token"],
+            outputs={i: dict(o) for i, o in rec["outputs"]},
+            splitters=dict(rec["splitters"]),
+            story=list(rec["story"]),
+        )
+        state.progress = [StageProgress(**p) for p in rec["progress"]]
+        state._ran = {i: set(r) for i, r in rec["ran"]}
+        state._rounds = dict(rec["rounds"])
+        state._digests = {(i, s): d for i, s, d in rec["digests"]}
+        return state
 
     def holders(self) -> dict[str, str]:
         """Every worker holding an output of this pipeline: address -> public key."""
@@ -259,41 +284,3 @@ class PipelineState:
 
 def _span(shards: list[int]) -> str:
     return ", ".join(map(str, shards)) if len(shards) <= 12 else f"{len(shards)} shards"
-
-
-def drive(
-    state: PipelineState,
-    client: Client,
-    cancelled: threading.Event,
-    *,
-    max_attempts: int,
-    on_job: Any = None,
-) -> Any:
-    """Run the pipeline from a client: each run as a job of stage tasks, waited for."""
-    try:
-        while (run := state.next_run()) is not None:
-            if cancelled.is_set():
-                raise PipelineFailed("the pipeline was cancelled")
-            job = client.map(
-                STAGE_FUNCTION,
-                [(t,) for t in run.tasks],
-                chunk_size=1,
-                max_attempts=max_attempts,
-                allow_failures=len(run.tasks),
-                name=run.name,
-            )
-            state.started(run, job.id)
-            if on_job is not None:
-                on_job(job.id)
-            values = job.result()
-            info = client.status(job.id, shards=True)
-            errors = [_last_error(s.history) for s in info.shards or []]
-            state.ended(run, values, errors)
-        return state.result()
-    finally:
-        if holders := state.holders():
-            drop_outputs(holders, state.token)
-
-
-def _last_error(history: list[Any]) -> ErrorInfo | None:
-    return history[-1].error if history else None

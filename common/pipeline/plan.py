@@ -4,10 +4,13 @@ the next, which reads its partition from every output of the stage(s) before (a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shardmill.data.datasets import open_dataset
+from shardmill.data.paths import check_data_path, is_url
 from shardmill.errors import JobSpecError
 from shardmill.wire.spec import JobSpec, ScanShard
 
@@ -31,15 +34,19 @@ class Stage:
         return self.output["kind"] in ("hash", "range")
 
 
-def compile_stages(steps: tuple[dict[str, Any], ...]) -> list[Stage]:
+def compile_stages(
+    steps: tuple[dict[str, Any], ...], *, data_roots: Sequence[Path] = ()
+) -> list[Stage]:
+    """The stages of a pipeline's steps; datasets must lie under `data_roots` (the master's
+    --data-root), when given."""
     stages: list[Stage] = []
-    _build(steps, stages)
+    _build(steps, stages, data_roots)
     return stages
 
 
-def _build(steps: tuple[dict[str, Any], ...], stages: list[Stage]) -> int:
+def _build(steps: tuple[dict[str, Any], ...], stages: list[Stage], roots: Sequence[Path]) -> int:
     """Append the stages of `steps`; returns the index of the last one."""
-    cur = _source(steps[0], len(stages))
+    cur = _source(steps[0], len(stages), roots)
     stages.append(cur)
     for step in steps[1:]:
         op = step["op"]
@@ -51,11 +58,11 @@ def _build(steps: tuple[dict[str, Any], ...], stages: list[Stage]) -> int:
         elif op == "write":
             cur.output = {"kind": "write", "path": step["path"]}
         else:
-            cur = _wide(step, cur, stages)
+            cur = _wide(step, cur, stages, roots)
     return cur.index
 
 
-def _wide(step: dict[str, Any], cur: Stage, stages: list[Stage]) -> Stage:
+def _wide(step: dict[str, Any], cur: Stage, stages: list[Stage], roots: Sequence[Path]) -> Stage:
     op = step["op"]
     parts = step.get("partitions") or cur.shards
     parents = [cur.index]
@@ -73,7 +80,7 @@ def _wide(step: dict[str, Any], cur: Stage, stages: list[Stage]) -> Stage:
         combine = {"combine": "concat"}
         label = f"repartition {','.join(step['keys'])}"
     else:  # join: the other side's stages come first, then both shuffle by the key
-        right = stages[_build(tuple(step["other"]), stages)]
+        right = stages[_build(tuple(step["other"]), stages, roots)]
         for side in (cur, right):
             side.output = {"kind": "hash", "keys": [step["on"]], "partitions": parts}
         parents.append(right.index)
@@ -84,13 +91,16 @@ def _wide(step: dict[str, Any], cur: Stage, stages: list[Stage]) -> Stage:
     return stage
 
 
-def _source(step: dict[str, Any], index: int) -> Stage:
+def _source(step: dict[str, Any], index: int, roots: Sequence[Path]) -> Stage:
     if step["op"] == "tables":
         inputs = [{"kind": "table", "table": t} for t in step["tables"]]
         return Stage(index, len(inputs), f"{len(inputs)} tables", inputs=inputs)
     if step["op"] != "read":
         raise JobSpecError(f"a pipeline starts with read or from_tables, not {step['op']}")
-    spec = JobSpec(op="pipeline", dataset=step["dataset"], shards=step["shards"], **step["spec"])
+    path = step["dataset"]
+    if path and roots and not is_url(path):
+        path = check_data_path(path, roots)
+    spec = JobSpec(op="pipeline", dataset=path, shards=step["shards"], **step["spec"])
     dataset = open_dataset(spec)
     parts = dataset.split(
         shards=spec.shards, rows_per_shard=spec.rows_per_shard, target_bytes=spec.target_bytes

@@ -110,6 +110,41 @@ class JobInfo(Frozen):
         return f"<JobInfo {self}>"
 
 
+class StageInfo(Frozen):
+    """One stage of a pipeline, as `status` shows it."""
+
+    index: int
+    label: str
+    shards: int
+    done: int = 0
+    jobs: list[str] = []  # the jobs its shards ran in, first to last
+    bytes_shuffled: int = 0  # written to the workers' shuffle directories (spilled to disk)
+    runs: int = 0  # files of rows written: more than one a shard when one passed its budget
+    bytes_fetched: int = 0
+    rows: int = 0
+    recomputed: list[int] = []  # shards run again: their outputs were lost with a worker
+    waiting: str = ""  # why it has not started, or why it runs again
+    holders: list[str] = []  # per shard, the worker address holding its output ("": none)
+
+
+class PipelineInfo(Frozen):
+    pipeline_id: str
+    name: str = ""
+    owner: str = ""
+    state: str  # running, done, failed, cancelled
+    submitted_at: float
+    finished_at: float | None = None
+    error: str | None = None
+    running_job: str | None = None
+    stages: list[StageInfo] = []
+    story: list[str] = []
+
+    def __str__(self) -> str:
+        done = sum(s.done for s in self.stages)
+        total = sum(s.shards for s in self.stages)
+        return f"pipeline {self.pipeline_id} {self.state}: {done}/{total} stage shards done"
+
+
 class WorkerInfo(Frozen):
     worker_id: str
     hostname: str
@@ -291,6 +326,25 @@ class PruneJobs(_Request):
     older_than: float | None = Field(default=None, ge=0)
 
 
+class SubmitPipeline(_Request):
+    """A pipeline's steps (shardmill.pipeline), packed by `codec.pack_value` (tables sent by
+    value ride as array frames); the master plans and drives its stages."""
+
+    kind: Literal["submit_pipeline"] = "submit_pipeline"
+    steps: bytes
+    name: str = ""
+    fetch_timeout: float = Field(10.0, gt=0, le=3600)
+    max_attempts: int = Field(3, ge=1, le=100)
+
+
+class PipelineQuery(_Request):
+    """A pipeline's status; with `wait`, the answer comes when it ends, with its result."""
+
+    kind: Literal["pipeline"] = "pipeline"
+    pipeline_id: str
+    wait: bool = False
+
+
 class Ping(_Request):
     kind: Literal["client_ping"] = "client_ping"
     shm_probe: str = ""  # a /dev/shm file the master looks for: do we share memory?
@@ -316,6 +370,13 @@ class JobStatus(_Reply):
 class JobList(_Reply):
     kind: Literal["job_list"] = "job_list"
     jobs: list[JobInfo]
+    pipelines: list[PipelineInfo] = []
+
+
+class PipelineStatus(_Reply):
+    kind: Literal["pipeline_status"] = "pipeline_status"
+    pipeline: PipelineInfo
+    result: bytes = b""  # when it ended done and a waiter asked: packed, arrays as frames
 
 
 class WorkerList(_Reply):
@@ -373,12 +434,15 @@ Message = Annotated[
     | ResultQuery
     | CancelJob
     | PruneJobs
+    | SubmitPipeline
+    | PipelineQuery
     | Ping
     | Submitted
     | JobStatus
     | JobList
     | WorkerList
     | JobResult
+    | PipelineStatus
     | Pong
     | MetricsText
     | ErrorReply,
@@ -389,5 +453,17 @@ MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
 WORKER_KINDS = frozenset({"ready", "heartbeat", "done", "failed", "draining", "disconnect"})
 CLIENT_KINDS = frozenset(
-    {"submit", "status", "jobs", "workers", "result", "cancel", "client_ping", "prune", "metrics"}
+    {
+        "submit",
+        "status",
+        "jobs",
+        "workers",
+        "result",
+        "cancel",
+        "client_ping",
+        "prune",
+        "metrics",
+        "submit_pipeline",
+        "pipeline",
+    }
 )

@@ -27,7 +27,7 @@ def test_groupby_and_sort_shuffle_between_worker_containers(compose: Compose) ->
     with compose.client() as client:
         job = client.run(p)
         out = job.result(timeout=300)
-        holders = {v["holder"] for v in job.state.outputs[0].values()}
+        holders = set(job.progress()[0].holders)
     # Then the answer is NumPy's, and the map outputs lived in more than one container
     users, inv = np.unique(table["user"], return_inverse=True)
     total = np.bincount(inv, weights=table["amount"]).astype(np.int64)

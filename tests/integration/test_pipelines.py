@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import FAST, cluster_env, wait_until
+from helpers import FAST, cli_json, cluster_env, run_cli, wait_until
 from shared import warm
 
 from shardmill import Client, JobCancelled, LocalCluster, Pipeline
-from shardmill.pipeline import PipelineFailed, PipelineJob, read_parts
+from shardmill.pipeline import PipelineFailed, read_parts
+from shardmill.wire.protocol import PipelineInfo
 
 
 def _pipes_cluster(shuffle_dir: Path | None = None) -> LocalCluster:
@@ -73,7 +74,7 @@ def _by_user(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def test_groupby_500k_keys_then_sort(
-    client: Client, events: tuple[Path, np.ndarray], shuffle_dir: Path
+    pipes: LocalCluster, client: Client, events: tuple[Path, np.ndarray], shuffle_dir: Path
 ) -> None:
     # Given a million events of 500,000 users
     path, data = events
@@ -104,9 +105,15 @@ def test_groupby_500k_keys_then_sort(
     assert np.allclose(got["mean"], want["mean"])
     stages = job.progress()
     assert [s.done for s in stages] == [8, 8, 8]
+    # `status` and `jobs` show it by stage
+    status = run_cli("status", job.id, master=pipes)
+    assert status.returncode == 0, status.stderr
+    assert "groupby user" in status.stdout and "8/8" in status.stdout
+    assert cli_json("status", job.id, master=pipes)["stages"][1]["bytes_fetched"] > 0
+    assert job.id in run_cli("jobs", master=pipes).stdout
     # the workers dropped the pipeline's map outputs once it was done
     assert len(list(shuffle_dir.iterdir())) == 2  # a directory per worker ...
-    assert not list(shuffle_dir.glob(f"*/{job.state.token}"))  # ... without the pipeline's
+    wait_until(lambda: not list(shuffle_dir.glob("*/*")), what="the outputs dropped")
     # the combiner: fewer rows cross the network than were read (keys repeat within a shard)
     assert stages[1].bytes_fetched == stages[0].bytes_shuffled > 0
 
@@ -192,16 +199,18 @@ def test_missing_key_column_named(client: Client) -> None:
 
 def _kill_mid_reduce(
     cluster: LocalCluster, p: Pipeline, done: int = 0
-) -> tuple[PipelineJob, Any, dict[int, str]]:
+) -> tuple[PipelineInfo, Any, dict[int, str]]:
     """Run `p`, SIGKILL the second worker once the map outputs exist and `done` shards of the
-    reduce ended; returns the job, its result, and which holder had each map output before."""
+    reduce ended; returns the pipeline's end, its result, and which holder had each map output
+    before the kill."""
     with cluster.client() as own:
         job = own.run(p, fetch_timeout=5.0)
         jobs = wait_until(lambda: job.progress()[1].jobs, timeout=60, what="the reduce stage")
         wait_until(lambda: own.status(jobs[0]).shards_done >= done, what=f"{done} reduced")
-        held = {s: v["holder"] for s, v in job.state.outputs[0].items()}
+        held = dict(enumerate(job.progress()[0].holders))
         os.kill(cluster.workers[1].pid, signal.SIGKILL)
-        return job, job.result(timeout=120), held
+        out = job.result(timeout=120)
+        return job.status(), out, held
 
 
 def test_worker_killed_mid_shuffle_recomputes_only_its_outputs() -> None:
@@ -212,20 +221,20 @@ def test_worker_killed_mid_shuffle_recomputes_only_its_outputs() -> None:
     p = src.repartition("user", partitions=8).map_partitions("sm_pipes:slow_count").collect()
     with _pipes_cluster() as cluster:
         # When a worker is killed with -9 once the map outputs exist and the reduce has begun
-        job, out, held = _kill_mid_reduce(warm(cluster), p)
+        end, out, held = _kill_mid_reduce(warm(cluster), p)
     # Then the result is exact
     users, counts = np.unique(table["user"], return_counts=True)
     got = _by_user(out)
     assert np.array_equal(got["user"], users) and np.array_equal(got["n"], counts)
     # and only the lost holder's map outputs ran again
-    lost = [line for line in job.story if "could not fetch from" in line]
-    assert lost, job.story
+    lost = [line for line in end.story if "could not fetch from" in line]
+    assert lost, end.story
     found = re.search(r"could not fetch from (tcp://\S+?): stage 0", lost[0])
     assert found is not None, lost
     assert len(set(held.values())) == 2
     again = sorted(s for s, h in held.items() if h == found.group(1))
-    assert sorted(job.progress()[0].recomputed) == again, job.story
-    assert not any("not deterministic" in line for line in job.story)
+    assert sorted(end.stages[0].recomputed) == again, end.story
+    assert not any("not deterministic" in line for line in end.story)
 
 
 def test_a_function_that_is_not_deterministic_is_never_mixed() -> None:
@@ -240,12 +249,12 @@ def test_a_function_that_is_not_deterministic_is_never_mixed() -> None:
     )
     with _pipes_cluster() as cluster:
         # When a worker dies mid-reduce and its map outputs are recomputed (other bytes now)
-        job, out, _ = _kill_mid_reduce(warm(cluster), p, done=2)
+        end, out, _ = _kill_mid_reduce(warm(cluster), p, done=2)
         # Then the reduce stage ran again whole: each partition read one version of each map
         # output, and the rows are all there
-        story = "\n".join(job.story)
+        story = "\n".join(end.story)
         assert "are not deterministic" in story and "so no shard mixes the two" in story, story
-        assert sorted(job.progress()[1].recomputed) == list(range(8)), job.story
+        assert sorted(end.stages[1].recomputed) == list(range(8)), story
         got = _by_user(out)
         assert np.array_equal(got["user"], np.arange(100)) and np.all(got["n"] == 40)
 
@@ -270,13 +279,14 @@ def test_master_killed_mid_shuffle_resumes(tmp_path: Path) -> None:
         cluster.kill_master()
         cluster.start_master()
         out = job.result(timeout=120)
+        end = job.status()
         own.close()
     # Then the result is exact, and the map outputs on the live workers were reused
     users, counts = np.unique(table["user"], return_counts=True)
     got = _by_user(out)
     assert np.array_equal(got["user"], users) and np.array_equal(got["n"], counts)
-    assert job.progress()[0].recomputed == [], job.story
-    assert len(job.progress()[1].jobs) == 1, job.story  # the same stage job, resumed
+    assert end.stages[0].recomputed == [], end.story
+    assert len(end.stages[1].jobs) == 1, end.story  # the same stage job, resumed
 
 
 def test_tiny_budget_spills_runs_and_gives_the_same_bytes(client: Client) -> None:
@@ -295,10 +305,11 @@ def test_tiny_budget_spills_runs_and_gives_the_same_bytes(client: Client) -> Non
     ):
         job = own.run(sort)
         got_sort = job.result(timeout=120)
+        spilled = job.progress()[0]
         got_agg = own.run(agg).result(timeout=120)
     # Then the maps spilled in runs (bytes shuffled: the whole table) ...
-    assert job.progress()[0].bytes_shuffled == data.nbytes
-    assert all(out["runs"] > 2 for out in job.state.outputs[0].values())
+    assert spilled.bytes_shuffled == data.nbytes
+    assert spilled.runs > 2 * 4  # more than two runs a shard
     # ... and the results are byte-identical to the default budget's, and right
     want_sort = client.run(sort).result(timeout=120)
     want_agg = client.run(agg).result(timeout=120)

@@ -1,0 +1,319 @@
+"""Pipelines on the master: each one's stages run as jobs the master submits to itself.
+
+The decisions are `PipelineState`'s (shardmill.pipeline.driver: what runs next, what a stage's
+end means, what is recomputed); this module carries them out: a stage run becomes a job of
+stage tasks, its end (the loop's `_finish`) feeds the state, and the next run is submitted
+after the loop's batch of commands (never from inside one). Each pipeline's record is written
+to `STATE_DIR/pipelines/ID` after every change, so a restarted master resumes it: the stage job
+in flight resumes like any job, and outputs still on live workers are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from shardmill.errors import PipelineFailed, ShardmillError
+from shardmill.master.brain.transitions import JobState
+from shardmill.master.core import Core
+from shardmill.master.submit import admit, queue
+from shardmill.pipeline.driver import PipelineState, Run
+from shardmill.pipeline.fetch import drop_outputs
+from shardmill.pipeline.plan import compile_stages
+from shardmill.wire.codec import Packed, pack_value, unpack_value
+from shardmill.wire.protocol import ErrorInfo, PipelineInfo, StageInfo, Submit, SubmitPipeline
+from shardmill.wire.spec import STAGE_FUNCTION, JobSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineRun:
+    pipeline_id: str
+    owner: str
+    state: PipelineState
+    max_attempts: int
+    submitted_at: float  # wall clock
+    status: str = "running"
+    finished_at: float | None = None
+    error: str | None = None
+    job_id: str | None = None  # the stage job running now
+    run: Run | None = None
+    ended: tuple[list[Any], list[ErrorInfo | None], str] | None = None  # its job's end
+    cancel: bool = False
+    result: Packed | None = None
+    waiters: list[tuple[bytes, int]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    def info(self) -> PipelineInfo:
+        st = self.state
+        stages = [
+            StageInfo(
+                index=p.index,
+                label=p.label,
+                shards=p.shards,
+                done=p.done,
+                jobs=list(p.jobs),
+                bytes_shuffled=p.bytes_shuffled,
+                runs=p.runs,
+                bytes_fetched=p.bytes_fetched,
+                rows=p.rows,
+                recomputed=list(p.recomputed),
+                waiting=self._waiting(p.index),
+                holders=[st.outputs[p.index].get(s, {}).get("holder", "") for s in range(p.shards)],
+            )
+            for p in st.progress
+        ]
+        return PipelineInfo(
+            pipeline_id=self.pipeline_id,
+            name=st.name,
+            owner=self.owner,
+            state=self.status,
+            submitted_at=self.submitted_at,
+            finished_at=self.finished_at,
+            error=self.error,
+            running_job=self.job_id,
+            stages=stages,
+            story=list(st.story),
+        )
+
+    def _waiting(self, index: int) -> str:
+        """Why a stage has not all its outputs: the stage it waits for, or its own run."""
+        st = self.state
+        stage = st.stages[index]
+        if self.finished or len(st.outputs[index]) == stage.shards:
+            return ""
+        if self.run is not None and self.run.stage == index:
+            return f"running in job {self.job_id}"
+        for parent in stage.parents:
+            p = st.stages[parent]
+            if len(st.outputs[parent]) < p.shards:
+                return f"waits for stage {parent}: {len(st.outputs[parent])}/{p.shards} done"
+        return "next"
+
+
+class Pipelines:
+    """Every pipeline the master drives, its records in the state dir."""
+
+    def __init__(self, core: Core, state_dir: Path | None) -> None:
+        self.core = core
+        self.dir = None if state_dir is None else state_dir / "pipelines"
+        self.runs: dict[str, PipelineRun] = {}
+        self.by_job: dict[str, str] = {}  # stage job -> its pipeline
+        self.due: set[str] = set()  # pipelines to move on after this batch of commands
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    def submit(self, msg: SubmitPipeline, arrays: list[Any], owner: str) -> PipelineRun:
+        steps = unpack_value(msg.steps, arrays)
+        if not isinstance(steps, list) or not steps:
+            raise ShardmillError("steps: a pipeline needs at least a source step")
+        stages = compile_stages(tuple(steps), data_roots=self.core.settings.data_roots)
+        state = PipelineState(stages, name=msg.name, fetch_timeout=msg.fetch_timeout)
+        pid = "p" + uuid.uuid4().hex[:11]
+        run = PipelineRun(pid, owner, state, msg.max_attempts, submitted_at=time.time())
+        self.runs[pid] = run
+        self.due.add(pid)
+        log.info("pipeline %s accepted: %d stages", pid, len(stages))
+        return run
+
+    def cancel(self, run: PipelineRun) -> None:
+        run.cancel = True
+        if run.job_id is not None:
+            from shardmill.master.brain import events as ev
+
+            self.core.apply(ev.CancelRequested(run.job_id))
+        self.due.add(run.pipeline_id)
+
+    # ---- the loop's hooks ----------------------------------------------------------------------
+
+    def job_ended(self, job_id: str) -> None:
+        """A job ended (the loop's _finish): if it is a stage, read its outcome now."""
+        pid = self.by_job.pop(job_id, None)
+        if pid is None:
+            return
+        self.runs[pid].ended = self._outcome(job_id)
+        self.due.add(pid)
+
+    def step(self) -> list[PipelineRun]:
+        """Move on every pipeline that can; returns those that ended (to answer waiters)."""
+        ended: list[PipelineRun] = []
+        while self.due:
+            run = self.runs.get(self.due.pop())
+            if run is None or run.finished:
+                continue
+            self._advance(run)
+            self._save(run)
+            if run.finished:
+                ended.append(run)
+        return ended
+
+    # ---- moving on -----------------------------------------------------------------------------
+
+    def _advance(self, run: PipelineRun) -> None:
+        try:
+            if run.ended is not None:
+                values, errors, state = run.ended
+                run.ended = None
+                if state != str(JobState.DONE):
+                    raise PipelineFailed(errors[0].message if errors and errors[0] else state)
+                assert run.run is not None
+                run.state.ended(run.run, values, errors)
+                run.run, run.job_id = None, None
+            if run.job_id is not None:
+                return  # its stage job still runs
+            if run.cancel:
+                self._end(run, "cancelled", "cancelled by a client")
+                return
+            nxt = run.state.next_run()
+            if nxt is None:
+                run.result = pack_value(run.state.result())
+                self._end(run, "done", None)
+                return
+            self._start(run, nxt)
+        except ShardmillError as e:  # a stage failed for good, or its job was refused
+            self._end(run, "cancelled" if run.cancel else "failed", str(e))
+
+    def _start(self, run: PipelineRun, nxt: Run) -> None:
+        spec = JobSpec(
+            op="map",
+            function=STAGE_FUNCTION,
+            max_attempts=run.max_attempts,
+            allow_failures=len(nxt.tasks),
+            name=nxt.name,
+        )
+        parts: list[Packed] = []
+        arrays: list[Any] = []
+        for task in nxt.tasks:
+            packed = pack_value([(task,)])
+            parts.append(packed)
+            arrays.extend(packed.arrays)
+        job_id = f"{run.pipeline_id}-s{nxt.stage}-{uuid.uuid4().hex[:6]}"
+        msg = Submit(
+            spec=spec,
+            parts=[p.data for p in parts],
+            part_counts=[1] * len(parts),
+            part_arrays=[len(p.arrays) for p in parts],
+            job_id=job_id,
+        )
+        job = admit(self.core, msg, arrays, run.owner)
+        run.run, run.job_id = nxt, job_id
+        self.by_job[job_id] = run.pipeline_id
+        run.state.started(nxt, job_id)
+        queue(self.core, job, run.owner)
+
+    def _outcome(self, job_id: str) -> tuple[list[Any], list[ErrorInfo | None], str]:
+        """A stage job's values (None where a shard failed), each shard's last error, state."""
+        data, job = self.core.data[job_id], self.core.brain.jobs[job_id]
+        values: list[Any] = [None] * len(job.shards)
+        if data.result is not None:
+            res, at = data.result, 0
+            for i, (part, k) in enumerate(zip(res.parts, res.part_arrays, strict=True)):
+                values[i] = unpack_value(part, res.arrays[at : at + k])[0]
+                at += k
+        errors = [s.history[-1].error if s.history else None for s in job.shards]
+        if job.state is not JobState.DONE and job.error:
+            errors.insert(0, ErrorInfo(kind="error", message=job.error))
+        return values, errors, str(job.state)
+
+    def _end(self, run: PipelineRun, status: str, error: str | None) -> None:
+        run.status, run.error, run.finished_at = status, error, time.time()
+        run.run = None
+        log.info("pipeline %s %s%s", run.pipeline_id, status, f": {error}" if error else "")
+        holders = run.state.holders()
+        if holders:  # best effort, off the loop: a holder out of reach sweeps them later
+            token = run.state.token
+            threading.Thread(target=drop_outputs, args=(holders, token), daemon=True).start()
+
+    # ---- the state dir -------------------------------------------------------------------------
+
+    def _save(self, run: PipelineRun) -> None:
+        if self.dir is None:
+            return
+        record = {
+            "id": run.pipeline_id,
+            "owner": run.owner,
+            "max_attempts": run.max_attempts,
+            "submitted_at": run.submitted_at,
+            "status": run.status,
+            "finished_at": run.finished_at,
+            "error": run.error,
+            "job_id": run.job_id,
+            "run": None if run.run is None else [run.run.stage, run.run.shards, run.run.name],
+            "state": run.state.record(),
+            "result": None if run.result is None else run.result.data,
+        }
+        packed = pack_value(record)
+        if run.result is not None:
+            packed.arrays.extend(run.result.arrays)
+        blob = msgpack.packb(
+            {
+                "data": packed.data,
+                "arrays": [[a.dtype.str, list(a.shape), a.tobytes()] for a in packed.arrays],
+                "result_arrays": 0 if run.result is None else len(run.result.arrays),
+            }
+        )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{run.pipeline_id}.tmp"
+        tmp.write_bytes(blob)
+        os.replace(tmp, self.dir / run.pipeline_id)
+
+    def restore(self) -> None:
+        """Every pipeline recorded in the state dir, as it was; unfinished ones move on."""
+        if self.dir is None or not self.dir.exists():
+            return
+        for path in sorted(self.dir.iterdir()):
+            if path.name.startswith("."):
+                continue
+            run = _from_blob(path.read_bytes())
+            self.runs[run.pipeline_id] = run
+            if run.finished:
+                continue
+            job = None if run.job_id is None else self.core.brain.jobs.get(run.job_id)
+            if job is None:  # its next job was not recorded: plan it again
+                run.job_id, run.run = None, None
+            elif job.finished:
+                run.ended = self._outcome(job.job_id)
+            else:
+                self.by_job[job.job_id] = run.pipeline_id
+            self.due.add(run.pipeline_id)
+
+
+def _from_blob(blob: bytes) -> PipelineRun:
+    raw = msgpack.unpackb(blob)
+    arrays: list[Any] = [
+        np.frombuffer(b, dtype=np.dtype(d)).reshape(shape) for d, shape, b in raw["arrays"]
+    ]
+    n_result = int(raw["result_arrays"])
+    own = arrays[: len(arrays) - n_result]
+    rec = unpack_value(raw["data"], own)
+    state = PipelineState.from_record(rec["state"])
+    run = PipelineRun(
+        rec["id"],
+        rec["owner"],
+        state,
+        rec["max_attempts"],
+        rec["submitted_at"],
+        status=rec["status"],
+        finished_at=rec["finished_at"],
+        error=rec["error"],
+        job_id=rec["job_id"],
+    )
+    if rec["run"] is not None:
+        stage, shards, name = rec["run"]
+        run.run = Run(stage, list(shards), [], name)
+    if rec["result"] is not None:
+        run.result = Packed(rec["result"], arrays[len(arrays) - n_result :])
+    return run
