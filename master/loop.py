@@ -368,6 +368,7 @@ class MasterLoop:
     def _forget(self, cmd: ev.Pruned, result: Result | None) -> None:
         gone = [info.job_id for info in cmd.jobs]
         self.core.checkpoint.forget(gone)
+        self.pipelines.forget(gone)
         for job_id in gone:
             del self.core.data[job_id]
         if gone:

@@ -160,6 +160,16 @@ class Pipelines:
                 ended.append(run)
         return ended
 
+    def forget(self, job_ids: list[str]) -> None:
+        """Jobs pruned: a finished pipeline goes with its stage jobs (their ids start with
+        its own), record and all."""
+        for job_id in job_ids:
+            run = self.runs.get(job_id.split("-", 1)[0])
+            if run is not None and run.finished:
+                del self.runs[run.pipeline_id]
+                if self.dir is not None:
+                    (self.dir / run.pipeline_id).unlink(missing_ok=True)
+
     # ---- moving on -----------------------------------------------------------------------------
 
     def _advance(self, run: PipelineRun) -> None:

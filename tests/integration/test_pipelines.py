@@ -380,3 +380,12 @@ def test_shuffle_bytes_held_show_in_workers_and_metrics(client: Client, shuffle_
     finally:
         for worker in shuffle_dir.iterdir():
             shutil.rmtree(worker / "t0")
+
+
+def test_a_finished_pipeline_is_pruned_with_its_stage_jobs(client: Client) -> None:
+    job = client.run(Pipeline.from_tables([{"user": np.arange(5)}]).repartition("user"))
+    job.result(timeout=60)
+    assert job.id in {p.pipeline_id for p in client.pipelines()}
+    client.prune(0)
+    assert job.id not in {p.pipeline_id for p in client.pipelines()}
+    assert not any(j.job_id.startswith(job.id) for j in client.jobs())
