@@ -25,7 +25,7 @@ from shardmill.errors import MasterUnreachable, ServerError, ShardmillError
 from shardmill.observe.report import render_report
 from shardmill.observe.timeline import Timeline
 from shardmill.observe.trace import chrome_trace
-from shardmill.wire.protocol import JobInfo, WorkerInfo
+from shardmill.wire.protocol import JobInfo, PipelineInfo, WorkerInfo
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -140,6 +140,12 @@ def jobs(request: Request) -> list[dict[str, Any]]:
         listed = client.jobs()
     now = time.time()
     return [job_row(j, now) for j in listed]
+
+
+@api.get("/api/pipelines", summary="Every pipeline: its stages, bytes shuffled, why one waits")
+def pipelines(request: Request) -> list[PipelineInfo]:
+    with _master(request).client() as client:
+        return client.pipelines()
 
 
 @api.get("/api/workers", summary="Registered workers: slots, busy, queued, heartbeat age")

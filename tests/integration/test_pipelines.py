@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -389,3 +393,36 @@ def test_a_finished_pipeline_is_pruned_with_its_stage_jobs(client: Client) -> No
     client.prune(0)
     assert job.id not in {p.pipeline_id for p in client.pipelines()}
     assert not any(j.job_id.startswith(job.id) for j in client.jobs())
+
+
+def test_the_dashboard_lists_pipelines_by_stage(pipes: LocalCluster, client: Client) -> None:
+    # Given a finished pipeline and the dashboard, a real process on a loopback port
+    job = client.run(
+        Pipeline.from_tables([{"user": np.arange(50)}]).groupby("user").agg(n=("user", "count"))
+    )
+    job.result(timeout=60)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**cluster_env(), **pipes.client_env()}
+    cmd = [sys.executable, "-m", "shardmill", "dashboard", "--port", str(port)]
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL) as proc:
+        try:
+            url = f"http://127.0.0.1:{port}/api/pipelines"
+            listed = wait_until(lambda: _get_json(url), what="the dashboard's pipelines")
+            # Then its API has the pipeline's stages, and its page draws them
+            mine = next(p for p in listed if p["pipeline_id"] == job.id)
+            assert [s["label"] for s in mine["stages"]] == ["1 tables", "groupby user"]
+            assert mine["stages"][1]["done"] == mine["stages"][1]["shards"]
+            page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+            assert b'id="pipelines"' in page and b"/api/pipelines" in page
+        finally:
+            proc.terminate()
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return None
