@@ -148,6 +148,13 @@ class WorkerSettings(BaseSettings):
     reconnect_max: float = Field(5.0, gt=0, description="longest wait between reconnects")
     drain_grace: float = Field(30.0, ge=0, description="seconds to finish shards on SIGTERM")
     health_file: Path | None = _health_field("WORKER", "whenever the master is heard")
+    output_bytes: int = Field(
+        1 << 20,
+        ge=0,
+        le=64 << 20,
+        description="the last bytes of what each attempt prints (stdout and stderr) sent with "
+        "its result or failure and kept in its story (0: none)",
+    )
     keys: Path | None = _keys_field("WORKER")
     insecure: bool = _insecure_field("WORKER")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -251,6 +251,7 @@ def _attempts(history: Sequence[Attempt], offset: float) -> list[dict[str, Any]]
             "error": None if a.error is None else a.error.model_dump(mode="json"),
             "ran": a.ran,
             "backup": a.backup,
+            "output": a.output,
         }
         for a in history
     ]
@@ -275,6 +276,7 @@ def _settled_blob(shards: Sequence[Shard], offset: float) -> bytes:
                             None if a.error is None else a.error.model_dump(mode="json"),
                             a.ran,
                             a.backup,
+                            a.output,
                         ]
                         for a in s.history
                     ],

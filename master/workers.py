@@ -259,7 +259,9 @@ class WorkerMessages:
 
     def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
         more = _pairs(msg.more)
-        head = DoneHead(msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more)
+        head = DoneHead(
+            msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more, msg.output
+        )
         self._done(_name(identity), head, arrays)
 
     def _done(self, worker: str, msg: DoneHead, arrays: Sequence[Buffer]) -> None:
@@ -280,7 +282,9 @@ class WorkerMessages:
             failed = ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err, 0.0, more)
             self._reports.append((failed, None))
             return
-        event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more)
+        event = ev.ShardSucceeded(
+            worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more, msg.output
+        )
         self._reports.append((event, (msg.payload, list(arrays))))
 
 
@@ -293,6 +297,7 @@ class DoneHead(NamedTuple):
     duration: float
     payload: bytes
     more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
+    output: str = ""  # the tail of what it printed
 
     @classmethod
     def read(cls, frames: Sequence[Buffer]) -> DoneHead | None:
@@ -308,11 +313,14 @@ class DoneHead(NamedTuple):
             return None
         job_id, shard, attempt = raw.get("job_id"), raw.get("shard"), raw.get("attempt")
         duration, payload = raw.get("duration", 0.0), raw.get("payload", b"")
+        output = raw.get("output", "")
         if type(job_id) is not str or type(shard) is not int or type(attempt) is not int:
             return None
         if type(duration) not in (float, int) or type(payload) is not bytes:
             return None
-        return cls(job_id, shard, attempt, float(duration), payload)
+        if type(output) is not str:
+            return None
+        return cls(job_id, shard, attempt, float(duration), payload, (), output)
 
 
 _DONE_KEYS = frozenset(ShardDone.model_fields)

@@ -58,7 +58,14 @@ class Agent:
         self.liveness = settings.heartbeat_liveness
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
         imports = list(settings.imports)
-        self.slots = Slots(self.worker_id, imports, settings.slots, self._fail, self._forward)
+        self.slots = Slots(
+            self.worker_id,
+            imports,
+            settings.slots,
+            self._fail,
+            self._forward,
+            output_bytes=settings.output_bytes,
+        )
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None

@@ -21,6 +21,7 @@ from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode, encode, pack_value, unpack_value
 from shardmill.wire.protocol import ErrorInfo, ShardAttempt, ShardDone, ShardFailed, Task
 from shardmill.wire.spec import MapChunk, NpyPiece, NpySource, RowRange, ScanShard
+from shardmill.worker.output import Capture
 from shardmill.worker.pipes import read_frames, write_frames
 from shardmill.worker.scan import resolve_op, run_scan
 
@@ -45,6 +46,9 @@ def main(argv: list[str]) -> int:
     worker, modules = argv[0], argv[1:]
     os.environ["SHARDMILL_WORKER_ID"] = worker  # named in what it fetches by URL (data/remote)
     registry = Registry(modules, worker=worker)
+    capture = Capture.from_env()
+    if capture is not None:
+        capture.take()  # what the imports printed: on the worker's stderr, in no shard's story
     write_frames(proto_out, [])  # ready: imports done, reading tasks from now on
     stdin: BinaryIO = os.fdopen(0, "rb", buffering=0)
     while True:
@@ -56,7 +60,17 @@ def main(argv: list[str]) -> int:
         if not isinstance(task, Task):
             raise ProtocolError(f"child expected a task, got {task.kind!r}")
         reply, arrays = run_task(task, decoded.arrays, registry)
+        if capture is not None and (printed := capture.take()):
+            reply = with_output(reply, printed)
         write_frames(proto_out, encode(reply, arrays))
+
+
+def with_output(reply: ShardDone | ShardFailed, printed: str) -> ShardDone | ShardFailed:
+    """The reply with what its task printed: a failure carries it in its error."""
+    if isinstance(reply, ShardFailed):
+        error = reply.error.model_copy(update={"output": printed})
+        return reply.model_copy(update={"error": error})
+    return reply.model_copy(update={"output": printed})
 
 
 def run_task(

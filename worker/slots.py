@@ -17,6 +17,7 @@ import zmq
 
 from shardmill.wire.codec import Buffer
 from shardmill.wire.protocol import ErrorInfo, Lease
+from shardmill.worker.output import DEFAULT_LIMIT
 from shardmill.worker.runner import ChildProcess, Running, TaskHead, of, task_leases, wait_all
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,17 @@ class Slots:
     """One child per slot, and the short shards the master sent beyond them."""
 
     def __init__(
-        self, worker_id: str, imports: list[str], count: int, report: Report, forward: Forward
+        self,
+        worker_id: str,
+        imports: list[str],
+        count: int,
+        report: Report,
+        forward: Forward,
+        *,
+        output_bytes: int = DEFAULT_LIMIT,
     ) -> None:
         self.worker_id, self.imports = worker_id, imports
+        self.output_bytes = output_bytes  # the tail of what a task prints, sent with its end
         self.children = [self._spawn(fork=True) for _ in range(count)]  # before any zmq
         self.pending: collections.deque[Running] = collections.deque()  # not given a child yet
         self.brief: dict[str, float] = {}  # job -> the run time of its latest shard here
@@ -80,7 +89,7 @@ class Slots:
     # ---- children ------------------------------------------------------------------------------
 
     def _spawn(self, fork: bool = False) -> ChildProcess:
-        return ChildProcess(self.worker_id, self.imports, fork=fork)
+        return ChildProcess(self.worker_id, self.imports, fork=fork, limit=self.output_bytes)
 
     def _replace(self, child: ChildProcess) -> None:
         assert self.poller is not None

@@ -167,6 +167,15 @@ def _queries(sub: Subparsers) -> None:
     )
     p.add_argument("job")
     p.add_argument("shard", type=int)
+    p = _client(
+        sub,
+        "logs",
+        "print what a job's attempts printed, with their tracebacks",
+        _lazy("debug", "cmd_logs"),
+    )
+    p.add_argument("job")
+    p.add_argument("shard", type=int, nargs="?", help="one shard (default: every shard's)")
+    p.add_argument("--attempt", type=int, help="only this attempt (1 is the first)")
 
 
 def _pictures(sub: Subparsers) -> None:

@@ -40,6 +40,7 @@ class ErrorInfo(Frozen):
     signal: str | None = None
     worker: str = ""
     retryable: bool = True
+    output: str = ""  # the tail of what the attempt printed (stdout and stderr) before it failed
 
 
 class ShmRef(Frozen):
@@ -66,6 +67,7 @@ class AttemptInfo(Frozen):
     error: ErrorInfo | None = None
     ran: float | None = None  # seconds the worker ran it; started..ended also holds its queueing
     backup: bool = False  # a speculative second attempt, started while the first still ran
+    output: str = ""  # the tail of what it printed, stdout and stderr (a failure's too)
 
 
 class ShardInfo(Frozen):
@@ -162,6 +164,7 @@ class ShardDone(_Msg):
     duration: float = 0.0
     payload: bytes = b""
     more: list[ShardAttempt] = []  # a batch's other shards, folded into the same partial
+    output: str = ""  # the tail of what it printed, stdout and stderr
 
 
 class ShardFailed(_Msg):
