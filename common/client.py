@@ -53,6 +53,7 @@ from shardmill.wire.protocol import (
 )
 from shardmill.wire.security import Security
 from shardmill.wire.spec import JobSpec
+from shardmill.worker.replay import replay
 
 if TYPE_CHECKING:
     import numpy as np
@@ -291,6 +292,10 @@ class Client:
         reply = self._request(CancelJob(job_id=job_id)).msg
         assert isinstance(reply, JobStatus)
         return reply.job
+
+    # Run a failed attempt again in this process from its replay bundle in the master's state
+    # dir (running or stopped): replay(job_id, shard, *, attempt, state_dir, pdb).
+    replay = staticmethod(replay)
 
     # ---- transport -----------------------------------------------------------------------------
 

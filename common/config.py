@@ -89,6 +89,13 @@ class MasterSettings(BaseSettings):
     job_retention: float | None = Field(
         7 * 24 * 3600.0, ge=0, description="seconds finished jobs are kept (None: forever)"
     )
+    replay_bundle_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        description="the most argument bytes a failed attempt's replay bundle keeps in the "
+        "state dir (above it, the bundle says so and `shardmill replay` cannot run it; "
+        "0: no bundles)",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
     health_file: Path | None = _health_field("MASTER", "on each heartbeat while serving")

@@ -32,6 +32,11 @@ class JobSpecError(ShardmillError):
     """Raised when a job spec is rejected at submit: names the field and the reason."""
 
 
+class ReplayError(ShardmillError):
+    """Raised by `shardmill replay` and `Client.replay` when an attempt's replay bundle is
+    missing, unreadable or lacks its arguments: the message names the attempt and the fix."""
+
+
 class MasterUnreachable(ShardmillError):
     """Raised by a client when the master does not answer within the connect timeout."""
 

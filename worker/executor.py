@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from shardmill.debug.provenance import traced
 from shardmill.errors import BadInput, ProtocolError, UnknownFunction
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
@@ -89,7 +90,7 @@ def run_task(
 def _guarded(task: Task, arrays: list[Buffer], registry: Registry, start: float) -> Any:
     """The shard's value, or a ShardFailed that says why."""
     try:
-        return _execute(task, arrays, registry)
+        return execute(task, arrays, registry)
     except UnknownFunction as e:
         err = ErrorInfo(
             kind="unknown_function", type="UnknownFunction", message=str(e), retryable=False
@@ -97,9 +98,9 @@ def _guarded(task: Task, arrays: list[Buffer], registry: Registry, start: float)
         return _failed(task, start, err)
     except BadInput as e:  # names the file, row and field; retrying cannot fix bad data
         err = ErrorInfo(kind="bad_input", type="BadInput", message=str(e), retryable=e.retryable)
-        return _failed(task, start, err)
+        return _failed(task, start, traced(err, task))
     except (Exception, SystemExit) as e:  # user code: all it raises is reported as data
-        return _failed(task, start, _user_error(e))
+        return _failed(task, start, traced(_user_error(e), task))
 
 
 def _done(
@@ -167,7 +168,8 @@ def _user_error(e: BaseException) -> ErrorInfo:
 _MAPS = shm.WorkerMaps()
 
 
-def _execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
+def execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
+    """A shard's value; what it raises propagates (a replay's debugger stops there)."""
     if task.shm:  # big inputs the master left in shared memory: map this shard's pages
         arrays = _MAPS.open(task.shm, arrays)
     desc = task.descriptor

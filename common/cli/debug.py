@@ -1,15 +1,18 @@
-"""Debugging commands: `logs` prints what each attempt printed, with its traceback."""
+"""Debugging commands: `logs` prints what each attempt printed, with its traceback; `replay`
+runs a failed attempt again in this process."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Any
 
 from shardmill import exitcodes
 from shardmill.cli.jobs import connect
 from shardmill.cli.tables import out
-from shardmill.wire.protocol import AttemptInfo, ShardInfo
+from shardmill.errors import ReplayError
+from shardmill.wire.protocol import AttemptInfo, ErrorInfo, ShardInfo
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -58,3 +61,36 @@ def _show(rows: list[tuple[ShardInfo, AttemptInfo]]) -> None:
         sys.stdout.write(a.output if a.output.endswith("\n") or not a.output else a.output + "\n")
         if a.error is not None:
             sys.stdout.write(a.error.traceback or f"{a.error.type}: {a.error.message}\n")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from shardmill.debug.bundle import load
+    from shardmill.worker.replay import run
+
+    try:
+        bundle = load(args.job, args.shard, attempt=args.attempt, state_dir=args.state_dir)
+    except ReplayError as e:
+        print(f"shardmill: {e}", file=sys.stderr)
+        return exitcodes.NOT_FOUND
+    was = f"{bundle.error.type or bundle.error.kind}: {bundle.error.message}"
+    print(
+        f"replaying job {bundle.job_id} shard {bundle.shard} attempt {bundle.attempt} "
+        f"({bundle.function}; it failed on {bundle.worker} with {was})",
+        flush=True,
+    )
+    try:
+        value = run(bundle, pdb=args.pdb, say=lambda note: print(note, flush=True))
+    except ReplayError as e:
+        print(f"shardmill: {e}", file=sys.stderr)
+        return exitcodes.ERROR
+    except (Exception, SystemExit) as e:  # the task's own: shown as it would be at the worker
+        traceback.print_exc()
+        tail = "the same as the attempt" if _same(e, bundle.error) else f"the attempt: {was}"
+        print(f"replay raised {type(e).__name__}: {e} ({tail})")
+        return exitcodes.ERROR
+    print(f"replay returned without an error (the attempt: {was}): {value!r}")
+    return exitcodes.OK
+
+
+def _same(e: BaseException, error: ErrorInfo) -> bool:
+    return type(e).__name__ == error.type.rpartition(".")[2] and str(e) == error.message

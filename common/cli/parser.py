@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shardmill {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    builders = (_master, _worker, _submit, _plan, _queries, _pictures, _dashboard, _health)
-    for add in (*builders, _keygen, _demo):
+    builders = (_master, _worker, _submit, _plan, _queries, _debugging, _pictures, _dashboard)
+    for add in (*builders, _health, _keygen, _demo):
         add(sub)
     return parser
 
@@ -167,6 +167,10 @@ def _queries(sub: Subparsers) -> None:
     )
     p.add_argument("job")
     p.add_argument("shard", type=int)
+
+
+def _debugging(sub: Subparsers) -> None:
+    """What failed attempts printed, and running one of them again here."""
     p = _client(
         sub,
         "logs",
@@ -176,6 +180,19 @@ def _queries(sub: Subparsers) -> None:
     p.add_argument("job")
     p.add_argument("shard", type=int, nargs="?", help="one shard (default: every shard's)")
     p.add_argument("--attempt", type=int, help="only this attempt (1 is the first)")
+    p = sub.add_parser(
+        "replay", help="run a failed attempt again here, from its bundle in the state dir"
+    )
+    p.add_argument("job")
+    p.add_argument("shard", type=int)
+    p.add_argument("--attempt", type=int, help="that attempt (default: the latest failed one)")
+    p.add_argument("--pdb", action="store_true", help="stop in pdb at the exception")
+    p.add_argument(
+        "--state-dir",
+        default=os.environ.get("SHARDMILL_MASTER_STATE_DIR"),
+        help="the master's state dir (default $SHARDMILL_MASTER_STATE_DIR)",
+    )
+    p.set_defaults(handler=_lazy("debug", "cmd_replay"))
 
 
 def _pictures(sub: Subparsers) -> None:

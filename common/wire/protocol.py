@@ -41,6 +41,10 @@ class ErrorInfo(Frozen):
     worker: str = ""
     retryable: bool = True
     output: str = ""  # the tail of what the attempt printed (stdout and stderr) before it failed
+    code_file: str = ""  # the function's or op's module file, as the failing worker had it,
+    code_sha256: str = ""  # its hash (replay names a change since),
+    code_version: str = ""  # and its __version__, when it has one
+    input_sha256: str = ""  # a dataset shard's bytes as the worker read them (.npy, CSV)
 
 
 class ShmRef(Frozen):
