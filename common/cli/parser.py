@@ -104,6 +104,9 @@ def _worker(sub: Subparsers) -> None:
     _imports(p, "module tasks may come from (repeatable)")
     p.add_argument("--heartbeat-interval", type=float, help="until the master says otherwise")
     p.add_argument("--drain-grace", type=float, help="seconds to finish shards on SIGTERM")
+    p.add_argument(
+        "--output-bytes", type=int, help="the last bytes each attempt prints, kept (default 1 MiB)"
+    )
     p.add_argument("--health-file", help="file touched whenever the master is heard")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")

@@ -46,6 +46,7 @@ WORKER_FLAGS = (
     "health_file",
     "log_level",
     "log_format",
+    "output_bytes",
 )
 
 
