@@ -104,3 +104,12 @@ class ServerError(ShardmillError):
     def __init__(self, message: str, *, code: str = "error") -> None:
         super().__init__(message)
         self.code = code
+
+
+def server_error(code: str, message: str) -> ShardmillError:
+    """The exception a client raises for the master's error reply of `code`."""
+    if code == "bad_spec":
+        return JobSpecError(message)
+    if code == "protocol":
+        return ProtocolError(f"the master refused the request: {message}")
+    return ServerError(message, code=code)

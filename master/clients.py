@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from shardmill.wire.keyring import Keyring
 from shardmill.wire.protocol import (
     CLIENT_KINDS,
     CancelJob,
+    EchoTasks,
     ErrorInfo,
     ErrorReply,
     JobInfo,
@@ -44,6 +46,7 @@ from shardmill.wire.protocol import (
     StatusQuery,
     Submit,
     Submitted,
+    WatchOutput,
     WorkerList,
 )
 from shardmill.wire.spec import JobSpec
@@ -58,6 +61,7 @@ class ClientRequests:
     def __init__(self, core: Core, sock: zmq.Socket[bytes], keyring: Keyring | None) -> None:
         self.core = core
         self.sock = sock
+        core.to_client = functools.partial(send, sock)  # a watched job's output, unasked
         self.keyring = keyring  # None without CURVE: every client may do everything
         self._owner = ""
         self.handlers: dict[str, Handler] = {
@@ -69,6 +73,7 @@ class ClientRequests:
             "cancel": self._on_cancel,
             "client_ping": self._on_ping,
             "prune": self._on_prune,
+            "watch_output": self._on_watch_output,
             "metrics": lambda identity, msg, arrays: self._reply(
                 identity,
                 MetricsText(
@@ -163,6 +168,8 @@ class ClientRequests:
         core.data[job_id] = data
         data.segments = core.segments.adopt([ref.segment for ref in msg.shm])
         log.info("job %s accepted: op %s, %d shards", job_id, msg.spec.op, len(data.descriptors))
+        if msg.echo:  # before its first task leaves: each goes out flagged to echo
+            data.watchers.append(identity)
         if msg.wait:  # the caller named the job: its one answer is the result
             data.waiters.append((identity, msg.req))
         else:
@@ -193,6 +200,19 @@ class ClientRequests:
         )
         self._reply(identity, reply)
         return False
+
+    def _on_watch_output(self, identity: bytes, msg: WatchOutput, arrays: list[Buffer]) -> None:
+        """From now on the job's tasks send this client what they print; those running now
+        are told too (their output so far included)."""
+        if not self._known_job(identity, msg.req, msg.job_id):
+            return
+        data = self.core.data[msg.job_id]
+        if identity not in data.watchers:
+            data.watchers.append(identity)
+        for worker in self.core.brain.workers:
+            self.core.to_worker(worker, EchoTasks(job_id=msg.job_id))
+        info = self.core.brain.job_info(msg.job_id, shards=False)
+        self._reply(identity, JobStatus(req=msg.req, job=info))
 
     def _on_status(self, identity: bytes, msg: StatusQuery, arrays: list[Buffer]) -> None:
         if self._known_job(identity, msg.req, msg.job_id):

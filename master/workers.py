@@ -38,6 +38,7 @@ from shardmill.wire.protocol import (
     ShardAttempt,
     ShardDone,
     ShardFailed,
+    TaskOutput,
     Welcome,
 )
 
@@ -62,6 +63,7 @@ class WorkerMessages:
     ) -> None:
         self.core = core
         self.sock = sock
+        core.to_worker = self.send  # a client's watch of a job's output, to its workers
         self.keyring = keyring  # None without CURVE
         self._apply_all = apply  # a result rides along with its event, for the merge
         # Results and failures, fed to the brain together once the socket is drained (one
@@ -78,6 +80,7 @@ class WorkerMessages:
             "disconnect": self._on_disconnect,
             "done": self._on_done,
             "failed": self._on_failed,
+            "task_output": self._on_task_output,
         }
 
     def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
@@ -256,6 +259,14 @@ class WorkerMessages:
             worker, msg.job_id, msg.shard, msg.attempt, error, msg.duration, more
         )
         self._reports.append((event, None))
+
+    def _on_task_output(self, identity: bytes, msg: TaskOutput, arrays: list[Buffer]) -> None:
+        """Lines a watched job's task printed: on to the clients watching it."""
+        data = self.core.data.get(msg.job_id)
+        if data is not None and data.watchers:
+            out = msg.model_copy(update={"worker": _name(identity)})
+            for client in data.watchers:
+                self.core.to_client(client, out)
 
     def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
         more = _pairs(msg.more)

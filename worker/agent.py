@@ -28,6 +28,7 @@ from shardmill.wire.protocol import (
     CancelTasks,
     Disconnect,
     Draining,
+    EchoTasks,
     ErrorInfo,
     ErrorReply,
     Heartbeat,
@@ -65,6 +66,7 @@ class Agent:
             self._fail,
             self._forward,
             output_bytes=settings.output_bytes,
+            echo=self._send,
         )
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
@@ -239,6 +241,8 @@ class Agent:
         match msg:
             case CancelTasks(job_id=job, shards=shards):
                 self.slots.cancel(job, set(shards))
+            case EchoTasks(job_id=job):
+                self.slots.echo_job(job)
             case Welcome():
                 self._drop_probe()  # the master has looked
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness

@@ -41,6 +41,7 @@ class TaskHead:
     attempt: int
     timeout: float | None = None
     more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
+    echo: bool = False  # a client watches the job: what it prints is sent as it runs
 
     @classmethod
     def read(cls, header: dict[str, Any]) -> TaskHead:
@@ -58,7 +59,7 @@ class TaskHead:
             shard, attempt = _count(header["shard"]), _count(header["attempt"])
         except (KeyError, TypeError) as e:
             raise ProtocolError(f"invalid 'task' message: {e}") from e
-        return cls(job_id, shard, attempt, timeout, more)
+        return cls(job_id, shard, attempt, timeout, more, header.get("echo") is True)
 
     def more_attempts(self) -> list[ShardAttempt]:
         """The batch's other shards, as a reply names them."""
@@ -84,6 +85,11 @@ class Running:
     started: float = 0.0
     deadline: float | None = None
     dropped: bool = False  # cancelled while queued in the pipe: its reply is not sent
+    echo: bool = False  # send what it prints as it runs (a client watches its job)
+    echoed: int = 0  # bytes of its output sent so far
+
+    def __post_init__(self) -> None:
+        self.echo = self.task.echo
 
     @property
     def leases(self) -> list[Lease]:

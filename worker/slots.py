@@ -17,6 +17,7 @@ import zmq
 
 from shardmill.wire.codec import Buffer
 from shardmill.wire.protocol import ErrorInfo, Lease
+from shardmill.worker.echo import POLL, Echo, Send
 from shardmill.worker.output import DEFAULT_LIMIT
 from shardmill.worker.runner import ChildProcess, Running, TaskHead, of, task_leases, wait_all
 
@@ -42,6 +43,7 @@ class Slots:
         forward: Forward,
         *,
         output_bytes: int = DEFAULT_LIMIT,
+        echo: Send | None = None,
     ) -> None:
         self.worker_id, self.imports = worker_id, imports
         self.output_bytes = output_bytes  # the tail of what a task prints, sent with its end
@@ -52,6 +54,7 @@ class Slots:
         self.draining = False
         self.poller: zmq.Poller | None = None
         self._report, self._forward = report, forward
+        self.echo = Echo(echo)
 
     def register(self, poller: zmq.Poller) -> None:
         self.poller = poller
@@ -72,6 +75,7 @@ class Slots:
                 self._on_child(child)
         self._check_timeouts(now)
         self._assign(now)
+        self.echo.poll(self.children)
 
     def held(self) -> list[Lease]:
         """Every shard this worker holds: in its children, and waiting for one."""
@@ -79,7 +83,16 @@ class Slots:
         return held + [lease for run in self.pending for lease in run.leases]
 
     def deadlines(self) -> list[float]:
-        return [r.deadline for c in self.children if (r := c.running) and r.deadline]
+        found = [r.deadline for c in self.children if (r := c.running) and r.deadline]
+        if any((r := c.running) and r.echo for c in self.children):
+            found.append(time.monotonic() + POLL)  # a watched task: look at its output again
+        return found
+
+    def echo_job(self, job: str) -> None:
+        """A client now watches the job: its tasks here send what they print from now on
+        (what they printed so far included)."""
+        for run in [*self.pending, *(r for c in self.children for r in c.queue)]:
+            run.echo = run.echo or run.task.job_id == job
 
     def collect(self) -> None:
         """Replies children have already written: sent now, not held back."""
@@ -103,12 +116,14 @@ class Slots:
         """Pending tasks to children: an idle one first, else queued behind a running one."""
         while self.pending:
             run = self.pending[0]
-            brief = self._brief(run.task.job_id)
+            # A watched task is not queued behind another: its output is told apart by time.
+            brief = self._brief(run.task.job_id) and not run.echo
             free = [
                 c
                 for c in self.children
                 if c.may_take(
-                    run.size, queue=brief and all(self._brief(r.task.job_id) for r in c.queue)
+                    run.size,
+                    queue=brief and all(self._brief(r.task.job_id) and not r.echo for r in c.queue),
                 )
             ]
             if not free:
@@ -135,6 +150,7 @@ class Slots:
             run = child.finish(now)
             self._timed(run.task.job_id, now - run.started)
             if not run.dropped:
+                self.echo.rest_of_reply(run, got[1])
                 self._forward(run, got[1], now)
             if not child.queue or not child.has_output():
                 break
@@ -170,6 +186,7 @@ class Slots:
             log.warning("%s child %d died (%s); replaced", what, child.pid, err.message)
             return
         log.warning("shard %s/%d: %s", running.task.job_id, running.task.shard, err.message)
+        self.echo.rest(running, err.output)
         self._report(running.task, err, running.started)
 
     def _check_timeouts(self, now: float) -> None:

@@ -119,6 +119,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         job = client.job(args.job)
+        if args.logs:
+            from shardmill.debug.echo import watch_output
+
+            watch_output(client, args.job)
         if args.json:
             info = poll_until_done(
                 job,

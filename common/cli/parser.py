@@ -165,6 +165,7 @@ def _queries(sub: Subparsers) -> None:
     p = _client(sub, "watch", "follow a job's progress until it ends", _lazy("jobs", "cmd_watch"))
     p.add_argument("job")
     p.add_argument("--timeout", type=float)
+    p.add_argument("--logs", action="store_true", help="print what its tasks print, live")
     p = _client(
         sub, "why", "tell one shard's story: attempts, workers, errors", _lazy("jobs", "cmd_why")
     )

@@ -181,6 +181,17 @@ class ShardFailed(_Msg):
     more: list[ShardAttempt] = []  # a batch's other shards: not charged, they run again
 
 
+class TaskOutput(_Msg):
+    """Lines a watched job's task printed, as it runs: worker -> master -> watching clients."""
+
+    kind: Literal["task_output"] = "task_output"
+    job_id: str
+    shard: int
+    attempt: int
+    text: str
+    worker: str = ""  # filled in by the master
+
+
 class Draining(_Msg):
     kind: Literal["draining"] = "draining"
 
@@ -230,10 +241,18 @@ class Task(_Msg):
     payload: bytes = b""
     shm: list[ShmRef] = []  # array frames the worker maps from shared memory
     more: list[BatchShard] = []  # more shards of the job, run after this one, folded with it
+    echo: bool = False  # a client watches the job's output: send what it prints as it runs
 
     def more_attempts(self) -> list[ShardAttempt]:
         """The batch's other shards, as a reply names them."""
         return [ShardAttempt(shard=m.shard, attempt=m.attempt) for m in self.more]
+
+
+class EchoTasks(_Msg):
+    """A client now watches the job's output: its tasks running here send what they print."""
+
+    kind: Literal["echo_tasks"] = "echo_tasks"
+    job_id: str
 
 
 class CancelTasks(_Msg):
@@ -258,6 +277,7 @@ class Submit(_Request):
     wait: bool = False  # answer with the JobResult (same req) when the job ends: one round trip
     job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     shm: list[ShmRef] = []  # array frames written to shared memory (client on the master's host)
+    echo: bool = False  # send this client what the job's tasks print as they run
 
 
 class StatusQuery(_Request):
@@ -286,6 +306,13 @@ class ResultQuery(_Request):
 
 class CancelJob(_Request):
     kind: Literal["cancel"] = "cancel"
+    job_id: str
+
+
+class WatchOutput(_Request):
+    """Send this client what the job's tasks print as they run (TaskOutput), until it ends."""
+
+    kind: Literal["watch_output"] = "watch_output"
     job_id: str
 
 
@@ -363,6 +390,7 @@ Message = Annotated[
     | Heartbeat
     | ShardDone
     | ShardFailed
+    | TaskOutput
     | Draining
     | Disconnect
     | Welcome
@@ -370,6 +398,7 @@ Message = Annotated[
     | Reregister
     | Task
     | CancelTasks
+    | EchoTasks
     | Submit
     | StatusQuery
     | JobsQuery
@@ -378,6 +407,7 @@ Message = Annotated[
     | ResultQuery
     | CancelJob
     | PruneJobs
+    | WatchOutput
     | Ping
     | Submitted
     | JobStatus
@@ -392,7 +422,10 @@ Message = Annotated[
 
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
-WORKER_KINDS = frozenset({"ready", "heartbeat", "done", "failed", "draining", "disconnect"})
+WORKER_KINDS = frozenset(
+    {"ready", "heartbeat", "done", "failed", "draining", "disconnect", "task_output"}
+)
 CLIENT_KINDS = frozenset(
     {"submit", "status", "jobs", "workers", "result", "cancel", "client_ping", "prune", "metrics"}
+    | {"watch_output"}
 )

@@ -1,10 +1,17 @@
 """What an attempt printed: kept in its story and shown by `why`, `logs` and the report, even
-when its process was SIGKILLed mid-shard."""
+when its process was SIGKILLed mid-shard; and printed live with `echo=True`, `watch --logs`."""
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-from helpers import cli_json, run_cli
+from helpers import cli_json, cluster_env, run_cli, wait_until
 
 from shardmill import LocalCluster
 from shardmill.errors import JobFailed
@@ -66,3 +73,62 @@ def test_a_successful_attempt_keeps_what_it_printed(cluster: LocalCluster) -> No
         info = client.status(job.id, shards=True)
     outputs = [s.history[-1].output for s in info.shards or []]
     assert outputs == ["hello from 1\nraw stderr 1\n", "hello from 2\nraw stderr 2\n"]
+
+
+def _read_until(proc: subprocess.Popen[bytes], text: str, seen: bytearray) -> str:
+    """The process's stdout so far once it holds `text`; fails the test at a deadline."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+
+    def found() -> bool:
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen.extend(chunk)
+        return text in seen.decode()
+
+    wait_until(found, timeout=30, what=f"{text!r} on the process's stdout")
+    return seen.decode()
+
+
+def test_echo_prints_task_output_before_the_job_ends(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Given a client mapping with echo=True a task that prints, then waits for our go
+    flag = tmp_path / "go"
+    script = (
+        "from shardmill import Client\n"
+        f"job = Client().map('sm_tasks:print_and_wait', [(1, {str(flag)!r})], echo=True)\n"
+        "print('result', job.result(timeout=60), flush=True)\n"
+    )
+    env = {**cluster_env(), **cluster.client_env()}
+    cmd = [sys.executable, "-c", script]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env) as proc:
+        seen = bytearray()
+        # Then its first line shows, prefixed with shard and worker, while the job still runs
+        out = _read_until(proc, "waiting 1\n", seen)
+        assert re.search(r"^\[shard 0 \S+\] waiting 1$", out, re.M), out
+        assert "result" not in out
+        # And when the task goes on, the rest follows, then the result
+        flag.touch()
+        out = _read_until(proc, "result [1]", seen)
+        assert out.index("] done 1") < out.index("result [1]")
+        assert proc.wait(timeout=30) == 0
+
+
+def test_watch_logs_prints_a_running_task_output(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Given a job whose task has printed a line and now waits, nobody watching
+    flag = tmp_path / "go"
+    with cluster.client() as client:
+        job = client.map("sm_tasks:print_and_wait", [(2, str(flag))])
+        wait_until(lambda: job.progress().shards_running == 1, what="the shard to start")
+        env = {**cluster_env(), **cluster.client_env()}
+        cmd = [sys.executable, "-m", "shardmill", "watch", job.id, "--logs"]
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env) as proc:
+            # When `watch --logs` starts, then what it printed so far shows, before the end
+            seen = bytearray()
+            _read_until(proc, "] waiting 2\n", seen)
+            flag.touch()
+            # And what it prints later, too
+            _read_until(proc, "] done 2\n", seen)
+            assert proc.wait(timeout=30) == 0
+        assert job.result(timeout=30) == [2]

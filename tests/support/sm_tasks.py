@@ -200,3 +200,11 @@ def print_then_kill(x: int) -> int:
     print(f"about to die on {x}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+def print_and_wait(x: int, flag: str) -> int:
+    """Prints a line, waits for `flag` to exist (the test's go), prints another."""
+    print(f"waiting {x}", flush=True)
+    wait_for_file(flag)
+    print(f"done {x}", flush=True)
+    return x
