@@ -88,9 +88,6 @@ class Running:
     echo: bool = False  # send what it prints as it runs (a client watches its job)
     echoed: int = 0  # bytes of its output sent so far
 
-    def __post_init__(self) -> None:
-        self.echo = self.task.echo
-
     @property
     def leases(self) -> list[Lease]:
         return task_leases(self.task)

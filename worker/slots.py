@@ -55,6 +55,7 @@ class Slots:
         self.poller: zmq.Poller | None = None
         self._report, self._forward = report, forward
         self.echo = Echo(echo)
+        self.echoing = False  # a watched task came here once: look for them from now on
 
     def register(self, poller: zmq.Poller) -> None:
         self.poller = poller
@@ -66,7 +67,9 @@ class Slots:
         if self.draining:
             self.handback.extend(task_leases(task))
         else:
-            self.pending.append(Running(task, frames, sum(memoryview(f).nbytes for f in frames)))
+            size = sum(memoryview(f).nbytes for f in frames)
+            self.pending.append(Running(task, frames, size, echo=task.echo))
+            self.echoing = self.echoing or task.echo
 
     def step(self, ready: dict[Any, int], now: float) -> None:
         """Replies the poll found, timeouts, then pending tasks to free children."""
@@ -75,7 +78,8 @@ class Slots:
                 self._on_child(child)
         self._check_timeouts(now)
         self._assign(now)
-        self.echo.poll(self.children)
+        if self.echoing:
+            self.echo.poll(self.children)
 
     def held(self) -> list[Lease]:
         """Every shard this worker holds: in its children, and waiting for one."""
@@ -84,7 +88,7 @@ class Slots:
 
     def deadlines(self) -> list[float]:
         found = [r.deadline for c in self.children if (r := c.running) and r.deadline]
-        if any((r := c.running) and r.echo for c in self.children):
+        if self.echoing and any((r := c.running) and r.echo for c in self.children):
             found.append(time.monotonic() + POLL)  # a watched task: look at its output again
         return found
 
@@ -93,6 +97,7 @@ class Slots:
         (what they printed so far included)."""
         for run in [*self.pending, *(r for c in self.children for r in c.queue)]:
             run.echo = run.echo or run.task.job_id == job
+            self.echoing = self.echoing or run.echo
 
     def collect(self) -> None:
         """Replies children have already written: sent now, not held back."""
