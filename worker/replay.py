@@ -33,6 +33,12 @@ def run(bundle: Bundle, *, pdb: bool = False, say: Callable[[str], None] = print
         say(note)
     module = code_module(task)
     registry = Registry([] if module == "shardmill" else [module])
+    if module != "shardmill" and module not in registry.modules:
+        why = (registry.broken.get(module) or "not on sys.path").strip().splitlines()[-1]
+        raise ReplayError(
+            f"module {module} cannot be imported here ({why}); put it on PYTHONPATH as "
+            f"the worker had it (at {bundle.error.code_file or 'an unknown path'})"
+        )
     try:
         return execute(task, list(bundle.arrays), registry)
     except BaseException:

@@ -120,7 +120,11 @@ def test_a_changed_module_is_named_before_the_replay_runs(stopped: Stopped) -> N
     assert "replay raised KeyError: 'missing 1' (the same as the attempt)" in proc.stdout
 
 
-def test_without_a_state_dir_replay_names_the_fix(stopped: Stopped) -> None:
+def test_without_a_state_dir_or_the_module_replay_names_the_fix(stopped: Stopped) -> None:
     env = {k: v for k, v in stopped.env.items() if k != "SHARDMILL_MASTER_STATE_DIR"}
     proc = run_cli("replay", stopped.mapped, "0", env=env)
     assert proc.returncode != 0 and "--state-dir DIR" in proc.stderr
+    # And a module this process cannot import is named, with where the worker had it
+    with pytest.raises(ReplayError, match="module replay_mod cannot be imported here") as e:
+        Client.replay(stopped.changed, 0, state_dir=stopped.state)
+    assert str(stopped.module) in str(e.value)
