@@ -17,14 +17,15 @@ from pydantic import ValidationError
 
 from shardmill.config import ClientSettings, address_problem
 from shardmill.data.paths import located
+from shardmill.debug.echo import show_output
 from shardmill.errors import (
     ConfigError,
     HandshakeRefused,
     JobSpecError,
     MasterUnreachable,
     MessageTooLarge,
-    ProtocolError,
     ServerError,
+    server_error,
 )
 from shardmill.job import LONG_POLL, Job, unpack_result
 from shardmill.pipeline.calls import PipelineCalls
@@ -54,6 +55,7 @@ from shardmill.wire.protocol import (
 )
 from shardmill.wire.security import Security
 from shardmill.wire.spec import JobSpec
+from shardmill.worker.replay import replay
 
 if TYPE_CHECKING:
     import numpy as np
@@ -108,12 +110,14 @@ class Client(PipelineCalls):
         name: str = "",
         priority: int = 0,
         speculate_after: float | None = None,
+        echo: bool = False,
     ) -> Job:
         """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order.
 
         `allow_failures=N`: up to N shards may fail for good (their items come back as None).
         `priority`: higher first within this client's share. `speculate_after`: straggler
-        backups at that many times the median (None: the master's setting; 0: never)."""
+        backups at that many times the median (None: the master's setting; 0: never).
+        `echo`: print what the tasks print as they run, while this client waits on the job."""
         items = [tuple(a) for a in args]
         spec = job_spec(
             op="map",
@@ -126,16 +130,8 @@ class Client(PipelineCalls):
             speculate_after=speculate_after,
         )
         size = chunk_size or max(1, math.ceil(len(items) / MAX_CHUNKS))
-        parts, counts, part_arrays, arrays = [], [], [], []
-        for start in range(0, len(items), size):
-            chunk = items[start : start + size]
-            packed = pack_value(chunk)
-            parts.append(packed.data)
-            counts.append(len(chunk))
-            part_arrays.append(len(packed.arrays))
-            arrays.extend(packed.arrays)
-        msg = Submit(spec=spec, parts=parts, part_counts=counts, part_arrays=part_arrays)
-        return self._submit(msg, arrays)
+        msg, arrays = _chunked(spec, items, size)
+        return self._submit(msg.model_copy(update={"echo": echo}), arrays)
 
     def call(self, function: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one task and return its value (raises RemoteError if it raised)."""
@@ -294,6 +290,9 @@ class Client(PipelineCalls):
         assert isinstance(reply, JobStatus)
         return reply.job
 
+    # A failed attempt run again here from its bundle in the master's state dir (see replay).
+    replay = staticmethod(replay)
+
     # ---- transport -----------------------------------------------------------------------------
 
     def _request(
@@ -333,9 +332,10 @@ class Client(PipelineCalls):
                 continue
             reply = decode(sock.recv_multipart(copy=False))
             if getattr(reply.msg, "req", None) != req:
+                show_output(reply.msg)  # a watched job's task output; else a stale reply
                 continue
             if isinstance(reply.msg, ErrorReply):
-                raise _server_error(reply.msg)
+                raise server_error(reply.msg.code, reply.msg.message)
             return reply
         self._reset()
         raise MasterUnreachable(
@@ -379,6 +379,19 @@ class Client(PipelineCalls):
         self.close()
 
 
+def _chunked(spec: JobSpec, items: list[tuple[Any, ...]], size: int) -> tuple[Submit, list[Any]]:
+    """A map job's Submit, its items packed `size` to a part, and the parts' array frames."""
+    parts, counts, part_arrays, arrays = [], [], [], []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        packed = pack_value(chunk)
+        parts.append(packed.data)
+        counts.append(len(chunk))
+        part_arrays.append(len(packed.arrays))
+        arrays.extend(packed.arrays)
+    return Submit(spec=spec, parts=parts, part_counts=counts, part_arrays=part_arrays), arrays
+
+
 def job_spec(**fields: Any) -> JobSpec:
     """A JobSpec from keyword fields; JobSpecError names the first bad field and its value."""
     try:
@@ -387,11 +400,3 @@ def job_spec(**fields: Any) -> JobSpec:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise JobSpecError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
-
-
-def _server_error(msg: ErrorReply) -> Exception:
-    if msg.code == "bad_spec":
-        return JobSpecError(msg.message)
-    if msg.code == "protocol":
-        return ProtocolError(f"the master refused the request: {msg.message}")
-    return ServerError(msg.message, code=msg.code)

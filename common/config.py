@@ -89,6 +89,13 @@ class MasterSettings(BaseSettings):
     job_retention: float | None = Field(
         7 * 24 * 3600.0, ge=0, description="seconds finished jobs are kept (None: forever)"
     )
+    replay_bundle_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        description="the most argument bytes a failed attempt's replay bundle keeps in the "
+        "state dir (above it, the bundle says so and `shardmill replay` cannot run it; "
+        "0: no bundles)",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
     health_file: Path | None = _health_field("MASTER", "on each heartbeat while serving")
@@ -160,13 +167,20 @@ class WorkerSettings(BaseSettings):
         1 << 30,
         ge=1 << 16,
         description="bytes of pipeline shuffle buffers for the whole worker, shared by its slots: "
-        "a stage shard buffers up to half its share, then spills a run to --shuffle-dir",
+        "a stage shard buffers up to a quarter of its share, then spills a run to --shuffle-dir",
     )
     shuffle_ttl: float = Field(
         3600.0, gt=0, description="seconds unused after which a pipeline's map outputs are removed"
     )
     shuffle_port: int = Field(
         0, ge=0, le=65535, description="the port map outputs are served on (0: any free port)"
+    )
+    output_bytes: int = Field(
+        1 << 20,
+        ge=0,
+        le=64 << 20,
+        description="the last bytes of what each attempt prints (stdout and stderr) sent with "
+        "its result or failure and kept in its story (0: none)",
     )
     keys: Path | None = _keys_field("WORKER")
     insecure: bool = _insecure_field("WORKER")

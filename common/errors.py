@@ -32,6 +32,11 @@ class JobSpecError(ShardmillError):
     """Raised when a job spec is rejected at submit: names the field and the reason."""
 
 
+class ReplayError(ShardmillError):
+    """Raised by `shardmill replay` and `Client.replay` when an attempt's replay bundle is
+    missing, unreadable or lacks its arguments: the message names the attempt and the fix."""
+
+
 class MasterUnreachable(ShardmillError):
     """Raised by a client when the master does not answer within the connect timeout."""
 
@@ -110,3 +115,12 @@ class ServerError(ShardmillError):
     def __init__(self, message: str, *, code: str = "error") -> None:
         super().__init__(message)
         self.code = code
+
+
+def server_error(code: str, message: str) -> ShardmillError:
+    """The exception a client raises for the master's error reply of `code`."""
+    if code == "bad_spec":
+        return JobSpecError(message)
+    if code == "protocol":
+        return ProtocolError(f"the master refused the request: {message}")
+    return ServerError(message, code=code)

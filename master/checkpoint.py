@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from shardmill.data.plan import provenance_of
+from shardmill.debug import bundle
 from shardmill.master.blobfiles import ShardRow
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.model import Attempt, Shard
@@ -116,6 +117,31 @@ class Checkpointer:
         if self.store is not None and job_ids:
             self.store.delete_jobs(job_ids)
             self.store.commit()
+            bundle.remove(self.store.dir, job_ids)
+
+    def attempt_failed(self, e: ev.ShardFailed, data: JobData, spec: JobSpec, cap: int) -> None:
+        """The failed attempt's replay bundle, from the task as it was sent and the failure
+        as reported; best effort: a bundle that cannot be written is logged, not fatal."""
+        if self.store is None or cap <= 0 or e.error.kind not in bundle.REPLAYABLE:
+            return
+        header, arrays = data.task(
+            e.job_id, e.shard, e.attempt, op=spec.op, timeout=spec.task_timeout
+        )
+        found = bundle.Bundle(
+            job_id=e.job_id,
+            shard=e.shard,
+            attempt=e.attempt,
+            worker=e.worker,
+            function=spec.function if spec.op == MAP_OP and spec.function else spec.op,
+            spec=spec.model_dump(mode="json"),
+            task=header,
+            arrays=[to_bytes(a) for a in arrays],
+            error=e.error,
+        )
+        try:
+            bundle.write(self.store.dir, bundle.trimmed(found, cap))
+        except OSError as err:
+            log.warning("replay bundle of %s/%d not written: %s", e.job_id, e.shard, err)
 
     def commit(self, now: float = float("inf")) -> None:
         """Group commit: merges since the last commit are written and become durable together,
@@ -251,6 +277,7 @@ def _attempts(history: Sequence[Attempt], offset: float) -> list[dict[str, Any]]
             "error": None if a.error is None else a.error.model_dump(mode="json"),
             "ran": a.ran,
             "backup": a.backup,
+            "output": a.output,
         }
         for a in history
     ]
@@ -275,6 +302,7 @@ def _settled_blob(shards: Sequence[Shard], offset: float) -> bytes:
                             None if a.error is None else a.error.model_dump(mode="json"),
                             a.ran,
                             a.backup,
+                            a.output,
                         ]
                         for a in s.history
                     ],

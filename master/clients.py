@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from shardmill.wire.keyring import Keyring
 from shardmill.wire.protocol import (
     CLIENT_KINDS,
     CancelJob,
+    EchoTasks,
     ErrorInfo,
     ErrorReply,
     JobInfo,
@@ -48,6 +50,7 @@ from shardmill.wire.protocol import (
     Submit,
     SubmitPipeline,
     Submitted,
+    WatchOutput,
     WorkerList,
 )
 
@@ -61,6 +64,7 @@ class ClientRequests:
     def __init__(self, core: Core, sock: zmq.Socket[bytes], keyring: Keyring | None) -> None:
         self.core = core
         self.sock = sock
+        core.to_client = functools.partial(send, sock)  # a watched job's output, unasked
         self.keyring = keyring  # None without CURVE: every client may do everything
         self._owner = ""
         self.handlers: dict[str, Handler] = {
@@ -74,6 +78,7 @@ class ClientRequests:
             "prune": self._on_prune,
             "submit_pipeline": self._on_submit_pipeline,
             "pipeline": self._on_pipeline,
+            "watch_output": self._on_watch_output,
             "metrics": lambda identity, msg, arrays: self._reply(
                 identity,
                 MetricsText(
@@ -150,6 +155,8 @@ class ClientRequests:
             reply = ErrorReply(req=msg.req, code="state", message=f"job not accepted: {e}")
             self._reply(identity, reply)
             return
+        if msg.echo:  # before its first task leaves: each goes out flagged to echo
+            job.data.watchers.append(identity)
         if msg.wait:  # the caller named the job: its one answer is the result
             job.data.waiters.append((identity, msg.req))
         else:
@@ -166,6 +173,19 @@ class ClientRequests:
         )
         self._reply(identity, reply)
         return False
+
+    def _on_watch_output(self, identity: bytes, msg: WatchOutput, arrays: list[Buffer]) -> None:
+        """From now on the job's tasks send this client what they print; those running now
+        are told too (their output so far included)."""
+        if not self._known_job(identity, msg.req, msg.job_id):
+            return
+        data = self.core.data[msg.job_id]
+        if identity not in data.watchers:
+            data.watchers.append(identity)
+        for worker in self.core.brain.workers:
+            self.core.to_worker(worker, EchoTasks(job_id=msg.job_id))
+        info = self.core.brain.job_info(msg.job_id, shards=False)
+        self._reply(identity, JobStatus(req=msg.req, job=info))
 
     def _on_status(self, identity: bytes, msg: StatusQuery, arrays: list[Buffer]) -> None:
         if self._known_job(identity, msg.req, msg.job_id):

@@ -61,6 +61,9 @@ class Core:
     peers: Peers
     metrics: Metrics
     apply: Apply  # feed the brain one event and carry out its commands; returns them
+    # Set by the loop once its sockets exist: a message to a client, or to a worker.
+    to_client: Callable[[bytes, Message], None] = lambda identity, msg: None
+    to_worker: Callable[[str, Message], None] = lambda worker, msg: None
     pipelines: Pipelines | None = None  # set by the loop once it is built
 
     def waited_on(self) -> frozenset[str]:

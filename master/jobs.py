@@ -25,6 +25,7 @@ class JobData:
     inputs: list[tuple[bytes, list[Buffer]]] = field(default_factory=list)
     result: FinalResult | None = None
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
+    watchers: list[bytes] = field(default_factory=list)  # clients sent its tasks' output live
     segments: list[str] = field(default_factory=list)  # /dev/shm files holding `inputs`
     idempotent: bool = True  # its op may run a shard twice at once (a speculative backup)
     _dumps: dict[Descriptor, dict[str, Any]] = field(default_factory=dict)  # as they travel
@@ -57,6 +58,7 @@ class JobData:
             "payload": payload,
             "shm": [],
             "more": batch,
+            "echo": bool(self.watchers),  # a client watches: the worker sends what it prints
         }
         return header, arrays
 

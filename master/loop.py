@@ -288,7 +288,14 @@ class MasterLoop:
                         results.setdefault(key, result)
                 case ev.ShardFailed(error=error):
                     self.metrics.attempts_failed.labels(error.kind).inc()
+                    self._bundle(event)
         return results
+
+    def _bundle(self, e: ev.ShardFailed) -> None:
+        job, data = self.core.brain.jobs.get(e.job_id), self.core.data.get(e.job_id)
+        if job is not None and data is not None:
+            cap = self.settings.replay_bundle_bytes
+            self.core.checkpoint.attempt_failed(e, data, job.spec, cap)
 
     def _send_task(self, cmd: ev.SendTask, result: Result | None) -> None:
         spec, data = self.core.brain.jobs[cmd.job_id].spec, self.core.data[cmd.job_id]

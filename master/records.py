@@ -76,6 +76,7 @@ def unpack_settled(blob: bytes) -> dict[int, StoredShard]:
                     # state dirs from before these were kept: None, False
                     ran=more[0] if more else None,
                     backup=bool(more[1]) if len(more) > 1 else False,
+                    output=more[2] if len(more) > 2 else "",
                 )
                 for attempt, worker, started, ended, outcome, error, *more in history
             ],

@@ -38,6 +38,7 @@ from shardmill.wire.protocol import (
     ShardAttempt,
     ShardDone,
     ShardFailed,
+    TaskOutput,
     Welcome,
 )
 
@@ -62,6 +63,7 @@ class WorkerMessages:
     ) -> None:
         self.core = core
         self.sock = sock
+        core.to_worker = self.send  # a client's watch of a job's output, to its workers
         self.keyring = keyring  # None without CURVE
         self._apply_all = apply  # a result rides along with its event, for the merge
         # Results and failures, fed to the brain together once the socket is drained (one
@@ -78,6 +80,7 @@ class WorkerMessages:
             "disconnect": self._on_disconnect,
             "done": self._on_done,
             "failed": self._on_failed,
+            "task_output": self._on_task_output,
         }
 
     def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
@@ -260,9 +263,19 @@ class WorkerMessages:
         )
         self._reports.append((event, None))
 
+    def _on_task_output(self, identity: bytes, msg: TaskOutput, arrays: list[Buffer]) -> None:
+        """Lines a watched job's task printed: on to the clients watching it."""
+        data = self.core.data.get(msg.job_id)
+        if data is not None and data.watchers:
+            out = msg.model_copy(update={"worker": _name(identity)})
+            for client in data.watchers:
+                self.core.to_client(client, out)
+
     def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
         more = _pairs(msg.more)
-        head = DoneHead(msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more)
+        head = DoneHead(
+            msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more, msg.output
+        )
         self._done(_name(identity), head, arrays)
 
     def _done(self, worker: str, msg: DoneHead, arrays: Sequence[Buffer]) -> None:
@@ -283,7 +296,9 @@ class WorkerMessages:
             failed = ev.ShardFailed(worker, msg.job_id, msg.shard, msg.attempt, err, 0.0, more)
             self._reports.append((failed, None))
             return
-        event = ev.ShardSucceeded(worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more)
+        event = ev.ShardSucceeded(
+            worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more, msg.output
+        )
         self._reports.append((event, (msg.payload, list(arrays))))
 
 
@@ -296,6 +311,7 @@ class DoneHead(NamedTuple):
     duration: float
     payload: bytes
     more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
+    output: str = ""  # the tail of what it printed
 
     @classmethod
     def read(cls, frames: Sequence[Buffer]) -> DoneHead | None:
@@ -311,11 +327,14 @@ class DoneHead(NamedTuple):
             return None
         job_id, shard, attempt = raw.get("job_id"), raw.get("shard"), raw.get("attempt")
         duration, payload = raw.get("duration", 0.0), raw.get("payload", b"")
+        output = raw.get("output", "")
         if type(job_id) is not str or type(shard) is not int or type(attempt) is not int:
             return None
         if type(duration) not in (float, int) or type(payload) is not bytes:
             return None
-        return cls(job_id, shard, attempt, float(duration), payload)
+        if type(output) is not str:
+            return None
+        return cls(job_id, shard, attempt, float(duration), payload, (), output)
 
 
 _DONE_KEYS = frozenset(ShardDone.model_fields)

@@ -28,6 +28,7 @@ from shardmill.wire.protocol import (
     CancelTasks,
     Disconnect,
     Draining,
+    EchoTasks,
     ErrorInfo,
     ErrorReply,
     Heartbeat,
@@ -60,7 +61,15 @@ class Agent:
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
         imports = list(settings.imports)
         self.pieces = Pieces(settings, self.security, self.worker_id)  # before any child
-        self.slots = Slots(self.worker_id, imports, settings.slots, self._fail, self._forward)
+        self.slots = Slots(
+            self.worker_id,
+            imports,
+            settings.slots,
+            self._fail,
+            self._forward,
+            output_bytes=settings.output_bytes,
+            echo=self._send,
+        )
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None
@@ -234,6 +243,8 @@ class Agent:
         match msg:
             case CancelTasks(job_id=job, shards=shards):
                 self.slots.cancel(job, set(shards))
+            case EchoTasks(job_id=job):
+                self.slots.echo_job(job)
             case Welcome():
                 self._drop_probe()  # the master has looked
                 self.interval, self.liveness = msg.heartbeat_interval, msg.heartbeat_liveness

@@ -15,12 +15,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from shardmill.debug.provenance import traced
 from shardmill.errors import BadInput, FetchFailed, ProtocolError, UnknownFunction
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode, encode, pack_value, unpack_value
 from shardmill.wire.protocol import ErrorInfo, ShardAttempt, ShardDone, ShardFailed, Task
 from shardmill.wire.spec import STAGE_FUNCTION, MapChunk, NpyPiece, NpySource, RowRange, ScanShard
+from shardmill.worker.output import Capture
 from shardmill.worker.pipes import read_frames, write_frames
 from shardmill.worker.scan import resolve_op, run_scan
 
@@ -45,6 +47,9 @@ def main(argv: list[str]) -> int:
     worker, modules = argv[0], argv[1:]
     os.environ["SHARDMILL_WORKER_ID"] = worker  # named in what it fetches by URL (data/remote)
     registry = Registry(modules, worker=worker)
+    capture = Capture.from_env()
+    if capture is not None:
+        capture.take()  # what the imports printed: on the worker's stderr, in no shard's story
     write_frames(proto_out, [])  # ready: imports done, reading tasks from now on
     stdin: BinaryIO = os.fdopen(0, "rb", buffering=0)
     while True:
@@ -56,7 +61,17 @@ def main(argv: list[str]) -> int:
         if not isinstance(task, Task):
             raise ProtocolError(f"child expected a task, got {task.kind!r}")
         reply, arrays = run_task(task, decoded.arrays, registry)
+        if capture is not None and (printed := capture.take()):
+            reply = with_output(reply, printed)
         write_frames(proto_out, encode(reply, arrays))
+
+
+def with_output(reply: ShardDone | ShardFailed, printed: str) -> ShardDone | ShardFailed:
+    """The reply with what its task printed: a failure carries it in its error."""
+    if isinstance(reply, ShardFailed):
+        error = reply.error.model_copy(update={"output": printed})
+        return reply.model_copy(update={"error": error})
+    return reply.model_copy(update={"output": printed})
 
 
 def run_task(
@@ -75,7 +90,7 @@ def run_task(
 def _guarded(task: Task, arrays: list[Buffer], registry: Registry, start: float) -> Any:
     """The shard's value, or a ShardFailed that says why."""
     try:
-        return _execute(task, arrays, registry)
+        return execute(task, arrays, registry)
     except UnknownFunction as e:
         err = ErrorInfo(
             kind="unknown_function", type="UnknownFunction", message=str(e), retryable=False
@@ -86,9 +101,9 @@ def _guarded(task: Task, arrays: list[Buffer], registry: Registry, start: float)
         return _failed(task, start, err)
     except BadInput as e:  # names the file, row and field; retrying cannot fix bad data
         err = ErrorInfo(kind="bad_input", type="BadInput", message=str(e), retryable=e.retryable)
-        return _failed(task, start, err)
+        return _failed(task, start, traced(err, task))
     except (Exception, SystemExit) as e:  # user code: all it raises is reported as data
-        return _failed(task, start, _user_error(e))
+        return _failed(task, start, traced(_user_error(e), task))
 
 
 def _done(
@@ -156,7 +171,8 @@ def _user_error(e: BaseException) -> ErrorInfo:
 _MAPS = shm.WorkerMaps()
 
 
-def _execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
+def execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
+    """A shard's value; what it raises propagates (a replay's debugger stops there)."""
     if task.shm:  # big inputs the master left in shared memory: map this shard's pages
         arrays = _MAPS.open(task.shm, arrays)
     desc = task.descriptor

@@ -19,11 +19,14 @@ import traceback
 from collections.abc import Callable
 from typing import BinaryIO
 
+from shardmill.worker.output import ENV
+
 
 class Forked:
     """`executor.main(argv)` in a forked child, its stdin and stdout as pipes to us."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], output: int, limit: int) -> None:
+        """`output`: the slot's output file, the child's fd 1 and 2 (see output.py)."""
         from shardmill.worker import executor  # imported here, before the fork, once
 
         r_in, w_in = os.pipe()
@@ -36,7 +39,7 @@ class Forked:
             raise
         if pid == 0:  # the child: never returns, whatever happens
             try:
-                _child(executor.main, argv, r_in, w_out)
+                _child(executor.main, argv, (r_in, w_out), (output, limit))
             finally:
                 os._exit(1)
         os.close(r_in)
@@ -67,12 +70,21 @@ class Forked:
             os.kill(self.pid, signal.SIGKILL)
 
 
-def _child(main: Callable[[list[str]], int], argv: list[str], stdin: int, stdout: int) -> None:
+def _child(
+    main: Callable[[list[str]], int],
+    argv: list[str],
+    pipes: tuple[int, int],
+    output: tuple[int, int],
+) -> None:
     code = 1
     try:
-        os.dup2(stdin, 0)
-        os.dup2(stdout, 1)
-        os.closerange(3, 1 << 16)  # siblings' pipes too, or they never see EOF
+        os.dup2(pipes[0], 0)
+        os.dup2(pipes[1], 1)
+        echo = os.dup(2)  # the agent's stderr: what a task prints is echoed there too
+        os.dup2(output[0], 2)
+        os.dup2(echo, 3)  # after: the output file may have been fd 3
+        os.closerange(4, 1 << 16)  # siblings' pipes too, or they never see EOF
+        os.environ[ENV] = f"{output[1]},3"
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         rng = sys.modules.get("numpy.random")

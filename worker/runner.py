@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import select
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from shardmill.errors import ProtocolError
 from shardmill.wire.codec import Buffer, peek_kind
 from shardmill.wire.protocol import ErrorInfo, Lease, ShardAttempt
 from shardmill.worker.forked import Forked
+from shardmill.worker.output import DEFAULT_LIMIT, ENV, new_file, tail
 from shardmill.worker.pipes import read_frames, write_frames
 
 QUEUE_DEPTH = 16  # the most tasks in a child's pipe (the running one included)...
@@ -39,6 +41,7 @@ class TaskHead:
     attempt: int
     timeout: float | None = None
     more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
+    echo: bool = False  # a client watches the job: what it prints is sent as it runs
 
     @classmethod
     def read(cls, header: dict[str, Any]) -> TaskHead:
@@ -56,7 +59,7 @@ class TaskHead:
             shard, attempt = _count(header["shard"]), _count(header["attempt"])
         except (KeyError, TypeError) as e:
             raise ProtocolError(f"invalid 'task' message: {e}") from e
-        return cls(job_id, shard, attempt, timeout, more)
+        return cls(job_id, shard, attempt, timeout, more, header.get("echo") is True)
 
     def more_attempts(self) -> list[ShardAttempt]:
         """The batch's other shards, as a reply names them."""
@@ -82,6 +85,8 @@ class Running:
     started: float = 0.0
     deadline: float | None = None
     dropped: bool = False  # cancelled while queued in the pipe: its reply is not sent
+    echo: bool = False  # send what it prints as it runs (a client watches its job)
+    echoed: int = 0  # bytes of its output sent so far
 
     @property
     def leases(self) -> list[Lease]:
@@ -106,18 +111,19 @@ def task_leases(task: TaskHead) -> list[Lease]:
 class ChildProcess:
     """One child process; the agent polls `fileno()` for its replies."""
 
-    def __init__(self, worker_id: str, modules: list[str], *, fork: bool = False) -> None:
-        """A fresh interpreter, or with `fork` a copy of the agent (see forked.py)."""
+    def __init__(
+        self, worker_id: str, modules: list[str], *, fork: bool = False, limit: int = DEFAULT_LIMIT
+    ) -> None:
+        """A fresh interpreter, or with `fork` a copy of the agent (see forked.py); what it
+        prints goes to a file of its own, its last `limit` bytes sent with each result."""
+        self.output = new_file()
+        self.limit = limit
+        self.last_output = ""  # what it had printed when it was closed (killed, or dead)
         self.proc: subprocess.Popen[bytes] | Forked
         if fork:
-            self.proc = Forked([worker_id, *modules])
+            self.proc = Forked([worker_id, *modules], self.output.fileno(), limit)
         else:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shardmill.worker.executor", worker_id, *modules],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                bufsize=0,
-            )
+            self.proc = self._popen([worker_id, *modules])
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
         self.queue: collections.deque[Running] = collections.deque()
@@ -125,6 +131,21 @@ class ChildProcess:
         # Until the child says it is ready (its imports take ~0.5 s), a task written to its
         # pipe could fill the pipe and block the agent, and with it the heartbeats.
         self.ready = False
+
+    def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        echo = os.dup(2)  # the worker's stderr, where what a task prints shows too
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "shardmill.worker.executor", *argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.output,
+                pass_fds=(echo,),
+                env={**os.environ, ENV: f"{self.limit},{echo}"},
+                bufsize=0,
+            )
+        finally:
+            os.close(echo)
 
     @property
     def pid(self) -> int:
@@ -223,6 +244,9 @@ class ChildProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if not self.output.closed:  # the child is gone: what it printed last is all there
+            self.last_output = tail(self.output.fileno(), self.limit)
+            self.output.close()
 
     def death(self) -> ErrorInfo:
         """Describe how the child died: exit code or signal name, for the failure report."""
@@ -235,12 +259,14 @@ class ChildProcess:
                 type="ChildCrashed",
                 signal=name,
                 message=f"child process {self.pid} was killed by {name}",
+                output=self.last_output,
             )
         return ErrorInfo(
             kind="crash",
             type="ChildCrashed",
             exit_code=code,
             message=f"child process {self.pid} exited with code {code} mid-shard",
+            output=self.last_output,
         )
 
 

@@ -17,6 +17,8 @@ import zmq
 
 from shardmill.wire.codec import Buffer
 from shardmill.wire.protocol import ErrorInfo, Lease
+from shardmill.worker.echo import POLL, Echo, Send
+from shardmill.worker.output import DEFAULT_LIMIT
 from shardmill.worker.runner import ChildProcess, Running, TaskHead, of, task_leases, wait_all
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,18 @@ class Slots:
     """One child per slot, and the short shards the master sent beyond them."""
 
     def __init__(
-        self, worker_id: str, imports: list[str], count: int, report: Report, forward: Forward
+        self,
+        worker_id: str,
+        imports: list[str],
+        count: int,
+        report: Report,
+        forward: Forward,
+        *,
+        output_bytes: int = DEFAULT_LIMIT,
+        echo: Send | None = None,
     ) -> None:
         self.worker_id, self.imports = worker_id, imports
+        self.output_bytes = output_bytes  # the tail of what a task prints, sent with its end
         self.children = [self._spawn(fork=True) for _ in range(count)]  # before any zmq
         self.pending: collections.deque[Running] = collections.deque()  # not given a child yet
         self.brief: dict[str, float] = {}  # job -> the run time of its latest shard here
@@ -43,6 +54,8 @@ class Slots:
         self.draining = False
         self.poller: zmq.Poller | None = None
         self._report, self._forward = report, forward
+        self.echo = Echo(echo)
+        self.echoing = False  # a watched task came here once: look for them from now on
 
     def register(self, poller: zmq.Poller) -> None:
         self.poller = poller
@@ -54,7 +67,9 @@ class Slots:
         if self.draining:
             self.handback.extend(task_leases(task))
         else:
-            self.pending.append(Running(task, frames, sum(memoryview(f).nbytes for f in frames)))
+            size = sum(memoryview(f).nbytes for f in frames)
+            self.pending.append(Running(task, frames, size, echo=task.echo))
+            self.echoing = self.echoing or task.echo
 
     def step(self, ready: dict[Any, int], now: float) -> None:
         """Replies the poll found, timeouts, then pending tasks to free children."""
@@ -63,6 +78,8 @@ class Slots:
                 self._on_child(child)
         self._check_timeouts(now)
         self._assign(now)
+        if self.echoing:
+            self.echo.poll(self.children)
 
     def held(self) -> list[Lease]:
         """Every shard this worker holds: in its children, and waiting for one."""
@@ -70,7 +87,17 @@ class Slots:
         return held + [lease for run in self.pending for lease in run.leases]
 
     def deadlines(self) -> list[float]:
-        return [r.deadline for c in self.children if (r := c.running) and r.deadline]
+        found = [r.deadline for c in self.children if (r := c.running) and r.deadline]
+        if self.echoing and any((r := c.running) and r.echo for c in self.children):
+            found.append(time.monotonic() + POLL)  # a watched task: look at its output again
+        return found
+
+    def echo_job(self, job: str) -> None:
+        """A client now watches the job: its tasks here send what they print from now on
+        (what they printed so far included)."""
+        for run in [*self.pending, *(r for c in self.children for r in c.queue)]:
+            run.echo = run.echo or run.task.job_id == job
+            self.echoing = self.echoing or run.echo
 
     def collect(self) -> None:
         """Replies children have already written: sent now, not held back."""
@@ -80,7 +107,7 @@ class Slots:
     # ---- children ------------------------------------------------------------------------------
 
     def _spawn(self, fork: bool = False) -> ChildProcess:
-        return ChildProcess(self.worker_id, self.imports, fork=fork)
+        return ChildProcess(self.worker_id, self.imports, fork=fork, limit=self.output_bytes)
 
     def _replace(self, child: ChildProcess) -> None:
         assert self.poller is not None
@@ -94,12 +121,14 @@ class Slots:
         """Pending tasks to children: an idle one first, else queued behind a running one."""
         while self.pending:
             run = self.pending[0]
-            brief = self._brief(run.task.job_id)
+            # A watched task is not queued behind another: its output is told apart by time.
+            brief = self._brief(run.task.job_id) and not run.echo
             free = [
                 c
                 for c in self.children
                 if c.may_take(
-                    run.size, queue=brief and all(self._brief(r.task.job_id) for r in c.queue)
+                    run.size,
+                    queue=brief and all(self._brief(r.task.job_id) and not r.echo for r in c.queue),
                 )
             ]
             if not free:
@@ -126,6 +155,7 @@ class Slots:
             run = child.finish(now)
             self._timed(run.task.job_id, now - run.started)
             if not run.dropped:
+                self.echo.rest_of_reply(run, got[1])
                 self._forward(run, got[1], now)
             if not child.queue or not child.has_output():
                 break
@@ -161,6 +191,7 @@ class Slots:
             log.warning("%s child %d died (%s); replaced", what, child.pid, err.message)
             return
         log.warning("shard %s/%d: %s", running.task.job_id, running.task.shard, err.message)
+        self.echo.rest(running, err.output)
         self._report(running.task, err, running.started)
 
     def _check_timeouts(self, now: float) -> None:

@@ -136,6 +136,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return _exit_code(pinfo.state)
     with connect(args) as client:
         job = client.job(args.job)
+        if args.logs:
+            from shardmill.debug.echo import watch_output
+
+            watch_output(client, args.job)
         if args.json:
             info = poll_until_done(
                 job,

@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shardmill {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    builders = (_master, _worker, _submit, _plan, _queries, _pictures, _dashboard, _health)
-    for add in (*builders, _keygen, _demo):
+    builders = (_master, _worker, _submit, _plan, _queries, _debugging, _pictures, _dashboard)
+    for add in (*builders, _health, _keygen, _demo):
         add(sub)
     return parser
 
@@ -104,6 +104,9 @@ def _worker(sub: Subparsers) -> None:
     _imports(p, "module tasks may come from (repeatable)")
     p.add_argument("--heartbeat-interval", type=float, help="until the master says otherwise")
     p.add_argument("--drain-grace", type=float, help="seconds to finish shards on SIGTERM")
+    p.add_argument(
+        "--output-bytes", type=int, help="the last bytes each attempt prints, kept (default 1 MiB)"
+    )
     p.add_argument("--health-file", help="file touched whenever the master is heard")
     p.add_argument("--shuffle-dir", help="pipelines' map outputs (default: a temporary dir)")
     p.add_argument("--shuffle-host", help="the address peers fetch map outputs at")
@@ -166,11 +169,38 @@ def _queries(sub: Subparsers) -> None:
     p = _client(sub, "watch", "follow a job's progress until it ends", _lazy("jobs", "cmd_watch"))
     p.add_argument("job")
     p.add_argument("--timeout", type=float)
+    p.add_argument("--logs", action="store_true", help="print what its tasks print, live")
     p = _client(
         sub, "why", "tell one shard's story: attempts, workers, errors", _lazy("jobs", "cmd_why")
     )
     p.add_argument("job")
     p.add_argument("shard", type=int)
+
+
+def _debugging(sub: Subparsers) -> None:
+    """What failed attempts printed, and running one of them again here."""
+    p = _client(
+        sub,
+        "logs",
+        "print what a job's attempts printed, with their tracebacks",
+        _lazy("debug", "cmd_logs"),
+    )
+    p.add_argument("job")
+    p.add_argument("shard", type=int, nargs="?", help="one shard (default: every shard's)")
+    p.add_argument("--attempt", type=int, help="only this attempt (1 is the first)")
+    p = sub.add_parser(
+        "replay", help="run a failed attempt again here, from its bundle in the state dir"
+    )
+    p.add_argument("job")
+    p.add_argument("shard", type=int)
+    p.add_argument("--attempt", type=int, help="that attempt (default: the latest failed one)")
+    p.add_argument("--pdb", action="store_true", help="stop in pdb at the exception")
+    p.add_argument(
+        "--state-dir",
+        default=os.environ.get("SHARDMILL_MASTER_STATE_DIR"),
+        help="the master's state dir (default $SHARDMILL_MASTER_STATE_DIR)",
+    )
+    p.set_defaults(handler=_lazy("debug", "cmd_replay"))
 
 
 def _pictures(sub: Subparsers) -> None:

@@ -50,6 +50,7 @@ WORKER_FLAGS = (
     "shuffle_memory",
     "log_level",
     "log_format",
+    "output_bytes",
 )
 
 

@@ -225,5 +225,12 @@ def show_story(job_id: str, shard: ShardInfo) -> None:
             code = f", exit code {a.error.exit_code}" if a.error.exit_code is not None else ""
             line += f" - {a.error.type} {a.error.message}{sig}{code}"
         console.print(line, markup=False, highlight=False)
+        if a.output:
+            console.print("  output:", markup=False, highlight=False)
+            console.print(_indent(a.output), markup=False, highlight=False)
         if a.error is not None and a.error.traceback:
             console.print(a.error.traceback, markup=False, highlight=False)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.rstrip("\n").split("\n"))

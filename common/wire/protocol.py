@@ -40,6 +40,11 @@ class ErrorInfo(Frozen):
     signal: str | None = None
     worker: str = ""
     retryable: bool = True
+    output: str = ""  # the tail of what the attempt printed (stdout and stderr) before it failed
+    code_file: str = ""  # the function's or op's module file, as the failing worker had it,
+    code_sha256: str = ""  # its hash (replay names a change since),
+    code_version: str = ""  # and its __version__, when it has one
+    input_sha256: str = ""  # a dataset shard's bytes as the worker read them (.npy, CSV)
 
 
 class ShmRef(Frozen):
@@ -66,6 +71,7 @@ class AttemptInfo(Frozen):
     error: ErrorInfo | None = None
     ran: float | None = None  # seconds the worker ran it; started..ended also holds its queueing
     backup: bool = False  # a speculative second attempt, started while the first still ran
+    output: str = ""  # the tail of what it printed, stdout and stderr (a failure's too)
 
 
 class ShardInfo(Frozen):
@@ -199,6 +205,7 @@ class ShardDone(_Msg):
     duration: float = 0.0
     payload: bytes = b""
     more: list[ShardAttempt] = []  # a batch's other shards, folded into the same partial
+    output: str = ""  # the tail of what it printed, stdout and stderr
 
 
 class ShardFailed(_Msg):
@@ -209,6 +216,17 @@ class ShardFailed(_Msg):
     duration: float = 0.0
     error: ErrorInfo
     more: list[ShardAttempt] = []  # a batch's other shards: not charged, they run again
+
+
+class TaskOutput(_Msg):
+    """Lines a watched job's task printed, as it runs: worker -> master -> watching clients."""
+
+    kind: Literal["task_output"] = "task_output"
+    job_id: str
+    shard: int
+    attempt: int
+    text: str
+    worker: str = ""  # filled in by the master
 
 
 class Draining(_Msg):
@@ -260,10 +278,18 @@ class Task(_Msg):
     payload: bytes = b""
     shm: list[ShmRef] = []  # array frames the worker maps from shared memory
     more: list[BatchShard] = []  # more shards of the job, run after this one, folded with it
+    echo: bool = False  # a client watches the job's output: send what it prints as it runs
 
     def more_attempts(self) -> list[ShardAttempt]:
         """The batch's other shards, as a reply names them."""
         return [ShardAttempt(shard=m.shard, attempt=m.attempt) for m in self.more]
+
+
+class EchoTasks(_Msg):
+    """A client now watches the job's output: its tasks running here send what they print."""
+
+    kind: Literal["echo_tasks"] = "echo_tasks"
+    job_id: str
 
 
 class CancelTasks(_Msg):
@@ -288,6 +314,7 @@ class Submit(_Request):
     wait: bool = False  # answer with the JobResult (same req) when the job ends: one round trip
     job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     shm: list[ShmRef] = []  # array frames written to shared memory (client on the master's host)
+    echo: bool = False  # send this client what the job's tasks print as they run
 
 
 class StatusQuery(_Request):
@@ -316,6 +343,13 @@ class ResultQuery(_Request):
 
 class CancelJob(_Request):
     kind: Literal["cancel"] = "cancel"
+    job_id: str
+
+
+class WatchOutput(_Request):
+    """Send this client what the job's tasks print as they run (TaskOutput), until it ends."""
+
+    kind: Literal["watch_output"] = "watch_output"
     job_id: str
 
 
@@ -419,6 +453,7 @@ Message = Annotated[
     | Heartbeat
     | ShardDone
     | ShardFailed
+    | TaskOutput
     | Draining
     | Disconnect
     | Welcome
@@ -426,6 +461,7 @@ Message = Annotated[
     | Reregister
     | Task
     | CancelTasks
+    | EchoTasks
     | Submit
     | StatusQuery
     | JobsQuery
@@ -436,6 +472,7 @@ Message = Annotated[
     | PruneJobs
     | SubmitPipeline
     | PipelineQuery
+    | WatchOutput
     | Ping
     | Submitted
     | JobStatus
@@ -451,7 +488,9 @@ Message = Annotated[
 
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
-WORKER_KINDS = frozenset({"ready", "heartbeat", "done", "failed", "draining", "disconnect"})
+WORKER_KINDS = frozenset(
+    {"ready", "heartbeat", "done", "failed", "draining", "disconnect", "task_output"}
+)
 CLIENT_KINDS = frozenset(
     {
         "submit",
@@ -465,5 +504,6 @@ CLIENT_KINDS = frozenset(
         "metrics",
         "submit_pipeline",
         "pipeline",
+        "watch_output",
     }
 )

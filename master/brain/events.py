@@ -47,6 +47,7 @@ class ShardSucceeded:
     attempt: int
     duration: float = 0.0
     more: tuple[tuple[int, int], ...] = ()  # (shard, attempt) folded into the same partial
+    output: str = ""  # the tail of what it printed
 
 
 @dataclass(frozen=True)

@@ -61,18 +61,24 @@ class Attempt:
     error: ErrorInfo | None = None
     ran: float | None = None  # seconds its worker reports running it (it may have queued first)
     backup: bool = False  # a speculative second attempt
+    output: str = ""  # what a successful attempt printed; a failed one's is in its error
 
     def info(self, offset: float = 0.0) -> AttemptInfo:
-        """As users read it: `offset` turns the master's clock into wall-clock time."""
+        """As users read it: `offset` turns the master's clock into wall-clock time, and what
+        the attempt printed is in `output` whether it failed or not."""
+        error, output = self.error, self.output
+        if error is not None and error.output:
+            error, output = error.model_copy(update={"output": ""}), error.output
         return AttemptInfo(
             attempt=self.number,
             worker=self.worker,
             started=self.started + offset,
             ended=None if self.ended is None else self.ended + offset,
             outcome=self.outcome,
-            error=self.error,
+            error=error,
             ran=self.ran,
             backup=self.backup,
+            output=output,
         )
 
 
@@ -208,13 +214,14 @@ class Job:
             self.ready.append(shard.index)
 
     def accept(
-        self, shard: Shard, worker: str, attempt: int, duration: float, *, now: float
+        self, shard: Shard, worker: str, attempt: int, duration: float, *, now: float, output: str
     ) -> None:
         """The shard's first result is in: its attempt closes and it is done (merged next)."""
-        if not shard.close_attempt(now, "ok", None, worker=worker, ran=duration):
+        if not (closed := shard.close_attempt(now, "ok", None, worker=worker, ran=duration)):
             # A late result from a worker whose attempt was already written off as lost.
-            late = Attempt(attempt, worker, now - duration, now, "ok (late)", ran=duration)
-            shard.history.append(late)
+            closed = Attempt(attempt, worker, now - duration, now, "ok (late)", ran=duration)
+            shard.history.append(closed)
+        closed.output = output
         while shard.close_attempt(now, "superseded", None):
             pass  # a re-run still in flight elsewhere: its result will be a counted duplicate
         if shard.state is ShardState.QUEUED:

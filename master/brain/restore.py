@@ -44,5 +44,13 @@ def _attempt(a: AttemptInfo, wall_offset: float) -> Attempt:
     ended = None if a.ended is None else a.ended - wall_offset
     started = a.started - wall_offset
     return Attempt(
-        a.attempt, a.worker, started, ended, a.outcome, a.error, ran=a.ran, backup=a.backup
+        a.attempt,
+        a.worker,
+        started,
+        ended,
+        a.outcome,
+        a.error,
+        ran=a.ran,
+        backup=a.backup,
+        output=a.output,
     )

@@ -150,7 +150,9 @@ class MasterState(Roster):
         for m in members:
             self._end_race(job, m, e.worker)
             self._free_lease(job, m)
-            job.accept(m, e.worker, attempts[m.index], e.duration / len(members), now=self._now)
+            seconds = e.duration / len(members)
+            output = e.output if m.index == e.shard else ""  # a batch prints as one
+            job.accept(m, e.worker, attempts[m.index], seconds, now=self._now, output=output)
         merge = ev.MergeShard(e.job_id, e.shard, tuple(indices[1:]), e.worker, e.attempt)
         self._out.append(merge)
         self._maybe_finish(job)

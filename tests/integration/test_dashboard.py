@@ -22,6 +22,7 @@ from helpers import FAST, cluster_env, run_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardmill import LocalCluster
+from shardmill.errors import JobFailed
 
 
 def _free_port() -> int:
@@ -90,8 +91,19 @@ def killed_job(lab: tuple[LocalCluster, str], tmp_path_factory: pytest.TempPathF
     return job.id
 
 
+@pytest.fixture(scope="module")
+def printed_job(lab: tuple[LocalCluster, str]) -> str:
+    """A job whose one shard prints a line, then raises."""
+    cluster, _ = lab
+    with cluster.client() as client:
+        job = client.map("sm_tasks:print_then_raise", [(5,)], chunk_size=1, max_attempts=1)
+        with pytest.raises(JobFailed):
+            job.result(timeout=60)
+    return job.id
+
+
 def test_the_job_page_shows_progress_the_lost_worker_and_a_retry(
-    lab: tuple[LocalCluster, str], killed_job: str, tmp_path: Path
+    lab: tuple[LocalCluster, str], killed_job: str, printed_job: str, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -124,6 +136,14 @@ def test_the_job_page_shows_progress_the_lost_worker_and_a_retry(
         assert len(bars) == sum(len(s.history) for s in info.shards or [])
         assert len(driver.find_elements(By.CSS_SELECTOR, "#shards tbody tr")) == 10
         driver.save_screenshot(str(tmp_path / "job.png"))
+
+        # And a failed shard's story shows what it printed, then its traceback
+        driver.get(f"{base}/jobs/{printed_job}")
+        wait.until(lambda d: d.find_element(By.ID, "state").text == "failed")
+        story = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#shards pre.output"))
+        assert story[0].text == "computing shard input 5"
+        traceback = driver.find_element(By.CSS_SELECTOR, "#shards pre.traceback").text
+        assert traceback.rstrip().endswith("ValueError: bad value 5")
     finally:
         driver.quit()
     assert (tmp_path / "job.png").stat().st_size > 0
@@ -147,7 +167,8 @@ def test_metrics_parse_and_count_the_job(lab: tuple[LocalCluster, str], killed_j
     assert samples["shardmill_shards_done_total"][0].value == sum(j.shards_done for j in jobs)
     assert samples["shardmill_shards_requeued_total"][0].value >= 1
     assert samples["shardmill_shard_duration_seconds_count"][0].value >= 10
-    assert {s.labels["state"]: s.value for s in samples["shardmill_jobs"]}["done"] == len(jobs)
+    by_state = {s.labels["state"]: s.value for s in samples["shardmill_jobs"]}
+    assert by_state["done"] == sum(j.state == "done" for j in jobs)  # printed_job failed
     assert samples["shardmill_workers"][0].value >= 1
     assert 0 < samples["shardmill_worker_rtt_max_seconds"][0].value < 1  # pinged, echoed
     # Bounded labels: nothing is labelled by job, shard or worker.

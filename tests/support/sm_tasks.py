@@ -180,3 +180,31 @@ def stall_on(x: int, seconds: float, slow_file: str) -> int:
     slow = Path(slow_file).read_text().strip()
     time.sleep(60.0 if slow and os.environ.get("SHARDMILL_WORKER_ID") == slow else seconds)
     return x * 3
+
+
+def chatty(x: int) -> int:
+    """Prints to stdout and stderr, then returns."""
+    print(f"hello from {x}")
+    os.write(2, f"raw stderr {x}\n".encode())
+    return x
+
+
+def print_then_raise(x: int) -> int:
+    """Prints a line, then fails: its story shows both."""
+    print(f"computing shard input {x}")
+    raise ValueError(f"bad value {x}")
+
+
+def print_then_kill(x: int) -> int:
+    """Prints a line, then its process dies of SIGKILL mid-shard."""
+    print(f"about to die on {x}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def print_and_wait(x: int, flag: str) -> int:
+    """Prints a line, waits for `flag` to exist (the test's go), prints another."""
+    print(f"waiting {x}", flush=True)
+    wait_for_file(flag)
+    print(f"done {x}", flush=True)
+    return x

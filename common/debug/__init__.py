@@ -1,0 +1,1 @@
+"""Debugging a failed attempt after the fact: its replay bundle, and running it again."""
