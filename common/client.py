@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from pydantic import ValidationError
 
 from shardmill.config import ClientSettings, address_problem
 from shardmill.data.paths import located
@@ -21,7 +20,6 @@ from shardmill.debug.echo import show_output
 from shardmill.errors import (
     ConfigError,
     HandshakeRefused,
-    JobSpecError,
     MasterUnreachable,
     MessageTooLarge,
     ServerError,
@@ -54,7 +52,7 @@ from shardmill.wire.protocol import (
     WorkersQuery,
 )
 from shardmill.wire.security import Security
-from shardmill.wire.spec import JobSpec
+from shardmill.wire.spec import JobSpec, job_spec
 from shardmill.worker.replay import replay
 
 if TYPE_CHECKING:
@@ -390,13 +388,3 @@ def _chunked(spec: JobSpec, items: list[tuple[Any, ...]], size: int) -> tuple[Su
         part_arrays.append(len(packed.arrays))
         arrays.extend(packed.arrays)
     return Submit(spec=spec, parts=parts, part_counts=counts, part_arrays=part_arrays), arrays
-
-
-def job_spec(**fields: Any) -> JobSpec:
-    """A JobSpec from keyword fields; JobSpecError names the first bad field and its value."""
-    try:
-        return JobSpec(**fields)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise JobSpecError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None

@@ -80,8 +80,7 @@ class MasterLoop:
         self._next_prune = 0.0
 
     def _restore(self, restored: Sequence[ev.Event]) -> Pipelines:
-        """Every job, then every pipeline, in the state dir back as it was (no worker is
-        connected yet: nothing is sent)."""
+        """The state dir's jobs, then pipelines, back as they were (no worker is here yet)."""
         pipelines = self.core.pipelines = Pipelines(self.core, self.settings.state_dir)
         for event in restored:
             self.apply(event)

@@ -54,9 +54,9 @@ def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """A dry run: the shards a spec would make, with rows, bytes, key range and skew."""
-    from shardmill.client import job_spec
     from shardmill.data.plan import build_plan
     from shardmill.ops.registry import Registry
+    from shardmill.wire.spec import job_spec
 
     fields = spec_fields(args)
     if args.dataset is not None:

@@ -6,9 +6,11 @@ descriptors from a spec and the workers read by them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+
+from shardmill.errors import JobSpecError
 
 FunctionRef = Annotated[
     str,
@@ -193,3 +195,13 @@ class ScanShard(Frozen):
 
 
 Descriptor = Annotated[RowRange | MapChunk | ScanShard, Field(discriminator="kind")]
+
+
+def job_spec(**fields: Any) -> JobSpec:
+    """A JobSpec from keyword fields; JobSpecError names the first bad field and its value."""
+    try:
+        return JobSpec(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise JobSpecError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
