@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -40,11 +41,11 @@ from shardmill.master.blobfiles import (
     BlobFiles,
     ShardRow,
 )
+from shardmill.master.migrate import migrate
 from shardmill.master.records import (
     StoredJob,
     StoredShard,
     pack_inputs,
-    unpack_blob,
     unpack_settled,
 )
 from shardmill.master.walcheckpoint import WAL_INTERVAL, WalCheckpointer
@@ -56,15 +57,21 @@ log = logging.getLogger(__name__)
 
 
 FORMAT = "shardmill-state"
+# 4: a finished job's summary in `summaries` (a restart reads those, not the finished jobs).
 # 3: a blob column may hold a TEXT reference to a file in blobs/ (an older master would read
 # it as a blob). 2: a job's inputs are one blob in its row, and a finished job's shards one blob
 # in its row (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
 
 _DESCRIPTORS: TypeAdapter[list[Descriptor]] = TypeAdapter(list[Descriptor])
 _HISTORY: TypeAdapter[list[AttemptInfo]] = TypeAdapter(list[AttemptInfo])
+
+_SELECT_JOB = (
+    "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
+    "finished_at, result, inputs, settled FROM jobs "
+)
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +83,7 @@ CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
 CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
+CREATE TABLE summaries (job_id TEXT PRIMARY KEY, summary BLOB NOT NULL);
 """
 
 
@@ -180,10 +188,8 @@ class Store:
                 f"{self.path} was written by a newer shardmill (state version {version}, this "
                 f"master understands {SCHEMA_VERSION}); upgrade this master"
             )
-        if version == 1:
-            _migrate_from_1(db)
-        elif version == 2:  # no blob files yet: only the version changes
-            db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),))
+        if version < SCHEMA_VERSION:
+            migrate(db, version, SCHEMA_VERSION)
 
     def _max_seq(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
@@ -239,6 +245,7 @@ class Store:
         result: bytes | None,
         settled: bytes,
         keep_shard_rows: bool = False,
+        summary: bytes | None = None,
     ) -> None:
         """A finished job: its state, result and `settled` in its one row. Its inputs and
         partial go, and its shard rows too unless they hold its (map) result.
@@ -260,12 +267,14 @@ class Store:
             if not keep_shard_rows:
                 self.db.execute("DELETE FROM shards WHERE job_id = ?", (job_id,))
             self.db.execute("DELETE FROM partials WHERE job_id = ?", (job_id,))
+            if summary is not None:  # what a restart reads of it
+                self.db.execute("INSERT OR REPLACE INTO summaries VALUES (?, ?)", (job_id, summary))
 
     def delete_jobs(self, job_ids: Sequence[str]) -> None:
         with self._writing():
             for job_id in job_ids:
                 self.blobs.drop(job_id)
-            for table in ("jobs", "shards", "partials"):
+            for table in ("jobs", "shards", "partials", "summaries"):
                 rows = [(j,) for j in job_ids]
                 self.db.executemany(f"DELETE FROM {table} WHERE job_id = ?", rows)
 
@@ -304,38 +313,48 @@ class Store:
     # ---- reading -------------------------------------------------------------------------------
 
     def load(self) -> Iterator[StoredJob]:
-        """Every stored job, oldest first, with what is needed to resume or serve it."""
-        rows = self.db.execute(
-            "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
-            "finished_at, result, inputs, settled FROM jobs ORDER BY seq"
-        ).fetchall()
+        """Every unfinished job, oldest first, with what is needed to resume it (finished ones
+        are summaries: `summaries`, and `load_job` when someone asks)."""
+        rows = self.db.execute(_SELECT_JOB + "WHERE state = 'running' ORDER BY seq").fetchall()
         for row in rows:
-            read = self.blobs.read
-            job = StoredJob(
-                job_id=row[0],
-                spec=JobSpec.model_validate_json(row[1]),
-                descriptors=_DESCRIPTORS.validate_json(row[2]),
-                part_counts=json.loads(row[3]),
-                submitted_at=row[4],
-                state=row[5],
-                error=row[6],
-                finished_at=row[7],
-                result=read(row[8], f"job {row[0]}'s result"),
-                inputs=read(row[9], f"job {row[0]}'s inputs"),
-            )
-            settled = read(row[10], f"job {row[0]}'s shard stories")
-            if settled is not None:
-                job.shards = unpack_settled(settled)
-            for shard, st, hist, result in self.db.execute(
-                "SELECT shard, state, history, result FROM shards WHERE job_id = ?", (job.job_id,)
-            ):
-                blob = read(result, f"job {job.job_id}'s shard {shard} result")
-                job.shards[shard] = StoredShard(st, _HISTORY.validate_json(hist), blob)
-            partial = self.db.execute(
-                "SELECT blob FROM partials WHERE job_id = ?", (job.job_id,)
-            ).fetchone()
-            job.partial = read(partial[0], f"job {job.job_id}'s partial") if partial else None
-            yield job
+            yield self._stored(row)
+
+    def summaries(self) -> list[bytes]:
+        """Every finished job's packed summary (archive.JobSummary.pack, msgpack)."""
+        return [row[0] for row in self.db.execute("SELECT summary FROM summaries")]
+
+    def load_job(self, job_id: str) -> StoredJob | None:
+        """One job, finished or not, as `load` reads it: its stories, result and partial."""
+        row = self.db.execute(_SELECT_JOB + "WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else self._stored(row)
+
+    def _stored(self, row: tuple[Any, ...]) -> StoredJob:
+        read = self.blobs.read
+        job = StoredJob(
+            job_id=row[0],
+            spec=JobSpec.model_validate_json(row[1]),
+            descriptors=_DESCRIPTORS.validate_json(row[2]),
+            part_counts=json.loads(row[3]),
+            submitted_at=row[4],
+            state=row[5],
+            error=row[6],
+            finished_at=row[7],
+            result=read(row[8], f"job {row[0]}'s result"),
+            inputs=read(row[9], f"job {row[0]}'s inputs"),
+        )
+        settled = read(row[10], f"job {row[0]}'s shard stories")
+        if settled is not None:
+            job.shards = unpack_settled(settled)
+        for shard, st, hist, result in self.db.execute(
+            "SELECT shard, state, history, result FROM shards WHERE job_id = ?", (job.job_id,)
+        ):
+            blob = read(result, f"job {job.job_id}'s shard {shard} result")
+            job.shards[shard] = StoredShard(st, _HISTORY.validate_json(hist), blob)
+        partial = self.db.execute(
+            "SELECT blob FROM partials WHERE job_id = ?", (job.job_id,)
+        ).fetchone()
+        job.partial = read(partial[0], f"job {job.job_id}'s partial") if partial else None
+        return job
 
     def close(self) -> None:
         """Commit what is written, unless a write failed: then the open transaction is dropped
@@ -375,22 +394,3 @@ def _disk_facts(state_dir: Path) -> str:
     if limit != resource.RLIM_INFINITY:
         facts.append(f"file size limit (ulimit -f) {limit:,} bytes")
     return f" [{', '.join(facts)}]"
-
-
-def _migrate_from_1(db: sqlite3.Connection) -> None:
-    """State version 1 kept a row per shard input in `inputs`: fold them into the jobs' rows."""
-    db.execute("BEGIN")
-    db.execute("ALTER TABLE jobs ADD COLUMN inputs BLOB")
-    db.execute("ALTER TABLE jobs ADD COLUMN settled BLOB")
-    rows = db.execute("SELECT job_id, blob FROM inputs ORDER BY job_id, shard").fetchall()
-    per_job: dict[str, list[tuple[bytes, list[Buffer]]]] = {}
-    for job_id, blob in rows:
-        per_job.setdefault(job_id, []).append(unpack_blob(blob))
-    db.executemany(
-        "UPDATE jobs SET inputs = ? WHERE job_id = ?",
-        [(pack_inputs(inputs), job_id) for job_id, inputs in per_job.items()],
-    )
-    db.execute("DROP TABLE inputs")
-    db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),))
-    db.execute("COMMIT")
-    log.info("state database migrated from version 1 to %d", SCHEMA_VERSION)
