@@ -89,6 +89,7 @@ class ShardDone(_Msg):
     payload: bytes = b""
     more: list[ShardAttempt] = []  # a batch's other shards, folded into the same partial
     output: str = ""  # the tail of what it printed, stdout and stderr
+    finished: float = 0.0  # wall-clock time it ended on the worker (a resent copy keeps it)
 
 
 class ShardFailed(_Msg):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from shardmill.master.brain.model import Attempt, Job, Shard, Timing
+from shardmill.master.brain.attempt import Attempt
+from shardmill.master.brain.model import Job, Shard, Timing
 from shardmill.wire.protocol import ErrorInfo
 
 
