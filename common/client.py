@@ -29,7 +29,7 @@ from shardmill.job import LONG_POLL, Job, unpack_result
 from shardmill.pipeline.calls import PipelineCalls
 from shardmill.wire import shm
 from shardmill.wire.codec import Decoded, decode, encode, is_array, pack_value
-from shardmill.wire.handshake import HandshakeWatch
+from shardmill.wire.handshake import HandshakeWatch, unreachable
 from shardmill.wire.protocol import (
     CancelJob,
     ErrorReply,
@@ -326,6 +326,9 @@ class Client(PipelineCalls):
             if problem := self._watch.check():
                 self._reset()
                 raise HandshakeRefused(f"{problem} (master {self.master})")
+            if self._watch.nothing_listening():
+                self._reset()
+                raise MasterUnreachable(unreachable(self.master, "nothing is listening there"))
             if sock not in ready:
                 continue
             reply = decode(sock.recv_multipart(copy=False))
@@ -336,10 +339,7 @@ class Client(PipelineCalls):
                 raise server_error(reply.msg.code, reply.msg.message)
             return reply
         self._reset()
-        raise MasterUnreachable(
-            f"no answer from the master at {self.master} within {wait:.1f} s; is it running? "
-            "Point clients at it with --master tcp://HOST:5556 or SHARDMILL_MASTER"
-        )
+        raise MasterUnreachable(unreachable(self.master, f"no answer within {wait:.1f} s"))
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:

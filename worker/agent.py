@@ -23,7 +23,7 @@ from shardmill.errors import ProtocolError
 from shardmill.health import HealthFile
 from shardmill.wire import shm
 from shardmill.wire.codec import bundles, decode, encode, unbundle, unpack_header
-from shardmill.wire.handshake import HandshakeWatch
+from shardmill.wire.handshake import HandshakeWatch, unreachable
 from shardmill.wire.protocol import (
     CancelTasks,
     Disconnect,
@@ -158,9 +158,13 @@ class Agent:
 
     def _reconnect(self) -> None:
         now = time.monotonic()
+        quiet = self.watch is not None and self.watch.nothing_listening()
+        what = (
+            "nothing is listening there" if quiet else f"silent for {now - self.last_heard:.1f} s"
+        )
         log.warning(
-            "master silent for %.1f s; reconnecting (backoff %.1f s)",
-            now - self.last_heard,
+            "%s; reconnecting (backoff %.1f s)",
+            unreachable(self.settings.master, what, role="worker"),
             self.reconnect_delay,
         )
         self._close_socket(linger=0)
