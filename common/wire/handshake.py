@@ -79,13 +79,15 @@ class HandshakeWatch:
         since = self.refused_since
         return since is not None and not self.reached and time.monotonic() - since >= REFUSED_GRACE
 
-    def _judge(self, event: int, value: int) -> str | None:
+    def _connection(self, event: int) -> None:
         if event == zmq.EVENT_CONNECTED:
             self.reached = True
-            return None
-        if event == zmq.EVENT_CONNECT_RETRIED:
-            if self.refused_since is None:
-                self.refused_since = time.monotonic()
+        elif event == zmq.EVENT_CONNECT_RETRIED and self.refused_since is None:
+            self.refused_since = time.monotonic()
+
+    def _judge(self, event: int, value: int) -> str | None:
+        if event & (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED):
+            self._connection(event)
             return None
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._no_detail = 0
