@@ -112,7 +112,8 @@ class Client(PipelineCalls):
     ) -> Job:
         """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order.
 
-        `allow_failures=N`: up to N shards may fail for good (their items come back as None).
+        `allow_failures=N`: up to N shards may fail for good (each of their items comes back as
+        `shardmill.Failed(job_id, shard)`, falsy and never a task's own value).
         `priority`: higher first within this client's share. `speculate_after`: straggler
         backups at that many times the median (None: the master's setting; 0: never).
         `echo`: print what the tasks print as they run, while this client waits on the job."""

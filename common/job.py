@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardmill.errors import JobCancelled, JobFailed, JobTimeout, MasterUnreachable, RemoteError
+from shardmill.failed import mark_failed
 from shardmill.wire.codec import Decoded, unpack_value
 from shardmill.wire.protocol import JobInfo, JobResult, Message, ResultQuery
 
@@ -97,7 +98,7 @@ def unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
         values.append(unpack_value(part, arrays[offset : offset + k]))
         offset += k
     if info.op == "map":
-        return [v for chunk in values for v in (chunk or [])]
+        return mark_failed(info.job_id, values, list(info.missing_shards))
     return values[0]
 
 
