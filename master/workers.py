@@ -85,10 +85,14 @@ class WorkerMessages:
 
     def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
         """Queue `msg` for `worker`; it leaves at the loop turn's end (`flush`)."""
+        if self.core.epoch:
+            msg = msg.model_copy(update={"epoch": self.core.epoch})
         self.outbox.setdefault(worker, []).append(encode(msg, arrays))
 
     def send_header(self, worker: str, header: dict[str, Any], arrays: Sequence[Any]) -> None:
         """As `send`, for a message the master built as plain data (a task)."""
+        if self.core.epoch:
+            header["epoch"] = self.core.epoch
         self.outbox.setdefault(worker, []).append(encode_header(header, arrays))
 
     def flush(self) -> None:
@@ -221,6 +225,7 @@ class WorkerMessages:
             heartbeat_interval=timing.heartbeat_interval,
             heartbeat_liveness=timing.heartbeat_liveness,
             max_message_bytes=self.core.settings.max_message_bytes,
+            epoch=self.core.epoch,
         )
         send(self.sock, identity, welcome)
         self.core.apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))

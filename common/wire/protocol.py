@@ -51,6 +51,7 @@ PROTOCOL_VERSION = 1
 
 class _Msg(Frozen):
     v: int = PROTOCOL_VERSION
+    epoch: int = 0  # the sending master's term (docs/standby.md): peers refuse a lower one
 
 
 # ---- worker -> master ------------------------------------------------------------------------
@@ -321,6 +322,7 @@ class Pong(_Reply):
     version: str
     workers: int
     shared_memory: bool = False  # the master saw the ping's probe file
+    standby: str = ""  # "in sync: NAME" or "alone: WHY" (docs/standby.md); "" without one
 
 
 class ErrorReply(_Reply):
