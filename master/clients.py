@@ -267,6 +267,7 @@ class ClientRequests:
             time.monotonic(),
             shm_peers=peers.shares_memory,
             shuffle=peers.shuffle,
+            usage=peers.usage,
         )
         self._reply(identity, WorkerList(req=msg.req, workers=infos))
 

@@ -232,6 +232,8 @@ class WorkerMessages:
         worker = _name(identity)
         if msg.shuffle_bytes or worker in self.core.peers.shuffle:
             self.core.peers.shuffle[worker] = msg.shuffle_bytes
+        if msg.rss:  # an agent that samples itself (older ones send no usage)
+            self.core.peers.usage[worker] = (msg.cpu, msg.rss)
         self.core.apply(ev.WorkerSeen(worker, rtt))
 
     def _on_draining(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:

@@ -43,6 +43,7 @@ from shardmill.worker.resend import Recent, too_large
 from shardmill.worker.runner import Running, TaskHead
 from shardmill.worker.shuffle import Pieces
 from shardmill.worker.slots import Slots
+from shardmill.worker.usage import Usage
 
 log = logging.getLogger(__name__)
 # A worker queues at most this many short shards per slot beyond its slots (the master sizes
@@ -70,6 +71,7 @@ class Agent:
             output_bytes=settings.output_bytes,
             echo=self._send,
         )
+        self.usage = Usage()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None
@@ -123,7 +125,7 @@ class Agent:
         self.slots.step(ready, now)
         if now >= self.next_beat:
             self.next_beat = now + self.interval
-            self._send(Heartbeat(shuffle_bytes=self.pieces.server.bytes))
+            self._beat()
         if now - self.last_heard > self.interval * self.liveness and self.draining_since is None:
             self._reconnect()
 
@@ -230,8 +232,13 @@ class Agent:
                     continue
                 self._on_master(decoded.msg)
         if echo:  # the master times the round trip with it; it is our beat, too
-            self._send(Heartbeat(echo=echo, shuffle_bytes=self.pieces.server.bytes))
+            self._beat(echo)
             self.next_beat = time.monotonic() + self.interval
+
+    def _beat(self, echo: float = 0.0) -> None:
+        cpu, rss = self.usage.sample(time.monotonic())
+        held = self.pieces.server.bytes
+        self._send(Heartbeat(echo=echo, shuffle_bytes=held, cpu=cpu, rss=rss))
 
     def _heard(self) -> None:
         now = time.monotonic()
