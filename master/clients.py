@@ -19,6 +19,7 @@ from shardmill.errors import (
     StateDirError,
 )
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.failures import telling_error
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
 from shardmill.master.core import Core, send, user_id
@@ -326,9 +327,10 @@ class ClientRequests:
             self._reply(identity, JobResult(req=req, job=info, failure=failure))
 
     def _failure(self, job_id: str) -> ErrorInfo | None:
+        """The failed shard's telling error: what the task raised, if any attempt raised."""
         for shard in self.core.brain.jobs[job_id].shards:
             if shard.state is ShardState.FAILED and shard.history:
-                return shard.history[-1].error
+                return telling_error(shard.history)
         return None
 
 

@@ -89,6 +89,7 @@ class Agent:
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
         self.health = HealthFile(settings.health_file, self.worker_id)
+        self.alive = HealthFile(settings.alive_file, self.worker_id)
         self.fatal: str | None = None  # set when the master refuses us for good
         self._probe: str | None = None  # a /dev/shm file the master looks for at READY
         self._wake_r, self._wake_w = os.pipe()
@@ -115,6 +116,7 @@ class Agent:
     def _step(self) -> None:
         ready = dict(self.poller.poll(self._timeout_ms()))
         now = time.monotonic()
+        self.alive.touch(now, self.interval)
         if self._wake_r in ready:
             self._on_signal(os.read(self._wake_r, 64))
         if self.watch is not None and self.watch.monitor in ready and (bad := self.watch.check()):
