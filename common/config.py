@@ -200,6 +200,12 @@ class WorkerSettings(BaseSettings):
     reconnect_max: float = Field(5.0, gt=0, description="longest wait between reconnects")
     drain_grace: float = Field(30.0, ge=0, description="seconds to finish shards on SIGTERM")
     health_file: Path | None = _health_field("WORKER", "whenever the master is heard")
+    alive_file: Path | None = Field(
+        None,
+        description="file touched on every turn of the agent's loop, heard from the master or "
+        "not: a liveness probe on it restarts a hung worker, never one waiting out a master "
+        "outage (`shardmill health --file` reads its age)",
+    )
     shuffle_dir: Path | None = Field(
         None, description="where pipelines' map outputs are kept (default: a temporary directory)"
     )

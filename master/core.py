@@ -40,12 +40,14 @@ class Peers:
     shares_memory: set[str] = field(default_factory=set)
     keys: dict[str, str] = field(default_factory=dict)  # worker -> the key it registered with
     shuffle: dict[str, int] = field(default_factory=dict)  # worker -> map output bytes held
+    usage: dict[str, tuple[float, int]] = field(default_factory=dict)  # worker -> (cpu %, rss)
 
     def forget(self, worker: str) -> None:
         """A worker gone (disconnected, expired, revoked): its READY and key binding with it."""
         self.hello.pop(worker, None)
         self.keys.pop(worker, None)
         self.shuffle.pop(worker, None)
+        self.usage.pop(worker, None)
 
 
 @dataclass

@@ -44,6 +44,7 @@ from shardmill.worker.resend import Recent, too_large
 from shardmill.worker.runner import Running, TaskHead
 from shardmill.worker.shuffle import Pieces
 from shardmill.worker.slots import Slots
+from shardmill.worker.usage import Usage
 
 log = logging.getLogger(__name__)
 # A worker queues at most this many short shards per slot beyond its slots (the master sizes
@@ -57,20 +58,19 @@ class Agent:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        self.interval = settings.heartbeat_interval
-        self.liveness = settings.heartbeat_liveness
+        self.interval, self.liveness = settings.heartbeat_interval, settings.heartbeat_liveness
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
-        imports = list(settings.imports)
         self.pieces = Pieces(settings, self.security, self.worker_id)  # before any child
         self.slots = Slots(
             self.worker_id,
-            imports,
+            list(settings.imports),
             settings.slots,
             self._fail,
             self._forward,
             output_bytes=settings.output_bytes,
             echo=self._send,
         )
+        self.usage = Usage()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None
@@ -90,6 +90,7 @@ class Agent:
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
         self.health = HealthFile(settings.health_file, self.worker_id)
+        self.alive = HealthFile(settings.alive_file, self.worker_id)
         self.fatal: str | None = None  # set when the master refuses us for good
         self._probe: str | None = None  # a /dev/shm file the master looks for at READY
         self._wake_r, self._wake_w = os.pipe()
@@ -116,6 +117,7 @@ class Agent:
     def _step(self) -> None:
         ready = dict(self.poller.poll(self._timeout_ms()))
         now = time.monotonic()
+        self.alive.touch(now, self.interval)
         if self._wake_r in ready:
             self._on_signal(os.read(self._wake_r, 64))
         if self.watch is not None and self.watch.monitor in ready and (bad := self.watch.check()):
@@ -126,7 +128,7 @@ class Agent:
         self.slots.step(ready, now)
         if now >= self.next_beat:
             self.next_beat = now + self.interval
-            self._send(Heartbeat(shuffle_bytes=self.pieces.server.bytes))
+            self._beat()
         if now - self.last_heard > self.interval * self.liveness and self.draining_since is None:
             self._reconnect()
 
@@ -228,7 +230,7 @@ class Agent:
             self._reconnect()  # to the next master: this one was replaced
             return
         if echo:  # the master times the round trip with it; it is our beat, too
-            self._send(Heartbeat(echo=echo, shuffle_bytes=self.pieces.server.bytes))
+            self._beat(echo)
             self.next_beat = time.monotonic() + self.interval
 
     def _on_part(self, part: Sequence[Any]) -> float:
@@ -266,6 +268,11 @@ class Agent:
         )
         self._fenced = True
         return True
+
+    def _beat(self, echo: float = 0.0) -> None:
+        cpu, rss = self.usage.sample(time.monotonic())
+        held = self.pieces.server.bytes
+        self._send(Heartbeat(echo=echo, shuffle_bytes=held, cpu=cpu, rss=rss))
 
     def _heard(self) -> None:
         now = time.monotonic()

@@ -134,6 +134,7 @@ def _worker(sub: Subparsers) -> None:
         "--output-bytes", type=int, help="the last bytes each attempt prints, kept (default 1 MiB)"
     )
     p.add_argument("--health-file", help="file touched whenever the master is heard")
+    p.add_argument("--alive-file", help="file touched on every turn of its loop, master or not")
     p.add_argument("--shuffle-dir", help="pipelines' map outputs (default: a temporary dir)")
     p.add_argument("--shuffle-host", help="the address peers fetch map outputs at")
     p.add_argument("--shuffle-port", type=int, help="the port they are served on (0: any)")

@@ -52,6 +52,7 @@ WORKER_FLAGS = (
     "heartbeat_interval",
     "drain_grace",
     "health_file",
+    "alive_file",
     "shuffle_dir",
     "shuffle_host",
     "shuffle_port",

@@ -74,6 +74,8 @@ class Heartbeat(_Msg):
     kind: Literal["heartbeat"] = "heartbeat"
     echo: float = 0.0  # a MasterPing's `sent`, returned at once: the master's round-trip clock
     shuffle_bytes: int = Field(0, ge=0)  # pipelines' map outputs it holds on disk now
+    cpu: float = Field(0.0, ge=0)  # percent of one core, the agent and its children (sampled)
+    rss: int = Field(0, ge=0)  # bytes of memory, the agent and its children
 
 
 class ShardAttempt(Frozen):
