@@ -116,7 +116,7 @@ class Client(PipelineCalls):
     ) -> Job:
         """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order.
 
-        `allow_failures=N`: up to N shards may fail for good (their items come back as `shardmill.Failed`).
+        `allow_failures=N`: up to N shards may fail for good (items: `shardmill.Failed`).
         `priority`: higher first within this client's share. `speculate_after`: straggler
         backups at that many times the median (None: the master's setting; 0: never).
         `echo`: print what the tasks print as they run, while this client waits on the job."""
