@@ -47,6 +47,7 @@ from shardmill.master.records import (
     pack_inputs,
     unpack_settled,
 )
+from shardmill.master.standby.recording import RecordingConnection as Recording
 from shardmill.master.walcheckpoint import WAL_INTERVAL, WalCheckpointer
 from shardmill.wire.codec import Buffer
 from shardmill.wire.protocol import AttemptInfo
@@ -142,7 +143,9 @@ class Store:
             # files the database's own mode.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(self.path, 0o600)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, factory=Recording
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # WalCheckpointer does it, off this thread

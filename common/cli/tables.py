@@ -13,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from shardmill.failed import Failed
 from shardmill.wire.codec import is_array, is_numpy_scalar
 from shardmill.wire.protocol import JobInfo, ShardInfo, WorkerInfo
 
@@ -75,6 +76,8 @@ def out(args: argparse.Namespace, data: Any, human: Any) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
+    if isinstance(value, Failed):
+        return value.to_json()
     if is_array(value) or is_numpy_scalar(value):
         return value.tolist()
     if isinstance(value, dict):

@@ -159,3 +159,5 @@ class WorkerInfo(Frozen):
     draining: bool = False
     shared_memory: bool = False  # maps by-value inputs from the master's /dev/shm
     shuffle_bytes: int = 0  # pipelines' map outputs it holds on disk (its last heartbeat's)
+    cpu: float | None = None  # percent of one core, agent and children (None: not reported)
+    rss: int | None = None  # bytes of memory, agent and children, as of its last heartbeat
