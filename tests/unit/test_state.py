@@ -98,9 +98,17 @@ def test_non_retryable_error_fails_the_job_at_once() -> None:
     s = _state()
     s.handle(ev.WorkerReady("w1", slots=1), now=0)
     s.handle(ev.JobAdded("j", SPEC, 3), now=0)
-    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, _error("unknown_function", False)), now=1)
+    missing = ErrorInfo(
+        kind="unknown_function", message="module 'm' is not imported", retryable=False
+    )
+    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, missing), now=1)
     assert any(isinstance(c, ev.JobEnded) for c in cmds)
     assert "--import" in s.jobs["j"].error  # type: ignore[operator]
+    # A module the workers have, without the function: no advice to import it again
+    s.handle(ev.JobAdded("k", SPEC, 3), now=2)
+    s.handle(ev.ShardFailed("w1", "k", 0, 1, _error("unknown_function", False)), now=3)
+    error = s.jobs["k"].error or ""
+    assert "--import" not in error and "a function the module offers" in error
 
 
 def test_allow_failures_covers_bad_input_but_not_unknown_functions() -> None:
