@@ -17,7 +17,8 @@ from shardmill.debug import bundle
 from shardmill.master.blobfiles import ShardRow
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.archive import JobSummary
-from shardmill.master.brain.model import Attempt, Shard
+from shardmill.master.brain.attempt import Attempt
+from shardmill.master.brain.model import Shard
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.master.jobs import JobData
 from shardmill.master.merge import FinalResult, MapMerger, OpMerger
@@ -58,6 +59,12 @@ class Checkpointer:
             counts, descriptors = [], data.descriptors
         self.store.add_job(job_id, spec, descriptors, counts, submitted_at, data.inputs)
         self.store.commit()
+
+    def job_started(self, job_id: str, started_at: float) -> None:
+        """Its first shard went out (wall clock): written with the next group commit."""
+        if self.store is not None:
+            self.store.job_started(job_id, started_at)
+            self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
 
     def shard_merged(
         self,
@@ -200,9 +207,11 @@ class Checkpointer:
         events: list[ev.Event] = []
         if self.store is None:
             return jobs, events
+        starts = self.store.master_started(time.time())
         for stored in self.store.load():
             jobs[stored.job_id] = _job_data(stored, registry)
-            events.append(_restored(stored, len(jobs[stored.job_id].descriptors)))
+            restarts = tuple(t for t in starts if stored.submitted_at < t)
+            events.append(_restored(stored, len(jobs[stored.job_id].descriptors), restarts))
             if stored.shards:
                 self._rows_written.add(stored.job_id)
         unpack, summary = msgpack.unpackb, JobSummary.unpack
@@ -218,7 +227,7 @@ class Checkpointer:
         return stored, _job_data(stored, registry)
 
 
-def _restored(stored: StoredJob, shards: int) -> ev.JobRestored:
+def _restored(stored: StoredJob, shards: int, restarts: tuple[float, ...]) -> ev.JobRestored:
     settled = {i: (ShardState(s.state), tuple(s.history)) for i, s in stored.shards.items()}
     return ev.JobRestored(
         stored.job_id,
@@ -229,6 +238,8 @@ def _restored(stored: StoredJob, shards: int) -> ev.JobRestored:
         settled=settled,
         error=stored.error,
         finished_at=stored.finished_at,
+        started_at=stored.started_at,
+        restarts=restarts,
     )
 
 

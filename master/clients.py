@@ -91,6 +91,8 @@ class ClientRequests:
         }
 
     def _reply(self, identity: bytes, msg: Message, arrays: Sequence[Any] = ()) -> None:
+        if self.core.epoch:
+            msg = msg.model_copy(update={"epoch": self.core.epoch})
         if self.keyring is not None:  # owners by name: one place for every reply of jobs
             if isinstance(msg, JobStatus | JobResult):
                 msg = msg.model_copy(update={"job": self._named(msg.job)})
@@ -267,6 +269,7 @@ class ClientRequests:
             time.monotonic(),
             shm_peers=peers.shares_memory,
             shuffle=peers.shuffle,
+            usage=peers.usage,
         )
         self._reply(identity, WorkerList(req=msg.req, workers=infos))
 
@@ -313,6 +316,7 @@ class ClientRequests:
             version=__version__,
             workers=len(self.core.brain.workers),
             shared_memory=shm.probe_seen(msg.shm_probe),
+            standby=self.core.standby,
         )
         self._reply(identity, reply)
 

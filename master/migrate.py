@@ -14,6 +14,7 @@ from shardmill.master.blobfiles import BLOBS_DIR
 from shardmill.master.brain.archive import JobSummary
 from shardmill.master.records import pack_inputs, unpack_blob, unpack_settled
 from shardmill.wire.codec import Buffer
+from shardmill.wire.protocol import AttemptInfo
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +49,33 @@ def _from_2(db: sqlite3.Connection) -> None:
 
 
 def _from_3(db: sqlite3.Connection) -> None:
-    """Version 4 keeps a summary of each finished job, which is all a restart reads of it."""
+    """Version 4 keeps a job's started_at (and masters' starts in meta, none known before)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN started_at REAL")
+
+
+def _from_4(db: sqlite3.Connection) -> None:
+    """Version 5 keeps a summary of each finished job, which is all a restart reads of it."""
     db.execute("CREATE TABLE summaries (job_id TEXT PRIMARY KEY, summary BLOB NOT NULL)")
+    row = db.execute("SELECT value FROM meta WHERE key = 'starts'").fetchone()
+    starts = [float(t) for t in json.loads(row[0] if row else "[]")]
     rows = db.execute(
-        "SELECT job_id, spec, state, error, submitted_at, finished_at, settled FROM jobs "
-        "WHERE state != 'running'"
+        "SELECT job_id, spec, state, error, submitted_at, finished_at, settled, started_at "
+        "FROM jobs WHERE state != 'running'"
     )
     db.executemany(
-        "INSERT INTO summaries VALUES (?, ?)", [(row[0], _summary(db, row)) for row in rows]
+        "INSERT INTO summaries VALUES (?, ?)",
+        [(row[0], _summary(db, row, starts)) for row in rows],
     )
 
 
-def _summary(db: sqlite3.Connection, row: tuple[object, ...]) -> bytes:
-    """A finished job's summary from its version 3 row (its shards' stories are in it)."""
-    job_id, spec, state, error, submitted_at, finished_at, settled = row
+def _summary(db: sqlite3.Connection, row: tuple[object, ...], starts: list[float]) -> bytes:
+    """A finished job's summary from its version 4 row (its shards' stories are in it) and
+    the masters' starts noted in meta (those while it ran are its restarts)."""
+    job_id, spec, state, error, submitted_at, finished_at, settled, started_at = row
     raw = json.loads(str(spec))
     shards = {} if settled is None else unpack_settled(_blob(db, settled))
     attempts = [a for s in shards.values() for a in s.history]
+    begun, ended = float(submitted_at), float(finished_at or submitted_at)  # type: ignore[arg-type]
     errors = [a.error for a in attempts if a.error is not None and a.error.kind != "cancelled"]
     summary = JobSummary(
         job_id=str(job_id),
@@ -75,17 +86,26 @@ def _summary(db: sqlite3.Connection, row: tuple[object, ...]) -> bytes:
         shards_total=len(shards),
         shards_done=sum(s.state == "done" for s in shards.values()),
         shards_failed=sum(s.state == "failed" for s in shards.values()),
-        submitted_at=float(submitted_at),  # type: ignore[arg-type]
-        started_at=min((a.started for a in attempts), default=None),
-        finished_at=float(finished_at or submitted_at),  # type: ignore[arg-type]
+        submitted_at=begun,
+        started_at=_started(started_at, attempts),
+        finished_at=ended,
         error=None if error is None else str(error),
         duplicates=0,
         attempts_failed=len(errors),
         lost_workers=tuple(dict.fromkeys(e.worker for e in errors if e.kind == "lost")),
         last_failure=None,
         missing_shards=tuple(i for i, s in shards.items() if s.state == "failed"),
+        replayed=0,
+        restarts=tuple(t for t in starts if begun < t < ended),
     )
     return bytes(msgpack.packb(summary.pack()))
+
+
+def _started(column: object, attempts: list[AttemptInfo]) -> float | None:
+    """Its persisted started_at; for a job finished before version 4, its first attempt's."""
+    if column is not None:
+        return float(column)  # type: ignore[arg-type]
+    return min((a.started for a in attempts), default=None)
 
 
 def _blob(db: sqlite3.Connection, cell: object) -> bytes:
@@ -97,4 +117,9 @@ def _blob(db: sqlite3.Connection, cell: object) -> bytes:
     return (Path(path).parent / BLOBS_DIR / name).read_bytes()
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _from_1, 2: _from_2, 3: _from_3}
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _from_1,
+    2: _from_2,
+    3: _from_3,
+    4: _from_4,
+}

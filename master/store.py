@@ -18,12 +18,10 @@ deleted when the store opens.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
 import os
-import resource
 import socket
 import sqlite3
 import time
@@ -41,6 +39,7 @@ from shardmill.master.blobfiles import (
     BlobFiles,
     ShardRow,
 )
+from shardmill.master.diskerrors import disk_facts, error_name
 from shardmill.master.migrate import migrate
 from shardmill.master.records import (
     StoredJob,
@@ -48,6 +47,7 @@ from shardmill.master.records import (
     pack_inputs,
     unpack_settled,
 )
+from shardmill.master.standby.recording import RecordingConnection as Recording
 from shardmill.master.walcheckpoint import WAL_INTERVAL, WalCheckpointer
 from shardmill.wire.codec import Buffer
 from shardmill.wire.protocol import AttemptInfo
@@ -57,11 +57,12 @@ log = logging.getLogger(__name__)
 
 
 FORMAT = "shardmill-state"
-# 4: a finished job's summary in `summaries` (a restart reads those, not the finished jobs).
+# 5: a finished job's summary in `summaries` (a restart reads those, not the finished jobs).
+# 4: a job's started_at in its row; meta "starts", the times masters started on this state dir.
 # 3: a blob column may hold a TEXT reference to a file in blobs/ (an older master would read
 # it as a blob). 2: a job's inputs are one blob in its row, and a finished job's shards one blob
 # in its row (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
 
@@ -70,7 +71,7 @@ _HISTORY: TypeAdapter[list[AttemptInfo]] = TypeAdapter(list[AttemptInfo])
 
 _SELECT_JOB = (
     "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
-    "finished_at, result, inputs, settled FROM jobs "
+    "finished_at, result, inputs, settled, started_at FROM jobs "
 )
 
 SCHEMA = """
@@ -78,7 +79,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE jobs (
     job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, descriptors TEXT NOT NULL,
     part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
-    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB);
+    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB, started_at REAL);
 CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
@@ -149,7 +150,9 @@ class Store:
             # files the database's own mode.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(self.path, 0o600)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, factory=Recording
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # WalCheckpointer does it, off this thread
@@ -217,10 +220,25 @@ class Store:
                 self.blobs.put(job_id, ("inputs", -1), pack_inputs(inputs)),
             )
             self.db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
+                "INSERT INTO jobs VALUES "
+                "(?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL, NULL)",
                 row,
             )
         self._seq += 1
+
+    def job_started(self, job_id: str, started_at: float) -> None:
+        with self._writing():
+            self.db.execute("UPDATE jobs SET started_at = ? WHERE job_id = ?", (started_at, job_id))
+
+    def master_started(self, at: float) -> list[float]:
+        """Note a master's start on this state dir (committed); every start so far, oldest
+        first: a job's story shows the restarts that happened while it ran."""
+        with self._writing():
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'starts'").fetchone()
+            starts = [*json.loads(row[0] if row else "[]"), at][-1000:]
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('starts', ?)", (_json(starts),))
+        self.commit()
+        return starts
 
     def shards_settled(self, rows: Sequence[ShardRow]) -> None:
         """Shard rows: (job_id, shard, state, history as JSON, result blob or None)."""
@@ -302,10 +320,10 @@ class Store:
         try:
             yield
         except (sqlite3.Error, OSError) as e:  # OSError: a blob file's
-            name = _error_name(e)
+            name = error_name(e)
             self.failure = StateDirError(
                 f"cannot write the checkpoint in {self.dir}: {e}"
-                f"{f' ({name})' if name else ''}{_disk_facts(self.dir)}; free space or make it "
+                f"{f' ({name})' if name else ''}{disk_facts(self.dir)}; free space or make it "
                 "writable, then start the master again: it resumes every job from the last commit"
             )
             raise self.failure from e
@@ -341,6 +359,7 @@ class Store:
             finished_at=row[7],
             result=read(row[8], f"job {row[0]}'s result"),
             inputs=read(row[9], f"job {row[0]}'s inputs"),
+            started_at=row[11],
         )
         settled = read(row[10], f"job {row[0]}'s shard stories")
         if settled is not None:
@@ -370,27 +389,5 @@ class Store:
             os.close(self._lock_fd)
 
 
-def _error_name(e: sqlite3.Error | OSError) -> str:
-    """SQLite's name for the error (SQLITE_FULL), or the errno's (ENOSPC)."""
-    if isinstance(e, OSError):
-        return errno.errorcode.get(e.errno or 0, "")
-    return str(getattr(e, "sqlite_errorname", ""))
-
-
-def _disk_facts(state_dir: Path) -> str:
-    """What the OS says about the state dir, for the error: SQLite's own message does not tell
-    a full disk from a read-only one or a file size limit (all can read "disk I/O error")."""
-    facts = []
-    try:
-        vfs = os.statvfs(state_dir)
-        facts.append(f"{vfs.f_bavail * vfs.f_frsize:,} bytes free on its filesystem")
-        if vfs.f_flag & os.ST_RDONLY:
-            facts.append("mounted read-only")
-    except OSError as e:
-        facts.append(f"statvfs failed: {e}")
-    if not os.access(state_dir, os.W_OK):
-        facts.append("the directory is not writable")
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        facts.append(f"file size limit (ulimit -f) {limit:,} bytes")
-    return f" [{', '.join(facts)}]"
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -45,6 +45,8 @@ class JobSummary:
     lost_workers: tuple[str, ...]
     last_failure: str | None
     missing_shards: tuple[int, ...]
+    replayed: int  # results resent after a master restart for shards merged before it
+    restarts: tuple[float, ...]  # the master's starts while it ran
 
     @classmethod
     def of(cls, job: Job, offset: float) -> JobSummary:
@@ -69,6 +71,8 @@ class JobSummary:
                 info.lost_workers,
                 info.last_failure,
                 info.missing_shards,
+                info.replayed,
+                info.restarts,
             ]
         )
 
@@ -79,6 +83,7 @@ class JobSummary:
         s.owner, s.op, s.state = sys.intern(s.owner), sys.intern(s.op), sys.intern(s.state)
         s.lost_workers = tuple(s.lost_workers)
         s.missing_shards = tuple(s.missing_shards)
+        s.restarts = tuple(s.restarts)
         return s
 
     def pack(self) -> list[object]:
@@ -104,6 +109,8 @@ class JobSummary:
             lost_workers=list(self.lost_workers),
             last_failure=self.last_failure,
             missing_shards=list(self.missing_shards),
+            replayed=self.replayed,
+            restarts=list(self.restarts),
         )
 
 

@@ -8,22 +8,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardmill.master.brain import events as ev
-from shardmill.master.brain.admission import archive_job, prune, refusal
+from shardmill.master.brain.admission import refusal
 from shardmill.master.brain.archive import Archive
 from shardmill.master.brain.failures import backoff, failure_message
+from shardmill.master.brain.ledger import Ledger
 from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
 from shardmill.master.brain.restore import restored_job
 from shardmill.master.brain.roster import Roster
 from shardmill.master.brain.scheduling import dispatch
 from shardmill.master.brain.speculation import SlowHosts, plan_backups, speculates
 from shardmill.master.brain.transitions import TERMINAL, JobState, ShardState
-from shardmill.wire.protocol import ErrorInfo, JobInfo
+from shardmill.wire.protocol import ErrorInfo
 
 S = ShardState
 PLAN_EVERY = 0.05  # seconds between looks for stragglers while results come in
 
 
-class MasterState(Roster):
+class MasterState(Roster, Ledger):
     """Jobs, shards, workers and credits; every decision the master makes is taken here."""
 
     def __init__(
@@ -106,22 +107,6 @@ class MasterState(Roster):
             times.append(self._waiting[0][0])
         return min(times) if times else None
 
-    def job_info(self, job_id: str, *, shards: bool = False) -> JobInfo:
-        """As users read it; an archived job's without its shards (master/history.py reads
-        them from the state dir)."""
-        job = self.jobs.get(job_id)
-        if job is None:
-            return self.archive.summaries[job_id].info()
-        return job.info(offset=self.wall_offset, shards=shards)
-
-    def known(self, job_id: str) -> bool:
-        """Whether the job is here, whole or as a summary."""
-        return job_id in self.jobs or job_id in self.archive
-
-    def owner_of(self, job_id: str) -> str:
-        job = self.jobs.get(job_id)
-        return job.owner if job is not None else self.archive.summaries[job_id].owner
-
     # ---- workers -------------------------------------------------------------------------------
 
     def _shard_for(self, job_id: str, index: int) -> tuple[Job, Shard] | None:
@@ -168,19 +153,34 @@ class MasterState(Roster):
         job.ok_seconds += e.duration
         job.record_run(e.worker, e.duration, len(members))
         attempts = {e.shard: e.attempt, **dict(e.more)}
+        ended = self._ended(e)
         for m in members:
             self._end_race(job, m, e.worker)
             self._free_lease(job, m)
             seconds = e.duration / len(members)
             output = e.output if m.index == e.shard else ""  # a batch prints as one
-            job.accept(m, e.worker, attempts[m.index], seconds, now=self._now, output=output)
+            job.accept(m, e.worker, attempts[m.index], seconds, now=ended, output=output)
         merge = ev.MergeShard(e.job_id, e.shard, tuple(indices[1:]), e.worker, e.attempt)
         self._out.append(merge)
         self._maybe_finish(job)
 
+    def _ended(self, e: ev.ShardSucceeded) -> float:
+        """When the result's attempt ended, on the master's clock: as the worker says (a result
+        resent after a restart ended before it), never later than now."""
+        return min(self._now, e.finished - self.wall_offset) if e.finished else self._now
+
     def _drop_duplicate(self, job: Job, e: ev.ShardSucceeded, members: list[Shard]) -> None:
-        job.duplicates += 1
-        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker))
+        replayed = members[0].merged_from(e.worker, e.attempt)
+        if replayed:  # the same execution, reported again after a master restart
+            job.replayed += 1
+        else:  # a second execution: in its shards' stories
+            job.duplicates += 1
+            attempts = {e.shard: e.attempt, **dict(e.more)}
+            for m in members:
+                if m.state is S.DONE and not m.merged_from(e.worker, attempts[m.index]):
+                    ran = e.duration / len(members)
+                    m.ran_again(e.worker, attempts[m.index], ended=self._ended(e), ran=ran)
+        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker, replayed))
         # A folded partial cannot be merged in part: the batch's others run again.
         for m in members:
             if job.leased_to(m, e.worker):
@@ -308,16 +308,6 @@ class MasterState(Roster):
             return
         self._end_job(job, JobState.FAILED, message)
 
-    def _on_prune(self, e: ev.PruneRequested) -> None:
-        cutoff = self._now - (e.older_than or 0.0)
-        infos = prune(self.jobs, self.archive, cutoff, offset=self.wall_offset, keep=e.keep)
-        self._out.append(ev.Pruned(tuple(infos)))
-
-    def _on_archived(self, e: ev.JobArchived) -> None:
-        gone = archive_job(self.jobs, self.archive, e, self.limits, offset=self.wall_offset)
-        if gone:
-            self._out.append(ev.Forgotten(gone))
-
     # ---- restart -------------------------------------------------------------------------------
 
     def _on_restored(self, e: ev.JobRestored) -> None:
@@ -382,6 +372,7 @@ class MasterState(Roster):
             attempts.append((s.index, s.start_attempt(w.worker_id, now=self._now)))
         if job.started_at is None:
             job.started_at = self._now
+            self._out.append(ev.JobStarted(job.job_id, self._now + self.wall_offset))
         job.turn = next(self._turns)
         job.declined_at = None  # its shards move: a slow host that left them waits anew
         first, *rest = attempts
