@@ -4,6 +4,7 @@ report, trace, dashboard, a late `result`): in memory a finished job is its summ
 
 from __future__ import annotations
 
+from shardmill.master.brain.attempt import as_read
 from shardmill.master.brain.failures import telling_error
 from shardmill.master.core import Core
 from shardmill.master.merge import FinalResult
@@ -48,7 +49,7 @@ class History:
                 attempts=len(s.history),
                 worker=None,
                 merged=int(s.state == "done"),
-                history=s.history,
+                history=[as_read(a) for a in s.history],
             )
             for i, s in sorted(stored.shards.items())
         ]

@@ -6,6 +6,7 @@ against a real SQLite state directory. A second master is a second Checkpointer 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -320,6 +321,34 @@ def test_a_version_1_state_dir_is_migrated_and_resumed(tmp_path: Path) -> None:
     m.ck.close()
 
 
+def test_a_version_4_state_dir_gets_summaries_with_started_at_and_restarts(
+    tmp_path: Path,
+) -> None:
+    # Given a version-4 state dir: a job that ran through a master start and finished
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(V4_SCHEMA)
+    starts = json.dumps([WALL - 5, WALL + 3, WALL + 20])
+    db.execute("INSERT INTO meta VALUES ('starts', ?)", (starts,))
+    attempt = [1, "w1", WALL + 1, WALL + 9, "ok", None, 8.0, False, ""]
+    settled = msgpack.packb([[0, "done", [attempt]]])
+    db.execute(
+        "INSERT INTO jobs VALUES ('f', 1, ?, '[]', '[1]', ?, 'done', NULL, ?, NULL, NULL, ?, ?)",
+        (MAP.model_dump_json(), WALL, WALL + 10, settled, WALL + 0.5),
+    )
+    db.commit()
+    db.close()
+    # When this master opens it
+    m = Master(tmp_path)
+    # Then the finished job is its summary, with its persisted start and the restart it ran
+    # through (not the starts before or after it)
+    assert "f" not in m.state.jobs
+    summary = m.state.archive.get("f")
+    assert summary is not None and summary.state == "done" and summary.shards_done == 1
+    assert summary.started_at == WALL + 0.5 and summary.restarts == (WALL + 3,)
+    assert m.state.job_info("f").restarts == [WALL + 3]
+    m.ck.close()
+
+
 def test_the_wal_is_copied_back_off_the_loops_thread(tmp_path: Path) -> None:
     # Given a store (SQLite's own checkpoint, inside some commit, is off)
     store = Store(tmp_path, wal_interval=0.05)
@@ -513,6 +542,19 @@ CREATE TABLE jobs (
     part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
     error TEXT, finished_at REAL, result BLOB);
 CREATE TABLE inputs (job_id TEXT, shard INTEGER, blob BLOB NOT NULL, PRIMARY KEY (job_id, shard));
+CREATE TABLE shards (
+    job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
+    PRIMARY KEY (job_id, shard));
+CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
+"""
+
+V4_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('format', 'shardmill-state'), ('version', '4');
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, descriptors TEXT NOT NULL,
+    part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
+    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB, started_at REAL);
 CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
