@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shardmill.errors import JobCancelled, JobFailed, JobTimeout, MasterUnreachable, RemoteError
-from shardmill.wire.codec import Decoded, unpack_value
-from shardmill.wire.protocol import JobInfo, JobResult, Message, ResultQuery
+from shardmill.failed import mark_failed
+from shardmill.wire.codec import Decoded, pack_value, unpack_value
+from shardmill.wire.protocol import JobInfo, JobResult, Message, ResultQuery, Submit
+from shardmill.wire.spec import JobSpec
 
 if TYPE_CHECKING:
     from shardmill.client import Client
@@ -58,7 +61,7 @@ def long_poll(client: Client, query: Message, timeout: float | None, what: str) 
                 f"with `shardmill watch {what.split()[-1]}`"
             )
         try:
-            return client._request(query, timeout=left)
+            return client._request(query, timeout=left, failover=False)
         except MasterUnreachable:
             # Still running, or is the master gone? A gone master may be restarting from
             # its checkpoint: keep asking for up to the client's reconnect_timeout.
@@ -72,6 +75,19 @@ def long_poll(client: Client, query: Message, timeout: float | None, what: str) 
                 lost_since = lost_since or now - client.connect_timeout
                 if now - lost_since > client.reconnect_timeout:
                     raise
+
+
+def failing_over(client: Client, exchange: Callable[[], Decoded]) -> Decoded:
+    """`exchange` with each of the client's masters in turn (a primary and its standby) until
+    one answers; MasterUnreachable if none does."""
+    for tries_left in range(len(client._masters) - 1, -1, -1):
+        try:
+            return exchange()
+        except MasterUnreachable:
+            if not tries_left:
+                raise
+            client._at = (client._at + 1) % len(client._masters)
+    raise AssertionError("unreachable: the last try raises")
 
 
 def unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
@@ -97,9 +113,22 @@ def unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
         values.append(unpack_value(part, arrays[offset : offset + k]))
         offset += k
     if info.op == "map":
-        return [v for chunk in values for v in (chunk or [])]
+        return mark_failed(info.job_id, values, list(info.missing_shards))
     return values[0]
 
 
 def _failed_shard(info: JobInfo) -> int | None:
     return info.missing_shards[0] if info.missing_shards else None
+
+
+def chunked(spec: JobSpec, items: list[tuple[Any, ...]], size: int) -> tuple[Submit, list[Any]]:
+    """A map job's Submit, its items packed `size` to a part, and the parts' array frames."""
+    parts, counts, part_arrays, arrays = [], [], [], []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        packed = pack_value(chunk)
+        parts.append(packed.data)
+        counts.append(len(chunk))
+        part_arrays.append(len(packed.arrays))
+        arrays.extend(packed.arrays)
+    return Submit(spec=spec, parts=parts, part_counts=counts, part_arrays=part_arrays), arrays

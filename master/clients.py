@@ -89,6 +89,8 @@ class ClientRequests:
         }
 
     def _reply(self, identity: bytes, msg: Message, arrays: Sequence[Any] = ()) -> None:
+        if self.core.epoch:
+            msg = msg.model_copy(update={"epoch": self.core.epoch})
         if self.keyring is not None:  # owners by name: one place for every reply of jobs
             if isinstance(msg, JobStatus | JobResult):
                 msg = msg.model_copy(update={"job": self._named(msg.job)})
@@ -311,6 +313,7 @@ class ClientRequests:
             version=__version__,
             workers=len(self.core.brain.workers),
             shared_memory=shm.probe_seen(msg.shm_probe),
+            standby=self.core.standby,
         )
         self._reply(identity, reply)
 

@@ -67,6 +67,9 @@ class Core:
     to_client: Callable[[bytes, Message], None] = lambda identity, msg: None
     to_worker: Callable[[str, Message], None] = lambda worker, msg: None
     pipelines: Pipelines | None = None  # set by the loop once it is built
+    # This master's term as primary (docs/standby.md), stamped on what it sends; 0 alone.
+    epoch: int = 0
+    standby: str = ""  # "in sync: NAME" or "alone: WHY" with a standby configured
 
     def waited_on(self) -> frozenset[str]:
         """Jobs a client waits for: never pruned before it has its answer."""

@@ -87,10 +87,14 @@ class WorkerMessages:
 
     def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
         """Queue `msg` for `worker`; it leaves at the loop turn's end (`flush`)."""
+        if self.core.epoch:
+            msg = msg.model_copy(update={"epoch": self.core.epoch})
         self.outbox.setdefault(worker, []).append(encode(msg, arrays))
 
     def send_header(self, worker: str, header: dict[str, Any], arrays: Sequence[Any]) -> None:
         """As `send`, for a message the master built as plain data (a task)."""
+        if self.core.epoch:
+            header["epoch"] = self.core.epoch
         self.outbox.setdefault(worker, []).append(encode_header(header, arrays))
 
     def flush(self) -> None:
@@ -245,6 +249,7 @@ class WorkerMessages:
             heartbeat_interval=timing.heartbeat_interval,
             heartbeat_liveness=timing.heartbeat_liveness,
             max_message_bytes=self.core.settings.max_message_bytes,
+            epoch=self.core.epoch,
         )
         send(self.sock, identity, welcome)
         self.core.apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))
@@ -300,8 +305,9 @@ class WorkerMessages:
     def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
         more = _pairs(msg.more)
         head = DoneHead(
-            msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more, msg.output
-        )
+            msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more, msg.output,
+            msg.finished,
+        )  # fmt: skip
         self._done(_name(identity), head, arrays)
 
     def _done(self, worker: str, msg: DoneHead, arrays: Sequence[Buffer]) -> None:
@@ -323,8 +329,9 @@ class WorkerMessages:
             self._reports.append((failed, None))
             return
         event = ev.ShardSucceeded(
-            worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more, msg.output
-        )
+            worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more, msg.output,
+            msg.finished,
+        )  # fmt: skip
         self._reports.append((event, (msg.payload, list(arrays))))
 
 
@@ -338,6 +345,7 @@ class DoneHead(NamedTuple):
     payload: bytes
     more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
     output: str = ""  # the tail of what it printed
+    finished: float = 0.0  # wall-clock time it ended on the worker
 
     @classmethod
     def read(cls, frames: Sequence[Buffer]) -> DoneHead | None:
@@ -353,14 +361,14 @@ class DoneHead(NamedTuple):
             return None
         job_id, shard, attempt = raw.get("job_id"), raw.get("shard"), raw.get("attempt")
         duration, payload = raw.get("duration", 0.0), raw.get("payload", b"")
-        output = raw.get("output", "")
+        output, finished = raw.get("output", ""), raw.get("finished", 0.0)
         if type(job_id) is not str or type(shard) is not int or type(attempt) is not int:
             return None
         if type(duration) not in (float, int) or type(payload) is not bytes:
             return None
-        if type(output) is not str:
+        if type(output) is not str or type(finished) not in (float, int):
             return None
-        return cls(job_id, shard, attempt, float(duration), payload, (), output)
+        return cls(job_id, shard, attempt, float(duration), payload, (), output, float(finished))
 
 
 _DONE_KEYS = frozenset(ShardDone.model_fields)

@@ -51,6 +51,7 @@ PROTOCOL_VERSION = 1
 
 class _Msg(Frozen):
     v: int = PROTOCOL_VERSION
+    epoch: int = 0  # the sending master's term (docs/standby.md): peers refuse a lower one
 
 
 # ---- worker -> master ------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class ShardDone(_Msg):
     payload: bytes = b""
     more: list[ShardAttempt] = []  # a batch's other shards, folded into the same partial
     output: str = ""  # the tail of what it printed, stdout and stderr
+    finished: float = 0.0  # wall-clock time it ended on the worker (a resent copy keeps it)
 
 
 class ShardFailed(_Msg):
@@ -323,6 +325,7 @@ class Pong(_Reply):
     version: str
     workers: int
     shared_memory: bool = False  # the master saw the ping's probe file
+    standby: str = ""  # "in sync: NAME" or "alone: WHY" (docs/standby.md); "" without one
 
 
 class ErrorReply(_Reply):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from shardmill.master.brain.model import Attempt, Job, Shard, Timing
+from shardmill.master.brain.attempt import Attempt
+from shardmill.master.brain.model import Job, Shard, Timing
 from shardmill.wire.protocol import ErrorInfo
 
 
@@ -67,8 +68,10 @@ def failure_message(job: Job, shard: Shard) -> str:
 def next_step(err: ErrorInfo | None) -> str:
     if err is None:
         return "next step: inspect it with `shardmill why JOB SHARD`"
-    if err.kind == "unknown_function":
+    if err.kind == "unknown_function" and "is not imported" in err.message:
         return "next step: start the workers with the module: `shardmill worker --import MOD`"
+    if err.kind == "unknown_function":
+        return "next step: call a function the module offers (named above) and resubmit"
     if err.kind == "timeout":
         return "next step: raise the job's task_timeout or use more, smaller shards"
     if err.kind == "bad_input":

@@ -56,9 +56,22 @@ def test_result_is_merged_once_and_duplicates_are_counted() -> None:
     s.handle(ev.JobAdded("j", SPEC, 1), now=0)
     first = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=1)
     assert ev.MergeShard("j", 0) in first and ev.FinalizeJob("j") in first
+    # When the same execution's result comes again (a worker resends after a reconnect)
     again = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=2)
-    assert again == [ev.DropDuplicate("j", 0, "w1")]
-    assert s.job_info("j").duplicates == 1 and s.jobs["j"].shards[0].merged == 1
+    # Then it is a replay, not a second execution
+    assert again == [ev.DropDuplicate("j", 0, "w1", replayed=True)]
+    assert (s.job_info("j").replayed, s.job_info("j").duplicates) == (1, 0)
+    # When a second execution's result comes (another worker ran it too)
+    other = s.handle(ev.ShardSucceeded("w2", "j", 0, 2, duration=0.5), now=3)
+    # Then it is a counted duplicate, and that execution is in the shard's story
+    assert other == [ev.AskReregister("w2"), ev.DropDuplicate("j", 0, "w2")]
+    info = s.job_info("j", shards=True)
+    assert (info.replayed, info.duplicates) == (1, 1) and s.jobs["j"].shards[0].merged == 1
+    assert info.shards is not None
+    assert [(a.attempt, a.worker, a.outcome) for a in info.shards[0].history] == [
+        (1, "w1", "ok"), (2, "w2", "duplicate"),
+    ]  # fmt: skip
+    assert info.shards[0].history[1].ran == 0.5
 
 
 def test_failure_retries_after_backoff_then_quarantines_with_the_story() -> None:
@@ -85,9 +98,17 @@ def test_non_retryable_error_fails_the_job_at_once() -> None:
     s = _state()
     s.handle(ev.WorkerReady("w1", slots=1), now=0)
     s.handle(ev.JobAdded("j", SPEC, 3), now=0)
-    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, _error("unknown_function", False)), now=1)
+    missing = ErrorInfo(
+        kind="unknown_function", message="module 'm' is not imported", retryable=False
+    )
+    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, missing), now=1)
     assert any(isinstance(c, ev.JobEnded) for c in cmds)
     assert "--import" in s.jobs["j"].error  # type: ignore[operator]
+    # A module the workers have, without the function: no advice to import it again
+    s.handle(ev.JobAdded("k", SPEC, 3), now=2)
+    s.handle(ev.ShardFailed("w1", "k", 0, 1, _error("unknown_function", False)), now=3)
+    error = s.jobs["k"].error or ""
+    assert "--import" not in error and "a function the module offers" in error
 
 
 def test_allow_failures_covers_bad_input_but_not_unknown_functions() -> None:
