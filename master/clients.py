@@ -22,6 +22,7 @@ from shardmill.master.brain import events as ev
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
 from shardmill.master.core import Core, send, user_id
+from shardmill.master.doors import ResultStreams, pickle_refusal
 from shardmill.master.pipelines import PipelineRun
 from shardmill.master.submit import admit, queue
 from shardmill.wire import shm
@@ -67,6 +68,7 @@ class ClientRequests:
         core.to_client = functools.partial(send, sock)  # a watched job's output, unasked
         self.keyring = keyring  # None without CURVE: every client may do everything
         self._owner = ""
+        self.streams = ResultStreams(core, self._reply)  # results as they finish
         self.handlers: dict[str, Handler] = {
             "submit": self._on_submit,
             "status": self._on_status,
@@ -148,6 +150,9 @@ class ClientRequests:
             self._reply(identity, _error_reply(msg, e))
 
     def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
+        if refusal := pickle_refusal(self.keyring, self._owner, msg):
+            self._reply(identity, ErrorReply(req=msg.req, code="forbidden", message=refusal))
+            return
         try:
             job = admit(self.core, msg, arrays, self._owner)
         except StateDirError as e:
@@ -282,7 +287,9 @@ class ClientRequests:
     def _on_result(self, identity: bytes, msg: ResultQuery, arrays: list[Buffer]) -> None:
         if not self._known_job(identity, msg.req, msg.job_id):
             return
-        if self.core.brain.jobs[msg.job_id].finished:
+        if msg.after is not None:
+            self.streams.query(identity, msg)
+        elif self.core.brain.jobs[msg.job_id].finished:
             self.reply_result(msg.job_id, identity, msg.req)
         elif msg.wait:
             self.core.data[msg.job_id].waiters.append((identity, msg.req))

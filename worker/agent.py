@@ -39,6 +39,7 @@ from shardmill.wire.protocol import (
     Welcome,
 )
 from shardmill.wire.security import Security
+from shardmill.worker.calls import allow_pickle
 from shardmill.worker.resend import Recent, too_large
 from shardmill.worker.runner import Running, TaskHead
 from shardmill.worker.shuffle import Pieces
@@ -60,6 +61,7 @@ class Agent:
         self.liveness = settings.heartbeat_liveness
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
         imports = list(settings.imports)
+        allow_pickle(settings.allow_pickle)  # before any child: they read it from the env
         self.pieces = Pieces(settings, self.security, self.worker_id)  # before any child
         self.slots = Slots(
             self.worker_id,

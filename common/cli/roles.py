@@ -51,6 +51,7 @@ WORKER_FLAGS = (
     "log_level",
     "log_format",
     "output_bytes",
+    "allow_pickle",
 )
 
 

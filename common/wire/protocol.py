@@ -222,6 +222,10 @@ class ResultQuery(_Request):
     kind: Literal["result"] = "result"
     job_id: str
     wait: bool = True
+    # A stream of a map job's results as they finish: those after the first `after` (in the
+    # order they were merged), answered once there is one, the job ended, or `hold` s passed.
+    after: int | None = Field(None, ge=0)
+    hold: float = Field(1.0, ge=0, le=30)
 
 
 class CancelJob(_Request):
@@ -307,6 +311,9 @@ class JobResult(_Reply):
     parts: list[bytes] = []
     part_arrays: list[int] = []
     failure: ErrorInfo | None = None
+    first_items: list[int] = []  # a stream's answer: each part's first item's index
+    next: int = 0  # a stream's cursor: ask after this many next time
+    run: str = ""  # the master's run: another one (a restart) counts from 0 again
 
 
 class MetricsText(_Reply):
