@@ -19,6 +19,7 @@ from shardmill.errors import (
     ServerError,
     ShardmillError,
 )
+from shardmill.failed import Failed
 from shardmill.task import task
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Client",
     "ConfigError",
+    "Failed",
     "HandshakeRefused",
     "Job",
     "JobCancelled",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from shardmill.config import ClientSettings, address_problem
+from shardmill.config import ClientSettings, address_problem, addresses
 from shardmill.data.paths import located
 from shardmill.errors import (
     ConfigError,
@@ -22,7 +23,7 @@ from shardmill.errors import (
     MessageTooLarge,
     ServerError,
 )
-from shardmill.job import LONG_POLL, Job, StreamCalls, unpack_result
+from shardmill.job import LONG_POLL, Job, StreamCalls, chunked, failing_over, unpack_result
 from shardmill.pipeline.calls import PipelineCalls
 from shardmill.wire import shm
 from shardmill.wire.codec import Decoded, encode, is_array, pack_value
@@ -48,7 +49,7 @@ from shardmill.wire.protocol import (
     WorkersQuery,
 )
 from shardmill.wire.security import Security
-from shardmill.wire.spec import JobSpec, job_spec
+from shardmill.wire.spec import job_spec
 from shardmill.worker.replay import replay
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class Client(PipelineCalls, StreamCalls):
         self.security = Security.resolve(key_dir, plain and key_dir is None, "client")
         self.max_message_bytes = defaults.max_message_bytes
         self.master = master or defaults.master
+        # Masters to try in turn (a primary and its standby), the one asked now, and the
+        # highest epoch heard: a master below it was replaced, and is refused.
+        self._masters, self._at, self._epoch = addresses(self.master), 0, 0
         self.connect_timeout = connect_timeout or defaults.connect_timeout
         self.reconnect_timeout = defaults.reconnect_timeout
         self.shared_memory = defaults.shared_memory
@@ -108,7 +112,7 @@ class Client(PipelineCalls, StreamCalls):
     ) -> Job:
         """Call `function(*a)` for each tuple `a`; `Job.result()` returns results in input order.
 
-        `allow_failures=N`: up to N shards may fail for good (their items come back as None).
+        `allow_failures=N`: up to N shards may fail for good (items: `shardmill.Failed`).
         `priority`: higher first within this client's share. `speculate_after`: straggler
         backups at that many times the median (None: the master's setting; 0: never).
         `echo`: print what the tasks print as they run, while this client waits on the job."""
@@ -124,7 +128,7 @@ class Client(PipelineCalls, StreamCalls):
             speculate_after=speculate_after,
         )
         size = chunk_size or max(1, math.ceil(len(items) / MAX_CHUNKS))
-        msg, arrays = _chunked(spec, items, size)
+        msg, arrays = chunked(spec, items, size)
         return self._submit(msg.model_copy(update={"echo": echo}), arrays)
 
     def call(self, function: str, *args: Any, timeout: float | None = None) -> Any:
@@ -197,7 +201,8 @@ class Client(PipelineCalls, StreamCalls):
         return Job(self, job_id)
 
     def _submit(self, msg: Submit, arrays: list[Any]) -> Job:
-        reply = self._submit_exchange(msg, arrays, self.connect_timeout)
+        exchange = functools.partial(self._submit_exchange, msg, arrays, self.connect_timeout)
+        reply = failing_over(self, exchange)
         assert isinstance(reply.msg, Submitted)
         return Job(self, reply.msg.job_id)
 
@@ -290,11 +295,21 @@ class Client(PipelineCalls, StreamCalls):
     # ---- transport -----------------------------------------------------------------------------
 
     def _request(
-        self, msg: Message, arrays: Sequence[Any] = (), *, timeout: float | None = None
+        self,
+        msg: Message,
+        arrays: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        failover: bool = True,
     ) -> Decoded:
-        """Send one request and wait for its reply; stale replies to old requests are skipped."""
-        req = self._send_request(msg, arrays)
-        return self._await_reply(req, self.connect_timeout if timeout is None else timeout)
+        """Send one request and wait for its reply; stale replies to old requests are skipped.
+        With `failover`, a master that does not answer in time is left for the next one."""
+        wait = self.connect_timeout if timeout is None else timeout
+
+        def exchange() -> Decoded:
+            return self._await_reply(self._send_request(msg, arrays), wait)
+
+        return failing_over(self, exchange) if failover else exchange()
 
     def _send_request(self, msg: Message, arrays: Sequence[Any]) -> int:
         req = next(self._ids)
@@ -320,7 +335,7 @@ class Client(PipelineCalls, StreamCalls):
             self._poller = zmq.Poller()  # the reply and the handshake's events, one per socket
             self._poller.register(sock, zmq.POLLIN)
             self._poller.register(self._watch.monitor, zmq.POLLIN)
-            sock.connect(self.master)
+            sock.connect(self._masters[self._at])
             self._sock = sock
         return self._sock
 
@@ -344,16 +359,3 @@ class Client(PipelineCalls, StreamCalls):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _chunked(spec: JobSpec, items: list[tuple[Any, ...]], size: int) -> tuple[Submit, list[Any]]:
-    """A map job's Submit, its items packed `size` to a part, and the parts' array frames."""
-    parts, counts, part_arrays, arrays = [], [], [], []
-    for start in range(0, len(items), size):
-        chunk = items[start : start + size]
-        packed = pack_value(chunk)
-        parts.append(packed.data)
-        counts.append(len(chunk))
-        part_arrays.append(len(packed.arrays))
-        arrays.extend(packed.arrays)
-    return Submit(spec=spec, parts=parts, part_counts=counts, part_arrays=part_arrays), arrays

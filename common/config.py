@@ -15,13 +15,21 @@ _ADDRESS = re.compile(r"^(tcp://([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}|ipc://
 
 
 def address_problem(address: str, *, port: int) -> str | None:
-    """Why `address` is not one a peer can connect to, with the fix; None when it is."""
-    if _ADDRESS.match(address):
-        return None
-    return (
-        f"master {address!r} is not a ZeroMQ address to connect to; "
-        f"use tcp://HOST:PORT, for example tcp://127.0.0.1:{port}"
-    )
+    """Why `address` (one master, or several a standby may take over from, comma-separated)
+    is not one a peer can connect to, with the fix; None when it is."""
+    for one in address.split(","):
+        if not _ADDRESS.match(one.strip()):
+            return (
+                f"master {one.strip()!r} is not a ZeroMQ address to connect to; use "
+                f"tcp://HOST:PORT, for example tcp://127.0.0.1:{port}, or several separated "
+                f"by commas (a primary and its standby): tcp://a:{port},tcp://b:{port}"
+            )
+    return None
+
+
+def addresses(address: str) -> list[str]:
+    """The masters in a (checked) --master value, in the order given."""
+    return [one.strip() for one in address.split(",")]
 
 
 def _keys_field(role: str) -> Path | None:
@@ -116,6 +124,24 @@ class MasterSettings(BaseSettings):
     shm_pool_idle: float = Field(
         60.0, ge=0, description="seconds an unclaimed pooled segment is kept"
     )
+    peer: str | None = Field(
+        None,
+        description="the other master's replication address (tcp://HOST:5557): with it this "
+        "master runs with a standby (docs/standby.md); commits are shipped there when primary",
+    )
+    replica_port: int = Field(5557, ge=1, le=65535, description="port a standby replicates on")
+    etcd: str | None = Field(
+        None, description="etcd's client URL (http://HOST:2379): elects the primary by a lease"
+    )
+    election_key: str = Field("shardmill", description="prefix of the election's etcd keys")
+    lease_ttl: int = Field(2, ge=2, le=600, description="seconds the primary's lease lasts")
+    standby: bool = Field(
+        False, description="without --etcd: start as the standby; `shardmill promote` takes over"
+    )
+    standby_timeout: float = Field(
+        1.0, gt=0, description="seconds a commit waits for the standby before it is let go"
+    )
+    name: str = Field("", description="this master's name in the election (default host-pid)")
 
     @model_validator(mode="after")
     def _check(self) -> MasterSettings:
@@ -125,7 +151,26 @@ class MasterSettings(BaseSettings):
             )
         if self.retry_backoff_max < self.retry_backoff:
             raise ValueError("retry_backoff_max must be at least retry_backoff")
+        if self.peer is not None:
+            _check_peer(self.peer, self.state_dir)
+        elif self.etcd or self.standby:
+            raise ValueError(
+                "--etcd and --standby need --peer tcp://OTHER-MASTER:5557, the address the "
+                "two masters replicate on (docs/standby.md)"
+            )
         return self
+
+
+def _check_peer(peer: str, state_dir: Path | None) -> None:
+    if not _ADDRESS.match(peer) or "," in peer:
+        raise ValueError(
+            f"peer {peer!r} is not one ZeroMQ address; use the other master's replication "
+            "address, for example tcp://master-b:5557"
+        )
+    if state_dir is None:
+        raise ValueError(
+            "a master with a --peer needs a --state-dir: the standby's copy lives there"
+        )
 
 
 class WorkerSettings(BaseSettings):
@@ -155,6 +200,12 @@ class WorkerSettings(BaseSettings):
     reconnect_max: float = Field(5.0, gt=0, description="longest wait between reconnects")
     drain_grace: float = Field(30.0, ge=0, description="seconds to finish shards on SIGTERM")
     health_file: Path | None = _health_field("WORKER", "whenever the master is heard")
+    alive_file: Path | None = Field(
+        None,
+        description="file touched on every turn of the agent's loop, heard from the master or "
+        "not: a liveness probe on it restarts a hung worker, never one waiting out a master "
+        "outage (`shardmill health --file` reads its age)",
+    )
     shuffle_dir: Path | None = Field(
         None, description="where pipelines' map outputs are kept (default: a temporary directory)"
     )

@@ -105,6 +105,16 @@ class StateDirError(ShardmillError):
     """Raised when the state directory is locked, corrupt, foreign, newer or not writable."""
 
 
+class ElectionError(ShardmillError):
+    """The arbiter (etcd) cannot be reached or answers nonsense: a primary that cannot renew
+    its lease stops acting (it may have been replaced), a standby keeps waiting."""
+
+
+class SteppedDown(ShardmillError):
+    """This master was primary, and found it was replaced (its lease is gone, or someone
+    speaks for a higher epoch): it stops without dispatching, merging or answering."""
+
+
 class MessageTooLarge(ShardmillError):
     """Raised before sending a request larger than the configured message limit."""
 

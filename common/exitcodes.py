@@ -15,3 +15,4 @@ CANCELLED = 9  # the job was cancelled
 NOT_FOUND = 10  # no such job
 CHECK_FAILED = 11  # `shardmill demo`: the distributed answer disagreed with NumPy
 STATE = 12  # the state directory is locked, corrupt, foreign or newer, or cannot be written
+STEPPED_DOWN = 13  # a primary master found it was replaced by its standby, and stopped

@@ -4,7 +4,7 @@ results as they finish: a map job's items while it runs, and jobs in the order t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -19,9 +19,11 @@ from shardmill.errors import (
     RemoteError,
     server_error,
 )
-from shardmill.wire.codec import Decoded, decode, unpack_value
-from shardmill.wire.handshake import HandshakeWatch
-from shardmill.wire.protocol import ErrorReply, JobInfo, JobResult, Message, ResultQuery
+from shardmill.failed import mark_failed
+from shardmill.wire.codec import Decoded, decode, pack_value, unpack_value
+from shardmill.wire.handshake import HandshakeWatch, unreachable
+from shardmill.wire.protocol import ErrorReply, JobInfo, JobResult, Message, ResultQuery, Submit
+from shardmill.wire.spec import JobSpec
 
 if TYPE_CHECKING:
     from shardmill.client import Client
@@ -79,7 +81,7 @@ def long_poll(client: Client, query: Message, timeout: float | None, what: str) 
                 f"with `shardmill watch {what.split()[-1]}`"
             )
         try:
-            return client._request(query, timeout=left)
+            return client._request(query, timeout=left, failover=False)
         except MasterUnreachable:
             # Still running, or is the master gone? A gone master may be restarting from
             # its checkpoint: keep asking for up to the client's reconnect_timeout.
@@ -93,6 +95,19 @@ def long_poll(client: Client, query: Message, timeout: float | None, what: str) 
                 lost_since = lost_since or now - client.connect_timeout
                 if now - lost_since > client.reconnect_timeout:
                     raise
+
+
+def failing_over(client: Client, exchange: Callable[[], Decoded]) -> Decoded:
+    """`exchange` with each of the client's masters in turn (a primary and its standby) until
+    one answers; MasterUnreachable if none does."""
+    for tries_left in range(len(client._masters) - 1, -1, -1):
+        try:
+            return exchange()
+        except MasterUnreachable:
+            if not tries_left:
+                raise
+            client._at = (client._at + 1) % len(client._masters)
+    raise AssertionError("unreachable: the last try raises")
 
 
 def unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
@@ -112,13 +127,9 @@ def unpack_result(msg: JobResult, arrays: list[Any]) -> Any:
                 shard=_failed_shard(info),
             )
         raise JobFailed(text)
-    values = []
-    offset = 0
-    for part, k in zip(msg.parts, msg.part_arrays, strict=True):
-        values.append(unpack_value(part, arrays[offset : offset + k]))
-        offset += k
+    values = _values(msg, arrays)
     if info.op == "map":
-        return [v for chunk in values for v in (chunk or [])]
+        return mark_failed(info.job_id, values, list(info.missing_shards))
     return values[0]
 
 
@@ -161,6 +172,9 @@ class StreamCalls:
     """A part of `Client`: replies to several requests at once, and jobs as they end."""
 
     master: str
+    _masters: list[str]
+    _at: int
+    _epoch: int
     connect_timeout: float
     reconnect_timeout: float
     _watch: HandshakeWatch | None
@@ -190,7 +204,7 @@ class StreamCalls:
         """The next reply to any of `reqs`, an ErrorReply as it came; None as soon as the file
         descriptor `wake` is readable. MasterUnreachable (the socket reset) after `wait` s."""
         sock = self._socket()
-        assert self._watch is not None and self._poller is not None
+        assert self._poller is not None
         poller = self._poller
         if wake is not None:
             poller.register(wake, zmq.POLLIN)
@@ -200,14 +214,13 @@ class StreamCalls:
                 ready = dict(poller.poll(int(left * 1000) + 1))
                 if not ready:
                     break
-                if problem := self._watch.check():
-                    self._reset()
-                    raise HandshakeRefused(f"{problem} (master {self.master})")
+                self._check_link()
                 if wake is not None and wake in ready:
                     return None
                 if sock not in ready:
                     continue
                 reply = decode(sock.recv_multipart(copy=False))
+                self._check_epoch(reply.msg.epoch)
                 if getattr(reply.msg, "req", None) in reqs:
                     return reply
                 show_output(reply.msg)  # a watched job's task output; else a stale reply
@@ -215,10 +228,27 @@ class StreamCalls:
             if wake is not None and self._poller is poller:
                 poller.unregister(wake)
         self._reset()
-        raise MasterUnreachable(
-            f"no answer from the master at {self.master} within {wait:.1f} s; is it running? "
-            "Point clients at it with --master tcp://HOST:5556 or SHARDMILL_MASTER"
-        )
+        raise MasterUnreachable(unreachable(self._masters[self._at], f"no answer in {wait:.1f} s"))
+
+    def _check_link(self) -> None:
+        """Raise (the socket reset) if the handshake was refused or nothing listens there."""
+        assert self._watch is not None
+        if problem := self._watch.check():
+            self._reset()
+            raise HandshakeRefused(f"{problem} (master {self.master})")
+        if self._watch.nothing_listening():
+            self._reset()
+            raise MasterUnreachable(unreachable(self.master, "nothing is listening there"))
+
+    def _check_epoch(self, epoch: int) -> None:
+        """A master below the highest epoch heard was replaced by its standby: refused."""
+        if epoch < self._epoch:
+            self._reset()
+            raise MasterUnreachable(
+                f"the master at {self._masters[self._at]} speaks for epoch {epoch}, below "
+                f"{self._epoch}: it was replaced by its standby; asking the next one"
+            )
+        self._epoch = epoch
 
     def as_completed(self, jobs: Iterable[Job], timeout: float | None = None) -> Iterator[Job]:
         """Each job once it has ended (done, failed or cancelled), first ended first; raises
@@ -280,3 +310,16 @@ def _items(msg: JobResult, values: list[Any], seen: set[int]) -> Iterator[tuple[
         seen.add(first)
         for i, value in enumerate(chunk or []):
             yield first + i, value
+
+
+def chunked(spec: JobSpec, items: list[tuple[Any, ...]], size: int) -> tuple[Submit, list[Any]]:
+    """A map job's Submit, its items packed `size` to a part, and the parts' array frames."""
+    parts, counts, part_arrays, arrays = [], [], [], []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        packed = pack_value(chunk)
+        parts.append(packed.data)
+        counts.append(len(chunk))
+        part_arrays.append(len(packed.arrays))
+        arrays.extend(packed.arrays)
+    return Submit(spec=spec, parts=parts, part_counts=counts, part_arrays=part_arrays), arrays

@@ -16,7 +16,8 @@ from shardmill.data.plan import provenance_of
 from shardmill.debug import bundle
 from shardmill.master.blobfiles import ShardRow
 from shardmill.master.brain import events as ev
-from shardmill.master.brain.model import Attempt, Shard
+from shardmill.master.brain.attempt import Attempt
+from shardmill.master.brain.model import Shard
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.master.jobs import JobData
 from shardmill.master.merge import FinalResult, MapMerger, OpMerger
@@ -57,6 +58,12 @@ class Checkpointer:
             counts, descriptors = [], data.descriptors
         self.store.add_job(job_id, spec, descriptors, counts, submitted_at, data.inputs)
         self.store.commit()
+
+    def job_started(self, job_id: str, started_at: float) -> None:
+        """Its first shard went out (wall clock): written with the next group commit."""
+        if self.store is not None:
+            self.store.job_started(job_id, started_at)
+            self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
 
     def shard_merged(
         self,
@@ -195,7 +202,9 @@ class Checkpointer:
         events: list[ev.JobRestored] = []
         if self.store is None:
             return jobs, events
+        starts = self.store.master_started(time.time())
         for stored in self.store.load():
+            ended = stored.finished_at or float("inf")
             jobs[stored.job_id] = _job_data(stored, registry)
             settled = {i: (ShardState(s.state), tuple(s.history)) for i, s in stored.shards.items()}
             events.append(
@@ -208,6 +217,8 @@ class Checkpointer:
                     settled=settled,
                     error=stored.error,
                     finished_at=stored.finished_at,
+                    started_at=stored.started_at,
+                    restarts=tuple(t for t in starts if stored.submitted_at < t < ended),
                 )
             )
             if stored.state == "running" and stored.shards:

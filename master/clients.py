@@ -19,6 +19,7 @@ from shardmill.errors import (
     StateDirError,
 )
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.failures import telling_error
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
 from shardmill.master.core import Core, send, user_id
@@ -90,6 +91,8 @@ class ClientRequests:
         }
 
     def _reply(self, identity: bytes, msg: Message, arrays: Sequence[Any] = ()) -> None:
+        if self.core.epoch:
+            msg = msg.model_copy(update={"epoch": self.core.epoch})
         if self.keyring is not None:  # owners by name: one place for every reply of jobs
             if isinstance(msg, JobStatus | JobResult):
                 msg = msg.model_copy(update={"job": self._named(msg.job)})
@@ -272,6 +275,7 @@ class ClientRequests:
             time.monotonic(),
             shm_peers=peers.shares_memory,
             shuffle=peers.shuffle,
+            usage=peers.usage,
         )
         self._reply(identity, WorkerList(req=msg.req, workers=infos))
 
@@ -316,6 +320,7 @@ class ClientRequests:
             version=__version__,
             workers=len(self.core.brain.workers),
             shared_memory=shm.probe_seen(msg.shm_probe),
+            standby=self.core.standby,
         )
         self._reply(identity, reply)
 
@@ -332,9 +337,10 @@ class ClientRequests:
             self._reply(identity, JobResult(req=req, job=info, failure=failure))
 
     def _failure(self, job_id: str) -> ErrorInfo | None:
+        """The failed shard's telling error: what the task raised, if any attempt raised."""
         for shard in self.core.brain.jobs[job_id].shards:
             if shard.state is ShardState.FAILED and shard.history:
-                return shard.history[-1].error
+                return telling_error(shard.history)
         return None
 
 

@@ -40,12 +40,14 @@ class Peers:
     shares_memory: set[str] = field(default_factory=set)
     keys: dict[str, str] = field(default_factory=dict)  # worker -> the key it registered with
     shuffle: dict[str, int] = field(default_factory=dict)  # worker -> map output bytes held
+    usage: dict[str, tuple[float, int]] = field(default_factory=dict)  # worker -> (cpu %, rss)
 
     def forget(self, worker: str) -> None:
         """A worker gone (disconnected, expired, revoked): its READY and key binding with it."""
         self.hello.pop(worker, None)
         self.keys.pop(worker, None)
         self.shuffle.pop(worker, None)
+        self.usage.pop(worker, None)
 
 
 @dataclass
@@ -65,6 +67,9 @@ class Core:
     to_client: Callable[[bytes, Message], None] = lambda identity, msg: None
     to_worker: Callable[[str, Message], None] = lambda worker, msg: None
     pipelines: Pipelines | None = None  # set by the loop once it is built
+    # This master's term as primary (docs/standby.md), stamped on what it sends; 0 alone.
+    epoch: int = 0
+    standby: str = ""  # "in sync: NAME" or "alone: WHY" with a standby configured
 
     def waited_on(self) -> frozenset[str]:
         """Jobs a client waits for: never pruned before it has its answer."""

@@ -48,6 +48,7 @@ class JobData:
         batch = [{"shard": s, "attempt": a, "descriptor": self._dump(s)} for s, a in more]
         header = {
             "v": PROTOCOL_VERSION,
+            "epoch": 0,  # stamped when sent (WorkerMessages.send_header)
             "kind": "task",
             "job_id": job_id,
             "shard": shard,

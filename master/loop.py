@@ -107,6 +107,7 @@ class MasterLoop:
             ev.AskReregister: lambda cmd, result: self.workers.send(cmd.worker, Reregister()),
             ev.WorkerExpired: self._expired,
             ev.DropDuplicate: self._duplicate,
+            ev.JobStarted: lambda c, r: self.core.checkpoint.job_started(c.job_id, c.started_at),
         }
 
     def endpoints(self) -> dict[str, str]:
@@ -382,10 +383,9 @@ class MasterLoop:
             log.info("pruned %d finished job(s)", len(gone))
 
     def _duplicate(self, cmd: ev.DropDuplicate, result: Result | None) -> None:
-        self.metrics.duplicates.inc()
-        log.info(
-            "job %s shard %d: duplicate result from %s dropped", cmd.job_id, cmd.shard, cmd.worker
-        )
+        what = "resent result (merged before a restart)" if cmd.replayed else "duplicate result"
+        self.metrics.duplicates.inc(0 if cmd.replayed else 1)
+        log.info("job %s shard %d: %s from %s dropped", cmd.job_id, cmd.shard, what, cmd.worker)
 
     def _expired(self, cmd: ev.WorkerExpired, result: Result | None) -> None:
         self.metrics.shards_requeued.inc(cmd.requeued)

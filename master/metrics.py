@@ -109,6 +109,12 @@ class Metrics:
         )
         self.shards_requeued = counter("shards_requeued", "Shards requeued from lost workers")
         self.duplicates = counter("duplicate_results", "Late second results, dropped")
+        self.unnamed = counter(
+            "unnamed_messages",
+            "Messages under an id ZeroMQ made up (a replaced connection): matched to their "
+            "worker, or refused",
+            ("outcome",),
+        )
         self.backups = counter("backups_started", "Speculative second attempts of stragglers")
         self.jobs_ended = counter("jobs_ended", "Jobs that ended, by state", ("state",))
         self.shard_seconds = histogram(

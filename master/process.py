@@ -20,7 +20,14 @@ def serve(settings: MasterSettings, registry: Registry) -> int:
     # A file size limit (ulimit -f) must fail a write with EFBIG, which the store reports,
     # rather than kill us with SIGXFSZ before we can say why.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    loop = MasterLoop(settings, registry)
+    if settings.peer is None:
+        loop: MasterLoop | None = MasterLoop(settings, registry)
+    else:  # with a standby: primary only once elected (docs/standby.md)
+        from shardmill.master.standby.serve import primary_loop
+
+        loop = primary_loop(settings, registry)
+    if loop is None:
+        return exitcodes.OK  # a standby stopped before it took over
     _tune_gc()  # after start-up: what it built is frozen
     try:
         loop.run()  # its last commit, at close, may fail too

@@ -58,6 +58,7 @@ class StoredJob:
     inputs: bytes | None = None  # pack_inputs()
     shards: dict[int, StoredShard] = field(default_factory=dict)
     partial: bytes | None = None
+    started_at: float | None = None
 
 
 def unpack_settled(blob: bytes) -> dict[int, StoredShard]:

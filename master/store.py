@@ -40,13 +40,14 @@ from shardmill.master.blobfiles import (
     BlobFiles,
     ShardRow,
 )
+from shardmill.master.migrate import migrate
 from shardmill.master.records import (
     StoredJob,
     StoredShard,
     pack_inputs,
-    unpack_blob,
     unpack_settled,
 )
+from shardmill.master.standby.recording import RecordingConnection as Recording
 from shardmill.master.walcheckpoint import WAL_INTERVAL, WalCheckpointer
 from shardmill.wire.codec import Buffer
 from shardmill.wire.protocol import AttemptInfo
@@ -56,10 +57,11 @@ log = logging.getLogger(__name__)
 
 
 FORMAT = "shardmill-state"
+# 4: a job's started_at in its row; meta "starts", the times masters started on this state dir.
 # 3: a blob column may hold a TEXT reference to a file in blobs/ (an older master would read
 # it as a blob). 2: a job's inputs are one blob in its row, and a finished job's shards one blob
 # in its row (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
 
@@ -71,7 +73,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE jobs (
     job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, descriptors TEXT NOT NULL,
     part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
-    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB);
+    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB, started_at REAL);
 CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
@@ -141,7 +143,9 @@ class Store:
             # files the database's own mode.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(self.path, 0o600)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, factory=Recording
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # WalCheckpointer does it, off this thread
@@ -180,10 +184,8 @@ class Store:
                 f"{self.path} was written by a newer shardmill (state version {version}, this "
                 f"master understands {SCHEMA_VERSION}); upgrade this master"
             )
-        if version == 1:
-            _migrate_from_1(db)
-        elif version == 2:  # no blob files yet: only the version changes
-            db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),))
+        if version < SCHEMA_VERSION:
+            migrate(db, version, SCHEMA_VERSION)
 
     def _max_seq(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
@@ -211,10 +213,25 @@ class Store:
                 self.blobs.put(job_id, ("inputs", -1), pack_inputs(inputs)),
             )
             self.db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL)",
+                "INSERT INTO jobs VALUES "
+                "(?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL, NULL)",
                 row,
             )
         self._seq += 1
+
+    def job_started(self, job_id: str, started_at: float) -> None:
+        with self._writing():
+            self.db.execute("UPDATE jobs SET started_at = ? WHERE job_id = ?", (started_at, job_id))
+
+    def master_started(self, at: float) -> list[float]:
+        """Note a master's start on this state dir (committed); every start so far, oldest
+        first: a job's story shows the restarts that happened while it ran."""
+        with self._writing():
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'starts'").fetchone()
+            starts = [*json.loads(row[0] if row else "[]"), at][-1000:]
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('starts', ?)", (_json(starts),))
+        self.commit()
+        return starts
 
     def shards_settled(self, rows: Sequence[ShardRow]) -> None:
         """Shard rows: (job_id, shard, state, history as JSON, result blob or None)."""
@@ -307,7 +324,7 @@ class Store:
         """Every stored job, oldest first, with what is needed to resume or serve it."""
         rows = self.db.execute(
             "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
-            "finished_at, result, inputs, settled FROM jobs ORDER BY seq"
+            "finished_at, result, inputs, settled, started_at FROM jobs ORDER BY seq"
         ).fetchall()
         for row in rows:
             read = self.blobs.read
@@ -322,6 +339,7 @@ class Store:
                 finished_at=row[7],
                 result=read(row[8], f"job {row[0]}'s result"),
                 inputs=read(row[9], f"job {row[0]}'s inputs"),
+                started_at=row[11],
             )
             settled = read(row[10], f"job {row[0]}'s shard stories")
             if settled is not None:
@@ -351,6 +369,10 @@ class Store:
             os.close(self._lock_fd)
 
 
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _error_name(e: sqlite3.Error | OSError) -> str:
     """SQLite's name for the error (SQLITE_FULL), or the errno's (ENOSPC)."""
     if isinstance(e, OSError):
@@ -375,22 +397,3 @@ def _disk_facts(state_dir: Path) -> str:
     if limit != resource.RLIM_INFINITY:
         facts.append(f"file size limit (ulimit -f) {limit:,} bytes")
     return f" [{', '.join(facts)}]"
-
-
-def _migrate_from_1(db: sqlite3.Connection) -> None:
-    """State version 1 kept a row per shard input in `inputs`: fold them into the jobs' rows."""
-    db.execute("BEGIN")
-    db.execute("ALTER TABLE jobs ADD COLUMN inputs BLOB")
-    db.execute("ALTER TABLE jobs ADD COLUMN settled BLOB")
-    rows = db.execute("SELECT job_id, blob FROM inputs ORDER BY job_id, shard").fetchall()
-    per_job: dict[str, list[tuple[bytes, list[Buffer]]]] = {}
-    for job_id, blob in rows:
-        per_job.setdefault(job_id, []).append(unpack_blob(blob))
-    db.executemany(
-        "UPDATE jobs SET inputs = ? WHERE job_id = ?",
-        [(pack_inputs(inputs), job_id) for job_id, inputs in per_job.items()],
-    )
-    db.execute("DROP TABLE inputs")
-    db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),))
-    db.execute("COMMIT")
-    log.info("state database migrated from version 1 to %d", SCHEMA_VERSION)

@@ -14,6 +14,7 @@ from shardmill import __version__
 from shardmill.errors import InvalidTransition, ProtocolError, StateDirError
 from shardmill.master.brain import events as ev
 from shardmill.master.core import Core, send, user_id
+from shardmill.master.unnamed import REFUSAL, Unnamed, generated
 from shardmill.wire import shm
 from shardmill.wire.codec import (
     Buffer,
@@ -65,6 +66,7 @@ class WorkerMessages:
         self.sock = sock
         core.to_worker = self.send  # a client's watch of a job's output, to its workers
         self.keyring = keyring  # None without CURVE
+        self.unnamed = Unnamed(core.metrics.unnamed)  # what came under ids libzmq made up
         self._apply_all = apply  # a result rides along with its event, for the merge
         # Results and failures, fed to the brain together once the socket is drained (one
         # dispatch for them all: `report_all`); any other message first lets the ones before
@@ -85,10 +87,14 @@ class WorkerMessages:
 
     def send(self, worker: str, msg: Message, arrays: Sequence[Any] = ()) -> None:
         """Queue `msg` for `worker`; it leaves at the loop turn's end (`flush`)."""
+        if self.core.epoch:
+            msg = msg.model_copy(update={"epoch": self.core.epoch})
         self.outbox.setdefault(worker, []).append(encode(msg, arrays))
 
     def send_header(self, worker: str, header: dict[str, Any], arrays: Sequence[Any]) -> None:
         """As `send`, for a message the master built as plain data (a task)."""
+        if self.core.epoch:
+            header["epoch"] = self.core.epoch
         self.outbox.setdefault(worker, []).append(encode_header(header, arrays))
 
     def flush(self) -> None:
@@ -106,7 +112,9 @@ class WorkerMessages:
         """One zmq message from a worker: one protocol message or a bundle of them."""
         identity = bytes(frames[0].bytes)
         worker = _name(identity)
-        if self.keyring is not None and not self._key_holds(identity, worker, frames[-1]):
+        unnamed = generated(identity)  # not a worker: see master/unnamed.py
+        keyed = not unnamed and self.keyring is not None
+        if keyed and not self._key_holds(identity, worker, frames[-1]):
             return
         try:
             body = [as_buffer(f) for f in frames[1:]]  # each zmq.Frame's memory, viewed once
@@ -117,12 +125,32 @@ class WorkerMessages:
             return
         # Within the size limit as a whole, each part is: a result need not be weighed again.
         small = sum(memoryview(b).nbytes for b in body) <= self.core.settings.max_message_bytes
+        refused = False
         for part in parts:
-            done = DoneHead.read(part) if small else None
-            if done is not None:  # a plain result, well-formed: no full decode
-                self._boundary(identity, worker, partial(self._done, worker, done, part[1:]))
+            if unnamed:
+                refused |= not self._claimed(identity, frames[-1], part, small)
             else:
-                self._on_message(identity, worker, part)
+                self._part(identity, worker, part, small)
+        if refused:
+            send(self.sock, identity, ErrorReply(code="identity", message=REFUSAL))
+
+    def _part(self, identity: bytes, worker: str, part: Sequence[Any], small: bool) -> None:
+        done = DoneHead.read(part) if small else None
+        if done is not None:  # a plain result, well-formed: no full decode
+            self._boundary(identity, worker, partial(self._done, worker, done, part[1:]))
+        else:
+            self._on_message(identity, worker, part)
+
+    def _claimed(self, identity: bytes, frame: Any, part: Sequence[Any], small: bool) -> bool:
+        """A part under a generated id: a report goes on as its real worker's (whose key must
+        have sent it); False for what is refused."""
+        real = self.unnamed.claim(self.core.brain.jobs, part, identity)
+        if real is None:
+            return False
+        own = real.encode()
+        if self.keyring is None or self._key_holds(own, real, frame):
+            self._part(own, real, part, small)
+        return True
 
     def _on_message(self, identity: bytes, worker: str, frames: Sequence[Any]) -> None:
         """One worker message: the per-message boundary of the worker socket."""
@@ -221,6 +249,7 @@ class WorkerMessages:
             heartbeat_interval=timing.heartbeat_interval,
             heartbeat_liveness=timing.heartbeat_liveness,
             max_message_bytes=self.core.settings.max_message_bytes,
+            epoch=self.core.epoch,
         )
         send(self.sock, identity, welcome)
         self.core.apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))
@@ -232,6 +261,8 @@ class WorkerMessages:
         worker = _name(identity)
         if msg.shuffle_bytes or worker in self.core.peers.shuffle:
             self.core.peers.shuffle[worker] = msg.shuffle_bytes
+        if msg.rss:  # an agent that samples itself (older ones send no usage)
+            self.core.peers.usage[worker] = (msg.cpu, msg.rss)
         self.core.apply(ev.WorkerSeen(worker, rtt))
 
     def _on_draining(self, identity: bytes, msg: Message, arrays: list[Buffer]) -> None:
@@ -274,8 +305,9 @@ class WorkerMessages:
     def _on_done(self, identity: bytes, msg: ShardDone, arrays: list[Buffer]) -> None:
         more = _pairs(msg.more)
         head = DoneHead(
-            msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more, msg.output
-        )
+            msg.job_id, msg.shard, msg.attempt, msg.duration, msg.payload, more, msg.output,
+            msg.finished,
+        )  # fmt: skip
         self._done(_name(identity), head, arrays)
 
     def _done(self, worker: str, msg: DoneHead, arrays: Sequence[Buffer]) -> None:
@@ -297,8 +329,9 @@ class WorkerMessages:
             self._reports.append((failed, None))
             return
         event = ev.ShardSucceeded(
-            worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more, msg.output
-        )
+            worker, msg.job_id, msg.shard, msg.attempt, msg.duration, more, msg.output,
+            msg.finished,
+        )  # fmt: skip
         self._reports.append((event, (msg.payload, list(arrays))))
 
 
@@ -312,6 +345,7 @@ class DoneHead(NamedTuple):
     payload: bytes
     more: tuple[tuple[int, int], ...] = ()  # a batch's other shards: (shard, attempt)
     output: str = ""  # the tail of what it printed
+    finished: float = 0.0  # wall-clock time it ended on the worker
 
     @classmethod
     def read(cls, frames: Sequence[Buffer]) -> DoneHead | None:
@@ -327,14 +361,14 @@ class DoneHead(NamedTuple):
             return None
         job_id, shard, attempt = raw.get("job_id"), raw.get("shard"), raw.get("attempt")
         duration, payload = raw.get("duration", 0.0), raw.get("payload", b"")
-        output = raw.get("output", "")
+        output, finished = raw.get("output", ""), raw.get("finished", 0.0)
         if type(job_id) is not str or type(shard) is not int or type(attempt) is not int:
             return None
         if type(duration) not in (float, int) or type(payload) is not bytes:
             return None
-        if type(output) is not str:
+        if type(output) is not str or type(finished) not in (float, int):
             return None
-        return cls(job_id, shard, attempt, float(duration), payload, (), output)
+        return cls(job_id, shard, attempt, float(duration), payload, (), output, float(finished))
 
 
 _DONE_KEYS = frozenset(ShardDone.model_fields)

@@ -13,17 +13,18 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
 
 from shardmill import __version__, exitcodes
-from shardmill.config import WorkerSettings
+from shardmill.config import WorkerSettings, addresses
 from shardmill.errors import ProtocolError
 from shardmill.health import HealthFile
 from shardmill.wire import shm
 from shardmill.wire.codec import bundles, decode, encode, unbundle, unpack_header
-from shardmill.wire.handshake import HandshakeWatch
+from shardmill.wire.handshake import HandshakeWatch, unreachable
 from shardmill.wire.protocol import (
     CancelTasks,
     Disconnect,
@@ -44,6 +45,7 @@ from shardmill.worker.resend import Recent, too_large
 from shardmill.worker.runner import Running, TaskHead
 from shardmill.worker.shuffle import Pieces
 from shardmill.worker.slots import Slots
+from shardmill.worker.usage import Usage
 
 log = logging.getLogger(__name__)
 # A worker queues at most this many short shards per slot beyond its slots (the master sizes
@@ -57,26 +59,27 @@ class Agent:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        self.interval = settings.heartbeat_interval
-        self.liveness = settings.heartbeat_liveness
+        self.interval, self.liveness = settings.heartbeat_interval, settings.heartbeat_liveness
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
-        imports = list(settings.imports)
         allow_pickle(settings.allow_pickle)  # before any child: they read it from the env
         self.pieces = Pieces(settings, self.security, self.worker_id)  # before any child
         self.slots = Slots(
             self.worker_id,
-            imports,
+            list(settings.imports),
             settings.slots,
             self._fail,
             self._forward,
             output_bytes=settings.output_bytes,
             echo=self._send,
         )
+        self.usage = Usage()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.watch: HandshakeWatch | None = None
         self.met_master = False  # a handshake with the master succeeded once
         self.poller = zmq.Poller()
+        # Masters to try in turn, the one tried now, the highest epoch heard (docs/standby.md)
+        self.masters, self.at, self.epoch, self._fenced = addresses(settings.master), 0, 0, False
         # Short shards the master may send beyond our slots wait in `slots.pending` and start
         # the moment a child is free; at most `prefetch` (the master sizes the window below it).
         cap = settings.prefetch
@@ -89,6 +92,7 @@ class Agent:
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
         self.health = HealthFile(settings.health_file, self.worker_id)
+        self.alive = HealthFile(settings.alive_file, self.worker_id)
         self.fatal: str | None = None  # set when the master refuses us for good
         self._probe: str | None = None  # a /dev/shm file the master looks for at READY
         self._wake_r, self._wake_w = os.pipe()
@@ -115,6 +119,7 @@ class Agent:
     def _step(self) -> None:
         ready = dict(self.poller.poll(self._timeout_ms()))
         now = time.monotonic()
+        self.alive.touch(now, self.interval)
         if self._wake_r in ready:
             self._on_signal(os.read(self._wake_r, 64))
         if self.watch is not None and self.watch.monitor in ready and (bad := self.watch.check()):
@@ -125,7 +130,7 @@ class Agent:
         self.slots.step(ready, now)
         if now >= self.next_beat:
             self.next_beat = now + self.interval
-            self._send(Heartbeat(shuffle_bytes=self.pieces.server.bytes))
+            self._beat()
         if now - self.last_heard > self.interval * self.liveness and self.draining_since is None:
             self._reconnect()
 
@@ -146,7 +151,7 @@ class Agent:
         self.security.client(sock, "worker")
         met = self.met_master
         self.watch = HandshakeWatch(sock, role="worker", keys=self.security.keys, met=met)
-        sock.connect(self.settings.master)
+        sock.connect(self.masters[self.at])
         self.sock = sock
         self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self.watch.monitor, zmq.POLLIN)
@@ -154,22 +159,28 @@ class Agent:
         log.info(
             "worker %s connecting to %s with %d slots",
             self.worker_id,
-            self.settings.master,
+            self.masters[self.at],
             len(self.slots.children),
         )
 
     def _reconnect(self) -> None:
         now = time.monotonic()
+        quiet = self.watch is not None and self.watch.nothing_listening()
+        what = (
+            "nothing is listening there" if quiet else f"silent for {now - self.last_heard:.1f} s"
+        )
         log.warning(
-            "master silent for %.1f s; reconnecting (backoff %.1f s)",
-            now - self.last_heard,
+            "%s; reconnecting (backoff %.1f s)",
+            unreachable(self.settings.master, what, role="worker"),
             self.reconnect_delay,
         )
         self._close_socket(linger=0)
+        self.at = (self.at + 1) % len(self.masters)
         self._connect()
         self.recent.resend(self._send_frames)  # results sent before the silence may be lost
         self.last_heard = now + self.reconnect_delay - self.interval * self.liveness
-        self.reconnect_delay = min(self.settings.reconnect_max, self.reconnect_delay * 2)
+        if self.at == 0:  # back off once every master was tried
+            self.reconnect_delay = min(self.settings.reconnect_max, self.reconnect_delay * 2)
 
     def _close_socket(self, linger: int) -> None:
         if self.watch is not None:
@@ -205,7 +216,7 @@ class Agent:
     def _drain_socket(self) -> None:
         assert self.sock is not None
         echo = 0.0  # the newest ping's clock, echoed once after the drain (not once per ping)
-        while True:
+        while not self._fenced:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -217,23 +228,57 @@ class Agent:
                 log.warning("bad message from master: %s", e)
                 continue
             for part in parts:
-                try:
-                    header = unpack_header(part[0])
-                    if header.get("kind") == "task":  # most of them: read, not validated
-                        task = TaskHead.read(header)
-                        self.slots.add(task, [memoryview(f.buffer) for f in part])
-                        continue
-                    decoded = decode(part)
-                except ProtocolError as e:
-                    log.warning("bad message from master: %s", e)
-                    continue
-                if isinstance(decoded.msg, MasterPing):
-                    echo = max(echo, decoded.msg.sent)
-                    continue
-                self._on_master(decoded.msg)
+                if self._fenced:  # the rest of a replaced master's bundle is refused too
+                    break
+                echo = max(echo, self._on_part(part))
+        if self._fenced:
+            self._fenced = False
+            self._reconnect()  # to the next master: this one was replaced
+            return
         if echo:  # the master times the round trip with it; it is our beat, too
-            self._send(Heartbeat(echo=echo, shuffle_bytes=self.pieces.server.bytes))
+            self._beat(echo)
             self.next_beat = time.monotonic() + self.interval
+
+    def _on_part(self, part: Sequence[Any]) -> float:
+        """One message from the master, carried out; a ping's clock (0.0 for the rest)."""
+        try:
+            header = unpack_header(part[0])
+            if self._stale(header.get("epoch", 0)):
+                return 0.0
+            if header.get("kind") == "task":  # most of them: read, not validated
+                task = TaskHead.read(header)
+                self.slots.add(task, [memoryview(f.buffer) for f in part])
+                return 0.0
+            decoded = decode(part)
+        except ProtocolError as e:
+            log.warning("bad message from master: %s", e)
+            return 0.0
+        if isinstance(decoded.msg, MasterPing):
+            return decoded.msg.sent
+        self._on_master(decoded.msg)
+        return 0.0
+
+    def _stale(self, epoch: object) -> bool:
+        """Whether a message of this `epoch` comes from a master that was replaced (one
+        below the highest heard): refused, and the agent moves on to the next master."""
+        if not isinstance(epoch, int):
+            return False  # the decode that follows names the problem
+        if epoch >= self.epoch:
+            self.epoch = epoch
+            return False
+        log.warning(
+            "master %s speaks for epoch %d, below %d: it was replaced; refused",
+            self.masters[self.at],
+            epoch,
+            self.epoch,
+        )
+        self._fenced = True
+        return True
+
+    def _beat(self, echo: float = 0.0) -> None:
+        cpu, rss = self.usage.sample(time.monotonic())
+        held = self.pieces.server.bytes
+        self._send(Heartbeat(echo=echo, shuffle_bytes=held, cpu=cpu, rss=rss))
 
     def _heard(self) -> None:
         now = time.monotonic()

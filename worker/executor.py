@@ -129,6 +129,7 @@ def _done(
         duration=time.monotonic() - start,
         payload=packed.data,
         more=more,
+        finished=time.time(),
     )
     return done, packed.arrays
 

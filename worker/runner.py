@@ -90,7 +90,9 @@ class Running:
 
     @property
     def leases(self) -> list[Lease]:
-        return task_leases(self.task)
+        """Its shards, with the wall-clock time it started running (0 while it waits)."""
+        started = self.started + time.time() - time.monotonic() if self.started else 0.0
+        return task_leases(self.task, started)
 
     def begin(self, now: float) -> None:
         self.started = now
@@ -102,10 +104,10 @@ def of(task: TaskHead, job: str, shards: set[int]) -> bool:
     return task.job_id == job and (not shards or task.shard in shards)
 
 
-def task_leases(task: TaskHead) -> list[Lease]:
+def task_leases(task: TaskHead, started: float = 0.0) -> list[Lease]:
     """The shards a task holds: its own, and those of its batch."""
     pairs = [(task.shard, task.attempt), *task.more]
-    return [Lease(job_id=task.job_id, shard=s, attempt=a) for s, a in pairs]
+    return [Lease(job_id=task.job_id, shard=s, attempt=a, started=started) for s, a in pairs]
 
 
 class ChildProcess:

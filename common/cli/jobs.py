@@ -165,5 +165,5 @@ def cmd_why(args: argparse.Namespace) -> int:
         print(f"shardmill: job {args.job} has shards 0..{len(shards) - 1}", file=sys.stderr)
         return exitcodes.NOT_FOUND
     shard = shards[args.shard]
-    out(args, shard.model_dump(mode="json"), lambda: show_story(info.job_id, shard))
+    out(args, shard.model_dump(mode="json"), lambda: show_story(info.job_id, shard, info.restarts))
     return exitcodes.OK

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shardmill {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     builders = (_master, _worker, _submit, _plan, _queries, _debugging, _pictures, _dashboard)
-    for add in (*builders, _health, _keygen, _demo):
+    for add in (*builders, _health, _keygen, _demo, _promote):
         add(sub)
     return parser
 
@@ -76,8 +76,34 @@ def _master(sub: Subparsers) -> None:
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     p.add_argument("--health-file", help="file touched on each heartbeat while serving")
+    _standby_flags(p)
     _security_flags(p)
     p.set_defaults(handler=roles.cmd_master)
+
+
+def _standby_flags(p: argparse.ArgumentParser) -> None:
+    """A master with a standby (docs/standby.md)."""
+    p.add_argument("--peer", help="the other master's replication address, tcp://HOST:5557")
+    p.add_argument("--replica-port", type=int, help="port to replicate on as standby (5557)")
+    p.add_argument("--etcd", help="etcd client URL that elects the primary, http://HOST:2379")
+    p.add_argument("--election-key", help="prefix of the election's etcd keys (shardmill)")
+    p.add_argument("--lease-ttl", type=int, help="seconds the primary's lease lasts (2)")
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        default=None,
+        help="without --etcd: start as standby until `shardmill promote`",
+    )
+    p.add_argument("--standby-timeout", type=float, help="seconds a commit waits for it (1.0)")
+    p.add_argument("--name", help="this master's name in the election (default host-pid)")
+
+
+def _promote(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "promote", help="make a standby master (without --etcd) take over as primary"
+    )
+    p.add_argument("state_dir", help="the standby's --state-dir")
+    p.set_defaults(handler=roles.cmd_promote)
 
 
 def _speculation_flags(p: argparse.ArgumentParser) -> None:
@@ -108,6 +134,7 @@ def _worker(sub: Subparsers) -> None:
         "--output-bytes", type=int, help="the last bytes each attempt prints, kept (default 1 MiB)"
     )
     p.add_argument("--health-file", help="file touched whenever the master is heard")
+    p.add_argument("--alive-file", help="file touched on every turn of its loop, master or not")
     p.add_argument("--shuffle-dir", help="pipelines' map outputs (default: a temporary dir)")
     p.add_argument("--shuffle-host", help="the address peers fetch map outputs at")
     p.add_argument("--shuffle-port", type=int, help="the port they are served on (0: any)")

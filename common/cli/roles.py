@@ -33,6 +33,14 @@ MASTER_FLAGS = (
     "log_format",
     "health_file",
     "imports",
+    "peer",
+    "replica_port",
+    "etcd",
+    "election_key",
+    "lease_ttl",
+    "standby",
+    "standby_timeout",
+    "name",
 )
 WORKER_FLAGS = (
     "keys",
@@ -44,6 +52,7 @@ WORKER_FLAGS = (
     "heartbeat_interval",
     "drain_grace",
     "health_file",
+    "alive_file",
     "shuffle_dir",
     "shuffle_host",
     "shuffle_port",
@@ -162,3 +171,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         directory=args.dir,
         as_json=args.json,
     )
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Ask the standby on STATE_DIR to take over: it watches for this file (docs/standby.md)."""
+    state_dir = Path(args.state_dir)
+    if not (state_dir / "shardmill.db").exists():
+        print(
+            f"shardmill promote: {state_dir} holds no shardmill state; give the standby's "
+            "--state-dir",
+            file=sys.stderr,
+        )
+        return exitcodes.CONFIG
+    (state_dir / "promote").touch()
+    print(f"asked the standby on {state_dir} to take over as primary")
+    return exitcodes.OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from shardmill.failed import Failed
 from shardmill.wire.codec import is_array, is_numpy_scalar
 from shardmill.wire.protocol import JobInfo, ShardInfo, WorkerInfo
 
@@ -74,6 +76,8 @@ def out(args: argparse.Namespace, data: Any, human: Any) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
+    if isinstance(value, Failed):
+        return value.to_json()
     if is_array(value) or is_numpy_scalar(value):
         return value.tolist()
     if isinstance(value, dict):
@@ -209,16 +213,23 @@ def show_workers(workers: list[WorkerInfo]) -> None:
     console.print(fit(WORKER_COLUMNS, rows))
 
 
-def show_story(job_id: str, shard: ShardInfo) -> None:
-    """`shardmill why`: every attempt of one shard, with its worker, outcome and error."""
+def show_story(job_id: str, shard: ShardInfo, restarts: Sequence[float] = ()) -> None:
+    """`shardmill why`: every attempt of one shard, with its worker, outcome and error, and
+    the master's restarts between (or during) them."""
     console.print(
         f"job {job_id} shard {shard.index}: [bold]{shard.state}[/], "
         f"{shard.attempts} attempt(s), lease {shard.worker or '-'}, "
         f"merged {shard.merged}x"
     )
+    pending = sorted(restarts)
     for a in shard.history:
+        while pending and pending[0] <= a.started:
+            console.print(f"  -- the master restarted at {_clock(pending.pop(0))} --")
         took = f"{a.ended - a.started:.3f} s" if a.ended is not None else "running"
         kind = " (backup)" if a.backup else ""
+        across = [t for t in pending if a.ended is None or t < a.ended]
+        if across:
+            kind += f" (across the master's restart at {_clock(across[0])})"
         line = f"  attempt {a.attempt}{kind} on {a.worker}: {a.outcome} ({took})"
         if a.error is not None:
             sig = f", signal {a.error.signal}" if a.error.signal else ""
@@ -230,6 +241,10 @@ def show_story(job_id: str, shard: ShardInfo) -> None:
             console.print(_indent(a.output), markup=False, highlight=False)
         if a.error is not None and a.error.traceback:
             console.print(a.error.traceback, markup=False, highlight=False)
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall % 1 * 1000):03d}"
 
 
 def _indent(text: str) -> str:

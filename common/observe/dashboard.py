@@ -18,13 +18,17 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from shardmill.client import Client
 from shardmill.errors import MasterUnreachable, ServerError, ShardmillError
+from shardmill.observe.history import History, Sample, Sampler, take
 from shardmill.observe.report import render_report
 from shardmill.observe.timeline import Timeline
 from shardmill.observe.trace import chrome_trace
+from shardmill.observe.views import job_detail, job_row, lost_workers, newest_first
 from shardmill.wire.protocol import JobInfo, PipelineInfo, WorkerInfo
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,7 +46,20 @@ class Master:
         self._lock = threading.Lock()
 
     @contextmanager
+    def raw(self) -> Iterator[Client]:
+        """The client, its errors as they are (the history sampler's)."""
+        with self._lock:
+            yield self._client
+
+    def look(self) -> Sample:
+        """One sample of the cluster for the charts."""
+        with self.raw() as client:
+            metrics, workers = client.metrics(), client.workers()
+        return take(metrics, workers, time.time())
+
+    @contextmanager
     def client(self) -> Iterator[Client]:
+        """The client, its errors as HTTP ones: 503 unreachable, 404 unknown job, 502 other."""
         with self._lock:
             try:
                 yield self._client
@@ -55,32 +72,6 @@ class Master:
 
     def close(self) -> None:
         self._client.close()
-
-
-def job_row(job: JobInfo, now: float) -> dict[str, Any]:
-    """A job as the jobs table shows it: its info, plus rate and ETA."""
-    end = job.finished_at or now
-    elapsed = max(1e-9, end - (job.started_at or job.submitted_at))
-    rate = job.shards_done / elapsed
-    left = job.shards_total - job.shards_done - job.shards_failed
-    eta = left / rate if rate > 0 and job.finished_at is None else None
-    return {**job.model_dump(mode="json", exclude={"shards"}), "rate": rate, "eta": eta}
-
-
-def job_detail(job: JobInfo, now: float) -> dict[str, Any]:
-    """A job with its shards, their stories, and its task stream laid out in lanes."""
-    timeline = Timeline.of(job, now)
-    shards = job.shards or []
-    return {
-        **job_row(job, now),
-        "shards": [s.model_dump(mode="json") for s in shards],
-        "length": timeline.length,
-        "lanes": [{"worker": w, "slot": s} for w, s in timeline.lanes],
-        "bars": [{**b.__dict__, "merged": b.merged} for b in timeline.bars],
-        "retried": timeline.retried(),
-        "lost_workers": timeline.lost_workers(),  # from the checkpointed stories: restarts too
-        "efficiency": timeline.efficiency().__dict__,
-    }
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -96,13 +87,18 @@ def create_app(
     this machine in their Host header (or one of `allowed_hosts`): a web page elsewhere cannot
     reach it through DNS rebinding."""
     master = Master(connect)
-    app = FastAPI(
+    sampler = Sampler(master.look, History())
+    app: FastAPI = FastAPIOffline(  # /docs and /redoc from packaged files: no CDN
         title="shardmill dashboard",
         description="Jobs, workers and task streams of one shardmill master (read-only "
         "unless the dashboard was started with --token).",
-        on_shutdown=[master.close],
+        on_startup=[sampler.start],
+        on_shutdown=[sampler.stop, master.close],
     )
     app.state.master = master
+    app.state.history = sampler.history
+    static = StaticFiles(packages=[("shardmill.observe", "static")])
+    app.mount("/static", static, name="static")
     app.state.token = token
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK_NAMES, *allowed_hosts])
     app.include_router(pages)
@@ -134,12 +130,17 @@ def job_page(job_id: str) -> str:
     return _page("job.html")
 
 
-@api.get("/api/jobs", summary="Every job the master knows, with rate and ETA")
+@pages.get("/cluster", response_class=HTMLResponse)
+def cluster_page() -> str:
+    return _page("cluster.html")
+
+
+@api.get("/api/jobs", summary="Every job the master knows: running first, then newest first")
 def jobs(request: Request) -> list[dict[str, Any]]:
     with _master(request).client() as client:
         listed = client.jobs()
     now = time.time()
-    return [job_row(j, now) for j in listed]
+    return [job_row(j, now) for j in newest_first(listed)]
 
 
 @api.get("/api/pipelines", summary="Every pipeline: its stages, bytes shuffled, why one waits")
@@ -152,6 +153,18 @@ def pipelines(request: Request) -> list[PipelineInfo]:
 def workers(request: Request) -> list[WorkerInfo]:
     with _master(request).client() as client:
         return client.workers()
+
+
+@api.get("/api/cluster", summary="The last minutes: rates, slots, queue, each worker's beat")
+def cluster(request: Request) -> dict[str, Any]:
+    with _master(request).client() as client:
+        alive, listed = client.workers(), client.jobs()
+    history: History = request.app.state.history
+    return {
+        "history": history.columns(),
+        "workers": [w.model_dump(mode="json") for w in alive],
+        "lost": lost_workers(listed, alive),
+    }
 
 
 @api.get("/api/jobs/{job_id}", summary="One job: shards, stories, task stream, efficiency")

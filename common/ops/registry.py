@@ -4,6 +4,7 @@ worker's children for tasks, the master for user ops' combine and finalize); nev
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import traceback
@@ -26,6 +27,21 @@ def missing_modules(names: list[str]) -> list[str]:
         if not found:
             missing.append(name)
     return missing
+
+
+def offers(module: ModuleType, wanted: str) -> str:
+    """What a module lets clients call, the closest to `wanted` first named."""
+    names = sorted(
+        name
+        for name, obj in vars(module).items()
+        if callable(obj) and not name.startswith("_") and exported(module, name, obj)
+    )
+    if not names:
+        return "it offers no functions clients may call"
+    close = difflib.get_close_matches(wanted, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return f"{hint}it offers: {shown}"
 
 
 class Registry:
@@ -60,7 +76,8 @@ class Registry:
         if not callable(func):
             raise UnknownFunction(
                 f"function {ref!r}: module {module_name!r} has no function {func_name!r} on "
-                f"worker {self.worker}; check the name, or restart the workers after an update"
+                f"worker {self.worker}; {offers(module, func_name)}; check the name, or "
+                "restart the workers after an update"
             )
         if func_name.startswith("_") or not exported(module, func_name, func):
             where = getattr(func, "__module__", None) or type(func).__name__

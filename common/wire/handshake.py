@@ -25,13 +25,17 @@ FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
-WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
 # A CURVE client whose master.key is not the master's (the master cannot open its HELLO), or
 # one whose master runs plaintext and hung up first, sees only a failure with no detail. So
 # does one whose master is restarting behind a proxy that accepts and closes (docker-proxy): a
 # peer that has met this master before is never told its keys are wrong by that alone, and a
-# new one only after this many in a row.
+# new one only after this many in a row. A plaintext peer whose CURVE master hangs up on its
+# greeting before it has read the master's sees the same: after as many, that is its mismatch.
 NO_DETAIL_LIMIT = 3
+# Connections refused (nothing listening) for this long, and never one accepted: say so rather
+# than wait out the whole connect timeout. A master that is starting binds well within it.
+REFUSED_GRACE = 0.5
 
 
 def fingerprint(public_z85: bytes) -> str:
@@ -59,6 +63,8 @@ class HandshakeWatch:
         self.keys = keys
         self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(WATCHED)
         self._no_detail = 0
+        self.reached = False  # a TCP connection was accepted at the address
+        self.refused_since: float | None = None  # first refused connect, while none was accepted
 
     def check(self) -> str | None:
         """Read the pending events; a sentence naming the problem and the fix, or None."""
@@ -68,7 +74,21 @@ class HandshakeWatch:
                 return problem
         return None
 
+    def nothing_listening(self) -> bool:
+        """Every connect so far was refused, for REFUSED_GRACE seconds at least."""
+        since = self.refused_since
+        return since is not None and not self.reached and time.monotonic() - since >= REFUSED_GRACE
+
+    def _connection(self, event: int) -> None:
+        if event == zmq.EVENT_CONNECTED:
+            self.reached = True
+        elif event == zmq.EVENT_CONNECT_RETRIED and self.refused_since is None:
+            self.refused_since = time.monotonic()
+
     def _judge(self, event: int, value: int) -> str | None:
+        if event & (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED):
+            self._connection(event)
+            return None
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._no_detail = 0
             self.met = True
@@ -81,10 +101,10 @@ class HandshakeWatch:
             if self.keys is not None and not self.met:  # keys that never worked here
                 return self._wrong_master_key()
             return None
-        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.keys is not None and not self.met:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self.met:
             self._no_detail += 1
             if self._no_detail >= NO_DETAIL_LIMIT:
-                return self._wrong_master_key()
+                return self._wrong_master_key() if self.keys is not None else self._mismatch()
         return None
 
     def _refused(self) -> str:
@@ -183,6 +203,17 @@ class PortWatch:
         self.monitor.close(linger=0)
 
 
+def unreachable(address: str, what: str, *, role: str = "client") -> str:
+    """The sentence for a master that does not answer: the address tried and how to change it."""
+    port, env = (
+        ("5556", "SHARDMILL_MASTER") if role == "client" else ("5555", "SHARDMILL_WORKER_MASTER")
+    )
+    return (
+        f"no answer from the master at {address}: {what}; is it running, and is this its "
+        f"{role} port? Point the {role} at it with --master tcp://HOST:{port} or {env}"
+    )
+
+
 def mismatch_reason(insecure: bool, value: int) -> str | None:
     """What a failed handshake seen on one of the master's ports means, or None to stay quiet."""
     if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
@@ -207,4 +238,5 @@ __all__ = [
     "fingerprint",
     "key_fingerprint",
     "mismatch_reason",
+    "unreachable",
 ]

@@ -44,6 +44,9 @@ class Lease(Frozen):
     job_id: str
     shard: int
     attempt: int
+    # Wall-clock time the worker started running it (0: queued there, not started): a master
+    # that restarted meanwhile puts the execution in the shard's story from its true start.
+    started: float = 0.0
 
 
 class AttemptInfo(Frozen):
@@ -81,13 +84,17 @@ class JobInfo(Frozen):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
-    duplicates: int = 0
+    duplicates: int = 0  # second executions' results, dropped (each one in its shard's story)
     attempts_failed: int = 0  # failed attempts so far, lost ones included
     shards_retrying: int = 0  # shards with a failed attempt, not ended yet
     lost_workers: list[str] = []  # workers that died holding one of its shards
     last_failure: str | None = None  # the latest failed attempt, as one line
     missing_shards: list[int] = []
     shards: list[ShardInfo] | None = None
+    # Results workers sent again after a master restart, for shards merged before it: the
+    # same execution reported twice (not a second execution, so not in `duplicates`).
+    replayed: int = 0
+    restarts: list[float] = []  # wall-clock times the master restarted while the job ran
 
     def __str__(self) -> str:
         """One line for people: `job.progress()` printed in a REPL or a script."""
@@ -152,3 +159,5 @@ class WorkerInfo(Frozen):
     draining: bool = False
     shared_memory: bool = False  # maps by-value inputs from the master's /dev/shm
     shuffle_bytes: int = 0  # pipelines' map outputs it holds on disk (its last heartbeat's)
+    cpu: float | None = None  # percent of one core, agent and children (None: not reported)
+    rss: int | None = None  # bytes of memory, agent and children, as of its last heartbeat

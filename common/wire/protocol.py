@@ -51,6 +51,7 @@ PROTOCOL_VERSION = 1
 
 class _Msg(Frozen):
     v: int = PROTOCOL_VERSION
+    epoch: int = 0  # the sending master's term (docs/standby.md): peers refuse a lower one
 
 
 # ---- worker -> master ------------------------------------------------------------------------
@@ -73,6 +74,8 @@ class Heartbeat(_Msg):
     kind: Literal["heartbeat"] = "heartbeat"
     echo: float = 0.0  # a MasterPing's `sent`, returned at once: the master's round-trip clock
     shuffle_bytes: int = Field(0, ge=0)  # pipelines' map outputs it holds on disk now
+    cpu: float = Field(0.0, ge=0)  # percent of one core, the agent and its children (sampled)
+    rss: int = Field(0, ge=0)  # bytes of memory, the agent and its children
 
 
 class ShardAttempt(Frozen):
@@ -89,6 +92,7 @@ class ShardDone(_Msg):
     payload: bytes = b""
     more: list[ShardAttempt] = []  # a batch's other shards, folded into the same partial
     output: str = ""  # the tail of what it printed, stdout and stderr
+    finished: float = 0.0  # wall-clock time it ended on the worker (a resent copy keeps it)
 
 
 class ShardFailed(_Msg):
@@ -328,6 +332,7 @@ class Pong(_Reply):
     version: str
     workers: int
     shared_memory: bool = False  # the master saw the ping's probe file
+    standby: str = ""  # "in sync: NAME" or "alone: WHY" (docs/standby.md); "" without one
 
 
 class ErrorReply(_Reply):

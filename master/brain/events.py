@@ -48,6 +48,7 @@ class ShardSucceeded:
     duration: float = 0.0
     more: tuple[tuple[int, int], ...] = ()  # (shard, attempt) folded into the same partial
     output: str = ""  # the tail of what it printed
+    finished: float = 0.0  # wall-clock time it ended on the worker (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class JobRestored:
     settled: Mapping[int, tuple[ShardState, tuple[AttemptInfo, ...]]]
     error: str | None = None
     finished_at: float | None = None
+    started_at: float | None = None
+    restarts: tuple[float, ...] = ()  # the master's earlier starts while it ran (wall clock)
 
 
 @dataclass(frozen=True)
@@ -236,10 +239,19 @@ class WorkerExpired:
 
 
 @dataclass(frozen=True)
+class JobStarted:
+    """Its first shard went out: the loop writes `started_at` (wall clock) to the state dir."""
+
+    job_id: str
+    started_at: float
+
+
+@dataclass(frozen=True)
 class DropDuplicate:
     job_id: str
     shard: int
     worker: str
+    replayed: bool = False  # the merged execution's own result, resent after a restart
 
 
 Command = (
@@ -255,4 +267,5 @@ Command = (
     | AskReregister
     | WorkerExpired
     | DropDuplicate
+    | JobStarted
 )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
+from shardmill.master.brain.attempt import Attempt
 from shardmill.master.brain.model import Job, Shard, Timing
 from shardmill.wire.protocol import ErrorInfo
 
@@ -26,12 +28,28 @@ def backoff(timing: Timing, job_id: str, shard: int, attempt: int) -> float:
     return min(timing.retry_backoff_max, base * jitter)
 
 
+def telling_error(history: Sequence[Attempt]) -> ErrorInfo | None:
+    """The error a failed shard is told by: the latest attempt where the task itself raised
+    (its type, message and traceback are what the user must fix), else the latest error.
+    A shard that raised and was then lost with its worker fails because of what it raised."""
+    errors = [a.error for a in history if a.error is not None]
+    raised = [e for e in errors if e.kind == "error"]
+    return raised[-1] if raised else (errors[-1] if errors else None)
+
+
 def failure_message(job: Job, shard: Shard) -> str:
-    """A failure that names the shard, every attempt's worker and error, and the next step."""
-    lines = [
+    """A failure that names the shard, the task's own exception when any attempt raised (the
+    losses beside it), every attempt's worker and error, and the next step."""
+    told = telling_error(shard.history)
+    head = (
         f"job {job.job_id} failed: shard {shard.index} of {len(job.shards)} failed "
         f"after {len(shard.history)} attempt(s) (max_attempts={job.spec.max_attempts})"
-    ]
+    )
+    if told is not None and told.kind == "error":
+        head += f": it raised {told.type}: {told.message}".rstrip(": ")
+        lost = sum(1 for a in shard.history if a.error is not None and a.error.kind == "lost")
+        head += f"; {lost} attempt(s) lost with their worker" if lost else ""
+    lines = [head]
     for a in shard.history:
         err = a.error
         detail = "" if err is None else f"{err.kind}: {err.type} {err.message}".strip()
@@ -40,18 +58,20 @@ def failure_message(job: Job, shard: Shard) -> str:
         elif err is not None and err.exit_code is not None:
             detail += f" (exit code {err.exit_code})"
         lines.append(f"  attempt {a.number} on worker {a.worker}: {detail}")
-    last = shard.history[-1].error if shard.history else None
-    if last is not None and last.traceback:
-        lines.append("remote traceback (last attempt):\n" + last.traceback.rstrip())
-    lines.append(next_step(last))
+    if told is not None and told.traceback:
+        which = "the attempt that raised" if told.kind == "error" else "last attempt"
+        lines.append(f"remote traceback ({which}):\n" + told.traceback.rstrip())
+    lines.append(next_step(told))
     return "\n".join(lines)
 
 
 def next_step(err: ErrorInfo | None) -> str:
     if err is None:
         return "next step: inspect it with `shardmill why JOB SHARD`"
-    if err.kind == "unknown_function":
+    if err.kind == "unknown_function" and "is not imported" in err.message:
         return "next step: start the workers with the module: `shardmill worker --import MOD`"
+    if err.kind == "unknown_function":
+        return "next step: call a function the module offers (named above) and resubmit"
     if err.kind == "timeout":
         return "next step: raise the job's task_timeout or use more, smaller shards"
     if err.kind == "bad_input":

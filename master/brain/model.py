@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from shardmill.master.brain.attempt import Attempt
 from shardmill.master.brain.transitions import (
     JOB_MOVES,
     SHARD_MOVES,
@@ -18,7 +19,7 @@ from shardmill.master.brain.transitions import (
     move,
     new_story,
 )
-from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobInfo, ShardInfo
+from shardmill.wire.protocol import ErrorInfo, JobInfo, ShardInfo
 from shardmill.wire.spec import JobSpec
 
 # What one task costs a worker beyond its run, about (agent, child, pipes; with bundles and
@@ -52,37 +53,6 @@ class Limits:
 
 
 @dataclass
-class Attempt:
-    number: int
-    worker: str
-    started: float
-    ended: float | None = None
-    outcome: str = "running"
-    error: ErrorInfo | None = None
-    ran: float | None = None  # seconds its worker reports running it (it may have queued first)
-    backup: bool = False  # a speculative second attempt
-    output: str = ""  # what a successful attempt printed; a failed one's is in its error
-
-    def info(self, offset: float = 0.0) -> AttemptInfo:
-        """As users read it: `offset` turns the master's clock into wall-clock time, and what
-        the attempt printed is in `output` whether it failed or not."""
-        error, output = self.error, self.output
-        if error is not None and error.output:
-            error, output = error.model_copy(update={"output": ""}), error.output
-        return AttemptInfo(
-            attempt=self.number,
-            worker=self.worker,
-            started=self.started + offset,
-            ended=None if self.ended is None else self.ended + offset,
-            outcome=self.outcome,
-            error=error,
-            ran=self.ran,
-            backup=self.backup,
-            output=output,
-        )
-
-
-@dataclass
 class Shard:
     job_id: str
     index: int
@@ -102,8 +72,9 @@ class Shard:
         self.state = move(what, self.state, new, why, moves=SHARD_MOVES, story=self.story)
 
     def start_attempt(self, worker: str, *, now: float, backup: bool = False) -> int:
-        """A new attempt on `worker` from `now`; returns its number."""
-        number = len(self.history) + 1
+        """A new attempt on `worker` from `now`; returns its number (after every one known: a
+        restored shard may have an attempt a worker re-reported, numbered as it was)."""
+        number = max((a.number for a in self.history), default=0) + 1
         self.history.append(Attempt(number, worker, started=now, backup=backup))
         return number
 
@@ -125,6 +96,22 @@ class Shard:
             attempt.error = err
             attempt.ran = ran
         return attempt
+
+    def ran_again(self, worker: str, number: int, *, ended: float, ran: float) -> None:
+        """A second execution's result, dropped: its attempt (or one made from the result, for
+        an execution the master did not know of) ends as a duplicate."""
+        known = [a for a in self.history if a.worker == worker and a.number == number]
+        if not known:
+            known = [Attempt(number, worker, ended - ran)]
+            self.history.append(known[0])
+        known[0].ended, known[0].outcome, known[0].ran = ended, "duplicate", ran
+
+    def merged_from(self, worker: str, number: int) -> bool:
+        """Whether its merged result came from this worker's attempt `number`."""
+        return any(
+            a.outcome.startswith("ok") and a.worker == worker and a.number == number
+            for a in self.history
+        )
 
     def open_attempt(self, worker: str | None = None) -> Attempt | None:
         """Its latest attempt still running (on `worker`, if named)."""
@@ -157,7 +144,9 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
-    duplicates: int = 0
+    duplicates: int = 0  # results of second executions, dropped (each in its shard's story)
+    replayed: int = 0  # results resent after a master restart for shards merged before it
+    restarts: list[float] = field(default_factory=list)  # master starts while it ran (wall)
     ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
     ok_seconds: float = 0.0
     runs: list[float] = field(default_factory=list)  # each merged shard's run time (median)
@@ -216,9 +205,11 @@ class Job:
     def accept(
         self, shard: Shard, worker: str, attempt: int, duration: float, *, now: float, output: str
     ) -> None:
-        """The shard's first result is in: its attempt closes and it is done (merged next)."""
+        """The shard's first result is in: its attempt closes and it is done (merged next).
+        `now` is when it ended on the worker (a result resent after a restart ended earlier)."""
         if not (closed := shard.close_attempt(now, "ok", None, worker=worker, ran=duration)):
-            # A late result from a worker whose attempt was already written off as lost.
+            # A late result from a worker whose attempt was already written off as lost, or
+            # one it finished while no master was there to hear of it.
             closed = Attempt(attempt, worker, now - duration, now, "ok (late)", ran=duration)
             shard.history.append(closed)
         closed.output = output
@@ -294,6 +285,8 @@ class Job:
             finished_at=None if self.finished_at is None else self.finished_at + offset,
             error=self.error,
             duplicates=self.duplicates,
+            replayed=self.replayed,
+            restarts=list(self.restarts),
             attempts_failed=self.attempts_failed,
             shards_retrying=self.retrying,
             lost_workers=list(self.lost_workers),

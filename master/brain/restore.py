@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from shardmill.master.brain.attempt import Attempt
 from shardmill.master.brain.events import JobRestored
-from shardmill.master.brain.model import Attempt, Job, Shard
+from shardmill.master.brain.model import Job, Shard
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.wire.protocol import AttemptInfo
 
@@ -22,6 +23,8 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
         error=e.error,
         finished_at=None if e.finished_at is None else e.finished_at - wall_offset,
         owner=e.spec.owner,
+        started_at=None if e.started_at is None else e.started_at - wall_offset,
+        restarts=list(e.restarts),
     )
     job.story.append(f"restored as {e.state}")
     unsettled = ShardState.QUEUED if e.state is JobState.RUNNING else ShardState.CANCELLED

@@ -7,6 +7,7 @@ The half of the brain that tracks who is alive and what each one holds; the job 
 from __future__ import annotations
 
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.attempt import Attempt
 from shardmill.master.brain.failures import lost_error
 from shardmill.master.brain.model import Job, Leases, Shard, Timing, Worker
 from shardmill.master.brain.transitions import TERMINAL, ShardState
@@ -25,6 +26,7 @@ class Roster:
     timing: Timing
     _out: list[ev.Command]
     _now: float
+    wall_offset: float
 
     def _give_back(
         self, job: Job, shard: Shard, outcome: str, why: str, err: ErrorInfo | None = None
@@ -73,8 +75,11 @@ class Roster:
         if shard.backup == w.worker_id and shard.state is S.LEASED:
             w.leases.add((job.job_id, shard.index), (job.job_id, shard.index))  # backup runs on
             return
-        if shard.state in TERMINAL or (shard.lease and shard.lease != w.worker_id):
-            return  # done already, or re-run elsewhere: its result will be a counted duplicate
+        if shard.state in TERMINAL:
+            return  # its result, resent, is a replay, or a second execution's (a duplicate)
+        self._held_in_story(shard, w.worker_id, lease)
+        if shard.lease and shard.lease != w.worker_id:
+            return  # re-run elsewhere: whichever ends second is a counted duplicate
         if shard.state is S.QUEUED:
             job.ready.remove(shard.index)
         if shard.state is S.WAITING:
@@ -83,6 +88,16 @@ class Roster:
             job.move(shard, S.LEASED, f"held by reconnecting worker {w.worker_id}")
         shard.lease = w.worker_id
         w.leases.add((job.job_id, shard.index), (job.job_id, shard.index))
+
+    def _held_in_story(self, shard: Shard, worker: str, lease: Lease) -> None:
+        """An execution a restarted master did not know of joins the shard's story, from when
+        the worker started it (numbered as it was given), ahead of any later attempt."""
+        if shard.open_attempt(worker) is not None:
+            return  # known: a reconnect without a restart
+        started = min(self._now, lease.started - self.wall_offset) if lease.started else self._now
+        shard.history.append(Attempt(lease.attempt, worker, started))
+        shard.history.sort(key=lambda a: a.started)
+        shard.story.append(f"attempt {lease.attempt} on {worker} re-reported after a restart")
 
     def _on_left(self, e: ev.WorkerLeft) -> None:
         w = self.workers.pop(e.worker, None)

@@ -147,19 +147,34 @@ class MasterState(Roster):
         job.ok_seconds += e.duration
         job.record_run(e.worker, e.duration, len(members))
         attempts = {e.shard: e.attempt, **dict(e.more)}
+        ended = self._ended(e)
         for m in members:
             self._end_race(job, m, e.worker)
             self._free_lease(job, m)
             seconds = e.duration / len(members)
             output = e.output if m.index == e.shard else ""  # a batch prints as one
-            job.accept(m, e.worker, attempts[m.index], seconds, now=self._now, output=output)
+            job.accept(m, e.worker, attempts[m.index], seconds, now=ended, output=output)
         merge = ev.MergeShard(e.job_id, e.shard, tuple(indices[1:]), e.worker, e.attempt)
         self._out.append(merge)
         self._maybe_finish(job)
 
+    def _ended(self, e: ev.ShardSucceeded) -> float:
+        """When the result's attempt ended, on the master's clock: as the worker says (a result
+        resent after a restart ended before it), never later than now."""
+        return min(self._now, e.finished - self.wall_offset) if e.finished else self._now
+
     def _drop_duplicate(self, job: Job, e: ev.ShardSucceeded, members: list[Shard]) -> None:
-        job.duplicates += 1
-        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker))
+        replayed = members[0].merged_from(e.worker, e.attempt)
+        if replayed:  # the same execution, reported again after a master restart
+            job.replayed += 1
+        else:  # a second execution: in its shards' stories
+            job.duplicates += 1
+            attempts = {e.shard: e.attempt, **dict(e.more)}
+            for m in members:
+                if m.state is S.DONE and not m.merged_from(e.worker, attempts[m.index]):
+                    ran = e.duration / len(members)
+                    m.ran_again(e.worker, attempts[m.index], ended=self._ended(e), ran=ran)
+        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker, replayed))
         # A folded partial cannot be merged in part: the batch's others run again.
         for m in members:
             if job.leased_to(m, e.worker):
@@ -356,6 +371,7 @@ class MasterState(Roster):
             attempts.append((s.index, s.start_attempt(w.worker_id, now=self._now)))
         if job.started_at is None:
             job.started_at = self._now
+            self._out.append(ev.JobStarted(job.job_id, self._now + self.wall_offset))
         job.turn = next(self._turns)
         job.declined_at = None  # its shards move: a slow host that left them waits anew
         first, *rest = attempts

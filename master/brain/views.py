@@ -16,10 +16,12 @@ def worker_infos(
     *,
     shm_peers: set[str],
     shuffle: Mapping[str, int] | None = None,
+    usage: Mapping[str, tuple[float, int]] | None = None,
 ) -> list[WorkerInfo]:
     infos = []
     for w in workers:
         ready = hello.get(w.worker_id)
+        cpu, rss = (usage or {}).get(w.worker_id, (None, None))
         tasks = w.leases.held
         infos.append(
             WorkerInfo(
@@ -39,6 +41,8 @@ def worker_infos(
                 draining=w.draining,
                 shared_memory=w.worker_id in shm_peers,
                 shuffle_bytes=(shuffle or {}).get(w.worker_id, 0),
+                cpu=cpu,
+                rss=rss,
             )
         )
     return infos

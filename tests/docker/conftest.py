@@ -15,11 +15,10 @@ from dockerenv import (
     Compose,
     compose_env,
     docker_daemon_error,
-    free_ports,
     run_script,
     stale_files,
 )
-from helpers import wait_until
+from helpers import free_ports, wait_until
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import tarfile
 import time
@@ -108,17 +107,6 @@ def stale_files() -> list[str]:
     """Files whose content differs between the working tree and the image (or exist in one)."""
     want, have = source_fingerprint(), image_fingerprint()
     return sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def compose_env(worker_port: int, client_port: int, dashboard_port: int) -> dict[str, str]:

@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import msgpack
 import zmq
 
-from shardmill import LocalCluster
-from shardmill.wire.codec import bundle, decode, encode
-from shardmill.wire.protocol import ErrorReply, Heartbeat, JobsQuery
+from shardmill import LocalCluster, __version__
+from shardmill.wire.codec import bundle, decode, encode, unbundle
+from shardmill.wire.protocol import ErrorReply, Heartbeat, JobsQuery, Ready, Reregister
 from shardmill.wire.security import Security
 
 
-def _dealer(cluster: LocalCluster, address: str, role: str) -> zmq.Socket[bytes]:
-    """An authenticated but hostile peer: it holds real keys and sends garbage."""
+def _dealer(
+    cluster: LocalCluster, address: str, role: str, identity: bytes = b"hostile-1"
+) -> zmq.Socket[bytes]:
+    """An authenticated but hostile peer: it holds real keys and sends garbage. On the worker
+    port it sets its own id, as a worker does (one without is refused: see the test below)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if role == "worker" and identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
     Security(Path(str(cluster.keys_dir))).client(sock, role)
     sock.connect(address)
     return sock
 
 
 def _reply(sock: zmq.Socket[bytes]) -> ErrorReply:
-    assert sock.poll(10_000), "the master sent no error reply"
-    msg = decode(sock.recv_multipart()).msg
-    assert isinstance(msg, ErrorReply), msg
-    return msg
+    """The next error reply; a REREGISTER before it (the master asks a worker id it does not
+    know to register, in a bundle with what else it had for it) is skipped."""
+    while True:
+        assert sock.poll(10_000), "the master sent no error reply"
+        for part in unbundle(sock.recv_multipart()):
+            msg = decode(list(part)).msg
+            if not isinstance(msg, Reregister):
+                assert isinstance(msg, ErrorReply), msg
+                return msg
 
 
 def test_garbage_on_both_sockets_then_a_job_completes(cluster: LocalCluster) -> None:
@@ -74,3 +85,18 @@ def test_garbage_on_both_sockets_then_a_job_completes(cluster: LocalCluster) -> 
             i * i for i in range(50)
         ]
         assert len(client.workers()) == 2
+
+
+def test_a_worker_port_peer_without_an_id_of_its_own_is_refused(cluster: LocalCluster) -> None:
+    # Given a peer with a real worker key that sets no id (ZeroMQ makes one up)
+    sock = _dealer(cluster, cluster.worker_address, "worker", identity=b"")
+    try:
+        # When it says READY / Then it is refused, naming the fix, and never registered
+        ready = Ready(slots=1, hostname="h", pid=os.getpid(), version=__version__)
+        sock.send_multipart(encode(ready))
+        reply = _reply(sock)
+        assert reply.code == "identity" and "zmq.IDENTITY" in reply.message
+        with cluster.client() as client:
+            assert all(not w.worker_id.startswith("0x00") for w in client.workers())
+    finally:
+        sock.close()

@@ -186,3 +186,55 @@ def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == exitcodes.STATE
     assert "not a shardmill state database" in proc.stderr
+
+
+def _running_shards(cluster: LocalCluster, job_id: str) -> set[int]:
+    with cluster.client() as client:
+        info = client.status(job_id, shards=True)
+    return {s.index for s in info.shards or [] if s.state == "leased"}
+
+
+def test_two_restarts_keep_started_at_every_execution_and_honest_counters(
+    state_cluster: LocalCluster, runs_dir: str
+) -> None:
+    # Given a job of 24 half-second shards on 2 one-slot workers, started
+    n = 24
+    with state_cluster.client() as client:
+        args = [(runs_dir, f"t{i}", i, 0.5) for i in range(n)]
+        job_id = client.map("sm_tasks:counted", args, chunk_size=1).id
+        wait_until(lambda: client.status(job_id).started_at is not None, what="the job to start")
+        started_at = client.status(job_id).started_at
+    in_flight: set[int] = set()
+    # When the master is killed twice while shards run, and started again each time
+    for merged in (2, 8):
+        wait_until(lambda m=merged: len(_done_shards(state_cluster, job_id)) >= m, what="merges")
+        wait_until(lambda: _running_shards(state_cluster, job_id), what="a shard running")
+        in_flight |= _running_shards(state_cluster, job_id)
+        state_cluster.kill_master()
+        state_cluster.start_master()
+    with state_cluster.client() as client:
+        job = client.job(job_id)
+        assert job.result(timeout=60) == [i + 1 for i in range(n)]
+        info = client.status(job_id, shards=True)
+        assert_merged_once(job)
+    # Then started_at is still the first dispatch, and both restarts are on record
+    assert info.started_at == pytest.approx(started_at, abs=1e-6)
+    assert len(info.restarts) == 2 and info.finished_at is not None
+    assert all(info.submitted_at < t < info.finished_at for t in info.restarts)
+    shards = info.shards or []
+    # And every execution of every shard is in its story: as many attempts as the task ran
+    for s in shards:
+        assert len(s.history) == runs(runs_dir, f"t{s.index}"), (s.index, s.history)
+        assert [a.attempt for a in s.history] == sorted({a.attempt for a in s.history})
+    # And a shard running at a kill keeps its execution's true start, before the restart,
+    # and its true length (re-reported by its worker: not a ~1 ms attempt at the reconnect)
+    for i in in_flight:
+        (ok,) = [a for a in shards[i].history if a.outcome.startswith("ok")]
+        assert ok.ended is not None and ok.ended - ok.started >= 0.45, shards[i]
+        assert any(ok.started < t for t in info.restarts), shards[i]
+    # And the counters say what they count: duplicates are the second executions in the
+    # stories; results resent for shards merged before a restart are counted apart
+    seconds = sum(a.outcome == "duplicate" for s in shards for a in s.history)
+    assert info.duplicates == seconds
+    # (each restart's reconnect resends what a worker sent lately: some shards twice)
+    assert 1 <= info.replayed <= 2 * n

@@ -110,9 +110,13 @@ def test_traffic_on_the_wire_is_not_plaintext(secure: bool) -> None:
     assert (marker.encode() in seen) is (not secure)
 
 
-def _hostile(cluster: LocalCluster, address: str, role: str) -> zmq.Socket[bytes]:
+def _hostile(
+    cluster: LocalCluster, address: str, role: str, identity: bytes = b""
+) -> zmq.Socket[bytes]:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if identity:  # as a worker does: the master reads a worker only under the id it set
+        sock.setsockopt(zmq.IDENTITY, identity)
     sock.setsockopt(zmq.SNDHWM, 100_000)
     Security(Path(str(cluster.keys_dir))).client(sock, role)
     sock.connect(address)
@@ -192,7 +196,7 @@ def _drain_for_error(sock: zmq.Socket[bytes], needle: str) -> bool:
 
 
 def test_a_worker_with_another_version_is_refused_by_name(cluster: LocalCluster) -> None:
-    sock = _hostile(cluster, cluster.worker_address, "worker")
+    sock = _hostile(cluster, cluster.worker_address, "worker", identity=b"old-version-worker")
     try:
         sock.send_multipart(encode(Ready(slots=1, hostname="h", pid=1, version="9.9.9")))
         assert sock.poll(10_000)

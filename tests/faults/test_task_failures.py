@@ -9,7 +9,7 @@ import pytest
 from faults import alive, assert_merged_once, attempts, read_pid
 from helpers import runs, wait_until
 
-from shardmill import LocalCluster, RemoteError
+from shardmill import Failed, LocalCluster, RemoteError
 
 
 def _history(job, shard: int = 0):  # type: ignore[no-untyped-def]
@@ -84,8 +84,10 @@ def test_allow_failures_completes_and_lists_missing(cluster: LocalCluster, runs_
         # Given one poison shard among three, and a job that allows one failure
         args = [(runs_dir, "a", 1, 0.0), "poison", (runs_dir, "b", 2, 0.0)]
         job = client.map("sm_tasks:counted", args, chunk_size=1, max_attempts=2, allow_failures=1)
-        # Then the job completes, the missing shard's item is None and it is listed
-        assert job.result(timeout=60) == [2, None, 3]
+        # Then the job completes, the missing shard's item is a Failed marker and it is listed
+        values = job.result(timeout=60)
+        assert values == [2, Failed(job.id, 1), 3] and not values[1]
+        assert f"shardmill why {job.id} 1" in str(values[1])
         info = job.status()
         assert info.state == "done" and info.missing_shards == [1]
         # And without allowance the same job fails

@@ -146,6 +146,8 @@ def test_health_files_follow_each_role(tmp_path: Path) -> None:
     and a worker that hears it, and fail once a role stops (its file goes stale)."""
     files = {"MASTER": tmp_path / "master.health", "WORKER": tmp_path / "worker.health"}
     env = cluster_env() | {f"SHARDMILL_{r}_HEALTH_FILE": str(f) for r, f in files.items()}
+    alive = tmp_path / "worker.alive"  # Kubernetes' worker liveness probe reads this one
+    env["SHARDMILL_WORKER_ALIVE_FILE"] = str(alive)
     with LocalCluster(1, heartbeat_interval=0.05, heartbeat_liveness=10, env=env) as cluster:
 
         def health(role: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -164,6 +166,11 @@ def test_health_files_follow_each_role(tmp_path: Path) -> None:
         assert stale.returncode == exitcodes.UNHEALTHY and "last touched" in stale.stderr
         # the worker no longer hears a master either
         wait_until(lambda: health("WORKER", "--max-age", "0.5").returncode, what="worker stale")
+        # yet its loop turns: its alive file stays fresh through the master's outage
+        for _ in range(2):  # fresh now, and again after the file's last age has passed
+            since = alive.stat().st_mtime
+            wait_until(lambda s=since: alive.stat().st_mtime > s, what="alive file touched")
+        assert run_cli("health", "--file", str(alive), "--max-age", "0.5").returncode == 0
     missing = run_cli("health", env=cluster_env() | {"SHARDMILL_HEALTH_FILE": str(tmp_path / "x")})
     assert missing.returncode == exitcodes.UNHEALTHY and "does not exist" in missing.stderr
 

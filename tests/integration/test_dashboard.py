@@ -1,5 +1,7 @@
-"""The dashboard in a real headless Chromium, over a real cluster with a worker killed mid-job;
-its /metrics parsed with prometheus_client and matched against the job."""
+"""The dashboard in a real headless Chromium, over one real cluster for the module: a worker
+killed mid-job, a job that fails with a traceback, a shard whose first attempt raises. Its
+/metrics parsed with prometheus_client and matched against the jobs. On a failure, screenshots
+of the jobs, job and cluster pages are attached to the test's output."""
 
 from __future__ import annotations
 
@@ -11,15 +13,19 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import chrome
+from browser import chrome, screenshots_on_failure
 from faults import agent_pid, worker_of
 from helpers import FAST, cluster_env, run_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from shardmill import LocalCluster
 from shardmill.errors import JobFailed
@@ -102,51 +108,236 @@ def printed_job(lab: tuple[LocalCluster, str]) -> str:
     return job.id
 
 
-def test_the_job_page_shows_progress_the_lost_worker_and_a_retry(
-    lab: tuple[LocalCluster, str], killed_job: str, printed_job: str, tmp_path: Path
-) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+@pytest.fixture(scope="module")
+def flaky_job(lab: tuple[LocalCluster, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A job whose one shard raises at its first attempt, then succeeds: an "error" bar."""
+    cluster, _ = lab
+    runs = str(tmp_path_factory.mktemp("flaky"))
+    with cluster.client() as client:
+        job = client.map("sm_tasks:flaky", [(runs, "f0", 4)], chunk_size=1, max_attempts=3)
+        assert job.result(timeout=60) == [40]
+    return job.id
 
+
+@pytest.fixture(scope="module")
+def jobs(killed_job: str, printed_job: str, flaky_job: str) -> list[str]:
+    """The module's jobs, oldest first."""
+    return [killed_job, printed_job, flaky_job]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module's pages."""
+    driver = chrome()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def shots(
+    browser: Any,
+    lab: tuple[LocalCluster, str],
+    jobs: list[str],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> Callable[[], AbstractContextManager[None]]:
+    """`with shots():` a failure inside attaches screenshots of the three pages."""
+    _, base = lab
+    pages = {"jobs": f"{base}/", "job": f"{base}/jobs/{jobs[1]}", "cluster": f"{base}/cluster"}
+    return lambda: screenshots_on_failure(browser, pages, tmp_path, request.node)
+
+
+def test_the_job_page_shows_progress_the_lost_worker_and_a_retry(
+    lab: tuple[LocalCluster, str], killed_job: str, browser: Any, shots: Any
+) -> None:
     cluster, base = lab
     with cluster.client() as client:
         info = client.status(killed_job, shards=True)
     lost = {a.worker for s in info.shards or [] for a in s.history if a.outcome == "lost"}
     retried = [s.index for s in info.shards or [] if len(s.history) > 1]
     assert lost and retried
-    driver = chrome()
-    try:
-        driver.get(f"{base}/")
-        WebDriverWait(driver, 30).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{killed_job}"]')
-        )
-        row = driver.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{killed_job}"]')
-        assert "done" in row.text and "100 %" in row.text
-        driver.save_screenshot(str(tmp_path / "jobs.png"))
-
-        driver.get(f"{base}/jobs/{killed_job}")
-        wait = WebDriverWait(driver, 30)
+    with shots():
+        browser.get(f"{base}/jobs/{killed_job}")
+        wait = WebDriverWait(browser, 30)
         wait.until(lambda d: d.find_element(By.ID, "progress").text == "100 %")
-        assert driver.find_element(By.ID, "state").text == "done"
-        assert set(driver.find_element(By.ID, "lost-workers").text.split(", ")) == lost
-        shown = driver.find_element(By.ID, "retried").text
+        assert browser.find_element(By.ID, "state").text == "done"
+        assert set(browser.find_element(By.ID, "lost-workers").text.split(", ")) == lost
+        shown = browser.find_element(By.ID, "retried").text
         assert all(f"shard {s}" in shown for s in retried)
-        assert driver.find_elements(By.CSS_SELECTOR, '#stream rect[data-outcome="lost"]')
-        bars = driver.find_elements(By.CSS_SELECTOR, "#stream rect")
+        # The header's "retrying N" counts the shards listed as retrying now: none, at the end
+        assert browser.find_element(By.ID, "retrying").text == "0"
+        assert browser.find_element(By.ID, "retrying-now").text == "none"
+        assert browser.find_elements(By.CSS_SELECTOR, '#stream rect[data-outcome="lost"]')
+        bars = browser.find_elements(By.CSS_SELECTOR, "#stream rect")
         assert len(bars) == sum(len(s.history) for s in info.shards or [])
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#shards tbody tr")) == 10
-        driver.save_screenshot(str(tmp_path / "job.png"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#shards tbody tr")) == 10
+        # The lost worker's lanes say so; the time axis has round ticks, not just its ends
+        labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#stream text.lane")]
+        assert any(w in t and "(lost)" in t for t in labels for w in lost), labels
+        ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#stream text.tick")]
+        assert len([t for t in ticks if t.endswith(" s")]) >= 3, ticks
 
-        # And a failed shard's story shows what it printed, then its traceback
-        driver.get(f"{base}/jobs/{printed_job}")
+
+def test_jobs_are_listed_newest_first_and_a_failed_job_is_red(
+    lab: tuple[LocalCluster, str], jobs: list[str], browser: Any, shots: Any
+) -> None:
+    _, base = lab
+    killed, printed, _ = jobs
+    with shots():
+        browser.get(f"{base}/")
+        rows = WebDriverWait(browser, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-job-id]")
+        )
+        # Then the newest job is on top (none runs now), the first one at the bottom
+        assert [r.get_attribute("data-job-id") for r in rows] == jobs[::-1]
+        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{killed}"]')
+        assert "done" in row.text and "100 %" in row.text
+        assert _colour(row, ".state") == GREEN
+        # And the failed job's state and progress bar are red, not a done job's green
+        failed = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{printed}"]')
+        assert _colour(failed, ".state") == RED
+        bar = failed.find_element(By.CSS_SELECTOR, ".bar .failed")
+        assert bar.size["width"] > 0 and _colour(failed, ".bar .failed") == RED
+        assert _colour(failed, ".bar .done") == RED
+
+
+def test_an_attempt_that_raised_is_drawn_in_the_error_colour(
+    lab: tuple[LocalCluster, str], flaky_job: str, browser: Any, shots: Any
+) -> None:
+    _, base = lab
+    with shots():
+        browser.get(f"{base}/jobs/{flaky_job}")
+        wait = WebDriverWait(browser, 30)
+        rects = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#stream rect"))
+        # Then the legend names "error" in a colour of its own, and the raised attempt has it
+        key = {
+            e.get_attribute("data-outcome"): _colour(e, ".swatch")
+            for e in browser.find_elements(By.CSS_SELECTOR, "#key > span")
+        }
+        assert "error" in key and list(key.values()).count(key["error"]) == 1, key
+        fills = {r.get_attribute("data-outcome"): _rgb(r.get_attribute("fill")) for r in rects}
+        assert fills["error"] == key["error"] and fills["ok"] == key["ok"]
+        assert "the task raised" in browser.find_element(By.ID, "key").text
+
+
+def test_a_failed_job_shows_its_error_next_step_and_traceback(
+    lab: tuple[LocalCluster, str], printed_job: str, browser: Any, shots: Any
+) -> None:
+    _, base = lab
+    with shots():
+        browser.get(f"{base}/jobs/{printed_job}")
+        wait = WebDriverWait(browser, 30)
         wait.until(lambda d: d.find_element(By.ID, "state").text == "failed")
+        # Then the job's own error and next step head the page
+        error = browser.find_element(By.ID, "job-error")
+        assert error.is_displayed() and "ValueError: bad value 5" in error.text
+        assert browser.find_element(By.ID, "next-step").text.startswith("next step: fix the")
+        # And a shard's story shows what it printed, then its traceback
         story = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#shards pre.output"))
         assert story[0].text == "computing shard input 5"
-        traceback = driver.find_element(By.CSS_SELECTOR, "#shards pre.traceback").text
-        assert traceback.rstrip().endswith("ValueError: bad value 5")
-    finally:
-        driver.quit()
-    assert (tmp_path / "job.png").stat().st_size > 0
+        tb = browser.find_element(By.CSS_SELECTOR, "#shards pre.traceback")
+        assert tb.is_displayed() and tb.text.rstrip().endswith("ValueError: bad value 5")
+        # When its bar is clicked, that attempt's traceback is shown whole
+        browser.find_element(By.CSS_SELECTOR, "#stream rect").click()
+        picked = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#picked pre.traceback"))
+        assert picked.is_displayed() and "Traceback (most recent call last)" in picked.text
+
+
+def test_an_unknown_job_shows_only_the_error(
+    lab: tuple[LocalCluster, str], browser: Any, shots: Any
+) -> None:
+    _, base = lab
+    with shots():
+        browser.get(f"{base}/jobs/no-such-job")
+        notice = WebDriverWait(browser, 30).until(
+            lambda d: (n := d.find_element(By.ID, "notice")).is_displayed() and n
+        )
+        assert "No job no-such-job" in notice.text and "pruned" in notice.text
+        assert not browser.find_element(By.ID, "job").is_displayed()
+
+
+PER_WORKER = ("cpu", "memory", "heartbeat")
+CHART_POINTS = """return Object.fromEntries(Object.entries(charts).map(([name, u]) =>
+  [name, {labels: u.series.slice(1).map(s => s.label),
+          points: u.data.slice(1).map(s => s.filter(v => v != null).length)}]))"""
+
+
+def test_the_cluster_page_charts_the_running_cluster(
+    lab: tuple[LocalCluster, str], killed_job: str, browser: Any, shots: Any
+) -> None:
+    cluster, base = lab
+    with cluster.client() as client:
+        alive = {w.worker_id for w in client.workers()}
+        (victim,) = client.status(killed_job).lost_workers
+    with shots():
+        browser.get(f"{base}/cluster")
+
+        seen: list[Any] = []
+
+        def drawn() -> dict[str, Any] | None:
+            charts = browser.execute_script(CHART_POINTS)
+            seen[:] = [charts]
+            if not charts or not alive <= set(charts["cpu"]["labels"]):
+                return None
+            # each series with two points or more; a per-worker chart's for each live worker
+            points = [
+                n
+                for name, c in charts.items()
+                for label, n in zip(c["labels"], c["points"], strict=True)
+                if name not in PER_WORKER or label in alive
+            ]
+            return charts if min(points) >= 2 else None
+
+        try:
+            charts = WebDriverWait(browser, 30).until(lambda d: drawn())
+        except TimeoutException:
+            raise AssertionError(f"charts not drawn with points: {seen}") from None
+        # Then every chart has points, one series per live worker in the per-worker ones
+        assert set(charts) == {"rate", "slots", "queued", "cpu", "memory", "heartbeat"}
+        assert alive <= set(charts["memory"]["labels"]) and charts["slots"]["labels"][0] == "busy"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#charts canvas")) >= 6
+        # And the workers table has each live worker's pid, CPU and memory, and the lost one
+        for worker in alive:
+            row = browser.find_element(By.CSS_SELECTOR, f'#workers tr[data-worker-id="{worker}"]')
+            assert " MiB" in row.text and " %" in row.text and worker.split("-")[1] in row.text
+        lost = browser.find_element(By.CSS_SELECTOR, f'#workers tr[data-worker-id="{victim}"]')
+        assert lost.get_attribute("data-state") == "lost" and killed_job in lost.text
+
+
+def test_the_api_docs_render_from_packaged_files(
+    lab: tuple[LocalCluster, str], browser: Any, shots: Any
+) -> None:
+    _, base = lab
+    with shots():
+        browser.get(f"{base}/docs")
+        WebDriverWait(browser, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path")
+        )
+        paths = [
+            e.get_attribute("data-path")
+            for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+        ]
+        assert "/api/jobs" in paths and "/api/cluster" in paths
+        # Every script and style it loaded came from the dashboard itself: no CDN
+        loaded = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(r => r.name)"
+        )
+        assert loaded and all(u.startswith(base) for u in loaded), loaded
+
+
+GREEN, RED = (46, 125, 50), (214, 39, 40)
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    """'rgb(1, 2, 3)', 'rgba(1, 2, 3, 1)' or '#010203' as (1, 2, 3)."""
+    if css.startswith("#"):
+        return tuple(int(css[i : i + 2], 16) for i in (1, 3, 5))
+    return tuple(int(float(v)) for v in css[css.index("(") + 1 : -1].split(",")[:3])
+
+
+def _colour(element: Any, css: str) -> tuple[int, ...]:
+    found = element.find_element(By.CSS_SELECTOR, css)
+    return _rgb(found.value_of_css_property("background-color"))
 
 
 def _samples(text: str) -> dict[str, list[Any]]:

@@ -62,8 +62,12 @@ def test_unknown_function_fails_at_once_and_worker_stays_up(cluster: LocalCluste
         assert "worker" in text
         assert job.status(shards=True).shards[0].attempts == 1  # not retried
         # And a missing function in an imported module is named too
-        with pytest.raises(JobFailed, match="has no function 'nope'"):
-            client.map("sm_tasks:nope", [(1,)]).result(timeout=30)
+        # (what the module offers, the closest first, and no advice to import it again)
+        with pytest.raises(JobFailed, match="has no function 'sqare'") as typo:
+            client.map("sm_tasks:sqare", [(1,)]).result(timeout=30)
+        assert "did you mean 'square'?" in str(typo.value)
+        assert "it offers: " in str(typo.value) and "boom" in str(typo.value)
+        assert "shardmill worker --import" not in str(typo.value)
         # And the workers stay up and serve the next job
         assert client.call("sm_tasks:square", 5, timeout=30) == 25
         assert len(client.workers()) == 2

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from shardmill.errors import InvalidTransition
+from shardmill.errors import InvalidTransition, RemoteError
+from shardmill.job import unpack_result
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.failures import telling_error
 from shardmill.master.brain.model import Timing
 from shardmill.master.brain.speculation import SlowHosts, plan_backups, wait_before_backup
 from shardmill.master.brain.state import MasterState
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.master.brain.views import worker_infos
-from shardmill.wire.protocol import AttemptInfo, ErrorInfo, Lease
+from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobResult, Lease
 from shardmill.wire.spec import JobSpec
 
 SPEC = JobSpec(op="map", function="m:f", max_attempts=3)
@@ -54,9 +56,22 @@ def test_result_is_merged_once_and_duplicates_are_counted() -> None:
     s.handle(ev.JobAdded("j", SPEC, 1), now=0)
     first = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=1)
     assert ev.MergeShard("j", 0) in first and ev.FinalizeJob("j") in first
+    # When the same execution's result comes again (a worker resends after a reconnect)
     again = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=2)
-    assert again == [ev.DropDuplicate("j", 0, "w1")]
-    assert s.job_info("j").duplicates == 1 and s.jobs["j"].shards[0].merged == 1
+    # Then it is a replay, not a second execution
+    assert again == [ev.DropDuplicate("j", 0, "w1", replayed=True)]
+    assert (s.job_info("j").replayed, s.job_info("j").duplicates) == (1, 0)
+    # When a second execution's result comes (another worker ran it too)
+    other = s.handle(ev.ShardSucceeded("w2", "j", 0, 2, duration=0.5), now=3)
+    # Then it is a counted duplicate, and that execution is in the shard's story
+    assert other == [ev.AskReregister("w2"), ev.DropDuplicate("j", 0, "w2")]
+    info = s.job_info("j", shards=True)
+    assert (info.replayed, info.duplicates) == (1, 1) and s.jobs["j"].shards[0].merged == 1
+    assert info.shards is not None
+    assert [(a.attempt, a.worker, a.outcome) for a in info.shards[0].history] == [
+        (1, "w1", "ok"), (2, "w2", "duplicate"),
+    ]  # fmt: skip
+    assert info.shards[0].history[1].ran == 0.5
 
 
 def test_failure_retries_after_backoff_then_quarantines_with_the_story() -> None:
@@ -83,9 +98,17 @@ def test_non_retryable_error_fails_the_job_at_once() -> None:
     s = _state()
     s.handle(ev.WorkerReady("w1", slots=1), now=0)
     s.handle(ev.JobAdded("j", SPEC, 3), now=0)
-    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, _error("unknown_function", False)), now=1)
+    missing = ErrorInfo(
+        kind="unknown_function", message="module 'm' is not imported", retryable=False
+    )
+    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, missing), now=1)
     assert any(isinstance(c, ev.JobEnded) for c in cmds)
     assert "--import" in s.jobs["j"].error  # type: ignore[operator]
+    # A module the workers have, without the function: no advice to import it again
+    s.handle(ev.JobAdded("k", SPEC, 3), now=2)
+    s.handle(ev.ShardFailed("w1", "k", 0, 1, _error("unknown_function", False)), now=3)
+    error = s.jobs["k"].error or ""
+    assert "--import" not in error and "a function the module offers" in error
 
 
 def test_allow_failures_covers_bad_input_but_not_unknown_functions() -> None:
@@ -635,3 +658,31 @@ def test_results_that_arrive_together_are_handed_out_once_as_if_each_came_alone(
     # Then both merge, and each freed slot gets the next shard, from one dispatch
     assert [type(c) for c in cmds] == [ev.MergeShard, ev.MergeShard, ev.SendTask, ev.SendTask]
     assert sorted((c.worker, c.shard) for c in _sends(cmds)) == [("w1", 2), ("w2", 3)]
+
+
+def test_a_shard_that_raised_then_was_lost_fails_the_job_with_what_it_raised() -> None:
+    # Given a shard that raised ValueError twice (with a traceback)
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 1), now=0)
+    raised = ErrorInfo(kind="error", type="ValueError", message="bad row 7", traceback="TB-7")
+    now = 0.0
+    for attempt in (1, 2):
+        s.handle(ev.WorkerSeen("w1"), now=now)
+        s.handle(ev.ShardFailed("w1", "j", 0, attempt, raised), now=now)
+        now = s.next_deadline() or now
+        s.handle(ev.Tick(), now=now)
+    # When its third attempt is lost with its silent worker
+    cmds = s.handle(ev.Tick(), now=now + 3.0)
+    ended = next(c for c in cmds if isinstance(c, ev.JobEnded))
+    # Then the job's error names the ValueError, its traceback and the loss beside it
+    assert ended.state == "failed"
+    head = ended.error.splitlines()[0]
+    assert "raised ValueError: bad row 7" in head and "1 attempt(s) lost" in head
+    assert "TB-7" in ended.error and "attempt 3 on worker w1: lost" in ended.error
+    # And the error a client catches is the task's own exception
+    failure = telling_error(s.jobs["j"].shards[0].history)
+    with pytest.raises(RemoteError) as caught:
+        unpack_result(JobResult(req=1, job=s.job_info("j"), failure=failure), [])
+    assert caught.value.remote_type == "ValueError" and caught.value.remote_traceback == "TB-7"
+    assert "lost" in str(caught.value)

@@ -1,0 +1,50 @@
+"""A master with a standby: standby until it wins the election, then primary until replaced."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import zmq
+
+from shardmill.config import MasterSettings
+from shardmill.errors import ElectionError
+from shardmill.master.standby.election import make
+from shardmill.master.standby.journal import meta_epoch
+from shardmill.master.standby.primary import PrimaryLoop
+from shardmill.master.standby.replica import Standby
+from shardmill.ops.registry import Registry
+from shardmill.wire.security import Security
+
+log = logging.getLogger(__name__)
+
+
+def primary_loop(settings: MasterSettings, registry: Registry) -> PrimaryLoop | None:
+    """The loop to run once this master is primary; None when stopped while standby."""
+    assert settings.state_dir is not None, "MasterSettings checks it"
+    name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
+    election = make(
+        settings.state_dir,
+        url=settings.etcd,
+        prefix=settings.election_key,
+        name=name,
+        ttl=settings.lease_ttl,
+        standby=settings.standby,
+    )
+    try:  # the last primary, restarted on its own state, or the first master ever
+        epoch = election.campaign(
+            primary_epoch=meta_epoch(settings.state_dir, "primary_epoch"),
+            replica_epoch=meta_epoch(settings.state_dir, "epoch"),
+        )
+    except ElectionError as e:
+        log.warning("%s; waiting as a standby", e)
+        epoch = None
+    if epoch is None:
+        security = Security.resolve(settings.keys, settings.insecure, "master")
+        standby = Standby(settings, security, zmq.Context.instance(), name=name)
+        epoch = standby.wait_to_win(election)
+        if epoch is None:
+            return None
+        log.info("standby %s takes over as primary, epoch %d", name, epoch)
+    return PrimaryLoop(settings, registry, election=election, epoch=epoch)
