@@ -87,8 +87,7 @@ class Agent:
         self.outbox: list[list[Any]] = []  # what this step sends, as bundles at its end
         self.recent = Recent()  # results sent lately: resent after a reconnect
         self.max_bytes = 256 * 2**20  # the largest message the master reads (its WELCOME says)
-        self.last_heard = time.monotonic()
-        self.next_beat = 0.0
+        self.last_heard, self.next_beat = time.monotonic(), 0.0
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
         self.health = HealthFile(settings.health_file, self.worker_id)

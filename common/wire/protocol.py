@@ -1,11 +1,9 @@
 """Every message on the wire: frozen pydantic models in one discriminated union.
 
-Values (task arguments, results) never live in these models: they ride in `payload`
-(msgpack made by `codec.pack_value`) plus NumPy array frames, so the master can forward them
-without decoding. Evolve by appending fields with defaults; never reuse a `kind` tag.
-Between the master and its workers several messages may travel as one bundle (kind
-"bundle", see `codec.bundle`): framing, not a message of its own.
-"""
+Values (task arguments, results) never live in these models: they ride in `payload` (msgpack
+made by `codec.pack_value`) plus NumPy array frames, so the master forwards them undecoded.
+Evolve by appending fields with defaults; never reuse a `kind` tag. Several messages between
+master and workers may travel as one bundle (`codec.bundle`): framing, not a message."""
 
 from __future__ import annotations
 
@@ -226,10 +224,8 @@ class ResultQuery(_Request):
     kind: Literal["result"] = "result"
     job_id: str
     wait: bool = True
-    # A stream of a map job's results as they finish: those after the first `after` (in the
-    # order they were merged), answered once there is one, the job ended, or `hold` s passed.
-    after: int | None = Field(None, ge=0)
-    hold: float = Field(1.0, ge=0, le=30)
+    after: int | None = Field(None, ge=0)  # a stream: the results merged after the first `after`
+    hold: float = Field(1.0, ge=0, le=30)  # a stream's answer waits at most this for news
 
 
 class CancelJob(_Request):
