@@ -12,17 +12,10 @@ import math
 import jinja2
 from markupsafe import Markup
 
+from shardmill.observe import outcomes
 from shardmill.observe.timeline import Bar, Timeline
 
-COLOURS = {
-    "ok": "#3a7d44",
-    "running": "#4a78c2",
-    "lost": "#c0392b",
-    "timeout": "#d68910",
-    "superseded": "#999999",
-}
-OTHER = "#8e44ad"  # error, crash, cancelled: every other outcome
-LANE, LABEL, WIDTH = 18, 210, 900
+LANE, LABEL, WIDTH = 18, 230, 900
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("shardmill.observe", "templates"),
@@ -42,12 +35,9 @@ def render_report(timeline: Timeline) -> str:
         histogram=Markup(histogram_svg(timeline.durations())),
         workers=timeline.per_worker(),
         stories=stories,
-        colours={**COLOURS, "other": OTHER},
+        legend=outcomes.legend(),
+        lost=set(timeline.lost_workers()),
     )
-
-
-def colour(outcome: str) -> str:
-    return COLOURS.get(outcome, OTHER)
 
 
 def task_stream_svg(timeline: Timeline) -> str:
@@ -57,9 +47,10 @@ def task_stream_svg(timeline: Timeline) -> str:
     height = LANE * max(1, len(timeline.lanes)) + 24
     row = {lane: i for i, lane in enumerate(timeline.lanes)}
     parts = [f'<svg class="stream" width="{WIDTH}" height="{height}" role="img">']
+    lost = set(timeline.lost_workers())
     for (worker, slot), i in row.items():
-        y = i * LANE + 13
-        parts.append(f'<text x="2" y="{y}" class="lane">{html.escape(worker)} #{slot}</text>')
+        y, mark = i * LANE + 13, " (lost)" if worker in lost else ""
+        parts.append(f'<text x="2" y="{y}" class="lane">{html.escape(worker)} #{slot}{mark}</text>')
     for bar in timeline.bars:
         parts.append(_bar(bar, row[(bar.worker, bar.slot)] * LANE, scale))
     axis_y = height - 6
@@ -76,19 +67,25 @@ def _bar(bar: Bar, y: int, scale: float) -> str:
     tip += f", {bar.seconds:.3f} s" + (f" ({bar.error})" if bar.error else "")
     return (
         f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{LANE - 4}" '
-        f'fill="{colour(bar.outcome)}" data-outcome="{html.escape(bar.outcome)}">'
+        f'fill="{outcomes.colour(bar.outcome)}" data-outcome="{html.escape(bar.outcome)}">'
         f"<title>{html.escape(tip)}</title></rect>"
     )
 
 
-def _ticks(span: float) -> list[float]:
-    step = 10 ** math.floor(math.log10(span / 2)) if span > 0 else 1
-    while span / step > 8:
-        step *= 2
-    return [i * step for i in range(int(span / step) + 1)]
+def _ticks(span: float, most: int = 8) -> list[float]:
+    """Round steps (1, 2 or 5 times a power of ten) from 0 past `span`, at most about `most`."""
+    raw = span / most if span > 0 else 1.0
+    step = 10 ** math.floor(math.log10(raw))
+    step = next(m * step for m in (1, 2, 5, 10) if m * step >= raw)
+    return [round(i * step, 9) for i in range(int(span / step + 1e-9) + 1)]
+
+
+HIST_W, HIST_H, HIST_LEFT, HIST_BOTTOM, HIST_TOP = 640, 180, 48, 40, 16
 
 
 def histogram_svg(durations: list[float], bins: int = 20) -> str:
+    """Shard durations: seconds along the bottom axis, shards up the left one, each bar's
+    count on top of it."""
     if not durations:
         return "<p>No merged shard yet.</p>"
     low, high = min(durations), max(durations)
@@ -96,16 +93,54 @@ def histogram_svg(durations: list[float], bins: int = 20) -> str:
     counts = [0] * bins
     for d in durations:
         counts[min(bins - 1, int((d - low) / width))] += 1
-    top, bar_w, h = max(counts), 30, 120
-    parts = [f'<svg class="hist" width="{bins * bar_w + 20}" height="{h + 30}" role="img">']
+    top, bar_w = max(counts), (HIST_W - HIST_LEFT) / bins
+    height = HIST_H + HIST_BOTTOM + HIST_TOP
+    parts = [f'<svg class="hist" width="{HIST_W + 20}" height="{height}" role="img">']
+    parts.append(f'<g transform="translate(0 {HIST_TOP})">')  # room for the top bar's count
+    parts += _hist_axes(low, high, top)
     for i, n in enumerate(counts):
-        bh = h * n / top
+        bh = HIST_H * n / top
+        x, y = HIST_LEFT + i * bar_w, HIST_H - bh
         tip = f"{low + i * width:.3f}-{low + (i + 1) * width:.3f} s: {n} shard(s)"
         parts.append(
-            f'<rect x="{i * bar_w + 10}" y="{h - bh:.1f}" width="{bar_w - 2}" height="{bh:.1f}" '
-            f'fill="#4a78c2"><title>{tip}</title></rect>'
+            f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{bh:.1f}" '
+            f'fill="#1f77b4"><title>{tip}</title></rect>'
         )
-    parts.append(f'<text x="10" y="{h + 20}" class="tick">{low:.3f} s</text>')
-    parts.append(f'<text x="{bins * bar_w - 40}" y="{h + 20}" class="tick">{high:.3f} s</text>')
-    parts.append("</svg>")
+        if n:
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" class="count" '
+                f'text-anchor="middle">{n}</text>'
+            )
+    parts.append("</g></svg>")
     return "".join(parts)
+
+
+def _hist_axes(low: float, high: float, top: int) -> list[str]:
+    """The histogram's axes: ticks in seconds below, in shards at the left, and their titles."""
+    right, span = HIST_W, (high - low) or 1e-9
+    parts = [
+        f'<line class="axis" x1="{HIST_LEFT}" y1="{HIST_H}" x2="{right}" y2="{HIST_H}"/>',
+        f'<line class="axis" x1="{HIST_LEFT}" y1="0" x2="{HIST_LEFT}" y2="{HIST_H}"/>',
+    ]
+    for t in _ticks(span, 6):
+        x = HIST_LEFT + (right - HIST_LEFT) * t / span
+        parts.append(
+            f'<text x="{x:.1f}" y="{HIST_H + 14}" class="tick" text-anchor="middle">'
+            f"{low + t:.3g}</text>"
+        )
+    for n in _ticks(top, 4):
+        if n == int(n) and n <= top:
+            y = HIST_H - HIST_H * n / top
+            parts.append(
+                f'<text x="{HIST_LEFT - 5}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+                f"{int(n)}</text>"
+            )
+    parts.append(
+        f'<text x="{(HIST_LEFT + right) / 2}" y="{HIST_H + 32}" class="tick" '
+        'text-anchor="middle">seconds a shard ran</text>'
+    )
+    parts.append(
+        f'<text x="12" y="{HIST_H / 2}" class="tick" text-anchor="middle" '
+        f'transform="rotate(-90 12 {HIST_H / 2})">shards</text>'
+    )
+    return parts

@@ -15,6 +15,11 @@ from shardmill.wire.protocol import JobInfo
 # An attempt's end is when its result reached the master, its start that minus the time the
 # worker reports: back-to-back shards on one slot can seem to overlap by this much.
 CLOCK_SLACK = 0.01
+# Karp-Flatt measures the serial part of a job that could fill its slots: below this wall time,
+# or fewer merged shards than twice the slots, start-up and the last shards' tail are most of
+# the job, and the number would describe them, not the job.
+KARP_FLATT_MIN_WALL = 1.0
+KARP_FLATT_MIN_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,13 @@ class Efficiency:
 
     wall: float  # submit to end (or to now)
     work: float  # the sum of the shard times that were merged
-    slots: int  # lanes that ran at least one attempt
+    slots: int  # the most slots alive at once (a lost worker and its stand-in count once)
     speedup: float  # work / wall: how many slots' worth of work ran at once on average
     efficiency: float  # speedup / slots
     serial_fraction: float  # Amdahl: time no shard ran (planning, queueing, merging) over the job
     karp_flatt: float | None  # (1/speedup - 1/slots) / (1 - 1/slots): the measured serial part
+    karp_flatt_why: str = ""  # why there is none, when there is none
+    lanes: int = 0  # slots that ran at least one attempt, over the whole job
 
 
 @dataclass
@@ -91,11 +98,11 @@ class Timeline:
         merged = [b for b in self.bars if b.merged]
         work = sum(b.seconds for b in merged)
         wall = self.length or 1e-9
-        slots = max(1, len(self.lanes))
+        slots = max(1, self.slots_at_once())
         speedup = work / wall
         idle = _uncovered(self.bars, self.length)
-        karp = None
-        if slots > 1 and speedup > 0:
+        karp, why = None, _no_karp_flatt(self.length, len(merged), slots)
+        if not why and speedup > 0:
             karp = (1 / speedup - 1 / slots) / (1 - 1 / slots)
         return Efficiency(
             wall=self.length,
@@ -105,7 +112,30 @@ class Timeline:
             efficiency=speedup / slots,
             serial_fraction=idle / wall,
             karp_flatt=karp,
+            karp_flatt_why=why,
+            lanes=len(self.lanes),
         )
+
+    def slots_at_once(self) -> int:
+        """The most slots alive at one time: a worker's slots count from its first attempt's
+        start to its last attempt's end, so a lost worker and the one that took over its
+        shards are not counted as running side by side."""
+        events: list[tuple[float, int]] = []
+        for worker, slots in self.worker_slots().items():
+            mine = [b for b in self.bars if b.worker == worker]
+            events += [(min(b.start for b in mine), slots), (max(b.end for b in mine), -slots)]
+        alive = most = 0
+        for _, change in sorted(events, key=lambda e: (e[0], e[1])):  # ends before starts
+            alive += change
+            most = max(most, alive)
+        return most
+
+    def worker_slots(self) -> dict[str, int]:
+        """Each worker's lanes: the slots it ran attempts in."""
+        out: dict[str, int] = {}
+        for worker, _ in self.lanes:
+            out[worker] = out.get(worker, 0) + 1
+        return out
 
     def retried(self) -> list[int]:
         """Shards that took more than one attempt."""
@@ -120,8 +150,7 @@ class Timeline:
     def per_worker(self) -> dict[str, tuple[int, float]]:
         """Each worker's slot count and busy fraction over the job."""
         out = {}
-        for worker in sorted({w for w, _ in self.lanes}):
-            slots = sum(1 for w, _ in self.lanes if w == worker)
+        for worker, slots in sorted(self.worker_slots().items()):
             busy = sum(b.seconds for b in self.bars if b.worker == worker)
             out[worker] = (slots, busy / (slots * (self.length or 1e-9)))
         return out
@@ -136,6 +165,23 @@ def _ran_from(started: float, ended: float | None, ran: float | None) -> float:
     if ended is None or ran is None:
         return started
     return max(started, ended - ran)
+
+
+def _no_karp_flatt(wall: float, merged: int, slots: int) -> str:
+    """Why the Karp-Flatt metric would mean nothing for this job ("" when it means something)."""
+    if slots < 2:
+        return "one slot: there is no parallel part to measure"
+    if wall < KARP_FLATT_MIN_WALL:
+        return (
+            f"the job took {wall:.3f} s, under {KARP_FLATT_MIN_WALL:g} s: start-up and "
+            "merging are most of it"
+        )
+    if merged < KARP_FLATT_MIN_ROUNDS * slots:
+        return (
+            f"{merged} merged shards for {slots} slots: fewer than {KARP_FLATT_MIN_ROUNDS} "
+            "rounds, so the last round's idle slots are most of what it would measure"
+        )
+    return ""
 
 
 def _uncovered(bars: list[Bar], length: float) -> float:

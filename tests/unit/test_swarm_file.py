@@ -20,13 +20,16 @@ from shardmill.wire.security import FOLDER
 ROOT = Path(__file__).parents[2]
 
 
-def _render(**env: str) -> subprocess.CompletedProcess[str]:
+def _render(*more: str, env_file: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """`docker stack config` of swarm.yaml and MORE, ENV_FILE sourced as docs/swarm.md says."""
     docker = shutil.which("docker")
     if docker is None:
         pytest.skip("no docker CLI: install Docker to check docker/swarm.yaml")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SHARDMILL_")}
+    files = [a for f in ("swarm.yaml", *more) for a in ("-c", str(ROOT / "docker" / f))]
+    source = f'set -a; . "{env_file}"; set +a; ' if env_file else ""
     return subprocess.run(
-        [docker, "stack", "config", "-c", str(ROOT / "docker" / "swarm.yaml")],
+        ["bash", "-c", f'{source}exec "$@"', "-", docker, "stack", "config", *files],
         capture_output=True, text=True, timeout=60, env=clean | env,
     )  # fmt: skip
 
@@ -87,6 +90,31 @@ def test_one_master_on_its_state_and_workers_drain_before_the_kill(stack: dict[s
     # no healthcheck test of their own: the image's `shardmill health` must pass for both
     assert all("test" not in s.get("healthcheck", {}) for s in (master, worker))
     assert stack["networks"]["net"] == {"driver": "overlay", "attachable": True}
+    # pipelines: workers serve map outputs to each other on a fixed port
+    assert worker["environment"]["SHARDMILL_WORKER_SHUFFLE_PORT"] == "5557"
+
+
+def test_the_env_file_and_the_dashboard_file_set_what_an_operator_changes(
+    tmp_path: Path,
+) -> None:
+    env = tmp_path / "my.env"
+    text = (ROOT / "docker" / "swarm.env").read_text()
+    text = text.replace('SHARDMILL_WORKERS="2"', 'SHARDMILL_WORKERS="7"')
+    env.write_text(text.replace("SHARDMILL_KEYS_DIR=\n", "SHARDMILL_KEYS_DIR=/k\n"))
+    proc = _render("swarm.dashboard.yaml", env_file=str(env))
+    assert proc.returncode == 0, proc.stderr
+    stack = yaml.safe_load(proc.stdout)
+    assert stack["services"]["worker"]["deploy"]["replicas"] == 7
+    dash = stack["services"]["dashboard"]
+    assert parse_cli(dash["command"]).port == 8787
+    assert dash["ports"] == [{"mode": "host", "target": 8787, "published": 8787, "protocol": "tcp"}]
+    assert {s["target"] for s in dash["secrets"]} == {
+        "/keys/master.key", "/keys/client.key", "/keys/client.key_secret",
+    }  # fmt: skip
+    assert stack["secrets"]["client_key_secret"]["file"] == "/k/client.key_secret"
+    # the env file as shipped leaves the key directory to the operator, and says so
+    proc = _render(env_file=str(ROOT / "docker" / "swarm.env"))
+    assert proc.returncode != 0 and "SHARDMILL_KEYS_DIR" in proc.stderr
 
 
 def test_a_missing_key_directory_is_named() -> None:
