@@ -69,16 +69,30 @@ def _master(sub: Subparsers) -> None:
         metavar="DIR",
         help="datasets must lie under DIR (repeatable; default: cwd and temp dir)",
     )
-    p.add_argument("--max-message-bytes", type=int, help="largest message accepted")
-    p.add_argument("--max-shards", type=int, help="most shards one job may have")
-    p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per client key")
-    p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
+    _limit_flags(p)
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     p.add_argument("--health-file", help="file touched on each heartbeat while serving")
     _standby_flags(p)
     _security_flags(p)
     p.set_defaults(handler=roles.cmd_master)
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-message-bytes", type=int, help="largest message accepted")
+    p.add_argument("--max-shards", type=int, help="most shards one job may have")
+    p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per client key")
+    p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
+    p.add_argument(
+        "--finished-jobs-kept",
+        type=int,
+        help="without --state-dir: finished jobs kept in memory (older ones are forgotten)",
+    )
+    p.add_argument(
+        "--finished-bytes-kept",
+        type=int,
+        help="without --state-dir: bytes of finished jobs' results kept in memory",
+    )
 
 
 def _standby_flags(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ MASTER_FLAGS = (
     "max_shards",
     "max_queued_jobs",
     "max_result_bytes",
+    "finished_jobs_kept",
+    "finished_bytes_kept",
     "host",
     "port",
     "client_port",
