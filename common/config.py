@@ -246,6 +246,11 @@ class WorkerSettings(BaseSettings):
     )
     keys: Path | None = _keys_field("WORKER")
     insecure: bool = _insecure_field("WORKER")
+    allow_pickle: bool = Field(
+        False,
+        description="run pickled calls (cloudpickle) from clients the master allows: trusted "
+        "clusters only, as unpickling runs whatever the bytes say",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
 

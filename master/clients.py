@@ -23,6 +23,7 @@ from shardmill.master.brain.failures import telling_error
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
 from shardmill.master.core import Core, send, user_id
+from shardmill.master.doors import ResultStreams, pickle_refusal
 from shardmill.master.history import History
 from shardmill.master.pipelines import PipelineRun
 from shardmill.master.submit import admit, queue
@@ -69,6 +70,7 @@ class ClientRequests:
         core.to_client = functools.partial(send, sock)  # a watched job's output, unasked
         self.keyring = keyring  # None without CURVE: every client may do everything
         self._owner = ""
+        self.streams = ResultStreams(core, self._reply)  # results as they finish
         self.history = History(core)  # archived jobs' details, from the state dir
         self.handlers: dict[str, Handler] = {
             "submit": self._on_submit,
@@ -153,6 +155,9 @@ class ClientRequests:
             self._reply(identity, _error_reply(msg, e))
 
     def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
+        if refusal := pickle_refusal(self.keyring, self._owner, msg):
+            self._reply(identity, ErrorReply(req=msg.req, code="forbidden", message=refusal))
+            return
         try:
             job = admit(self.core, msg, arrays, self._owner)
         except StateDirError as e:
@@ -288,7 +293,9 @@ class ClientRequests:
         if not self._known_job(identity, msg.req, msg.job_id):
             return
         job = self.core.brain.jobs.get(msg.job_id)
-        if job is None or job.finished:
+        if msg.after is not None and job is not None:
+            self.streams.query(identity, msg)
+        elif job is None or job.finished:  # an archived job's stream gets the whole result
             self.reply_result(msg.job_id, identity, msg.req)
         elif msg.wait:
             self.core.data[msg.job_id].waiters.append((identity, msg.req))

@@ -230,6 +230,7 @@ class MasterLoop:
         core.segments.drop_unowned()  # a refused submit's mappings (its client deletes the file)
         for run in self.pipelines.step():  # stages ended this turn: the next ones start
             self.clients.answer_pipeline(run)
+        self.clients.streams.flush(now)  # results merged this turn, to those who stream them
         retention = self.settings.job_retention
         if retention is not None and now >= self._next_prune:
             self._next_prune = now + 60.0
@@ -343,6 +344,3 @@ class MasterLoop:
             cmd.silence,
             cmd.requeued,
         )
-
-
-__all__ = ["MasterLoop"]

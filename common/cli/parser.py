@@ -153,6 +153,12 @@ def _worker(sub: Subparsers) -> None:
     p.add_argument("--shuffle-host", help="the address peers fetch map outputs at")
     p.add_argument("--shuffle-port", type=int, help="the port they are served on (0: any)")
     p.add_argument("--shuffle-memory", type=int, help="shuffle buffer bytes (default 1 GiB)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=None,
+        help="run pickled calls from clients the master allows (trusted clusters only)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     _security_flags(p)

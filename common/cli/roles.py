@@ -62,6 +62,7 @@ WORKER_FLAGS = (
     "log_level",
     "log_format",
     "output_bytes",
+    "allow_pickle",
 )
 
 
