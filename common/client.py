@@ -17,23 +17,19 @@ import zmq
 
 from shardmill.config import ClientSettings, address_problem, addresses
 from shardmill.data.paths import located
-from shardmill.debug.echo import show_output
 from shardmill.errors import (
     ConfigError,
-    HandshakeRefused,
     MasterUnreachable,
     MessageTooLarge,
     ServerError,
-    server_error,
 )
-from shardmill.job import LONG_POLL, Job, chunked, failing_over, unpack_result
+from shardmill.job import LONG_POLL, Job, StreamCalls, chunked, failing_over, unpack_result
 from shardmill.pipeline.calls import PipelineCalls
 from shardmill.wire import shm
-from shardmill.wire.codec import Decoded, decode, encode, is_array, pack_value
-from shardmill.wire.handshake import HandshakeWatch, unreachable
+from shardmill.wire.codec import Decoded, encode, is_array, pack_value
+from shardmill.wire.handshake import HandshakeWatch
 from shardmill.wire.protocol import (
     CancelJob,
-    ErrorReply,
     JobInfo,
     JobList,
     JobResult,
@@ -64,7 +60,7 @@ log = logging.getLogger(__name__)
 MAX_CHUNKS = 64
 
 
-class Client(PipelineCalls):
+class Client(PipelineCalls, StreamCalls):
     """A connection to one master. Not thread-safe: use one Client per thread."""
 
     def __init__(
@@ -328,40 +324,6 @@ class Client(PipelineCalls):
             )
         self._socket().send_multipart(frames, copy=False)
         return req
-
-    def _await_reply(self, req: int, wait: float) -> Decoded:
-        sock = self._socket()
-        assert self._watch is not None and self._poller is not None
-        poller = self._poller
-        deadline = time.monotonic() + wait
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(int(left * 1000) + 1))
-            if not ready:
-                break
-            if problem := self._watch.check():
-                self._reset()
-                raise HandshakeRefused(f"{problem} (master {self.master})")
-            if self._watch.nothing_listening():
-                self._reset()
-                raise MasterUnreachable(unreachable(self.master, "nothing is listening there"))
-            if sock not in ready:
-                continue
-            reply = decode(sock.recv_multipart(copy=False))
-            if (epoch := reply.msg.epoch) < self._epoch:
-                self._reset()
-                raise MasterUnreachable(
-                    f"the master at {self._masters[self._at]} speaks for epoch {epoch}, below "
-                    f"{self._epoch}: it was replaced by its standby; asking the next one"
-                )
-            self._epoch = epoch
-            if getattr(reply.msg, "req", None) != req:
-                show_output(reply.msg)  # a watched job's task output; else a stale reply
-                continue
-            if isinstance(reply.msg, ErrorReply):
-                raise server_error(reply.msg.code, reply.msg.message)
-            return reply
-        self._reset()
-        raise MasterUnreachable(unreachable(self._masters[self._at], f"no answer in {wait:.1f} s"))
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:

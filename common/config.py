@@ -116,6 +116,17 @@ class MasterSettings(BaseSettings):
     max_message_bytes: int = Field(256 * 2**20, ge=1024, description="largest message accepted")
     max_shards: int = Field(100_000, ge=1, description="most shards one job may have")
     max_queued_jobs: int = Field(1000, ge=1, description="unfinished jobs per client key")
+    finished_jobs_kept: int = Field(
+        10_000,
+        ge=1,
+        description="without a state dir: the most finished jobs kept whole in memory (the "
+        "oldest past it are forgotten; with one, a finished job is a summary in memory)",
+    )
+    finished_bytes_kept: int = Field(
+        256 << 20,
+        ge=0,
+        description="without a state dir: the most bytes of finished jobs' results kept",
+    )
     max_result_bytes: int = Field(256 * 2**20, ge=1024, description="largest shard result")
     imports: list[str] = Field(default_factory=list, description="modules user ops come from")
     shm_pool_bytes: int = Field(
@@ -235,6 +246,11 @@ class WorkerSettings(BaseSettings):
     )
     keys: Path | None = _keys_field("WORKER")
     insecure: bool = _insecure_field("WORKER")
+    allow_pickle: bool = Field(
+        False,
+        description="run pickled calls (cloudpickle) from clients the master allows: trusted "
+        "clusters only, as unpickling runs whatever the bytes say",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
 

@@ -16,6 +16,7 @@ from shardmill.data.plan import provenance_of
 from shardmill.debug import bundle
 from shardmill.master.blobfiles import ShardRow
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.archive import JobSummary
 from shardmill.master.brain.attempt import Attempt
 from shardmill.master.brain.model import Shard
 from shardmill.master.brain.transitions import JobState, ShardState
@@ -96,8 +97,10 @@ class Checkpointer:
         result: FinalResult | None,
         offset: float,
         map_job: bool = False,
+        summary: JobSummary | None = None,
     ) -> None:
-        """Final states, every shard's story and the result; committed before anyone is told."""
+        """Final states, every shard's story, the result and the job's summary (all a restart
+        reads of it); committed before anyone is told."""
         if self.store is None:
             return
         self._partials.pop(job_id, None)  # the job's end deletes its partial
@@ -117,6 +120,7 @@ class Checkpointer:
             result=None if result is None or keep_rows else _result_blob(result),
             settled=_settled_blob(shards, offset),
             keep_shard_rows=keep_rows,
+            summary=None if summary is None else bytes(msgpack.packb(summary.pack())),
         )
         self.store.commit()
 
@@ -195,35 +199,48 @@ class Checkpointer:
 
     # ---- resume --------------------------------------------------------------------------------
 
-    def restore(self, registry: Registry) -> tuple[dict[str, JobData], list[ev.JobRestored]]:
-        """Every stored job: the loop's data for it (descriptors, merger, inputs, result), and
-        the event that rebuilds it in the brain. User ops resolve among `registry`'s modules."""
+    def restore(self, registry: Registry) -> tuple[dict[str, JobData], list[ev.Event]]:
+        """Every unfinished job: the loop's data for it (descriptors, merger, inputs), and the
+        event that rebuilds it in the brain; then finished jobs' summaries, in one event.
+        User ops resolve among `registry`'s modules."""
         jobs: dict[str, JobData] = {}
-        events: list[ev.JobRestored] = []
+        events: list[ev.Event] = []
         if self.store is None:
             return jobs, events
         starts = self.store.master_started(time.time())
         for stored in self.store.load():
-            ended = stored.finished_at or float("inf")
             jobs[stored.job_id] = _job_data(stored, registry)
-            settled = {i: (ShardState(s.state), tuple(s.history)) for i, s in stored.shards.items()}
-            events.append(
-                ev.JobRestored(
-                    stored.job_id,
-                    stored.spec,
-                    len(jobs[stored.job_id].descriptors),
-                    submitted_at=stored.submitted_at,
-                    state=JobState(stored.state),
-                    settled=settled,
-                    error=stored.error,
-                    finished_at=stored.finished_at,
-                    started_at=stored.started_at,
-                    restarts=tuple(t for t in starts if stored.submitted_at < t < ended),
-                )
-            )
-            if stored.state == "running" and stored.shards:
+            restarts = tuple(t for t in starts if stored.submitted_at < t)
+            events.append(_restored(stored, len(jobs[stored.job_id].descriptors), restarts))
+            if stored.shards:
                 self._rows_written.add(stored.job_id)
+        unpack, summary = msgpack.unpackb, JobSummary.unpack
+        summaries = tuple(summary(unpack(packed)) for packed in self.store.summaries())
+        events.append(ev.SummariesRestored(summaries))
         return jobs, events
+
+    def load_finished(self, job_id: str, registry: Registry) -> tuple[StoredJob, JobData] | None:
+        """A finished job read back from the state dir (its stories, its result), or None."""
+        stored = None if self.store is None else self.store.load_job(job_id)
+        if stored is None or stored.state == "running":
+            return None
+        return stored, _job_data(stored, registry)
+
+
+def _restored(stored: StoredJob, shards: int, restarts: tuple[float, ...]) -> ev.JobRestored:
+    settled = {i: (ShardState(s.state), tuple(s.history)) for i, s in stored.shards.items()}
+    return ev.JobRestored(
+        stored.job_id,
+        stored.spec,
+        shards,
+        submitted_at=stored.submitted_at,
+        state=JobState(stored.state),
+        settled=settled,
+        error=stored.error,
+        finished_at=stored.finished_at,
+        started_at=stored.started_at,
+        restarts=restarts,
+    )
 
 
 def _descriptors(stored: StoredJob) -> list[Descriptor]:

@@ -23,6 +23,8 @@ from shardmill.master.brain.failures import telling_error
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
 from shardmill.master.core import Core, send, user_id
+from shardmill.master.doors import ResultStreams, pickle_refusal
+from shardmill.master.history import History
 from shardmill.master.pipelines import PipelineRun
 from shardmill.master.submit import admit, queue
 from shardmill.wire import shm
@@ -68,6 +70,8 @@ class ClientRequests:
         core.to_client = functools.partial(send, sock)  # a watched job's output, unasked
         self.keyring = keyring  # None without CURVE: every client may do everything
         self._owner = ""
+        self.streams = ResultStreams(core, self._reply)  # results as they finish
+        self.history = History(core)  # archived jobs' details, from the state dir
         self.handlers: dict[str, Handler] = {
             "submit": self._on_submit,
             "status": self._on_status,
@@ -107,11 +111,11 @@ class ClientRequests:
         otherwise answered so, naming the owner and the fix."""
         if self.keyring is None or self.keyring.is_admin(self._owner):
             return True
-        jobs = self.core.brain.jobs
-        theirs = [j for j in job_ids if jobs[j].owner != self._owner]
+        brain = self.core.brain
+        theirs = [j for j in job_ids if brain.owner_of(j) != self._owner]
         if not theirs:
             return True
-        owner = self.keyring.owner_name(jobs[theirs[0]].owner) or "no client (kept from before)"
+        owner = self.keyring.owner_name(brain.owner_of(theirs[0])) or "no client (kept from before)"
         message = (
             f"job {theirs[0]} belongs to {owner}: a client may cancel only its own jobs, "
             "unless its public key is in the master's admins/ folder"
@@ -151,6 +155,9 @@ class ClientRequests:
             self._reply(identity, _error_reply(msg, e))
 
     def _on_submit(self, identity: bytes, msg: Submit, arrays: list[Buffer]) -> None:
+        if refusal := pickle_refusal(self.keyring, self._owner, msg):
+            self._reply(identity, ErrorReply(req=msg.req, code="forbidden", message=refusal))
+            return
         try:
             job = admit(self.core, msg, arrays, self._owner)
         except StateDirError as e:
@@ -167,13 +174,9 @@ class ClientRequests:
         queue(self.core, job, self._owner)
 
     def _known_job(self, identity: bytes, req: int, job_id: str) -> bool:
-        if job_id in self.core.data:
+        if self.core.brain.known(job_id):
             return True
-        reply = ErrorReply(
-            req=req,
-            code="unknown_job",
-            message=f"no job {job_id!r} on this master; list them: shardmill jobs",
-        )
+        reply = ErrorReply(req=req, code="unknown_job", message=self.history.unknown(job_id))
         self._reply(identity, reply)
         return False
 
@@ -182,22 +185,23 @@ class ClientRequests:
         are told too (their output so far included)."""
         if not self._known_job(identity, msg.req, msg.job_id):
             return
-        data = self.core.data[msg.job_id]
-        if identity not in data.watchers:
-            data.watchers.append(identity)
-        for worker in self.core.brain.workers:
-            self.core.to_worker(worker, EchoTasks(job_id=msg.job_id))
+        data = self.core.data.get(msg.job_id)
+        if data is not None and not self.core.brain.jobs[msg.job_id].finished:
+            if identity not in data.watchers:
+                data.watchers.append(identity)
+            for worker in self.core.brain.workers:
+                self.core.to_worker(worker, EchoTasks(job_id=msg.job_id))
         info = self.core.brain.job_info(msg.job_id, shards=False)
         self._reply(identity, JobStatus(req=msg.req, job=info))
 
     def _on_status(self, identity: bytes, msg: StatusQuery, arrays: list[Buffer]) -> None:
         if self._known_job(identity, msg.req, msg.job_id):
-            info = self.core.brain.job_info(msg.job_id, shards=msg.shards)
+            info = self.history.info(msg.job_id, shards=msg.shards)
             self._reply(identity, JobStatus(req=msg.req, job=info))
 
     def _on_jobs(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
         brain = self.core.brain
-        infos = [brain.job_info(j) for j in brain.jobs]
+        infos = [s.info() for s in brain.archive] + [brain.job_info(j) for j in brain.jobs]
         runs = self.core.pipelines.runs.values() if self.core.pipelines else []
         pipelines = [self._named_run(r.info()) for r in runs]
         self._reply(identity, JobList(req=msg.req, jobs=infos, pipelines=pipelines))
@@ -277,7 +281,9 @@ class ClientRequests:
     def _on_prune(self, identity: bytes, msg: PruneJobs, arrays: list[Buffer]) -> None:
         keep = self.core.waited_on()
         if self.keyring is not None and not self.keyring.is_admin(self._owner):
-            others = {j for j, job in self.core.brain.jobs.items() if job.owner != self._owner}
+            brain = self.core.brain
+            owners = [(j.job_id, j.owner) for j in [*brain.jobs.values(), *brain.archive]]
+            others = {job_id for job_id, owner in owners if owner != self._owner}
             keep = frozenset(keep | others)  # a client prunes only its own jobs
         cmds = self.core.apply(ev.PruneRequested(msg.older_than, keep))
         pruned = [info for c in cmds if isinstance(c, ev.Pruned) for info in c.jobs]
@@ -286,7 +292,10 @@ class ClientRequests:
     def _on_result(self, identity: bytes, msg: ResultQuery, arrays: list[Buffer]) -> None:
         if not self._known_job(identity, msg.req, msg.job_id):
             return
-        if self.core.brain.jobs[msg.job_id].finished:
+        job = self.core.brain.jobs.get(msg.job_id)
+        if msg.after is not None and job is not None:
+            self.streams.query(identity, msg)
+        elif job is None or job.finished:  # an archived job's stream gets the whole result
             self.reply_result(msg.job_id, identity, msg.req)
         elif msg.wait:
             self.core.data[msg.job_id].waiters.append((identity, msg.req))
@@ -303,7 +312,8 @@ class ClientRequests:
             return
         if not self._may_manage(identity, msg.req, [msg.job_id]):
             return
-        self.core.apply(ev.CancelRequested(msg.job_id))
+        if msg.job_id in self.core.brain.jobs:  # an archived job ended long ago
+            self.core.apply(ev.CancelRequested(msg.job_id))
         info = self.core.brain.job_info(msg.job_id)
         self._reply(identity, JobStatus(req=msg.req, job=info))
 
@@ -319,14 +329,16 @@ class ClientRequests:
 
     def reply_result(self, job_id: str, identity: bytes, req: int) -> None:
         """A finished job's answer: its result, or its failure with the shard that caused it."""
-        data = self.core.data[job_id]
+        data = self.core.data.get(job_id)
         info = self.core.brain.job_info(job_id)
-        if data.result is not None and info.state == "done":
-            res = data.result
-            msg = JobResult(req=req, job=info, parts=res.parts, part_arrays=res.part_arrays)
-            self._reply(identity, msg, res.arrays)
+        if data is not None:
+            result, failure = data.result, self._failure(job_id)
+        else:  # archived: read from the state dir
+            result, failure = self.history.outcome(job_id)
+        if result is not None and info.state == "done":
+            msg = JobResult(req=req, job=info, parts=result.parts, part_arrays=result.part_arrays)
+            self._reply(identity, msg, result.arrays)
         else:
-            failure = self._failure(job_id)
             self._reply(identity, JobResult(req=req, job=info, failure=failure))
 
     def _failure(self, job_id: str) -> ErrorInfo | None:

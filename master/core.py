@@ -128,7 +128,12 @@ def new_brain(settings: MasterSettings) -> MasterState:
         speculate_after=settings.speculate_after,
         speculate_min_age=settings.speculate_min_age,
     )
-    limits = Limits(max_shards=settings.max_shards, max_queued_jobs=settings.max_queued_jobs)
+    limits = Limits(
+        max_shards=settings.max_shards,
+        max_queued_jobs=settings.max_queued_jobs,
+        finished_kept=settings.finished_jobs_kept,
+        finished_bytes=settings.finished_bytes_kept,
+    )
     return MasterState(timing, limits=limits, wall_offset=time.time() - time.monotonic())
 
 

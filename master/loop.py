@@ -17,12 +17,10 @@ from shardmill.config import MasterSettings
 from shardmill.errors import ConfigError, StateDirError
 from shardmill.health import HealthFile
 from shardmill.master.brain import events as ev
-from shardmill.master.brain.transitions import JobState
-from shardmill.master.brain.views import ending_line
 from shardmill.master.checkpoint import Checkpointer
 from shardmill.master.clients import ClientRequests
 from shardmill.master.core import Core, Peers, bind_router, new_brain, new_segments
-from shardmill.master.merge import MapMerger
+from shardmill.master.endings import Endings
 from shardmill.master.metrics import Metrics
 from shardmill.master.pipelines import Pipelines
 from shardmill.master.workers import Result, WorkerMessages
@@ -71,6 +69,7 @@ class MasterLoop:
         keyring = None if self.auth is None else self.auth.keyring
         self.workers = WorkerMessages(self.core, bind("workers"), self.apply_all, keyring)
         self.clients = ClientRequests(self.core, bind("clients"), keyring)
+        self.endings = Endings(self.core, self.clients, self.pipelines)
         self.watches = [  # handshakes that fail before ZAP: a CURVE/plaintext mix-up
             PortWatch(sock, name=name, insecure=self.security.insecure, refusals=self.refusals)
             for name, sock in [("worker", self.workers.sock), ("client", self.clients.sock)]
@@ -93,14 +92,15 @@ class MasterLoop:
         return {
             ev.Admitted: lambda cmd, result: None,  # the caller reads these two
             ev.Refused: lambda cmd, result: None,
-            ev.Pruned: self._forget,
+            ev.Pruned: lambda cmd, result: self.endings.forget(cmd, result),
+            ev.Forgotten: lambda cmd, result: self.endings.forgotten(cmd, result),
             ev.Holding: lambda cmd, result: log.info(
                 "resuming %d unfinished job(s) of %d", cmd.unfinished, cmd.jobs
             ),
             ev.SendTask: self._send_task,
             ev.MergeShard: self._merge,
-            ev.FinalizeJob: self._finalize,
-            ev.JobEnded: self._ended,
+            ev.FinalizeJob: lambda cmd, result: self.endings.finalize(cmd, result),
+            ev.JobEnded: lambda cmd, result: self.endings.ended(cmd, result),
             ev.CancelOnWorker: lambda c, r: self.workers.send(
                 c.worker, CancelTasks(job_id=c.job_id, shards=list(c.shards))
             ),
@@ -230,6 +230,7 @@ class MasterLoop:
         core.segments.drop_unowned()  # a refused submit's mappings (its client deletes the file)
         for run in self.pipelines.step():  # stages ended this turn: the next ones start
             self.clients.answer_pipeline(run)
+        self.clients.streams.flush(now)  # results merged this turn, to those who stream them
         retention = self.settings.job_retention
         if retention is not None and now >= self._next_prune:
             self._next_prune = now + 60.0
@@ -329,58 +330,6 @@ class MasterLoop:
         self.metrics.shards_done.inc(1 + len(cmd.more))
         return None
 
-    def _finalize(self, cmd: ev.FinalizeJob, result: Result | None) -> ev.Event | None:
-        data = self.core.data[cmd.job_id]
-        try:
-            data.result = data.merger.final(cmd.missing)
-        except StateDirError:
-            raise
-        except Exception as e:  # the op's own finalize runs here: whatever it raises
-            log.warning("job %s cannot be finalized: %s", cmd.job_id, e)
-            return ev.JobBroken(cmd.job_id, f"the merged result cannot be finalized: {e}")
-        self._finish(cmd.job_id)
-        return None
-
-    def _ended(self, cmd: ev.JobEnded, result: Result | None) -> None:
-        log.info("job %s %s: %s", cmd.job_id, cmd.state, cmd.error.splitlines()[0])
-        self._finish(cmd.job_id)
-
-    def _finish(self, job_id: str) -> None:
-        """Record the job's end, answer everyone waiting for it, then count and log it."""
-        core = self.core
-        data, job = core.data[job_id], core.brain.jobs[job_id]
-        offset = core.brain.wall_offset
-        core.checkpoint.job_ended(  # durable before any client hears of it
-            job_id,
-            job.shards,
-            state=str(job.state),
-            error=job.error,
-            finished_at=(job.finished_at or time.monotonic()) + offset,
-            result=data.result if job.state is JobState.DONE else None,
-            offset=offset,
-            map_job=isinstance(data.merger, MapMerger),
-        )
-        waiters, data.waiters = data.waiters, []
-        for identity, req in waiters:
-            self.clients.reply_result(job_id, identity, req)
-        self.pipelines.job_ended(job_id)  # a stage: its pipeline moves on after this batch
-        # The rest after the answers: a waiting caller (a `call`) does not wait for it.
-        self.metrics.job_ended(job)
-        if log.isEnabledFor(logging.INFO):  # the line needs the job's whole info: not for nothing
-            log.info("%s", ending_line(job.info(offset=offset)))
-        data.release_inputs()
-        core.segments.release(data.segments, time.monotonic())  # may unlink what they mapped
-        data.segments = []
-
-    def _forget(self, cmd: ev.Pruned, result: Result | None) -> None:
-        gone = [info.job_id for info in cmd.jobs]
-        self.core.checkpoint.forget(gone)
-        self.pipelines.forget(gone)
-        for job_id in gone:
-            del self.core.data[job_id]
-        if gone:
-            log.info("pruned %d finished job(s)", len(gone))
-
     def _duplicate(self, cmd: ev.DropDuplicate, result: Result | None) -> None:
         what = "resent result (merged before a restart)" if cmd.replayed else "duplicate result"
         self.metrics.duplicates.inc(0 if cmd.replayed else 1)
@@ -395,6 +344,3 @@ class MasterLoop:
             cmd.silence,
             cmd.requeued,
         )
-
-
-__all__ = ["MasterLoop"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +26,21 @@ class MapMerger:
 
     counts: list[int]  # items per shard
     parts: dict[int, tuple[bytes, list[Buffer]]] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # shards as they were merged (for streams)
+    _starts: list[int] = field(default_factory=list)  # each shard's first item's index
+
+    def first_item(self, shard: int) -> int:
+        if not self._starts:
+            self._starts = [0, *itertools.accumulate(self.counts)]
+        return self._starts[shard]
 
     def add(
         self, shard: int, payload: bytes, arrays: list[Buffer], more: tuple[int, ...] = ()
     ) -> None:
         if more:
             raise ProtocolError(f"shard {shard}: a map job's results are never batched")
+        if shard not in self.parts:
+            self.order.append(shard)
         self.parts[shard] = (payload, arrays)
 
     def final(self, missing: tuple[int, ...] = ()) -> FinalResult:

@@ -46,6 +46,8 @@ class Snapshot(Collector):
         queued = 0.0
         for job in brain.jobs.values():
             jobs[str(job.state)] += 1
+        for state, n in brain.archive.by_state.items():  # finished jobs' summaries
+            jobs[state] += n
         for job in brain.active.values():
             queued += job.counts[ShardState.QUEUED] + job.counts[ShardState.WAITING]
         workers = brain.workers.values()

@@ -225,18 +225,28 @@ class Pipelines:
         queue(self.core, job, run.owner)
 
     def _outcome(self, job_id: str) -> tuple[list[Any], list[ErrorInfo | None], str]:
-        """A stage job's values (None where a shard failed), each shard's last error, state."""
-        data, job = self.core.data[job_id], self.core.brain.jobs[job_id]
-        values: list[Any] = [None] * len(job.shards)
+        """A stage job's values (None where a shard failed), each shard's last error, state;
+        an archived job's (a restarted master's) read from the state dir."""
+        job = self.core.brain.jobs.get(job_id)
+        if job is None:
+            loaded = self.core.checkpoint.load_finished(job_id, self.core.registry)
+            assert loaded is not None, f"stage job {job_id} is neither running nor stored"
+            stored, data = loaded
+            n, state, error = len(data.descriptors), stored.state, stored.error
+            shards = [stored.shards.get(i) for i in range(n)]
+            errors = [s.history[-1].error if s and s.history else None for s in shards]
+        else:
+            data, n, state, error = self.core.data[job_id], len(job.shards), job.state, job.error
+            errors = [s.history[-1].error if s.history else None for s in job.shards]
+        values: list[Any] = [None] * n
         if data.result is not None:
             res, at = data.result, 0
             for i, (part, k) in enumerate(zip(res.parts, res.part_arrays, strict=True)):
                 values[i] = unpack_value(part, res.arrays[at : at + k])[0]
                 at += k
-        errors = [s.history[-1].error if s.history else None for s in job.shards]
-        if job.state is not JobState.DONE and job.error:
-            errors.insert(0, ErrorInfo(kind="error", message=job.error))
-        return values, errors, str(job.state)
+        if state != JobState.DONE and error:
+            errors.insert(0, ErrorInfo(kind="error", message=error))
+        return values, errors, str(state)
 
     def _end(self, run: PipelineRun, status: str, error: str | None) -> None:
         run.status, run.error, run.finished_at = status, error, time.time()
@@ -291,13 +301,13 @@ class Pipelines:
             self.runs[run.pipeline_id] = run
             if run.finished:
                 continue
-            job = None if run.job_id is None else self.core.brain.jobs.get(run.job_id)
-            if job is None:  # its next job was not recorded: plan it again
-                run.job_id, run.run = None, None
-            elif job.finished:
-                run.ended = self._outcome(job.job_id)
+            job_id = run.job_id
+            if job_id is None or not self.core.brain.known(job_id):
+                run.job_id, run.run = None, None  # its next job was not recorded: plan it again
+            elif job_id not in self.core.brain.active:  # ended (archived, most likely)
+                run.ended = self._outcome(job_id)
             else:
-                self.by_job[job.job_id] = run.pipeline_id
+                self.by_job[job_id] = run.pipeline_id
             self.due.add(run.pipeline_id)
 
 

@@ -18,18 +18,17 @@ deleted when the store opens.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
 import os
-import resource
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -40,6 +39,7 @@ from shardmill.master.blobfiles import (
     BlobFiles,
     ShardRow,
 )
+from shardmill.master.diskerrors import disk_facts, error_name
 from shardmill.master.migrate import migrate
 from shardmill.master.records import (
     StoredJob,
@@ -57,16 +57,22 @@ log = logging.getLogger(__name__)
 
 
 FORMAT = "shardmill-state"
+# 5: a finished job's summary in `summaries` (a restart reads those, not the finished jobs).
 # 4: a job's started_at in its row; meta "starts", the times masters started on this state dir.
 # 3: a blob column may hold a TEXT reference to a file in blobs/ (an older master would read
 # it as a blob). 2: a job's inputs are one blob in its row, and a finished job's shards one blob
 # in its row (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
 
 _DESCRIPTORS: TypeAdapter[list[Descriptor]] = TypeAdapter(list[Descriptor])
 _HISTORY: TypeAdapter[list[AttemptInfo]] = TypeAdapter(list[AttemptInfo])
+
+_SELECT_JOB = (
+    "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
+    "finished_at, result, inputs, settled, started_at FROM jobs "
+)
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +84,7 @@ CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
 CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
+CREATE TABLE summaries (job_id TEXT PRIMARY KEY, summary BLOB NOT NULL);
 """
 
 
@@ -256,6 +263,7 @@ class Store:
         result: bytes | None,
         settled: bytes,
         keep_shard_rows: bool = False,
+        summary: bytes | None = None,
     ) -> None:
         """A finished job: its state, result and `settled` in its one row. Its inputs and
         partial go, and its shard rows too unless they hold its (map) result.
@@ -277,12 +285,14 @@ class Store:
             if not keep_shard_rows:
                 self.db.execute("DELETE FROM shards WHERE job_id = ?", (job_id,))
             self.db.execute("DELETE FROM partials WHERE job_id = ?", (job_id,))
+            if summary is not None:  # what a restart reads of it
+                self.db.execute("INSERT OR REPLACE INTO summaries VALUES (?, ?)", (job_id, summary))
 
     def delete_jobs(self, job_ids: Sequence[str]) -> None:
         with self._writing():
             for job_id in job_ids:
                 self.blobs.drop(job_id)
-            for table in ("jobs", "shards", "partials"):
+            for table in ("jobs", "shards", "partials", "summaries"):
                 rows = [(j,) for j in job_ids]
                 self.db.executemany(f"DELETE FROM {table} WHERE job_id = ?", rows)
 
@@ -310,10 +320,10 @@ class Store:
         try:
             yield
         except (sqlite3.Error, OSError) as e:  # OSError: a blob file's
-            name = _error_name(e)
+            name = error_name(e)
             self.failure = StateDirError(
                 f"cannot write the checkpoint in {self.dir}: {e}"
-                f"{f' ({name})' if name else ''}{_disk_facts(self.dir)}; free space or make it "
+                f"{f' ({name})' if name else ''}{disk_facts(self.dir)}; free space or make it "
                 "writable, then start the master again: it resumes every job from the last commit"
             )
             raise self.failure from e
@@ -321,39 +331,49 @@ class Store:
     # ---- reading -------------------------------------------------------------------------------
 
     def load(self) -> Iterator[StoredJob]:
-        """Every stored job, oldest first, with what is needed to resume or serve it."""
-        rows = self.db.execute(
-            "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
-            "finished_at, result, inputs, settled, started_at FROM jobs ORDER BY seq"
-        ).fetchall()
+        """Every unfinished job, oldest first, with what is needed to resume it (finished ones
+        are summaries: `summaries`, and `load_job` when someone asks)."""
+        rows = self.db.execute(_SELECT_JOB + "WHERE state = 'running' ORDER BY seq").fetchall()
         for row in rows:
-            read = self.blobs.read
-            job = StoredJob(
-                job_id=row[0],
-                spec=JobSpec.model_validate_json(row[1]),
-                descriptors=_DESCRIPTORS.validate_json(row[2]),
-                part_counts=json.loads(row[3]),
-                submitted_at=row[4],
-                state=row[5],
-                error=row[6],
-                finished_at=row[7],
-                result=read(row[8], f"job {row[0]}'s result"),
-                inputs=read(row[9], f"job {row[0]}'s inputs"),
-                started_at=row[11],
-            )
-            settled = read(row[10], f"job {row[0]}'s shard stories")
-            if settled is not None:
-                job.shards = unpack_settled(settled)
-            for shard, st, hist, result in self.db.execute(
-                "SELECT shard, state, history, result FROM shards WHERE job_id = ?", (job.job_id,)
-            ):
-                blob = read(result, f"job {job.job_id}'s shard {shard} result")
-                job.shards[shard] = StoredShard(st, _HISTORY.validate_json(hist), blob)
-            partial = self.db.execute(
-                "SELECT blob FROM partials WHERE job_id = ?", (job.job_id,)
-            ).fetchone()
-            job.partial = read(partial[0], f"job {job.job_id}'s partial") if partial else None
-            yield job
+            yield self._stored(row)
+
+    def summaries(self) -> list[bytes]:
+        """Every finished job's packed summary (archive.JobSummary.pack, msgpack)."""
+        return [row[0] for row in self.db.execute("SELECT summary FROM summaries")]
+
+    def load_job(self, job_id: str) -> StoredJob | None:
+        """One job, finished or not, as `load` reads it: its stories, result and partial."""
+        row = self.db.execute(_SELECT_JOB + "WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else self._stored(row)
+
+    def _stored(self, row: tuple[Any, ...]) -> StoredJob:
+        read = self.blobs.read
+        job = StoredJob(
+            job_id=row[0],
+            spec=JobSpec.model_validate_json(row[1]),
+            descriptors=_DESCRIPTORS.validate_json(row[2]),
+            part_counts=json.loads(row[3]),
+            submitted_at=row[4],
+            state=row[5],
+            error=row[6],
+            finished_at=row[7],
+            result=read(row[8], f"job {row[0]}'s result"),
+            inputs=read(row[9], f"job {row[0]}'s inputs"),
+            started_at=row[11],
+        )
+        settled = read(row[10], f"job {row[0]}'s shard stories")
+        if settled is not None:
+            job.shards = unpack_settled(settled)
+        for shard, st, hist, result in self.db.execute(
+            "SELECT shard, state, history, result FROM shards WHERE job_id = ?", (job.job_id,)
+        ):
+            blob = read(result, f"job {job.job_id}'s shard {shard} result")
+            job.shards[shard] = StoredShard(st, _HISTORY.validate_json(hist), blob)
+        partial = self.db.execute(
+            "SELECT blob FROM partials WHERE job_id = ?", (job.job_id,)
+        ).fetchone()
+        job.partial = read(partial[0], f"job {job.job_id}'s partial") if partial else None
+        return job
 
     def close(self) -> None:
         """Commit what is written, unless a write failed: then the open transaction is dropped
@@ -371,29 +391,3 @@ class Store:
 
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def _error_name(e: sqlite3.Error | OSError) -> str:
-    """SQLite's name for the error (SQLITE_FULL), or the errno's (ENOSPC)."""
-    if isinstance(e, OSError):
-        return errno.errorcode.get(e.errno or 0, "")
-    return str(getattr(e, "sqlite_errorname", ""))
-
-
-def _disk_facts(state_dir: Path) -> str:
-    """What the OS says about the state dir, for the error: SQLite's own message does not tell
-    a full disk from a read-only one or a file size limit (all can read "disk I/O error")."""
-    facts = []
-    try:
-        vfs = os.statvfs(state_dir)
-        facts.append(f"{vfs.f_bavail * vfs.f_frsize:,} bytes free on its filesystem")
-        if vfs.f_flag & os.ST_RDONLY:
-            facts.append("mounted read-only")
-    except OSError as e:
-        facts.append(f"statvfs failed: {e}")
-    if not os.access(state_dir, os.W_OK):
-        facts.append("the directory is not writable")
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        facts.append(f"file size limit (ulimit -f) {limit:,} bytes")
-    return f" [{', '.join(facts)}]"

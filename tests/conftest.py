@@ -14,6 +14,7 @@ sys.path.insert(0, str(SUPPORT))
 
 from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
 from helpers import FAST, cluster_env  # noqa: E402
+from pickled import pickle_cluster, pickle_keys  # noqa: E402
 from shared import SharedCluster, warm  # noqa: E402
 
 from shardmill import LocalCluster  # noqa: E402
@@ -51,6 +52,19 @@ def ops_cluster() -> Iterator[LocalCluster]:
         workers=2, imports=["sm_ops"], master_args=["--import", "sm_ops"], env=cluster_env(), **FAST
     ) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CURVE keys where the default client may send pickled calls and "plain" may not."""
+    return pickle_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def trusted(keys: Path) -> Iterator[LocalCluster]:
+    """Two workers with --allow-pickle, on those keys."""
+    with pickle_cluster(keys) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from shardmill.wire.protocol import (
     Welcome,
 )
 from shardmill.wire.security import Security
+from shardmill.worker.calls import allow_pickle
 from shardmill.worker.resend import Recent, too_large
 from shardmill.worker.runner import Running, TaskHead
 from shardmill.worker.shuffle import Pieces
@@ -60,6 +61,7 @@ class Agent:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.interval, self.liveness = settings.heartbeat_interval, settings.heartbeat_liveness
         self.security = Security.resolve(settings.keys, settings.insecure, "worker")
+        allow_pickle(settings.allow_pickle)  # before any child: they read it from the env
         self.pieces = Pieces(settings, self.security, self.worker_id)  # before any child
         self.slots = Slots(
             self.worker_id,
@@ -85,8 +87,7 @@ class Agent:
         self.outbox: list[list[Any]] = []  # what this step sends, as bundles at its end
         self.recent = Recent()  # results sent lately: resent after a reconnect
         self.max_bytes = 256 * 2**20  # the largest message the master reads (its WELCOME says)
-        self.last_heard = time.monotonic()
-        self.next_beat = 0.0
+        self.last_heard, self.next_beat = time.monotonic(), 0.0
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
         self.health = HealthFile(settings.health_file, self.worker_id)

@@ -17,11 +17,13 @@ import numpy as np
 
 from shardmill.debug.provenance import traced
 from shardmill.errors import BadInput, FetchFailed, ProtocolError, UnknownFunction
+from shardmill.ops.calls import CALL_FUNCTIONS
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
 from shardmill.wire.codec import Buffer, decode, encode, pack_value, unpack_value
 from shardmill.wire.protocol import ErrorInfo, ShardAttempt, ShardDone, ShardFailed, Task
 from shardmill.wire.spec import STAGE_FUNCTION, MapChunk, NpyPiece, NpySource, RowRange, ScanShard
+from shardmill.worker.calls import run_calls
 from shardmill.worker.output import Capture
 from shardmill.worker.pipes import read_frames, write_frames
 from shardmill.worker.scan import resolve_op, run_scan
@@ -183,6 +185,8 @@ def execute(task: Task, arrays: list[Buffer], registry: Registry) -> Any:
             from shardmill.pipeline.stage import run_stage  # only children that run one
 
             return [run_stage(*args, registry=registry) for args in args_list]
+        if desc.function in CALL_FUNCTIONS:  # shardmill.futures and joblib: outcomes as data
+            return run_calls(desc.function, args_list, registry)
         func = registry.resolve(desc.function)
         return [func(*args) for args in args_list]
     if isinstance(desc, RowRange):  # a job checkpointed before ScanShard existed

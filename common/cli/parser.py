@@ -69,16 +69,30 @@ def _master(sub: Subparsers) -> None:
         metavar="DIR",
         help="datasets must lie under DIR (repeatable; default: cwd and temp dir)",
     )
-    p.add_argument("--max-message-bytes", type=int, help="largest message accepted")
-    p.add_argument("--max-shards", type=int, help="most shards one job may have")
-    p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per client key")
-    p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
+    _limit_flags(p)
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     p.add_argument("--health-file", help="file touched on each heartbeat while serving")
     _standby_flags(p)
     _security_flags(p)
     p.set_defaults(handler=roles.cmd_master)
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-message-bytes", type=int, help="largest message accepted")
+    p.add_argument("--max-shards", type=int, help="most shards one job may have")
+    p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per client key")
+    p.add_argument("--max-result-bytes", type=int, help="largest shard result accepted")
+    p.add_argument(
+        "--finished-jobs-kept",
+        type=int,
+        help="without --state-dir: finished jobs kept in memory (older ones are forgotten)",
+    )
+    p.add_argument(
+        "--finished-bytes-kept",
+        type=int,
+        help="without --state-dir: bytes of finished jobs' results kept in memory",
+    )
 
 
 def _standby_flags(p: argparse.ArgumentParser) -> None:
@@ -139,6 +153,12 @@ def _worker(sub: Subparsers) -> None:
     p.add_argument("--shuffle-host", help="the address peers fetch map outputs at")
     p.add_argument("--shuffle-port", type=int, help="the port they are served on (0: any)")
     p.add_argument("--shuffle-memory", type=int, help="shuffle buffer bytes (default 1 GiB)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=None,
+        help="run pickled calls from clients the master allows (trusted clusters only)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     _security_flags(p)

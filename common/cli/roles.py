@@ -19,6 +19,8 @@ MASTER_FLAGS = (
     "max_shards",
     "max_queued_jobs",
     "max_result_bytes",
+    "finished_jobs_kept",
+    "finished_bytes_kept",
     "host",
     "port",
     "client_port",
@@ -60,6 +62,7 @@ WORKER_FLAGS = (
     "log_level",
     "log_format",
     "output_bytes",
+    "allow_pickle",
 )
 
 

@@ -6,6 +6,8 @@ of public keys, one identity per file, named by the file's stem:
     workers/NAME.key   may connect to the worker port only
     clients/NAME.key   may connect to the client port only; NAME owns the jobs it submits
     admins/NAME.key    clients that may also cancel and prune other clients' jobs
+    pickle/NAME.key    clients that may send pickled calls (trusted clusters; workers must
+                       also run with --allow-pickle)
 
 A worker's key never opens the client port (whoever takes over one worker host cannot submit,
 cancel or prune), nor a client's the worker port. `Keyring.load` reads the folders again, so a
@@ -28,7 +30,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from shardmill.errors import ConfigError
 from shardmill.wire.handshake import RefusalLog, fingerprint
 
-WORKERS, CLIENTS, ADMINS = "workers", "clients", "admins"
+WORKERS, CLIENTS, ADMINS, PICKLE = "workers", "clients", "admins", "pickle"
+OPTIONAL = (ADMINS, PICKLE)  # permissions beside a client's key: none when the folder is absent
 PORT_OF = {WORKERS: "worker", CLIENTS: "client"}  # ZAP domain -> the port's name
 LEGACY = "authorized"  # round 1: one folder for every role
 
@@ -70,6 +73,10 @@ class Keyring:
     def is_admin(self, user_id: str) -> bool:
         return self.keys.name(ADMINS, user_id.encode()) is not None
 
+    def may_pickle(self, user_id: str) -> bool:
+        """Whether this client may send pickled calls (its key is also in pickle/)."""
+        return self.keys.name(PICKLE, user_id.encode()) is not None
+
     def owner_name(self, user_id: str) -> str:
         """How `jobs` shows a job's owner: its name, or its key's fingerprint once revoked."""
         if not user_id:
@@ -78,10 +85,10 @@ class Keyring:
 
     def _read(self) -> Keys:
         folders: dict[str, dict[bytes, str]] = {}
-        for folder in (WORKERS, CLIENTS, ADMINS):
+        for folder in (WORKERS, CLIENTS, *OPTIONAL):
             path = self.dir / folder
             if not path.is_dir():
-                if folder == ADMINS:
+                if folder in OPTIONAL:
                     folders[folder] = {}
                     continue
                 raise ConfigError(_missing(self.dir, path))

@@ -1,11 +1,9 @@
 """Every message on the wire: frozen pydantic models in one discriminated union.
 
-Values (task arguments, results) never live in these models: they ride in `payload`
-(msgpack made by `codec.pack_value`) plus NumPy array frames, so the master can forward them
-without decoding. Evolve by appending fields with defaults; never reuse a `kind` tag.
-Between the master and its workers several messages may travel as one bundle (kind
-"bundle", see `codec.bundle`): framing, not a message of its own.
-"""
+Values (task arguments, results) never live in these models: they ride in `payload` (msgpack
+made by `codec.pack_value`) plus NumPy array frames, so the master forwards them undecoded.
+Evolve by appending fields with defaults; never reuse a `kind` tag. Several messages between
+master and workers may travel as one bundle (`codec.bundle`): framing, not a message."""
 
 from __future__ import annotations
 
@@ -226,6 +224,8 @@ class ResultQuery(_Request):
     kind: Literal["result"] = "result"
     job_id: str
     wait: bool = True
+    after: int | None = Field(None, ge=0)  # a stream: the results merged after the first `after`
+    hold: float = Field(1.0, ge=0, le=30)  # a stream's answer waits at most this for news
 
 
 class CancelJob(_Request):
@@ -311,6 +311,9 @@ class JobResult(_Reply):
     parts: list[bytes] = []
     part_arrays: list[int] = []
     failure: ErrorInfo | None = None
+    first_items: list[int] = []  # a stream's answer: each part's first item's index
+    next: int = 0  # a stream's cursor: ask after this many next time
+    run: str = ""  # the master's run: another one (a restart) counts from 0 again
 
 
 class MetricsText(_Reply):

@@ -22,9 +22,7 @@ class Attempt:
     def info(self, offset: float = 0.0) -> AttemptInfo:
         """As users read it: `offset` turns the master's clock into wall-clock time, and what
         the attempt printed is in `output` whether it failed or not."""
-        error, output = self.error, self.output
-        if error is not None and error.output:
-            error, output = error.model_copy(update={"output": ""}), error.output
+        error, output = printed_apart(self.error, self.output)
         return AttemptInfo(
             attempt=self.number,
             worker=self.worker,
@@ -36,3 +34,19 @@ class Attempt:
             backup=self.backup,
             output=output,
         )
+
+
+def printed_apart(error: ErrorInfo | None, output: str) -> tuple[ErrorInfo | None, str]:
+    """An attempt's error and what it printed, as users read them: a failed attempt's output
+    (kept in its error) moved to `output`."""
+    if error is not None and error.output:
+        return error.model_copy(update={"output": ""}), error.output
+    return error, output
+
+
+def as_read(info: AttemptInfo) -> AttemptInfo:
+    """A stored attempt as users read it (see `printed_apart`)."""
+    error, output = printed_apart(info.error, info.output)
+    return (
+        info if error is info.error else info.model_copy(update={"error": error, "output": output})
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shardmill.master.brain.archive import JobSummary
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobInfo, Lease
 from shardmill.wire.spec import JobSpec
@@ -106,6 +107,24 @@ class RestoreDone:
 
 
 @dataclass(frozen=True)
+class JobArchived:
+    """A finished job was recorded and everyone waiting was answered: it shrinks to its
+    summary (`summarize`: its details are in the state dir), or is kept whole within the
+    budget (`size`: its result's bytes)."""
+
+    job_id: str
+    size: int = 0
+    summarize: bool = True
+
+
+@dataclass(frozen=True)
+class SummariesRestored:
+    """Finished jobs' summaries read back from the state dir after a restart."""
+
+    summaries: tuple[JobSummary, ...]
+
+
+@dataclass(frozen=True)
 class PruneRequested:
     """Forget finished jobs that ended at least `older_than` seconds ago (every one if None),
     except those in `keep` (a client still waits for their result)."""
@@ -143,6 +162,8 @@ Event = (
     | JobAdded
     | JobRestored
     | RestoreDone
+    | JobArchived
+    | SummariesRestored
     | PruneRequested
     | CancelRequested
     | JobBroken
@@ -170,6 +191,13 @@ class Pruned:
     """These finished jobs are forgotten: drop their data and their rows in the state dir."""
 
     jobs: tuple[JobInfo, ...]
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """Whole finished jobs forgotten past the budget kept without a state dir: drop their data."""
+
+    job_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -258,6 +286,7 @@ Command = (
     Admitted
     | Refused
     | Pruned
+    | Forgotten
     | Holding
     | SendTask
     | MergeShard

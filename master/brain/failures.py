@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from shardmill.master.brain.attempt import Attempt
 from shardmill.master.brain.model import Job, Shard, Timing
-from shardmill.wire.protocol import ErrorInfo
+from shardmill.wire.protocol import AttemptInfo, ErrorInfo
 
 
 def lost_error(worker: str, silence: float | None) -> ErrorInfo:
@@ -28,7 +28,7 @@ def backoff(timing: Timing, job_id: str, shard: int, attempt: int) -> float:
     return min(timing.retry_backoff_max, base * jitter)
 
 
-def telling_error(history: Sequence[Attempt]) -> ErrorInfo | None:
+def telling_error(history: Sequence[Attempt] | Sequence[AttemptInfo]) -> ErrorInfo | None:
     """The error a failed shard is told by: the latest attempt where the task itself raised
     (its type, message and traceback are what the user must fix), else the latest error.
     A shard that raised and was then lost with its worker fails because of what it raised."""

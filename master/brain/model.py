@@ -50,6 +50,8 @@ class Limits:
 
     max_shards: int = 100_000
     max_queued_jobs: int = 1_000  # unfinished jobs per client key
+    finished_kept: int = 10_000  # whole finished jobs kept without a state dir...
+    finished_bytes: int = 256 << 20  # ...and their results' bytes (archive.py)
 
 
 @dataclass

@@ -8,21 +8,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardmill.master.brain import events as ev
-from shardmill.master.brain.admission import prunable, refusal
+from shardmill.master.brain.admission import refusal
+from shardmill.master.brain.archive import Archive
 from shardmill.master.brain.failures import backoff, failure_message
+from shardmill.master.brain.ledger import Ledger
 from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
 from shardmill.master.brain.restore import restored_job
 from shardmill.master.brain.roster import Roster
 from shardmill.master.brain.scheduling import dispatch
 from shardmill.master.brain.speculation import SlowHosts, plan_backups, speculates
 from shardmill.master.brain.transitions import TERMINAL, JobState, ShardState
-from shardmill.wire.protocol import ErrorInfo, JobInfo
+from shardmill.wire.protocol import ErrorInfo
 
 S = ShardState
 PLAN_EVERY = 0.05  # seconds between looks for stragglers while results come in
 
 
-class MasterState(Roster):
+class MasterState(Roster, Ledger):
     """Jobs, shards, workers and credits; every decision the master makes is taken here."""
 
     def __init__(
@@ -35,7 +37,8 @@ class MasterState(Roster):
         self.timing = timing or Timing()
         self.limits = limits or Limits()
         self.wall_offset = wall_offset  # wall clock minus the injected clock, for what users read
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}  # unfinished jobs, and finished ones not archived yet
+        self.archive = Archive()  # finished jobs' summaries (see archive.py)
         self.active: dict[str, Job] = {}  # unfinished jobs, in submission order
         self.workers: dict[str, Worker] = {}
         self.room: set[str] = set()  # workers that may have room for a task (see dispatch)
@@ -47,7 +50,11 @@ class MasterState(Roster):
         self._backup_due: float | None = None  # when a running shard becomes a straggler
         self._turns = itertools.count(1)  # stamps each job's last lease: equal shares take turns
         self._now = 0.0
-        self._handlers: dict[type, Callable[[Any], object]] = {
+        self._handlers = self._table()
+
+    def _table(self) -> dict[type, Callable[[Any], object]]:
+        """What each event does."""
+        return {
             ev.WorkerReady: self._on_ready,
             ev.WorkerSeen: lambda e: self._touch(e.worker, e.rtt),
             ev.WorkerDraining: self._on_draining,
@@ -59,6 +66,8 @@ class MasterState(Roster):
             ev.JobRestored: self._on_restored,
             ev.RestoreDone: self._on_restore_done,
             ev.PruneRequested: self._on_prune,
+            ev.JobArchived: self._on_archived,
+            ev.SummariesRestored: lambda e: self.archive.add_all(e.summaries),
             ev.CancelRequested: lambda e: self._end_job(
                 self.jobs[e.job_id], JobState.CANCELLED, "cancelled by a client"
             ),
@@ -97,9 +106,6 @@ class MasterState(Roster):
         if self._waiting:
             times.append(self._waiting[0][0])
         return min(times) if times else None
-
-    def job_info(self, job_id: str, *, shards: bool = False) -> JobInfo:
-        return self.jobs[job_id].info(offset=self.wall_offset, shards=shards)
 
     # ---- workers -------------------------------------------------------------------------------
 
@@ -253,7 +259,7 @@ class MasterState(Roster):
     # ---- jobs ----------------------------------------------------------------------------------
 
     def _on_submit(self, e: ev.SubmitRequested) -> None:
-        reason = refusal(e, self.jobs, self.active.values(), self.limits)
+        reason = refusal(e, self.known, self.active.values(), self.limits)
         self._out.append(ev.Admitted(e.job_id) if reason is None else ev.Refused(e.job_id, reason))
 
     def _on_job(self, e: ev.JobAdded) -> None:
@@ -302,12 +308,6 @@ class MasterState(Roster):
             return
         self._end_job(job, JobState.FAILED, message)
 
-    def _on_prune(self, e: ev.PruneRequested) -> None:
-        gone = prunable(self.jobs.values(), self._now - (e.older_than or 0.0), keep=e.keep)
-        for job in gone:
-            del self.jobs[job.job_id]
-        self._out.append(ev.Pruned(tuple(job.info(offset=self.wall_offset) for job in gone)))
-
     # ---- restart -------------------------------------------------------------------------------
 
     def _on_restored(self, e: ev.JobRestored) -> None:
@@ -322,7 +322,8 @@ class MasterState(Roster):
         unfinished = sum(not job.finished for job in self.jobs.values())
         if unfinished:
             self.hold_until = self._now + self.timing.expiry
-            self._out.append(ev.Holding(self.hold_until, unfinished, len(self.jobs)))
+            jobs = len(self.jobs) + len(self.archive)
+            self._out.append(ev.Holding(self.hold_until, unfinished, jobs))
 
     # ---- dispatch ------------------------------------------------------------------------------
 

@@ -79,11 +79,12 @@ def _worker_ids(client: Client) -> set[str]:
 
 
 def _lost_on(job: Job, worker_id: str) -> set[int]:
-    """Shards with an attempt on `worker_id` that the master gave up as lost."""
+    """Shards with an attempt on `worker_id` that the master gave up as lost. A cut-off worker
+    runs on: when it rejoins, the result it sends closes that attempt as a duplicate."""
     return {
         s.index
         for s in _shards(job)
-        if any(a.worker == worker_id and a.outcome == "lost" for a in s.history)
+        if any(a.worker == worker_id and a.outcome in ("lost", "duplicate") for a in s.history)
     }
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from faults import WaitingClient, assert_merged_once
-from helpers import FAST, cluster_env, run_cli, runs, wait_until
+from helpers import FAST, cli_json, cluster_env, run_cli, runs, wait_until
 
 from shardmill import LocalCluster, exitcodes
+from shardmill.errors import JobFailed
+from shardmill.master.store import DB_NAME
 
 SHARDS = 64
 EXPECTED = [i + 1 for i in range(SHARDS)]
@@ -238,3 +241,52 @@ def test_two_restarts_keep_started_at_every_execution_and_honest_counters(
     assert info.duplicates == seconds
     # (each restart's reconnect resends what a worker sent lately: some shards twice)
     assert 1 <= info.replayed <= 2 * n
+
+
+def _summarized(state_dir: Path) -> set[str]:
+    """The jobs whose summary the state dir holds (all a restart reads of a finished job)."""
+    db = sqlite3.connect(f"file:{state_dir / DB_NAME}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in db.execute("SELECT job_id FROM summaries")}
+    finally:
+        db.close()
+
+
+def test_a_finished_job_is_its_summary_after_a_restart_and_why_reads_its_story(
+    state_cluster: LocalCluster, runs_dir: str, tmp_path: Path
+) -> None:
+    # Given a job that rode through a master restart to the end, and a job whose shard raised
+    n = 8
+    with state_cluster.client() as client:
+        args = [(runs_dir, f"s{i}", i, 0.1) for i in range(n)]
+        job_id = client.map("sm_tasks:counted", args, chunk_size=1).id
+    wait_until(lambda: len(_done_shards(state_cluster, job_id)) >= 2, what="2 merged shards")
+    state_cluster.kill_master()
+    state_cluster.start_master()
+    with state_cluster.client() as client:
+        assert client.job(job_id).result(timeout=60) == [i + 1 for i in range(n)]
+        failed = client.map("sm_tasks:print_then_raise", [(3,)], chunk_size=1, max_attempts=1)
+        with pytest.raises(JobFailed):
+            failed.result(timeout=60)
+        before = [client.status(j) for j in (job_id, failed.id)]
+    story = cli_json("why", failed.id, "0", master=state_cluster)
+    # When the master restarts again, after both finished
+    state_cluster.kill_master()
+    state_cluster.start_master()
+    # Then the state dir holds their summaries, and each is answered as before the restart
+    assert {job_id, failed.id} <= _summarized(tmp_path / "state")
+    with state_cluster.client() as client:
+        assert [client.status(j) for j in (job_id, failed.id)] == before
+    done = before[0]
+    assert done.state == "done" and done.shards_done == n and done.started_at is not None
+    # (the summary keeps the restart the job ran through, not the one after it ended)
+    assert len(done.restarts) == 1 and done.started_at < done.restarts[0] < done.finished_at
+    assert done.replayed >= 1  # results resent at the reconnect, counted before it ended
+    # And `why` of the failed shard reads its story from the state dir: the task's own error
+    assert cli_json("why", failed.id, "0", master=state_cluster) == story
+    (attempt,) = story["history"]
+    assert "ValueError: bad value 3" in attempt["error"]["traceback"]
+    assert attempt["output"] == "computing shard input 3\n"
+    # And so does the done job's: each shard's successful attempt
+    shard = cli_json("why", job_id, "5", master=state_cluster)
+    assert [a["outcome"] for a in shard["history"]][-1].startswith("ok")

@@ -208,3 +208,10 @@ def print_and_wait(x: int, flag: str) -> int:
     wait_for_file(flag)
     print(f"done {x}", flush=True)
     return x
+
+
+def sum_after_flag(x: int, flag: str) -> int:
+    """x * 10, once `flag` exists (at once when it is empty): a shard the test holds back."""
+    if flag:
+        wait_for_file(flag, timeout=60)
+    return x * 10

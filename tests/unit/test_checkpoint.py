@@ -6,6 +6,7 @@ against a real SQLite state directory. A second master is a second Checkpointer 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -22,12 +23,13 @@ from shardmill.data.plan import build_plan
 from shardmill.errors import StateDirError
 from shardmill.master.blobfiles import BLOB_THRESHOLD, BLOBS_DIR
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.archive import JobSummary
 from shardmill.master.brain.state import MasterState
 from shardmill.master.brain.transitions import JobState
 from shardmill.master.checkpoint import GROUP_COMMIT, Checkpointer
 from shardmill.master.jobs import JobData, accept
 from shardmill.master.merge import MapMerger
-from shardmill.master.records import pack_inputs
+from shardmill.master.records import StoredJob, pack_inputs
 from shardmill.master.store import DB_NAME, SCHEMA_VERSION, Store
 from shardmill.ops.registry import NO_MODULES
 from shardmill.wire.codec import pack_value, to_bytes, unpack_value
@@ -93,6 +95,7 @@ class Master:
             result=data.result if job.state is JobState.DONE else None,
             offset=WALL,
             map_job=isinstance(data.merger, MapMerger),
+            summary=JobSummary.of(job, WALL),
         )
 
 
@@ -121,8 +124,17 @@ def _kill(master: Master) -> None:
     master.ck.store.close()
 
 
+def _finished(master: Master, job_id: str) -> tuple[StoredJob, JobData]:
+    """A finished job a restarted master holds as its summary, read from the state dir."""
+    assert job_id not in master.state.jobs and job_id in master.state.archive
+    loaded = master.ck.load_finished(job_id, NO_MODULES)
+    assert loaded is not None
+    return loaded
+
+
 def _values(master: Master, job_id: str) -> list[Any]:
-    result = master.jobs[job_id].result
+    data = master.jobs.get(job_id) or _finished(master, job_id)[1]
+    result = data.result
     assert result is not None
     return [unpack_value(p, []) for p in result.parts]
 
@@ -142,9 +154,11 @@ def test_a_short_map_job_ends_as_one_row_and_reads_back_whole(tmp_path: Path) ->
     again = Master(tmp_path)
     # Then the result, every shard's state and every attempt's story are the same
     assert _values(again, "j") == [[i * i] for i in range(5)]
-    job = again.state.jobs["j"]
-    assert job.state is JobState.DONE and all(s.state == "done" for s in job.shards)
-    assert [a.info(WALL) for s in job.shards for a in s.history] == expected
+    summary = again.state.archive.get("j")
+    assert summary is not None and summary.state == "done" and summary.shards_done == 5
+    stored, _ = _finished(again, "j")
+    assert all(s.state == "done" for s in stored.shards.values())
+    assert [a for _, s in sorted(stored.shards.items()) for a in s.history] == expected
     assert expected[0].worker == "w1" and expected[0].outcome == "ok"
     again.ck.close()
 
@@ -263,11 +277,13 @@ def test_a_failed_job_keeps_every_shards_story(tmp_path: Path) -> None:
     m.ck.close()
     # When a new master reads it back
     again = Master(tmp_path)
-    job = again.state.jobs["j"]
+    summary, (stored, _) = again.state.archive.get("j"), _finished(again, "j")
     # Then the job failed with its error, and the failed attempt's error is kept
-    assert job.state is JobState.FAILED and job.error == m.state.jobs["j"].error
-    assert str(job.shards[0].state) == "done" and str(job.shards[1].state) == "failed"
-    error = job.shards[1].history[0].error
+    assert summary is not None and summary.state == "failed"
+    assert summary.error == stored.error == m.state.jobs["j"].error
+    assert summary.missing_shards == (1,)
+    assert stored.shards[0].state == "done" and stored.shards[1].state == "failed"
+    error = stored.shards[1].history[0].error
     assert error is not None and error.type == "ValueError" and not error.retryable
     assert _rows(tmp_path, "SELECT COUNT(*) FROM shards") == [(0,)]
     again.ck.close()
@@ -305,6 +321,34 @@ def test_a_version_1_state_dir_is_migrated_and_resumed(tmp_path: Path) -> None:
     m.ck.close()
 
 
+def test_a_version_4_state_dir_gets_summaries_with_started_at_and_restarts(
+    tmp_path: Path,
+) -> None:
+    # Given a version-4 state dir: a job that ran through a master start and finished
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(V4_SCHEMA)
+    starts = json.dumps([WALL - 5, WALL + 3, WALL + 20])
+    db.execute("INSERT INTO meta VALUES ('starts', ?)", (starts,))
+    attempt = [1, "w1", WALL + 1, WALL + 9, "ok", None, 8.0, False, ""]
+    settled = msgpack.packb([[0, "done", [attempt]]])
+    db.execute(
+        "INSERT INTO jobs VALUES ('f', 1, ?, '[]', '[1]', ?, 'done', NULL, ?, NULL, NULL, ?, ?)",
+        (MAP.model_dump_json(), WALL, WALL + 10, settled, WALL + 0.5),
+    )
+    db.commit()
+    db.close()
+    # When this master opens it
+    m = Master(tmp_path)
+    # Then the finished job is its summary, with its persisted start and the restart it ran
+    # through (not the starts before or after it)
+    assert "f" not in m.state.jobs
+    summary = m.state.archive.get("f")
+    assert summary is not None and summary.state == "done" and summary.shards_done == 1
+    assert summary.started_at == WALL + 0.5 and summary.restarts == (WALL + 3,)
+    assert m.state.job_info("f").restarts == [WALL + 3]
+    m.ck.close()
+
+
 def test_the_wal_is_copied_back_off_the_loops_thread(tmp_path: Path) -> None:
     # Given a store (SQLite's own checkpoint, inside some commit, is off)
     store = Store(tmp_path, wal_interval=0.05)
@@ -324,7 +368,9 @@ def _files(state_dir: Path) -> set[str]:
 
 
 def _stored(store: Store) -> dict[str, Any]:
-    return {job.job_id: job for job in store.load()}
+    """Every job, unfinished (what a restart reads) or finished (read when asked)."""
+    ids = [row[0] for row in store.db.execute("SELECT job_id FROM jobs")]
+    return {job_id: store.load_job(job_id) for job_id in ids}
 
 
 def test_big_blobs_are_files_and_read_back_the_same(tmp_path: Path) -> None:
@@ -496,6 +542,19 @@ CREATE TABLE jobs (
     part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
     error TEXT, finished_at REAL, result BLOB);
 CREATE TABLE inputs (job_id TEXT, shard INTEGER, blob BLOB NOT NULL, PRIMARY KEY (job_id, shard));
+CREATE TABLE shards (
+    job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
+    PRIMARY KEY (job_id, shard));
+CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
+"""
+
+V4_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('format', 'shardmill-state'), ('version', '4');
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, descriptors TEXT NOT NULL,
+    part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
+    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB, started_at REAL);
 CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
