@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardmill.errors import (
     ConfigError,
+    Failed,
     HandshakeRefused,
     JobCancelled,
     JobFailed,
@@ -19,7 +20,6 @@ from shardmill.errors import (
     ServerError,
     ShardmillError,
 )
-from shardmill.failed import Failed
 from shardmill.task import task
 
 if TYPE_CHECKING:

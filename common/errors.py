@@ -1,6 +1,10 @@
-"""One exception hierarchy for everything shardmill raises on purpose."""
+"""One exception hierarchy for everything shardmill raises on purpose, and `Failed`: what a map
+job run with `allow_failures` returns in place of a lost item's value."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 
 class ShardmillError(Exception):
@@ -134,3 +138,40 @@ def server_error(code: str, message: str) -> ShardmillError:
     if code == "protocol":
         return ProtocolError(f"the master refused the request: {message}")
     return ServerError(message, code=code)
+
+
+# ---- a lost item under allow_failures ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The item's shard failed for good under `allow_failures`; no value came back.
+
+    Tell it apart with `isinstance(value, shardmill.Failed)` (a task may itself return None).
+    It is falsy, so `[v for v in results if v]` drops it too. The errors of each attempt:
+    `job.status(shards=True).shards[shard].history`, or `shardmill why JOB SHARD`."""
+
+    job_id: str
+    shard: int
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return (
+            f"failed: job {self.job_id} shard {self.shard} "
+            f"(`shardmill why {self.job_id} {self.shard}` tells why)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"failed": True, "job_id": self.job_id, "shard": self.shard}
+
+
+def mark_failed(job_id: str, chunks: list[Any], missing: list[int]) -> list[Any]:
+    """A map job's items in input order, one chunk per shard; a missing shard's are `Failed`."""
+    lost = set(missing)
+    return [
+        Failed(job_id, shard) if shard in lost else value
+        for shard, chunk in enumerate(chunks)
+        for value in (chunk or [])
+    ]

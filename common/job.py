@@ -17,9 +17,9 @@ from shardmill.errors import (
     JobTimeout,
     MasterUnreachable,
     RemoteError,
+    mark_failed,
     server_error,
 )
-from shardmill.failed import mark_failed
 from shardmill.wire.codec import Decoded, decode, pack_value, unpack_value
 from shardmill.wire.handshake import HandshakeWatch, unreachable
 from shardmill.wire.protocol import ErrorReply, JobInfo, JobResult, Message, ResultQuery, Submit

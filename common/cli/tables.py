@@ -13,7 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from shardmill.failed import Failed
+from shardmill.errors import Failed
 from shardmill.wire.codec import is_array, is_numpy_scalar
 from shardmill.wire.protocol import JobInfo, ShardInfo, WorkerInfo
 
