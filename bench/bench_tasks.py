@@ -53,3 +53,9 @@ def nap_or_crawl(x: int, seconds: float, slow_file: str) -> int:
         slow = f.read().strip()
     time.sleep(seconds * (10 if slow and os.environ.get("SHARDMILL_WORKER_ID") == slow else 1))
     return x
+
+
+def wait1ms(x: int) -> int:
+    """Sleep 1 ms and return the argument: joblib's small-call workload (bench_joblib.py)."""
+    time.sleep(0.001)
+    return x

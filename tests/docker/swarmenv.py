@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,13 @@ class Stack:
     def health(self, container: str) -> str:
         return docker("inspect", "--format", "{{.State.Health.Status}}", container).strip()
 
+    def timeline(self, container: str, since: float) -> dict[str, float]:
+        """Seconds from SINCE to the container's start and to its first passing health check."""
+        state = json.loads(docker("inspect", "--format", "{{json .State}}", container))
+        passed = [h["End"] for h in state["Health"]["Log"] if h["ExitCode"] == 0]
+        times = {"started": state["StartedAt"]} | ({"healthy": passed[0]} if passed else {})
+        return {k: round(_epoch(v) - since, 2) for k, v in times.items()}
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {service} ---\n" + docker("service", "logs", "--tail", "60",
@@ -128,3 +136,11 @@ class Stack:
         subprocess.run(["docker", "volume", "rm", *volumes], capture_output=True, timeout=60)
         named = docker("volume", "ls", "-q", "--filter", f"name={self.name}_").split()
         return left() | ({"volumes": named} if named else {})
+
+
+def _epoch(stamp: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds, as seconds since the epoch."""
+    day, _, frac = stamp.rstrip("Z").partition(".")
+    frac = frac.split("+")[0].split("-")[0]
+    whole = datetime.strptime(day, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return whole.timestamp() + float(f"0.{frac or 0}")

@@ -2,7 +2,8 @@
 
 One job of slow shards runs through scaling 2 -> 4 workers, a `docker kill`ed worker task
 and a `docker kill`ed master task; Swarm replaces both, the master resumes from its state
-volume, and the answer equals NumPy's with every shard merged once.
+volume, work resumes (a new shard starts) within 5 s of the master's kill, and the answer
+equals NumPy's with every shard merged once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -82,11 +84,13 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
     # And then the master's container is killed: Swarm restarts it on the same state volume
     master = stack.containers("master")
     docker("kill", *master)
+    killed = time.time()
     wait_until(
         lambda: (now := stack.containers("master")) and now != master,
         timeout=90,
         what="Swarm to restart the master",
     )
+    new_master = stack.containers("master")[0]
     # Then the job resumes and ends with NumPy's answer, every shard merged exactly once
     result = stack.cli("result", job, "--timeout", "180", timeout=240)["result"]
     data = synthetic.rows(SyntheticSpec(rows=ROWS, cols=COLS, seed=SEED), 0, ROWS)
@@ -94,6 +98,13 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
     np.testing.assert_allclose(result["power_sum"], np.abs(data).sum(axis=0), rtol=1e-9)
     status = stack.cli("status", job, "--shards")
     assert [s["merged"] for s in status["shards"]] == [1] * SHARDS
+    # And work resumed within 5 s of the kill: the restarted master handed out a new shard
+    attempts = [a for s in status["shards"] for a in s["history"]]
+    resumed = min(a["started"] for a in attempts if a["started"] > killed) - killed
+    restart = status["restarts"][-1]  # the new master's start, by its own clock
+    times = stack.timeline(new_master, since=killed) | {"master_up": round(restart - killed, 2)}
+    print(f"after the master kill: {times}, first new shard {resumed:.2f} s", file=sys.stderr)
+    assert resumed < 5.0, f"work resumed {resumed:.1f} s after the kill: {times}"
     # And workers that joined by scaling ran shards of it
     ran = {a["worker"] for s in status["shards"] for a in s["history"] if a["outcome"] == "ok"}
     assert ran - before, f"no shard ran on a worker added mid-job: {ran} vs {before}"

@@ -89,6 +89,8 @@ def test_one_master_on_its_state_and_workers_drain_before_the_kill(stack: dict[s
     assert grace > float(worker["environment"]["SHARDMILL_WORKER_DRAIN_GRACE"])
     # no healthcheck test of their own: the image's `shardmill health` must pass for both
     assert all("test" not in s.get("healthcheck", {}) for s in (master, worker))
+    # dnsrr resolves `master` once healthy: checked each second, a restart costs seconds
+    assert master["healthcheck"]["interval"] == "1s"
     assert stack["networks"]["net"] == {"driver": "overlay", "attachable": True}
     # pipelines: workers serve map outputs to each other on a fixed port
     assert worker["environment"]["SHARDMILL_WORKER_SHUFFLE_PORT"] == "5557"
