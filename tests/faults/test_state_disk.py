@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,6 +89,20 @@ def _blocked_job(cluster: LocalCluster, flag: Path) -> str:
     return job.id
 
 
+def _started_on_disk(cluster: LocalCluster, job_id: str) -> None:
+    """Wait until the job's start is committed (its first lease writes `started_at` with the
+    next group commit): a full disk after that fails the cancel's own commit, not this one."""
+    assert cluster.state_dir is not None
+    uri = f"file:{Path(cluster.state_dir) / 'shardmill.db'}?mode=ro"
+
+    def started() -> bool:
+        with sqlite3.connect(uri, uri=True) as db:
+            row = db.execute("SELECT started_at FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row is not None and row[0] is not None
+
+    wait_until(started, what="the job's start in the state dir")
+
+
 def test_a_full_disk_stops_the_master_and_the_next_one_resumes(
     disk_cluster: tuple[LocalCluster, list[bytes]], tmp_path: Path
 ) -> None:
@@ -134,6 +149,7 @@ def test_a_cancel_the_disk_refuses_is_answered_so_and_the_job_lives_on(
     cluster, stderr = disk_cluster
     flag = tmp_path / "go"
     job_id = _blocked_job(cluster, flag)
+    _started_on_disk(cluster, job_id)
     # Given a running job and a state dir that takes no more writes
     _disk_full(cluster)
     # When the job is cancelled / Then the client hears it was not recorded, and why
