@@ -20,7 +20,7 @@ from pathlib import Path
 
 import joblib
 
-CONFTEST = '''
+CONFTEST = """
 import os
 import joblib
 from shardmill.joblib import ShardmillBackend
@@ -35,7 +35,7 @@ class SuiteBackend(ShardmillBackend):  # a class, as joblib's tests compare back
 
 
 joblib.register_parallel_backend("shardmill", SuiteBackend)
-'''
+"""
 
 
 def main() -> int:
