@@ -20,6 +20,12 @@ from shardmill.wire.protocol import JobInfo, ShardInfo, WorkerInfo
 console = Console()
 
 
+def say(text: str) -> None:
+    """`text` as it is, on whole lines: no markup, no colouring, never wrapped or cut at the
+    console's width (an error or a path must survive a copy, a log and a pipe)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 @dataclass(frozen=True)
 class Col:
     """A table column. An "id" or a "word" (a state, a count) is never cut or wrapped; "text"
@@ -110,7 +116,7 @@ def show_value(value: Any) -> None:
 def show_job(info: JobInfo) -> None:
     show_jobs([info])
     if info.error:
-        console.print(info.error, markup=False, highlight=False)
+        say(info.error)
     if info.shards:
         rows = [
             [str(s.index), s.state, str(s.attempts), _last_worker(s), str(s.merged)]
