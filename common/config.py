@@ -145,9 +145,19 @@ class MasterSettings(BaseSettings):
         None, description="etcd's client URL (http://HOST:2379): elects the primary by a lease"
     )
     election_key: str = Field("shardmill", description="prefix of the election's etcd keys")
+    k8s_lease: str | None = Field(
+        None,
+        description="a Kubernetes Lease's name (in the pod's namespace): elects the primary "
+        "through the API server, in-cluster (docs/kubernetes.md)",
+    )
+    k8s_account: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        description="where the pod's service-account token, ca.crt and namespace are mounted",
+    )
     lease_ttl: int = Field(2, ge=2, le=600, description="seconds the primary's lease lasts")
     standby: bool = Field(
-        False, description="without --etcd: start as the standby; `shardmill promote` takes over"
+        False,
+        description="without an arbiter: start as the standby; `shardmill promote` takes over",
     )
     standby_timeout: float = Field(
         1.0, gt=0, description="seconds a commit waits for the standby before it is let go"
@@ -162,12 +172,14 @@ class MasterSettings(BaseSettings):
             )
         if self.retry_backoff_max < self.retry_backoff:
             raise ValueError("retry_backoff_max must be at least retry_backoff")
+        if self.etcd and self.k8s_lease:
+            raise ValueError("give one arbiter: --etcd or --k8s-lease, not both")
         if self.peer is not None:
             _check_peer(self.peer, self.state_dir)
-        elif self.etcd or self.standby:
+        elif self.etcd or self.k8s_lease or self.standby:
             raise ValueError(
-                "--etcd and --standby need --peer tcp://OTHER-MASTER:5557, the address the "
-                "two masters replicate on (docs/standby.md)"
+                "--etcd, --k8s-lease and --standby need --peer tcp://OTHER-MASTER:5557, the "
+                "address the two masters replicate on (docs/standby.md)"
             )
         return self
 

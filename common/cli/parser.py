@@ -101,6 +101,9 @@ def _standby_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replica-port", type=int, help="port to replicate on as standby (5557)")
     p.add_argument("--etcd", help="etcd client URL that elects the primary, http://HOST:2379")
     p.add_argument("--election-key", help="prefix of the election's etcd keys (shardmill)")
+    p.add_argument(
+        "--k8s-lease", help="in a Kubernetes pod: the Lease (in its namespace) that elects"
+    )
     p.add_argument("--lease-ttl", type=int, help="seconds the primary's lease lasts (2)")
     p.add_argument(
         "--standby",

@@ -24,14 +24,7 @@ def primary_loop(settings: MasterSettings, registry: Registry) -> PrimaryLoop | 
     """The loop to run once this master is primary; None when stopped while standby."""
     assert settings.state_dir is not None, "MasterSettings checks it"
     name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
-    election = make(
-        settings.state_dir,
-        url=settings.etcd,
-        prefix=settings.election_key,
-        name=name,
-        ttl=settings.lease_ttl,
-        standby=settings.standby,
-    )
+    election = make(settings, name=name)
     try:  # the last primary, restarted on its own state, or the first master ever
         epoch = election.campaign(
             primary_epoch=meta_epoch(settings.state_dir, "primary_epoch"),
