@@ -114,6 +114,31 @@ def test_submit_wait_json_and_watch_json(cluster: LocalCluster, npy: Path) -> No
     assert out["result"]["count"] == 20_000
     lines = run_cli("watch", out["job_id"], "--json", master=master).stdout.splitlines()
     assert json.loads(lines[-1])["state"] == "done"
+    # And a reader gone before the first line (`... --json | head -0`) gets no traceback,
+    # whether the command writes as it goes (watch) or at its exit (stdout block-buffered)
+    env = {**cluster_env(), **cluster.client_env()}
+    env.pop("PYTHONUNBUFFERED", None)
+    for cmd in (["watch", out["job_id"]], ["status", out["job_id"], "--shards"], ["jobs"]):
+        closed = _into_a_closed_pipe(*cmd, "--json", env=env)
+        assert (closed.returncode, closed.stderr) == (exitcodes.ERROR, ""), closed.stderr
+
+
+def _into_a_closed_pipe(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`shardmill ARGS` writing into a pipe whose reader has already gone."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "shardmill", *args],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
 
 
 def test_cancel_a_running_job(cluster: LocalCluster, tmp_path: Path) -> None:
