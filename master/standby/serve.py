@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 def primary_loop(settings: MasterSettings, registry: Registry) -> PrimaryLoop | None:
     """The loop to run once this master is primary; None when stopped while standby."""
-    assert settings.state_dir is not None and settings.peer, "MasterSettings checks it"
+    assert settings.peer, "process.serve checks it"
     settings = settings.model_copy(update={"peer": the_other(settings.peer)})
+    assert settings.state_dir is not None, "MasterSettings checks it"
     name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
     election = make(settings, name=name)
     try:  # the last primary, restarted on its own state, or the first master ever
