@@ -137,8 +137,9 @@ class MasterSettings(BaseSettings):
     )
     peer: str | None = Field(
         None,
-        description="the other master's replication address (tcp://HOST:5557): with it this "
-        "master runs with a standby (docs/standby.md); commits are shipped there when primary",
+        description="the other master's replication address (tcp://HOST:5557), or both "
+        "masters' (the one on this host is skipped): with it this master runs with a standby "
+        "(docs/standby.md); commits are shipped there when primary",
     )
     replica_port: int = Field(5557, ge=1, le=65535, description="port a standby replicates on")
     etcd: str | None = Field(
@@ -185,10 +186,11 @@ class MasterSettings(BaseSettings):
 
 
 def _check_peer(peer: str, state_dir: Path | None) -> None:
-    if not _ADDRESS.match(peer) or "," in peer:
+    addresses = peer.split(",")
+    if len(addresses) > 2 or not all(_ADDRESS.match(a) for a in addresses):
         raise ValueError(
-            f"peer {peer!r} is not one ZeroMQ address; use the other master's replication "
-            "address, for example tcp://master-b:5557"
+            f"peer {peer!r} is not one ZeroMQ address (or two, the pair's); use the other "
+            "master's replication address, for example tcp://master-b:5557"
         )
     if state_dir is None:
         raise ValueError(
