@@ -6,6 +6,7 @@ against a real SQLite state directory. A second master is a second Checkpointer 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
@@ -346,6 +347,7 @@ def test_a_version_4_state_dir_gets_summaries_with_started_at_and_restarts(
     assert summary is not None and summary.state == "done" and summary.shards_done == 1
     assert summary.started_at == WALL + 0.5 and summary.restarts == (WALL + 3,)
     assert m.state.job_info("f").restarts == [WALL + 3]
+    assert gc.isenabled()  # off only while the summaries were read
     m.ck.close()
 
 
