@@ -4,7 +4,8 @@
 
 For each size a state dir of that many finished jobs is written by `gen_history.py` (the
 master's own Checkpointer; jobs ended evenly over the last 7 days), then a real master process
-(CURVE keys, no workers) is started on a copy of it, `--starts` times. Each start is timed from
+(CURVE keys, no workers) is started on a copy of it, `--starts` times in a row (the first
+start of a newer master may do a one-time upgrade, such as making indexes). Each start is timed from
 just before the process is spawned to its printed listening line, to its first answered client
 call (`Client.ping()`, on a new connection) with the master's CPU seconds by then, and to the
 answer of `Client.jobs()` (every retained job: what `shardmill jobs` asks). Then the
@@ -108,11 +109,10 @@ def measure(n_jobs: int, starts: int, why_calls: int, keep: Path | None) -> dict
         made = (keep or Path(tmp)) / f"history-{n_jobs}"
         if not (made / "shardmill.db").exists():
             print(json.dumps({"generated": generate(made, n_jobs, 8, 7.0)}), flush=True)
+        state = Path(tmp) / "state"
+        shutil.copytree(made, state)  # as written; each start finds what the one before left
         runs = []
         for _ in range(starts):
-            state = Path(tmp) / "state"
-            shutil.rmtree(state, ignore_errors=True)
-            shutil.copytree(made, state)
             runs.append(one_start(state, n_jobs, why_calls))
             print(json.dumps({"jobs": n_jobs, **runs[-1]}), flush=True)
         db_mib = round((made / "shardmill.db").stat().st_size / 2**20, 1)
