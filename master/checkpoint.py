@@ -66,6 +66,13 @@ class Checkpointer:
             self.store.job_started(job_id, started_at)
             self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
 
+    def attempts_given(self, job_id: str, high: int) -> None:
+        """Attempt `high` of the job goes out next, its highest yet: committed before it goes,
+        with whatever else is written (once per job for most: attempt 1 at its start)."""
+        if self.store is not None:
+            self.store.attempts_given(job_id, high)
+            self.store.commit()
+
     def shard_merged(
         self,
         job_id: str,
@@ -240,6 +247,7 @@ def _restored(stored: StoredJob, shards: int, restarts: tuple[float, ...]) -> ev
         finished_at=stored.finished_at,
         started_at=stored.started_at,
         restarts=restarts,
+        attempts_given=stored.attempts_given,
     )
 
 

@@ -108,6 +108,7 @@ class MasterLoop:
             ev.WorkerExpired: self._expired,
             ev.DropDuplicate: self._duplicate,
             ev.JobStarted: lambda c, r: self.core.checkpoint.job_started(c.job_id, c.started_at),
+            ev.AttemptsGiven: lambda c, r: self.core.checkpoint.attempts_given(c.job_id, c.high),
         }
 
     def endpoints(self) -> dict[str, str]:

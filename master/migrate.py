@@ -117,9 +117,15 @@ def _blob(db: sqlite3.Connection, cell: object) -> bytes:
     return (Path(path).parent / BLOBS_DIR / name).read_bytes()
 
 
+def _from_5(db: sqlite3.Connection) -> None:
+    """Version 6 keeps a running job's highest attempt number given (none known before)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _from_1,
     2: _from_2,
     3: _from_3,
     4: _from_4,
+    5: _from_5,
 }

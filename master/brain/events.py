@@ -99,6 +99,7 @@ class JobRestored:
     finished_at: float | None = None
     started_at: float | None = None
     restarts: tuple[float, ...] = ()  # the master's earlier starts while it ran (wall clock)
+    attempts_given: int = 0  # the highest attempt number any earlier master gave its shards
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,16 @@ class JobStarted:
 
 
 @dataclass(frozen=True)
+class AttemptsGiven:
+    """An attempt number higher than any its job gave before goes out in the SendTask after
+    this: the loop commits it first, so that a restarted master numbers the job's new attempts
+    above every one a worker may still run or report (no two executions share a number)."""
+
+    job_id: str
+    high: int
+
+
+@dataclass(frozen=True)
 class DropDuplicate:
     job_id: str
     shard: int
@@ -297,4 +308,5 @@ Command = (
     | WorkerExpired
     | DropDuplicate
     | JobStarted
+    | AttemptsGiven
 )

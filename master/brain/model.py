@@ -73,10 +73,13 @@ class Shard:
         what = f"shard {self.index} of job {self.job_id}"
         self.state = move(what, self.state, new, why, moves=SHARD_MOVES, story=self.story)
 
-    def start_attempt(self, worker: str, *, now: float, backup: bool = False) -> int:
-        """A new attempt on `worker` from `now`; returns its number (after every one known: a
-        restored shard may have an attempt a worker re-reported, numbered as it was)."""
-        number = max((a.number for a in self.history), default=0) + 1
+    def start_attempt(
+        self, worker: str, *, now: float, backup: bool = False, above: int = 0
+    ) -> int:
+        """A new attempt on `worker` from `now`; returns its number: after every one known (a
+        restored shard may have an attempt a worker re-reported, numbered as it was) and above
+        `above` (the numbers an earlier master may have given it)."""
+        number = max([above, *(a.number for a in self.history)]) + 1
         self.history.append(Attempt(number, worker, started=now, backup=backup))
         return number
 
@@ -149,6 +152,10 @@ class Job:
     duplicates: int = 0  # results of second executions, dropped (each in its shard's story)
     replayed: int = 0  # results resent after a master restart for shards merged before it
     restarts: list[float] = field(default_factory=list)  # master starts while it ran (wall)
+    # Attempt numbers: the highest given so far (committed as it rises), and the highest any
+    # earlier master gave (restored), above which this one numbers the shards it runs again.
+    attempts_given: int = 0
+    attempts_before: int = 0
     ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
     ok_seconds: float = 0.0
     runs: list[float] = field(default_factory=list)  # each merged shard's run time (median)

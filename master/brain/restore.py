@@ -25,6 +25,8 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
         owner=e.spec.owner,
         started_at=None if e.started_at is None else e.started_at - wall_offset,
         restarts=list(e.restarts),
+        attempts_given=e.attempts_given,
+        attempts_before=e.attempts_given,
     )
     job.story.append(f"restored as {e.state}")
     unsettled = ShardState.QUEUED if e.state is JobState.RUNNING else ShardState.CANCELLED

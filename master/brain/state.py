@@ -356,7 +356,10 @@ class MasterState(Roster, Ledger):
             shard.backup = w.worker_id
             job.backups += 1
             w.leases.add((job.job_id, shard.index), (job.job_id, shard.index))
-            attempt = shard.start_attempt(w.worker_id, now=self._now, backup=True)
+            attempt = shard.start_attempt(
+                w.worker_id, now=self._now, backup=True, above=job.attempts_before
+            )
+            self._given(job, attempt)
             shard.story.append(f"backup attempt {attempt} on {w.worker_id}: a straggler")
             self._out.append(
                 ev.SendTask(w.worker_id, job.job_id, shard.index, attempt, backup=True)
@@ -369,13 +372,21 @@ class MasterState(Roster, Ledger):
             job.move(s, S.LEASED, f"leased to {w.worker_id}" + (" in a batch" if more else ""))
             s.lease = w.worker_id
             w.leases.add((job.job_id, s.index), task)
-            attempts.append((s.index, s.start_attempt(w.worker_id, now=self._now)))
+            number = s.start_attempt(w.worker_id, now=self._now, above=job.attempts_before)
+            attempts.append((s.index, number))
         if job.started_at is None:
             job.started_at = self._now
             self._out.append(ev.JobStarted(job.job_id, self._now + self.wall_offset))
+        self._given(job, max(number for _, number in attempts))
         job.turn = next(self._turns)
         job.declined_at = None  # its shards move: a slow host that left them waits anew
         first, *rest = attempts
         self._out.append(
             ev.SendTask(w.worker_id, job.job_id, shard.index, first[1], more=tuple(rest))
         )
+
+    def _given(self, job: Job, number: int) -> None:
+        """Attempt `number` of the job goes out next: its highest yet is committed first."""
+        if number > job.attempts_given:
+            job.attempts_given = number
+            self._out.append(ev.AttemptsGiven(job.job_id, number))

@@ -686,3 +686,34 @@ def test_a_shard_that_raised_then_was_lost_fails_the_job_with_what_it_raised() -
         unpack_result(JobResult(req=1, job=s.job_info("j"), failure=failure), [])
     assert caught.value.remote_type == "ValueError" and caught.value.remote_traceback == "TB-7"
     assert "lost" in str(caught.value)
+
+
+def test_attempt_numbers_rise_through_commits_and_a_restart_numbers_above_them() -> None:
+    # Given a job's first leases: their number goes out only after the loop commits it, once
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=2), now=0)
+    cmds = s.handle(ev.JobAdded("j", SPEC, 3), now=0)
+    given = [type(c) for c in cmds if isinstance(c, ev.AttemptsGiven | ev.SendTask)]
+    assert given == [ev.AttemptsGiven, ev.SendTask, ev.SendTask]
+    assert ev.AttemptsGiven("j", 1) in cmds
+    # And the next shard's attempt 1 commits nothing; a retry's attempt 2 is committed first
+    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, _error()), now=1)
+    assert [(c.shard, c.attempt) for c in _sends(cmds)] == [(2, 1)]
+    assert not [c for c in cmds if isinstance(c, ev.AttemptsGiven)]
+    cmds = s.handle(ev.ShardSucceeded("w1", "j", 1, 1), now=2)  # after the retry backoff
+    given = [type(c) for c in cmds if isinstance(c, ev.AttemptsGiven | ev.SendTask)]
+    assert given == [ev.AttemptsGiven, ev.SendTask] and ev.AttemptsGiven("j", 2) in cmds
+    assert [(c.shard, c.attempt) for c in _sends(cmds)] == [(0, 2)]
+    # When a restarted master resumes a job whose earlier master gave attempts up to 2
+    s = _state()
+    s.handle(ev.JobRestored("j", SPEC, 2, 0.0, JobState.RUNNING, {}, attempts_given=2), now=0)
+    s.handle(ev.RestoreDone(), now=0)
+    cmds = s.handle(ev.WorkerReady("w2", slots=1), now=5)
+    cmds += s.handle(ev.Tick(), now=5)
+    # Then its new attempts are numbered above them: an execution a worker reports late
+    # (attempt 1 or 2 of the earlier master) has a number of its own in the story
+    (send,) = _sends(cmds)
+    assert send.attempt == 3 and ev.AttemptsGiven("j", 3) in cmds
+    s.handle(ev.ShardSucceeded("w1", "j", send.shard, 1, duration=0.5), now=6)
+    history = s.jobs["j"].shards[send.shard].history
+    assert sorted((a.number, a.worker) for a in history) == [(1, "w1"), (3, "w2")]
