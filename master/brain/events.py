@@ -100,6 +100,7 @@ class JobRestored:
     started_at: float | None = None
     restarts: tuple[float, ...] = ()  # the master's earlier starts while it ran (wall clock)
     attempts_given: int = 0  # the highest attempt number any earlier master gave its shards
+    resent: int = 0  # JobInfo.resent so far
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,9 @@ class DropDuplicate:
     job_id: str
     shard: int
     worker: str
-    replayed: bool = False  # the merged execution's own result, resent after a restart
+    resent: bool = False  # the merged execution's own result, come again
+    # Shards whose story gained a "duplicate" attempt from it: the loop writes their stories.
+    stories: tuple[int, ...] = ()
 
 
 Command = (

@@ -10,6 +10,7 @@ from typing import Any
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.admission import refusal
 from shardmill.master.brain.archive import Archive
+from shardmill.master.brain.attempt import ran_again, reported
 from shardmill.master.brain.failures import backoff, failure_message
 from shardmill.master.brain.ledger import Ledger
 from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
@@ -170,17 +171,22 @@ class MasterState(Roster, Ledger):
         return min(self._now, e.finished - self.wall_offset) if e.finished else self._now
 
     def _drop_duplicate(self, job: Job, e: ev.ShardSucceeded, members: list[Shard]) -> None:
-        replayed = members[0].merged_from(e.worker, e.attempt)
-        if replayed:  # the same execution, reported again after a master restart
-            job.replayed += 1
-        else:  # a second execution: in its shards' stories
-            job.duplicates += 1
-            attempts = {e.shard: e.attempt, **dict(e.more)}
-            for m in members:
-                if m.state is S.DONE and not m.merged_from(e.worker, attempts[m.index]):
-                    ran = e.duration / len(members)
-                    m.ran_again(e.worker, attempts[m.index], ended=self._ended(e), ran=ran)
-        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker, replayed))
+        """A result for shards merged (or ended) already. A second execution's is a "duplicate"
+        attempt in each merged shard's story; a copy of a result the story has (a worker
+        resends what it sent lately after a reconnect) is `resent`; a late result for shards
+        that failed or were cancelled is neither."""
+        attempts = {e.shard: e.attempt, **dict(e.more)}
+        ended, ran = self._ended(e), e.duration / len(members)
+        stories = tuple(
+            m.index
+            for m in members
+            if m.state is S.DONE
+            and ran_again(m.history, e.worker, attempts[m.index], ended=ended, ran=ran)
+        )
+        resent = not stories and reported(members[0].history, e.worker, e.attempt)
+        job.duplicates += len(stories)
+        job.resent += resent
+        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker, resent, stories))
         # A folded partial cannot be merged in part: the batch's others run again.
         for m in members:
             if job.leased_to(m, e.worker):
