@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_json, cluster_env, run_cli, wait_until
+from helpers import FAST, cli_json, cluster_env, run_cli, wait_until
 
 from shardmill import LocalCluster, exitcodes
 
@@ -95,7 +95,14 @@ def test_tables_fit_80_columns_with_whole_ids_and_true_numbers(
         assert max(len(line) for line in lines) <= 80, out.stdout
         assert job_id in out.stdout or cmd == ["workers"]
     workers = {w["worker_id"] for w in cli_json("workers", master=master)}
-    assert all(w in run_cli("workers", env=narrow).stdout for w in workers)
+    narrow_workers = run_cli("workers", env=narrow).stdout
+    assert all(w in narrow_workers for w in workers)
+    # And the columns left out are named, with the width that shows them all
+    note = " ".join(narrow_workers.split("columns hidden to fit 80: ")[1].split())
+    assert note.startswith("host, pid") and "--json" in note, narrow_workers
+    wide = {**narrow, "COLUMNS": note.split("COLUMNS=")[1].rstrip(")")}
+    everything = run_cli("workers", env=wide).stdout
+    assert "hidden" not in everything and "host" in everything and "shuffle" in everything
     # And a done shard names the worker that ran it, as `why` does
     status = run_cli("status", job_id, "--shards", env=narrow).stdout
     shard_rows = [line.split() for line in status.splitlines() if line.split()[:1] == ["0"]]
@@ -314,3 +321,17 @@ def test_a_bad_csv_followed_without_a_terminal(cluster: LocalCluster, tmp_path: 
     # And the error names the CLI flag beside the Python field, and says it is not retried
     assert "`--dtype b=str`" in proc.stderr and "dtypes={'b': 'str'}" in proc.stderr
     assert "bad input is not retried" in proc.stderr
+
+
+def test_empty_tables_say_what_to_do() -> None:
+    # Given a master with no workers and no jobs
+    with LocalCluster(0, env=cluster_env(), **FAST) as bare:
+        # When jobs and workers are listed for people
+        jobs = run_cli("jobs", master=bare)
+        workers = run_cli("workers", master=bare)
+    # Then each says what to do instead of printing bare headers
+    assert jobs.returncode == workers.returncode == 0, jobs.stderr + workers.stderr
+    assert jobs.stdout.startswith("no jobs: submit one with `shardmill submit "), jobs.stdout
+    assert workers.stdout.startswith("no workers: start one with `shardmill worker "), (
+        workers.stdout
+    )
