@@ -73,6 +73,12 @@ CREATE TABLE shards (
 CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
 CREATE TABLE summaries (job_id TEXT PRIMARY KEY, summary BLOB NOT NULL);
 """
+# A start's lookups among a week of finished jobs (the highest seq, the unfinished jobs in
+# order) without reading them all; made by the first start that lacks them (one pass).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs (seq);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+"""
 
 
 class Store:
@@ -144,13 +150,14 @@ class Store:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # WalCheckpointer does it, off this thread
             if fresh:
-                db.executescript("BEGIN;" + SCHEMA + "COMMIT;")
+                db.executescript("BEGIN;" + SCHEMA + INDEXES + "COMMIT;")
                 db.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
                     [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
                 )
             else:
                 self._check(db)
+                db.executescript("BEGIN;" + INDEXES + "COMMIT;")
         except sqlite3.DatabaseError as e:
             raise StateDirError(
                 f"{self.path} is not a readable shardmill state database ({e}); it was left "

@@ -398,6 +398,42 @@ def test_a_version_4_state_dir_gets_summaries_with_started_at_and_restarts(
     m.ck.close()
 
 
+def test_a_start_finds_unfinished_jobs_without_reading_the_finished_ones(
+    tmp_path: Path,
+) -> None:
+    # Given a state dir of finished jobs around two unfinished ones, written before the
+    # indexes existed
+    store = Store(tmp_path)
+    for i in range(6):
+        store.add_job(f"j{i}", MAP, [], [1], WALL + i, [])
+        if i not in (1, 4):
+            store.job_ended(
+                f"j{i}",
+                state="done",
+                error=None,
+                finished_at=WALL + 9,
+                result=None,
+                settled=msgpack.packb([]),
+            )
+    store.commit()
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript("DROP INDEX jobs_seq; DROP INDEX jobs_state;")
+    db.close()
+    # When a store opens it
+    again = Store(tmp_path)
+    # Then the unfinished jobs and the highest seq are looked up in indexes, not a table scan
+    plan = "EXPLAIN QUERY PLAN SELECT job_id FROM jobs WHERE state = 'running' ORDER BY seq"
+    assert "USING INDEX jobs_state (state=?)" in str(again.db.execute(plan).fetchall())
+    plan = "EXPLAIN QUERY PLAN SELECT MAX(seq) FROM jobs"
+    assert "INDEX jobs_seq" in str(again.db.execute(plan).fetchall())
+    # And what they find is what a scan finds: the unfinished jobs oldest first, new ones after
+    assert [job.job_id for job in again.load()] == ["j1", "j4"]
+    again.add_job("j6", MAP, [], [1], WALL + 6, [])
+    assert [job.job_id for job in again.load()] == ["j1", "j4", "j6"]
+    again.close()
+
+
 def test_the_wal_is_copied_back_off_the_loops_thread(tmp_path: Path) -> None:
     # Given a store (SQLite's own checkpoint, inside some commit, is off)
     store = Store(tmp_path, wal_interval=0.05)
