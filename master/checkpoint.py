@@ -78,7 +78,7 @@ class Checkpointer:
         the job's count of resent copies, with the next group commit."""
         if self.store is None:
             return
-        rows = [(job_id, s.index, _JSON(_attempts(s.history, offset))) for s in shards]
+        rows = [(_JSON(_attempts(s.history, offset)), job_id, s.index) for s in shards]
         self.store.dropped(job_id, rows, resent=resent)
         self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
 

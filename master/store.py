@@ -45,7 +45,6 @@ from shardmill.wire.spec import Descriptor, JobSpec
 
 log = logging.getLogger(__name__)
 
-
 FORMAT = "shardmill-state"
 # What each version added: master/migrate.py, a step per version (a docstring each).
 SCHEMA_VERSION = 6
@@ -55,6 +54,7 @@ LOCK_NAME = "master.lock"
 _DESCRIPTORS: TypeAdapter[list[Descriptor]] = TypeAdapter(list[Descriptor])
 _HISTORY: TypeAdapter[list[AttemptInfo]] = TypeAdapter(list[AttemptInfo])
 
+_SET_STORY = "UPDATE shards SET history = ? WHERE job_id = ? AND shard = ?"
 _SELECT_JOB = (
     "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
     "finished_at, result, inputs, settled, started_at, attempts, resent FROM jobs "
@@ -228,14 +228,11 @@ class Store:
         with self._writing():
             self.db.execute("UPDATE jobs SET attempts = ? WHERE job_id = ?", (high, job_id))
 
-    def dropped(self, job_id: str, stories: Sequence[tuple[str, int, str]], *, resent: int) -> None:
-        """Merged shards' stories (job_id, shard, history as JSON) that gained an attempt, and
+    def dropped(self, job_id: str, stories: Sequence[tuple[str, str, int]], *, resent: int) -> None:
+        """Merged shards' stories (history as JSON, job_id, shard) that gained an attempt, and
         the job's count of resent results. A row not written yet is written later, whole."""
         with self._writing():
-            rows = [(history, job, shard) for job, shard, history in stories]
-            self.db.executemany(
-                "UPDATE shards SET history = ? WHERE job_id = ? AND shard = ?", rows
-            )
+            self.db.executemany(_SET_STORY, stories)
             self.db.execute("UPDATE jobs SET resent = ? WHERE job_id = ?", (resent, job_id))
 
     def master_started(self, at: float) -> list[float]:
