@@ -67,6 +67,22 @@ class Checkpointer:
             self.store.job_started(job_id, started_at)
             self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
 
+    def attempts_given(self, job_id: str, high: int) -> None:
+        """Attempt `high` of the job goes out next, its highest yet: committed before it goes,
+        with whatever else is written (once per job for most: attempt 1 at its start)."""
+        if self.store is not None:
+            self.store.attempts_given(job_id, high)
+            self.store.commit()
+
+    def dropped(self, job_id: str, shards: Sequence[Shard], *, resent: int, offset: float) -> None:
+        """A result dropped: the stories of merged shards that gained a duplicate attempt, and
+        the job's count of resent copies, with the next group commit."""
+        if self.store is None:
+            return
+        rows = [(_JSON(_attempts(s.history, offset)), job_id, s.index) for s in shards]
+        self.store.dropped(job_id, rows, resent=resent)
+        self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
+
     def shard_merged(
         self,
         job_id: str,
@@ -251,6 +267,8 @@ def _restored(stored: StoredJob, shards: int, restarts: tuple[float, ...]) -> ev
         finished_at=stored.finished_at,
         started_at=stored.started_at,
         restarts=restarts,
+        attempts_given=stored.attempts_given,
+        resent=stored.resent,
     )
 
 
@@ -293,7 +311,7 @@ class _Merged:
     """A merged shard whose row is not written yet."""
 
     job_id: str
-    shard: Shard  # its story is read at the commit (a done shard's story no longer changes)
+    shard: Shard  # its story is read at the commit (`dropped` writes what it gains after)
     result: tuple[bytes, Sequence[Buffer]] | None  # a map shard's; an op's went into a partial
     offset: float
 

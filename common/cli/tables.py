@@ -138,7 +138,13 @@ def show_value(value: Any) -> None:
 
 
 def show_job(info: JobInfo) -> None:
+    """The job's row, then what the row has no room for (owner, timing, failed attempts, lost
+    workers), its error, and with --shards a table of its shards."""
+    from shardmill.cli.details import job_details
+
     show_jobs([info])
+    for line in job_details(info):
+        say(line)
     if info.error:
         say(info.error)
     if info.shards:
@@ -166,7 +172,7 @@ JOB_COLUMNS = [
     Col("job", kind="id"),
     Col("name", rank=1),
     Col("owner", rank=5),
-    Col("op", rank=4),
+    Col("op", rank=4, kind="word"),
     Col("state", kind="word"),
     Col("done", rank=7, kind="num"),
     Col("failed", rank=3, kind="num"),

@@ -129,6 +129,20 @@ def test_only_the_standby_in_sync_wins_and_the_old_primary_steps_down(api: Lease
         a.check(float("inf"))
 
 
+def test_a_primary_that_stops_cleanly_hands_the_lease_over_at_once(api: LeaseApi) -> None:
+    # Given a primary with standby b in sync, and b waiting on the Lease
+    a, b = _elector(api, "a"), _elector(api, "b")
+    assert a.campaign(primary_epoch=0, replica_epoch=0) == 1
+    a.set_synced("b")
+    assert b.campaign(primary_epoch=0, replica_epoch=1) is None
+    # When a stops cleanly (SIGTERM: a rolling update, a node drain)
+    a.resign()
+    # Then b wins at its next read, without waiting out the lease's 2 s
+    b.next_read = 0.0
+    assert b.campaign(primary_epoch=0, replica_epoch=1) == 2
+    assert _holder(api) == ("b", 2, "")
+
+
 def test_of_two_writes_on_one_version_only_one_succeeds(api: LeaseApi) -> None:
     # Given a Lease both masters have read
     a, b = _elector(api, "a"), _elector(api, "b")

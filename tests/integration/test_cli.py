@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from helpers import FAST, cli_json, cluster_env, run_cli, wait_until
 
 from shardmill import LocalCluster, exitcodes
+from shardmill.cli.details import stamp
 
 
 @pytest.fixture
@@ -256,6 +258,26 @@ def test_failed_job_exit_code_and_message(cluster: LocalCluster) -> None:
     assert proc.returncode == exitcodes.JOB_FAILED
     assert "shard 0" in proc.stderr and "boom on 1" in proc.stderr
     assert "attempt 2" in proc.stderr and "next step" in proc.stderr
+    # `status JOB` shows people what the jobs table does not: owner, timing, failed attempts,
+    # lost workers
+    info = cli_json("status", job.id, master=cluster)
+    status = run_cli("status", job.id, master=cluster)
+    assert status.returncode == 0, status.stderr
+    facts = _facts(status.stdout)
+    assert facts["owner"] == info["owner"] != ""
+    assert facts["submitted"].endswith(stamp(info["submitted_at"]))
+    assert facts["started"].startswith(stamp(info["started_at"]))
+    took = info["finished_at"] - info["submitted_at"]
+    ran = info["finished_at"] - info["started_at"]
+    assert facts["failed"] == f"{stamp(info['finished_at'])} (+{took:.2f} s, ran {ran:.2f} s)"
+    assert facts["failed attempts"].startswith("2, the last: shard 0 attempt 2 on ")
+    assert facts["lost workers"] == "none"
+
+
+def _facts(stdout: str) -> dict[str, str]:
+    """`status JOB`'s lines of "label  value" (a label of words, then two spaces or more)."""
+    pairs = (re.match(r"(\S+(?: \S+)*) {2,}(.*)$", line) for line in stdout.splitlines())
+    return {m[1]: m[2] for m in pairs if m}
 
 
 def test_console_script_and_module_entry_points() -> None:
