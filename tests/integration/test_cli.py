@@ -42,7 +42,13 @@ def test_submit_status_jobs_result_workers_why(cluster: LocalCluster, npy: Path)
     assert [s["merged"] for s in status["shards"]] == [1] * 8
     jobs = cli_json("jobs", master=master)
     assert [j["job_id"] for j in jobs] == [job_id]
-    assert cli_json("status", master=master) == jobs  # status without a job lists them
+    # status without a job lists them (the same rows; a result a worker resends late, under
+    # load, may move a counter between the two calls)
+    listed = cli_json("status", master=master)
+    assert [(j["job_id"], j["state"], j["shards_done"]) for j in listed] == [
+        (j["job_id"], j["state"], j["shards_done"]) for j in jobs
+    ]
+    assert set(listed[0]) == set(jobs[0])
     workers = cli_json("workers", master=master)
     assert len(workers) == 2
     assert {
