@@ -36,7 +36,7 @@ RUNS = "/data/runs.txt"  # on the data volume: a line per execution, from the ta
 # Shards from row GATE_ROW on wait for the GATE file, made once the master is killed: on a slow
 # machine the job would otherwise end before the faults (on an idle one they are past it then).
 GATE, GATE_ROW = "/data/gate", ROWS // SHARDS * (SHARDS * 4 // 5)
-SLACK = 0.5  # seconds between a story's start and the task's own (a lease's trip, a fork)
+SLACK = 0.05  # seconds a story's start may read after the task's own (two clocks' rounding)
 # How an attempt that never started ends: its worker died, or gave it back, before it could.
 UNRUN = ("lost", "never started", "released", "handed back")
 
@@ -151,9 +151,10 @@ def _executions(stack: Stack) -> dict[int, list[tuple[str, float]]]:
 def _assert_stories_list_every_execution(
     stack: Stack, status: dict[str, Any], killed: float
 ) -> None:
-    """Each execution is one attempt of its shard's story: same worker, started by then (and
-    not long before), not ended before it. An attempt no execution matches can only be a lease
-    its worker died before starting or gave back. Some executions ran through the kill."""
+    """Each execution is one attempt of its shard's story: same worker, started by then (its
+    lease's trip, under load up to seconds, before the task's own start), not ended before it.
+    An attempt no execution matches can only be a lease its worker died before starting or
+    gave back. Some executions ran through the kill."""
     executions = _executions(stack)
     across = 0
     for shard in status["shards"]:
@@ -162,7 +163,7 @@ def _assert_stories_list_every_execution(
         for worker, at in sorted(ran, key=lambda r: r[1]):
             match = [
                 a for a in left
-                if a["worker"] == worker and at - SLACK <= a["started"] <= at + SLACK / 10
+                if a["worker"] == worker and a["started"] <= at + SLACK
                 and (a["ended"] is None or a["ended"] >= at)
             ]  # fmt: skip
             assert match, f"an execution on {worker} at {at:.3f} is not in the story: {shard}"
