@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import zmq
@@ -15,6 +16,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from shardmill.config import MasterSettings
 from shardmill.errors import ElectionError
+from shardmill.health import HealthFile
 from shardmill.master.standby.election import Election
 from shardmill.master.standby.journal import Replica, meta_epoch
 from shardmill.wire import replication as rep
@@ -43,6 +45,9 @@ class Standby:
         self.epoch = meta_epoch(settings.state_dir, "epoch")
         self.primary_epoch = meta_epoch(settings.state_dir, "primary_epoch")
         self.synced = False  # a snapshot came in this run: its commits follow
+        # A standby serves its role too: `shardmill health` (Compose, Swarm) must not call it
+        # dead while it waits, or the orchestrator would restart the copy meant to take over.
+        self.health = HealthFile(settings.health_file, f"standby pid {os.getpid()}")
         self.auth = _only_masters(ctx, security)
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -69,6 +74,7 @@ class Standby:
                     return None
                 if self.sock in ready:
                     self._drain()
+                self.health.touch(time.monotonic(), 1.0)
                 if (epoch := self._campaign(election)) is not None:
                     return epoch
         finally:
