@@ -137,17 +137,28 @@ class MasterSettings(BaseSettings):
     )
     peer: str | None = Field(
         None,
-        description="the other master's replication address (tcp://HOST:5557): with it this "
-        "master runs with a standby (docs/standby.md); commits are shipped there when primary",
+        description="the other master's replication address (tcp://HOST:5557), or both "
+        "masters' (the one on this host is skipped): with it this master runs with a standby "
+        "(docs/standby.md); commits are shipped there when primary",
     )
     replica_port: int = Field(5557, ge=1, le=65535, description="port a standby replicates on")
     etcd: str | None = Field(
         None, description="etcd's client URL (http://HOST:2379): elects the primary by a lease"
     )
     election_key: str = Field("shardmill", description="prefix of the election's etcd keys")
+    k8s_lease: str | None = Field(
+        None,
+        description="a Kubernetes Lease's name (in the pod's namespace): elects the primary "
+        "through the API server, in-cluster (docs/kubernetes.md)",
+    )
+    k8s_account: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        description="where the pod's service-account token, ca.crt and namespace are mounted",
+    )
     lease_ttl: int = Field(2, ge=2, le=600, description="seconds the primary's lease lasts")
     standby: bool = Field(
-        False, description="without --etcd: start as the standby; `shardmill promote` takes over"
+        False,
+        description="without an arbiter: start as the standby; `shardmill promote` takes over",
     )
     standby_timeout: float = Field(
         1.0, gt=0, description="seconds a commit waits for the standby before it is let go"
@@ -162,21 +173,24 @@ class MasterSettings(BaseSettings):
             )
         if self.retry_backoff_max < self.retry_backoff:
             raise ValueError("retry_backoff_max must be at least retry_backoff")
+        if self.etcd and self.k8s_lease:
+            raise ValueError("give one arbiter: --etcd or --k8s-lease, not both")
         if self.peer is not None:
             _check_peer(self.peer, self.state_dir)
-        elif self.etcd or self.standby:
+        elif self.etcd or self.k8s_lease or self.standby:
             raise ValueError(
-                "--etcd and --standby need --peer tcp://OTHER-MASTER:5557, the address the "
-                "two masters replicate on (docs/standby.md)"
+                "--etcd, --k8s-lease and --standby need --peer tcp://OTHER-MASTER:5557, the "
+                "address the two masters replicate on (docs/standby.md)"
             )
         return self
 
 
 def _check_peer(peer: str, state_dir: Path | None) -> None:
-    if not _ADDRESS.match(peer) or "," in peer:
+    addresses = peer.split(",")
+    if len(addresses) > 2 or not all(_ADDRESS.match(a) for a in addresses):
         raise ValueError(
-            f"peer {peer!r} is not one ZeroMQ address; use the other master's replication "
-            "address, for example tcp://master-b:5557"
+            f"peer {peer!r} is not one ZeroMQ address (or two, the pair's); use the other "
+            "master's replication address, for example tcp://master-b:5557"
         )
     if state_dir is None:
         raise ValueError(

@@ -50,8 +50,11 @@ class BlobFiles:
         try:
             directory.mkdir(exist_ok=True)
             blobs = cls(directory, threshold, os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
-            blobs._index(db)
-            blobs._sweep()
+            with os.scandir(directory) as files:
+                empty = next(files, None) is None
+            if not empty:  # else no cell owns a file (`read` names a reference to a lost one)
+                blobs._index(db)
+                blobs._sweep()
         except OSError as e:
             raise StateDirError(
                 f"blob directory {directory} cannot be prepared: {e}; make the state dir "
@@ -133,10 +136,17 @@ class BlobFiles:
         os.close(self._dir_fd)
 
     def _index(self, db: sqlite3.Connection) -> None:
-        for job_id, column, shard, ref in db.execute(_REFERENCES):
-            match = _REF.fullmatch(ref)
-            if match is not None:  # else `read` says what is wrong
-                self.owned.setdefault(job_id, {})[(column, shard)] = match[1]
+        """Which cells hold a file: one pass over each table (a week of jobs is big)."""
+        for job_id, *cells in db.execute(_JOB_REFERENCES):
+            for column, ref in zip(("result", "inputs", "settled"), cells, strict=True):
+                self._own(job_id, (column, -1), ref)
+        for job_id, shard, ref in db.execute(_REFERENCES):
+            self._own(job_id, ("shard", shard) if shard >= 0 else ("partial", -1), ref)
+
+    def _own(self, job_id: str, cell: Cell, ref: object) -> None:
+        match = _REF.fullmatch(ref) if isinstance(ref, str) else None
+        if match is not None:  # else `read` says what is wrong
+            self.owned.setdefault(job_id, {})[cell] = match[1]
 
     def _sweep(self) -> None:
         referenced = {name for cells in self.owned.values() for name in cells.values()}
@@ -151,13 +161,15 @@ class BlobFiles:
             )
 
 
-# Every blob file reference in the database: (job_id, column, shard, reference); see Cell.
+# The rows that may hold blob file references (TEXT cells; see Cell): jobs' (job_id, result,
+# inputs, settled), then shards' and partials' (job_id, shard or -1, reference).
+_JOB_REFERENCES = """
+SELECT job_id, result, inputs, settled FROM jobs
+WHERE typeof(result) = 'text' OR typeof(inputs) = 'text' OR typeof(settled) = 'text'
+"""
 _REFERENCES = """
-SELECT job_id, 'result', -1, result FROM jobs WHERE typeof(result) = 'text'
-UNION ALL SELECT job_id, 'inputs', -1, inputs FROM jobs WHERE typeof(inputs) = 'text'
-UNION ALL SELECT job_id, 'settled', -1, settled FROM jobs WHERE typeof(settled) = 'text'
-UNION ALL SELECT job_id, 'shard', shard, result FROM shards WHERE typeof(result) = 'text'
-UNION ALL SELECT job_id, 'partial', -1, blob FROM partials WHERE typeof(blob) = 'text'
+SELECT job_id, shard, result FROM shards WHERE typeof(result) = 'text'
+UNION ALL SELECT job_id, -1, blob FROM partials WHERE typeof(blob) = 'text'
 """
 _FIX = (
     "; the state dir was changed outside shardmill: put the file back from a backup, or move "

@@ -108,6 +108,7 @@ class MasterLoop:
             ev.WorkerExpired: self._expired,
             ev.DropDuplicate: self._duplicate,
             ev.JobStarted: lambda c, r: self.core.checkpoint.job_started(c.job_id, c.started_at),
+            ev.AttemptsGiven: lambda c, r: self.core.checkpoint.attempts_given(c.job_id, c.high),
         }
 
     def endpoints(self) -> dict[str, str]:
@@ -331,9 +332,18 @@ class MasterLoop:
         return None
 
     def _duplicate(self, cmd: ev.DropDuplicate, result: Result | None) -> None:
-        what = "resent result (merged before a restart)" if cmd.replayed else "duplicate result"
-        self.metrics.duplicates.inc(0 if cmd.replayed else 1)
+        if cmd.resent:
+            what = "a copy of the merged execution's result, sent again"
+        else:
+            what = "a second execution's result" if cmd.stories else "a late result"
+        self.metrics.duplicates.inc(len(cmd.stories))
+        self.metrics.resent.inc(int(cmd.resent))
         log.info("job %s shard %d: %s from %s dropped", cmd.job_id, cmd.shard, what, cmd.worker)
+        job = self.core.brain.jobs.get(cmd.job_id)
+        if job is not None:  # the stories and the count outlive a restart
+            offset = self.core.brain.wall_offset
+            stories = [job.shards[i] for i in cmd.stories]
+            self.core.checkpoint.dropped(cmd.job_id, stories, resent=job.resent, offset=offset)
 
     def _expired(self, cmd: ev.WorkerExpired, result: Result | None) -> None:
         self.metrics.shards_requeued.inc(cmd.requeued)

@@ -110,7 +110,13 @@ class Metrics:
             "shards_retried", "Attempts beyond a shard's first (at job end)"
         )
         self.shards_requeued = counter("shards_requeued", "Shards requeued from lost workers")
-        self.duplicates = counter("duplicate_results", "Late second results, dropped")
+        self.duplicates = counter(
+            "duplicate_results",
+            "Results of second executions of merged shards, dropped (per shard)",
+        )
+        self.resent = counter(
+            "resent_results", "Copies of a merged execution's result that came again, dropped"
+        )
         self.unnamed = counter(
             "unnamed_messages",
             "Messages under an id ZeroMQ made up (a replaced connection): matched to their "

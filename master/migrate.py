@@ -95,7 +95,7 @@ def _summary(db: sqlite3.Connection, row: tuple[object, ...], starts: list[float
         lost_workers=tuple(dict.fromkeys(e.worker for e in errors if e.kind == "lost")),
         last_failure=None,
         missing_shards=tuple(i for i, s in shards.items() if s.state == "failed"),
-        replayed=0,
+        resent=0,
         restarts=tuple(t for t in starts if begun < t < ended),
     )
     return bytes(msgpack.packb(summary.pack()))
@@ -117,9 +117,18 @@ def _blob(db: sqlite3.Connection, cell: object) -> bytes:
     return (Path(path).parent / BLOBS_DIR / name).read_bytes()
 
 
+def _from_5(db: sqlite3.Connection) -> None:
+    """Version 6 keeps a running job's highest attempt number given (a restarted master
+    numbers new attempts above it: an execution a worker still runs or reports keeps a number
+    of its own) and its count of resent results (none known before)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER")
+    db.execute("ALTER TABLE jobs ADD COLUMN resent INTEGER")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _from_1,
     2: _from_2,
     3: _from_3,
     4: _from_4,
+    5: _from_5,
 }

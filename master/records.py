@@ -59,6 +59,8 @@ class StoredJob:
     shards: dict[int, StoredShard] = field(default_factory=dict)
     partial: bytes | None = None
     started_at: float | None = None
+    attempts_given: int = 0  # the highest attempt number given to its shards (while running)
+    resent: int = 0  # copies of merged executions' results that came again (JobInfo.resent)
 
 
 def unpack_settled(blob: bytes) -> dict[int, StoredShard]:

@@ -33,20 +33,10 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from shardmill.errors import StateDirError
-from shardmill.master.blobfiles import (
-    BLOB_THRESHOLD,
-    BLOBS_DIR,
-    BlobFiles,
-    ShardRow,
-)
+from shardmill.master.blobfiles import BLOB_THRESHOLD, BLOBS_DIR, BlobFiles, ShardRow
 from shardmill.master.diskerrors import disk_facts, error_name
 from shardmill.master.migrate import migrate
-from shardmill.master.records import (
-    StoredJob,
-    StoredShard,
-    pack_inputs,
-    unpack_settled,
-)
+from shardmill.master.records import StoredJob, StoredShard, pack_inputs, unpack_settled
 from shardmill.master.standby.recording import RecordingConnection as Recording
 from shardmill.master.walcheckpoint import WAL_INTERVAL, WalCheckpointer
 from shardmill.wire.codec import Buffer
@@ -55,23 +45,19 @@ from shardmill.wire.spec import Descriptor, JobSpec
 
 log = logging.getLogger(__name__)
 
-
 FORMAT = "shardmill-state"
-# 5: a finished job's summary in `summaries` (a restart reads those, not the finished jobs).
-# 4: a job's started_at in its row; meta "starts", the times masters started on this state dir.
-# 3: a blob column may hold a TEXT reference to a file in blobs/ (an older master would read
-# it as a blob). 2: a job's inputs are one blob in its row, and a finished job's shards one blob
-# in its row (1: a row per shard input in an `inputs` table, finished jobs' shards in `shards`).
-SCHEMA_VERSION = 5
+# What each version added: master/migrate.py, a step per version (a docstring each).
+SCHEMA_VERSION = 6
 DB_NAME = "shardmill.db"
 LOCK_NAME = "master.lock"
 
 _DESCRIPTORS: TypeAdapter[list[Descriptor]] = TypeAdapter(list[Descriptor])
 _HISTORY: TypeAdapter[list[AttemptInfo]] = TypeAdapter(list[AttemptInfo])
 
+_SET_STORY = "UPDATE shards SET history = ? WHERE job_id = ? AND shard = ?"
 _SELECT_JOB = (
     "SELECT job_id, spec, descriptors, part_counts, submitted_at, state, error, "
-    "finished_at, result, inputs, settled, started_at FROM jobs "
+    "finished_at, result, inputs, settled, started_at, attempts, resent FROM jobs "
 )
 
 SCHEMA = """
@@ -79,12 +65,19 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE jobs (
     job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, descriptors TEXT NOT NULL,
     part_counts TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
-    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB, started_at REAL);
+    error TEXT, finished_at REAL, result BLOB, inputs BLOB, settled BLOB, started_at REAL,
+    attempts INTEGER, resent INTEGER);
 CREATE TABLE shards (
     job_id TEXT, shard INTEGER, state TEXT NOT NULL, history TEXT NOT NULL, result BLOB,
     PRIMARY KEY (job_id, shard));
 CREATE TABLE partials (job_id TEXT PRIMARY KEY, blob BLOB NOT NULL, merged INTEGER NOT NULL);
 CREATE TABLE summaries (job_id TEXT PRIMARY KEY, summary BLOB NOT NULL);
+"""
+# A start's lookups among a week of finished jobs (the highest seq, the unfinished jobs in
+# order) without reading them all; made by the first start that lacks them (one pass).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs (seq);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 """
 
 
@@ -157,13 +150,14 @@ class Store:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # WalCheckpointer does it, off this thread
             if fresh:
-                db.executescript("BEGIN;" + SCHEMA + "COMMIT;")
+                db.executescript("BEGIN;" + SCHEMA + INDEXES + "COMMIT;")
                 db.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
                     [("format", FORMAT), ("version", str(SCHEMA_VERSION))],
                 )
             else:
                 self._check(db)
+                db.executescript("BEGIN;" + INDEXES + "COMMIT;")
         except sqlite3.DatabaseError as e:
             raise StateDirError(
                 f"{self.path} is not a readable shardmill state database ({e}); it was left "
@@ -221,7 +215,7 @@ class Store:
             )
             self.db.execute(
                 "INSERT INTO jobs VALUES "
-                "(?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL, NULL)",
+                "(?, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL, ?, NULL, NULL, NULL, NULL)",
                 row,
             )
         self._seq += 1
@@ -229,6 +223,17 @@ class Store:
     def job_started(self, job_id: str, started_at: float) -> None:
         with self._writing():
             self.db.execute("UPDATE jobs SET started_at = ? WHERE job_id = ?", (started_at, job_id))
+
+    def attempts_given(self, job_id: str, high: int) -> None:
+        with self._writing():
+            self.db.execute("UPDATE jobs SET attempts = ? WHERE job_id = ?", (high, job_id))
+
+    def dropped(self, job_id: str, stories: Sequence[tuple[str, str, int]], *, resent: int) -> None:
+        """Merged shards' stories (history as JSON, job_id, shard) that gained an attempt, and
+        the job's count of resent results. A row not written yet is written later, whole."""
+        with self._writing():
+            self.db.executemany(_SET_STORY, stories)
+            self.db.execute("UPDATE jobs SET resent = ? WHERE job_id = ?", (resent, job_id))
 
     def master_started(self, at: float) -> list[float]:
         """Note a master's start on this state dir (committed); every start so far, oldest
@@ -360,6 +365,8 @@ class Store:
             result=read(row[8], f"job {row[0]}'s result"),
             inputs=read(row[9], f"job {row[0]}'s inputs"),
             started_at=row[11],
+            attempts_given=row[12] or 0,
+            resent=row[13] or 0,
         )
         settled = read(row[10], f"job {row[0]}'s shard stories")
         if settled is not None:

@@ -34,6 +34,7 @@ from shardmill.wire.protocol import (
     ErrorInfo,
     ErrorReply,
     Heartbeat,
+    MasterPing,
     Message,
     Ready,
     ShardAttempt,
@@ -253,6 +254,10 @@ class WorkerMessages:
         )
         send(self.sock, identity, welcome)
         self.core.apply(ev.WorkerReady(worker, msg.slots, tuple(msg.held), msg.prefetch))
+        # Its round trip at once, not at the next beat (up to heartbeat_interval away): until
+        # the brain knows it, the worker's queue is one shard deep, and a fresh cluster's first
+        # job of short tasks ran at a third of its speed for that second.
+        self.send(worker, MasterPing(sent=time.monotonic()))
 
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, arrays: list[Buffer]) -> None:
         rtt = time.monotonic() - msg.echo if msg.echo else None

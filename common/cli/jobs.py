@@ -90,7 +90,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         pipelines = client.pipelines()
 
     def human() -> None:
-        show_jobs(jobs)
+        if jobs or not pipelines:  # "no jobs: submit one ..." only when there is nothing
+            show_jobs(jobs)
         if pipelines:
             show_pipelines(pipelines)
 

@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return exitcodes.ERROR
+    except BrokenPipeError:
+        return _reader_gone()
     except tuple(cls for cls, _, _ in EXIT_CODES) as e:
         return _fail_with(e)
 
@@ -58,11 +60,23 @@ def run() -> None:
     output are flushed first."""
     code = main()
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        # a closed pipe (`shardmill jobs | head`): nothing more to say
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    with contextlib.suppress(OSError, ValueError):
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # `shardmill jobs --json | head -1`: as in `main`
+            code = code or _reader_gone()
+        sys.stderr.flush()
     os._exit(code)
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (`shardmill watch JOB --json | head -1`): nothing more to
+    say, and no traceback. As Python's docs advise, stdout points at devnull from here on, so
+    that no later flush (the one at exit) fails again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return exitcodes.ERROR  # the code Python itself exits with on a broken pipe
 
 
 def _fail_with(e: BaseException) -> int:

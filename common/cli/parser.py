@@ -97,16 +97,23 @@ def _limit_flags(p: argparse.ArgumentParser) -> None:
 
 def _standby_flags(p: argparse.ArgumentParser) -> None:
     """A master with a standby (docs/standby.md)."""
-    p.add_argument("--peer", help="the other master's replication address, tcp://HOST:5557")
+    p.add_argument(
+        "--peer",
+        help="the other master's replication address, tcp://HOST:5557 (or both masters', "
+        "comma-separated: the one on this host is skipped)",
+    )
     p.add_argument("--replica-port", type=int, help="port to replicate on as standby (5557)")
     p.add_argument("--etcd", help="etcd client URL that elects the primary, http://HOST:2379")
     p.add_argument("--election-key", help="prefix of the election's etcd keys (shardmill)")
+    p.add_argument(
+        "--k8s-lease", help="in a Kubernetes pod: the Lease (in its namespace) that elects"
+    )
     p.add_argument("--lease-ttl", type=int, help="seconds the primary's lease lasts (2)")
     p.add_argument(
         "--standby",
         action="store_true",
         default=None,
-        help="without --etcd: start as standby until `shardmill promote`",
+        help="without an arbiter: start as standby until `shardmill promote`",
     )
     p.add_argument("--standby-timeout", type=float, help="seconds a commit waits for it (1.0)")
     p.add_argument("--name", help="this master's name in the election (default host-pid)")
@@ -114,7 +121,7 @@ def _standby_flags(p: argparse.ArgumentParser) -> None:
 
 def _promote(sub: Subparsers) -> None:
     p = sub.add_parser(
-        "promote", help="make a standby master (without --etcd) take over as primary"
+        "promote", help="make a standby master (without an arbiter) take over as primary"
     )
     p.add_argument("state_dir", help="the standby's --state-dir")
     p.set_defaults(handler=roles.cmd_promote)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from shardmill.cli.tables import Col, console, fit
+from shardmill.cli.tables import Col, console, show_table
 from shardmill.pipeline.job import PipelineJob
 from shardmill.wire.protocol import PipelineInfo, StageInfo
 
@@ -54,7 +54,7 @@ def stage_row(s: StageInfo) -> list[str]:
 
 def show_pipeline(info: PipelineInfo) -> None:
     show_pipelines([info])
-    console.print(fit(STAGE_COLUMNS, [stage_row(s) for s in info.stages]))
+    show_table(STAGE_COLUMNS, [stage_row(s) for s in info.stages])
     for line in info.story:
         console.print(f"  {line}", markup=False, highlight=False)
     if info.error:
@@ -73,7 +73,7 @@ def show_pipelines(infos: list[PipelineInfo]) -> None:
         ]
         for p in infos
     ]
-    console.print(fit(PIPELINE_COLUMNS, rows))
+    show_table(PIPELINE_COLUMNS, rows)
 
 
 def watch_pipeline(job: PipelineJob, timeout: float | None) -> PipelineInfo:

@@ -39,6 +39,7 @@ MASTER_FLAGS = (
     "replica_port",
     "etcd",
     "election_key",
+    "k8s_lease",
     "lease_ttl",
     "standby",
     "standby_timeout",

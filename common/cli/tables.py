@@ -20,6 +20,12 @@ from shardmill.wire.protocol import JobInfo, ShardInfo, WorkerInfo
 console = Console()
 
 
+def say(text: str) -> None:
+    """`text` as it is, on whole lines: no markup, no colouring, never wrapped or cut at the
+    console's width (an error or a path must survive a copy, a log and a pipe)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 @dataclass(frozen=True)
 class Col:
     """A table column. An "id" or a "word" (a state, a count) is never cut or wrapped; "text"
@@ -41,23 +47,47 @@ TEXT_MIN = 10  # a text column is not squeezed below this (or its header)
 GAP = 3  # per column: its padding and the blank divider (SIMPLE_HEAD), less one at the edge
 
 
-def fit(cols: list[Col], rows: list[list[str]], *, width: int | None = None) -> Table:
-    """A table of `rows` no wider than the terminal: lesser columns are dropped until the rest
-    fit, ids stay whole (a job id can always be copied from it), text wraps."""
-    width = width or console.width
+def show_table(cols: list[Col], rows: list[list[str]], *, empty: str = "") -> None:
+    """`rows` as a table no wider than the terminal, then the columns it left out and how to
+    see them; with no rows, `empty` (what to do next) instead of bare headers."""
+    if not rows and empty:
+        console.print(empty, markup=False, highlight=False)
+        return
+    width = console.width
+    shown = fitting(cols, rows, width)
+    console.print(fit(cols, rows, shown))
+    hidden = [c.header for i, c in enumerate(cols) if i not in shown]
+    if hidden:
+        full = sum(c.widths([r[i] for r in rows])[1] + GAP for i, c in enumerate(cols)) - 1
+        console.print(
+            f"columns hidden to fit {width}: {', '.join(hidden)}; to see them: --json, "
+            f"or a terminal {full} wide (COLUMNS={full})",
+            markup=False,
+            highlight=False,
+        )
+
+
+def fitting(cols: list[Col], rows: list[list[str]], width: int) -> list[int]:
+    """The columns a table of `rows` shows within `width`: lesser columns are dropped until
+    the rest fit; ids stay whole (a job id can always be copied from it), text wraps."""
     shown = list(range(len(cols)))
-    least = {i: cols[i].widths([r[i] for r in rows])[0] for i in shown}
+    least = [c.widths([r[i] for r in rows])[0] for i, c in enumerate(cols)]
     while sum(least[i] for i in shown) + GAP * len(shown) - 1 > width:
         droppable = [i for i in shown if cols[i].rank > 0]
         if not droppable:
             break
         shown.remove(min(droppable, key=lambda i: cols[i].rank))
+    return shown
+
+
+def fit(cols: list[Col], rows: list[list[str]], shown: list[int]) -> Table:
+    """The table of `rows` with the columns `shown`."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for i in shown:
         c = cols[i]
         table.add_column(
             c.header,
-            min_width=least[i],
+            min_width=c.widths([r[i] for r in rows])[0],
             no_wrap=c.kind != "text",
             overflow="fold",
             justify="right" if c.kind == "num" else "left",
@@ -108,15 +138,21 @@ def show_value(value: Any) -> None:
 
 
 def show_job(info: JobInfo) -> None:
+    """The job's row, then what the row has no room for (owner, timing, failed attempts, lost
+    workers), its error, and with --shards a table of its shards."""
+    from shardmill.cli.details import job_details
+
     show_jobs([info])
+    for line in job_details(info):
+        say(line)
     if info.error:
-        console.print(info.error, markup=False, highlight=False)
+        say(info.error)
     if info.shards:
         rows = [
             [str(s.index), s.state, str(s.attempts), _last_worker(s), str(s.merged)]
             for s in info.shards
         ]
-        console.print(fit(SHARD_COLUMNS, rows))
+        show_table(SHARD_COLUMNS, rows)
 
 
 def _last_worker(s: ShardInfo) -> str:
@@ -124,11 +160,19 @@ def _last_worker(s: ShardInfo) -> str:
     return s.worker or (s.history[-1].worker if s.history else "-")
 
 
+NO_JOBS = (
+    "no jobs: submit one with `shardmill submit column_stats DATA.npy --wait` "
+    "(or `client.map(...)` from Python)"
+)
+NO_WORKERS = (
+    "no workers: start one with `shardmill worker --master tcp://HOST:5555 --import MODULE` "
+    "(the master's worker port; MODULE holds your task functions)"
+)
 JOB_COLUMNS = [
     Col("job", kind="id"),
     Col("name", rank=1),
     Col("owner", rank=5),
-    Col("op", rank=4),
+    Col("op", rank=4, kind="word"),
     Col("state", kind="word"),
     Col("done", rank=7, kind="num"),
     Col("failed", rank=3, kind="num"),
@@ -175,7 +219,7 @@ def show_jobs(jobs: list[JobInfo]) -> None:
         ]
         for j in jobs
     ]
-    console.print(fit(JOB_COLUMNS, rows))
+    show_table(JOB_COLUMNS, rows, empty=NO_JOBS)
 
 
 def elapsed(j: JobInfo, now: float | None = None) -> str:
@@ -210,7 +254,7 @@ def show_workers(workers: list[WorkerInfo]) -> None:
         ]
         for w in workers
     ]
-    console.print(fit(WORKER_COLUMNS, rows))
+    show_table(WORKER_COLUMNS, rows, empty=NO_WORKERS)
 
 
 def show_story(job_id: str, shard: ShardInfo, restarts: Sequence[float] = ()) -> None:

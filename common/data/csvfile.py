@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -236,13 +237,20 @@ def _convert(
             parse(value.strip() or ("nan" if kind == "float64" else value))
         except ValueError:
             at = _where(source.path, _byte_of(lines, i, offset))
-            hint = "float64" if kind == "int64" else "str"
             raise BadInput(
                 f"{source.path} {at} field {source.names[j]!r} (column {j}): "
-                f"{value!r} is not {kind}; fix the value, or declare the column {hint} "
-                "with dtypes"
+                f"{value!r} is not {kind}; {_declare(source.names[j], kind)}"
             ) from None
     raise BadInput(f"{source.path}: column {source.names[j]!r} cannot be read as {kind}")
+
+
+def _declare(name: str, kind: ColumnType) -> str:
+    """The fix for a value that is not of its column's type, as both doors spell it."""
+    hint = "float64" if kind == "int64" else "str"
+    return (
+        f"fix the value, or declare the column {hint}: `--dtype {shlex.quote(f'{name}={hint}')}` "
+        f"on the command line, dtypes={{{name!r}: {hint!r}}} in Python"
+    )
 
 
 def _byte_of(lines: list[str], i: int, offset: int) -> int:

@@ -11,6 +11,11 @@ each, from their measured time); `n_jobs` counts the cluster's slots (-1: all of
 but one) and about twice that many batches are out at once. Module-level functions go by name,
 their NumPy arguments as frames; `pickle=True` sends everything with cloudpickle (estimators,
 lambdas: scikit-learn needs it), where the cluster allows it (see shardmill.ops.calls).
+
+A `Parallel` inside a task runs on that worker, as joblib's nested calls do in a loky worker:
+each call runs under the nested backend joblib chose for its batch (threads, then sequential),
+and "shardmill" named there means the same, since a worker has no client keys to reach the
+master with (and a task waiting on the cluster's own slots could wait for ever).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 from typing import Any
 
 import joblib
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, ThreadingBackend
 
 from shardmill.client import Client
 from shardmill.futures import Executor
@@ -81,6 +86,9 @@ class ShardmillBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         """A batch of calls (joblib's BatchedCalls) as one future of their outcomes."""
         assert self.executor is not None, "joblib configures a backend before it submits"
         calls = getattr(func, "items", None) or [(func, (), {})]
+        nested = getattr(func, "_backend", None)
+        if self.pickle and nested is not None:  # joblib's BatchedCalls: keep its nested backend
+            calls = [(_nested_call, ((nested, func._n_jobs), f, *a), kw) for f, a, kw in calls]
         future = self.executor._put(list(calls), chunk=True)
         if callback is not None:
             future.add_done_callback(callback)
@@ -105,4 +113,21 @@ class ShardmillBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         self.reset_batch_stats()
 
 
-joblib.register_parallel_backend(NAME, ShardmillBackend)
+def _nested_call(nested: tuple[Any, Any], fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """One call of a batch, on a worker, under the nested backend joblib chose for the batch
+    (what joblib's BatchedCalls does in a loky worker). Sent pickled, by reference: unpickling
+    it imports this module there, which registers "shardmill" on the worker too."""
+    backend, n_jobs = nested
+    with joblib.parallel_config(backend=backend, n_jobs=n_jobs):
+        return fn(*args, **kwargs)
+
+
+def backend(**kwargs: Any) -> ParallelBackendBase:
+    """What joblib makes of "shardmill": the cluster from a client; inside a task on a worker
+    (SHARDMILL_WORKER_ID is set there), joblib's own nested backend, threads on that worker."""
+    if os.environ.get("SHARDMILL_WORKER_ID"):
+        return ThreadingBackend(nesting_level=kwargs.get("nesting_level"))
+    return ShardmillBackend(**kwargs)
+
+
+joblib.register_parallel_backend(NAME, backend)

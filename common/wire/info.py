@@ -84,16 +84,19 @@ class JobInfo(Frozen):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
-    duplicates: int = 0  # second executions' results, dropped (each one in its shard's story)
+    # Second executions of merged shards, their results dropped: the attempts whose outcome
+    # is "duplicate" in its shards' stories (a batch's result counts each of its shards).
+    duplicates: int = 0
     attempts_failed: int = 0  # failed attempts so far, lost ones included
     shards_retrying: int = 0  # shards with a failed attempt, not ended yet
     lost_workers: list[str] = []  # workers that died holding one of its shards
     last_failure: str | None = None  # the latest failed attempt, as one line
     missing_shards: list[int] = []
     shards: list[ShardInfo] | None = None
-    # Results workers sent again after a master restart, for shards merged before it: the
-    # same execution reported twice (not a second execution, so not in `duplicates`).
-    replayed: int = 0
+    # Copies of a merged execution's own result that came again, dropped: a worker resends
+    # what it sent lately when it reconnects or a restarted master asks it to register again
+    # (not executions: in no story, and not in `duplicates`). Each copy counts.
+    resent: int = 0
     restarts: list[float] = []  # wall-clock times the master restarted while the job ran
 
     def __str__(self) -> str:

@@ -45,7 +45,7 @@ class JobSummary:
     lost_workers: tuple[str, ...]
     last_failure: str | None
     missing_shards: tuple[int, ...]
-    replayed: int  # results resent after a master restart for shards merged before it
+    resent: int  # copies of merged executions' results that came again (JobInfo.resent)
     restarts: tuple[float, ...]  # the master's starts while it ran
 
     @classmethod
@@ -71,7 +71,7 @@ class JobSummary:
                 info.lost_workers,
                 info.last_failure,
                 info.missing_shards,
-                info.replayed,
+                info.resent,
                 info.restarts,
             ]
         )
@@ -109,7 +109,7 @@ class JobSummary:
             lost_workers=list(self.lost_workers),
             last_failure=self.last_failure,
             missing_shards=list(self.missing_shards),
-            replayed=self.replayed,
+            resent=self.resent,
             restarts=list(self.restarts),
         )
 

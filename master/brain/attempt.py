@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shardmill.wire.protocol import AttemptInfo, ErrorInfo
+
+REPORTED = ("ok", "duplicate")  # outcomes of attempts whose result came ("ok (late)" too)
 
 
 @dataclass
@@ -50,3 +53,33 @@ def as_read(info: AttemptInfo) -> AttemptInfo:
     return (
         info if error is info.error else info.model_copy(update={"error": error, "output": output})
     )
+
+
+def find(history: Sequence[Attempt], worker: str, number: int) -> Attempt | None:
+    """A shard's attempt `number` on `worker`, if its story has it."""
+    return next((a for a in history if a.worker == worker and a.number == number), None)
+
+
+def reported(history: Sequence[Attempt], worker: str, number: int) -> bool:
+    """Whether a shard's story has the result of `worker`'s attempt `number`: merged (ok) or
+    dropped (duplicate)."""
+    return any(
+        a.worker == worker and a.number == number and a.outcome.split()[0] in REPORTED
+        for a in history
+    )
+
+
+def ran_again(
+    history: list[Attempt], worker: str, number: int, *, ended: float, ran: float
+) -> bool:
+    """A result of a merged shard, dropped: True when it is a second execution's, whose attempt
+    (or one made from the result, for an execution the master did not know of) ends as a
+    duplicate now; False for a copy of a result the story has (ok or duplicate)."""
+    if reported(history, worker, number):
+        return False
+    known = find(history, worker, number)
+    if known is None:
+        known = Attempt(number, worker, ended - ran)
+        history.append(known)
+    known.ended, known.outcome, known.ran = ended, "duplicate", ran
+    return True

@@ -99,6 +99,8 @@ class JobRestored:
     finished_at: float | None = None
     started_at: float | None = None
     restarts: tuple[float, ...] = ()  # the master's earlier starts while it ran (wall clock)
+    attempts_given: int = 0  # the highest attempt number any earlier master gave its shards
+    resent: int = 0  # JobInfo.resent so far
 
 
 @dataclass(frozen=True)
@@ -275,11 +277,23 @@ class JobStarted:
 
 
 @dataclass(frozen=True)
+class AttemptsGiven:
+    """An attempt number higher than any its job gave before goes out in the SendTask after
+    this: the loop commits it first, so that a restarted master numbers the job's new attempts
+    above every one a worker may still run or report (no two executions share a number)."""
+
+    job_id: str
+    high: int
+
+
+@dataclass(frozen=True)
 class DropDuplicate:
     job_id: str
     shard: int
     worker: str
-    replayed: bool = False  # the merged execution's own result, resent after a restart
+    resent: bool = False  # the merged execution's own result, come again
+    # Shards whose story gained a "duplicate" attempt from it: the loop writes their stories.
+    stories: tuple[int, ...] = ()
 
 
 Command = (
@@ -297,4 +311,5 @@ Command = (
     | WorkerExpired
     | DropDuplicate
     | JobStarted
+    | AttemptsGiven
 )

@@ -74,6 +74,11 @@ def next_step(err: ErrorInfo | None) -> str:
         return "next step: call a function the module offers (named above) and resubmit"
     if err.kind == "timeout":
         return "next step: raise the job's task_timeout or use more, smaller shards"
+    if err.kind == "bad_input" and not err.retryable:
+        return (
+            "next step: fix the input named above (file, line, field) and resubmit; bad input "
+            "is not retried (another attempt would meet the same input)"
+        )
     if err.kind == "bad_input":
         return "next step: fix the input named above (file, line, field) and resubmit"
     if err.kind in ("crash", "lost"):

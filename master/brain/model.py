@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from shardmill.master.brain.attempt import Attempt
+from shardmill.master.brain.attempt import Attempt, find
 from shardmill.master.brain.transitions import (
     JOB_MOVES,
     SHARD_MOVES,
@@ -73,10 +73,13 @@ class Shard:
         what = f"shard {self.index} of job {self.job_id}"
         self.state = move(what, self.state, new, why, moves=SHARD_MOVES, story=self.story)
 
-    def start_attempt(self, worker: str, *, now: float, backup: bool = False) -> int:
-        """A new attempt on `worker` from `now`; returns its number (after every one known: a
-        restored shard may have an attempt a worker re-reported, numbered as it was)."""
-        number = max((a.number for a in self.history), default=0) + 1
+    def start_attempt(
+        self, worker: str, *, now: float, backup: bool = False, above: int = 0
+    ) -> int:
+        """A new attempt on `worker` from `now`; returns its number: after every one known (a
+        restored shard may have an attempt a worker re-reported, numbered as it was) and above
+        `above` (the numbers an earlier master may have given it)."""
+        number = max([above, *(a.number for a in self.history)]) + 1
         self.history.append(Attempt(number, worker, started=now, backup=backup))
         return number
 
@@ -98,22 +101,6 @@ class Shard:
             attempt.error = err
             attempt.ran = ran
         return attempt
-
-    def ran_again(self, worker: str, number: int, *, ended: float, ran: float) -> None:
-        """A second execution's result, dropped: its attempt (or one made from the result, for
-        an execution the master did not know of) ends as a duplicate."""
-        known = [a for a in self.history if a.worker == worker and a.number == number]
-        if not known:
-            known = [Attempt(number, worker, ended - ran)]
-            self.history.append(known[0])
-        known[0].ended, known[0].outcome, known[0].ran = ended, "duplicate", ran
-
-    def merged_from(self, worker: str, number: int) -> bool:
-        """Whether its merged result came from this worker's attempt `number`."""
-        return any(
-            a.outcome.startswith("ok") and a.worker == worker and a.number == number
-            for a in self.history
-        )
 
     def open_attempt(self, worker: str | None = None) -> Attempt | None:
         """Its latest attempt still running (on `worker`, if named)."""
@@ -146,9 +133,13 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
-    duplicates: int = 0  # results of second executions, dropped (each in its shard's story)
-    replayed: int = 0  # results resent after a master restart for shards merged before it
+    duplicates: int = 0  # "duplicate" attempts in its stories (JobInfo.duplicates)
+    resent: int = 0  # copies of merged executions' results that came again (JobInfo.resent)
     restarts: list[float] = field(default_factory=list)  # master starts while it ran (wall)
+    # Attempt numbers: the highest given so far (committed as it rises), and the highest any
+    # earlier master gave (restored), above which this one numbers the shards it runs again.
+    attempts_given: int = 0
+    attempts_before: int = 0
     ok_runs: int = 0  # shards run to success here, and their seconds: is it a short-shard job?
     ok_seconds: float = 0.0
     runs: list[float] = field(default_factory=list)  # each merged shard's run time (median)
@@ -209,11 +200,15 @@ class Job:
     ) -> None:
         """The shard's first result is in: its attempt closes and it is done (merged next).
         `now` is when it ended on the worker (a result resent after a restart ended earlier)."""
-        if not (closed := shard.close_attempt(now, "ok", None, worker=worker, ran=duration)):
-            # A late result from a worker whose attempt was already written off as lost, or
-            # one it finished while no master was there to hear of it.
+        closed = find(shard.history, worker, attempt)
+        if closed is None:  # an execution it finished while no master was there to hear of it
             closed = Attempt(attempt, worker, now - duration, now, "ok (late)", ran=duration)
             shard.history.append(closed)
+        elif closed.ended is not None:  # written off (lost, released), yet it ran: late
+            closed.outcome, closed.error = "ok (late)", None
+        else:
+            closed.outcome = "ok"
+        closed.ended, closed.ran = now, duration
         closed.output = output
         while shard.close_attempt(now, "superseded", None):
             pass  # a re-run still in flight elsewhere: its result will be a counted duplicate
@@ -287,7 +282,7 @@ class Job:
             finished_at=None if self.finished_at is None else self.finished_at + offset,
             error=self.error,
             duplicates=self.duplicates,
-            replayed=self.replayed,
+            resent=self.resent,
             restarts=list(self.restarts),
             attempts_failed=self.attempts_failed,
             shards_retrying=self.retrying,

@@ -25,6 +25,9 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
         owner=e.spec.owner,
         started_at=None if e.started_at is None else e.started_at - wall_offset,
         restarts=list(e.restarts),
+        attempts_given=e.attempts_given,
+        attempts_before=e.attempts_given,
+        resent=e.resent,
     )
     job.story.append(f"restored as {e.state}")
     unsettled = ShardState.QUEUED if e.state is JobState.RUNNING else ShardState.CANCELLED
@@ -40,6 +43,7 @@ def restored_job(e: JobRestored, wall_offset: float) -> Job:
         for a in shard.history:  # what straggler backups measure against: merged shards' runs
             if a.outcome == "ok" and a.ran is not None:
                 job.record_run(a.worker, a.ran)
+            job.duplicates += a.outcome == "duplicate"
     return job
 
 

@@ -7,7 +7,7 @@ The half of the brain that tracks who is alive and what each one holds; the job 
 from __future__ import annotations
 
 from shardmill.master.brain import events as ev
-from shardmill.master.brain.attempt import Attempt
+from shardmill.master.brain.attempt import Attempt, find
 from shardmill.master.brain.failures import lost_error
 from shardmill.master.brain.model import Job, Leases, Shard, Timing, Worker
 from shardmill.master.brain.transitions import TERMINAL, ShardState
@@ -94,6 +94,11 @@ class Roster:
         the worker started it (numbered as it was given), ahead of any later attempt."""
         if shard.open_attempt(worker) is not None:
             return  # known: a reconnect without a restart
+        known = find(shard.history, worker, lease.attempt)
+        if known is not None:  # written off when its worker fell silent, yet it runs on
+            known.ended, known.outcome, known.error = None, "running", None
+            shard.story.append(f"attempt {lease.attempt} on {worker} runs on after all")
+            return
         started = min(self._now, lease.started - self.wall_offset) if lease.started else self._now
         shard.history.append(Attempt(lease.attempt, worker, started))
         shard.history.sort(key=lambda a: a.started)

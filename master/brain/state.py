@@ -10,6 +10,7 @@ from typing import Any
 from shardmill.master.brain import events as ev
 from shardmill.master.brain.admission import refusal
 from shardmill.master.brain.archive import Archive
+from shardmill.master.brain.attempt import ran_again, reported
 from shardmill.master.brain.failures import backoff, failure_message
 from shardmill.master.brain.ledger import Ledger
 from shardmill.master.brain.model import Job, Limits, Shard, Timing, Worker
@@ -170,17 +171,22 @@ class MasterState(Roster, Ledger):
         return min(self._now, e.finished - self.wall_offset) if e.finished else self._now
 
     def _drop_duplicate(self, job: Job, e: ev.ShardSucceeded, members: list[Shard]) -> None:
-        replayed = members[0].merged_from(e.worker, e.attempt)
-        if replayed:  # the same execution, reported again after a master restart
-            job.replayed += 1
-        else:  # a second execution: in its shards' stories
-            job.duplicates += 1
-            attempts = {e.shard: e.attempt, **dict(e.more)}
-            for m in members:
-                if m.state is S.DONE and not m.merged_from(e.worker, attempts[m.index]):
-                    ran = e.duration / len(members)
-                    m.ran_again(e.worker, attempts[m.index], ended=self._ended(e), ran=ran)
-        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker, replayed))
+        """A result for shards merged (or ended) already. A second execution's is a "duplicate"
+        attempt in each merged shard's story; a copy of a result the story has (a worker
+        resends what it sent lately after a reconnect) is `resent`; a late result for shards
+        that failed or were cancelled is neither."""
+        attempts = {e.shard: e.attempt, **dict(e.more)}
+        ended, ran = self._ended(e), e.duration / len(members)
+        stories = tuple(
+            m.index
+            for m in members
+            if m.state is S.DONE
+            and ran_again(m.history, e.worker, attempts[m.index], ended=ended, ran=ran)
+        )
+        resent = not stories and reported(members[0].history, e.worker, e.attempt)
+        job.duplicates += len(stories)
+        job.resent += resent
+        self._out.append(ev.DropDuplicate(e.job_id, e.shard, e.worker, resent, stories))
         # A folded partial cannot be merged in part: the batch's others run again.
         for m in members:
             if job.leased_to(m, e.worker):
@@ -356,7 +362,10 @@ class MasterState(Roster, Ledger):
             shard.backup = w.worker_id
             job.backups += 1
             w.leases.add((job.job_id, shard.index), (job.job_id, shard.index))
-            attempt = shard.start_attempt(w.worker_id, now=self._now, backup=True)
+            attempt = shard.start_attempt(
+                w.worker_id, now=self._now, backup=True, above=job.attempts_before
+            )
+            self._given(job, attempt)
             shard.story.append(f"backup attempt {attempt} on {w.worker_id}: a straggler")
             self._out.append(
                 ev.SendTask(w.worker_id, job.job_id, shard.index, attempt, backup=True)
@@ -369,13 +378,21 @@ class MasterState(Roster, Ledger):
             job.move(s, S.LEASED, f"leased to {w.worker_id}" + (" in a batch" if more else ""))
             s.lease = w.worker_id
             w.leases.add((job.job_id, s.index), task)
-            attempts.append((s.index, s.start_attempt(w.worker_id, now=self._now)))
+            number = s.start_attempt(w.worker_id, now=self._now, above=job.attempts_before)
+            attempts.append((s.index, number))
         if job.started_at is None:
             job.started_at = self._now
             self._out.append(ev.JobStarted(job.job_id, self._now + self.wall_offset))
+        self._given(job, max(number for _, number in attempts))
         job.turn = next(self._turns)
         job.declined_at = None  # its shards move: a slow host that left them waits anew
         first, *rest = attempts
         self._out.append(
             ev.SendTask(w.worker_id, job.job_id, shard.index, first[1], more=tuple(rest))
         )
+
+    def _given(self, job: Job, number: int) -> None:
+        """Attempt `number` of the job goes out next: its highest yet is committed first."""
+        if number > job.attempts_given:
+            job.attempts_given = number
+            self._out.append(ev.AttemptsGiven(job.job_id, number))

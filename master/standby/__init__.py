@@ -2,6 +2,7 @@
 
 See docs/standby.md. `journal` records the primary's SQL and applies it on the standby;
 `shipper` sends each commit from the primary; `replica` is the standby until it takes over;
-`etcd` and `election` say who is primary and hand out the epoch; `primary` is the master loop
-with a lease it must hold to act; `serve` runs a master through those roles.
+`election` says who is primary and hands out the epoch, by `etcd` or a Kubernetes Lease
+(`kubelease` over `kubeapi`); `primary` is the master loop with a lease it must hold to act;
+`serve` runs a master through those roles.
 """

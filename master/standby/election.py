@@ -1,4 +1,5 @@
-"""Who is primary, and its epoch: an etcd lease, or (without an arbiter) `shardmill promote`.
+"""Who is primary, and its epoch: an etcd lease, a Kubernetes Lease (kubelease.py, the same
+rules), or (without an arbiter) `shardmill promote`.
 
 Keys under the election prefix (default "shardmill"): `leader` (the primary's name, on its
 lease: it goes when the primary stops renewing), `epoch` (the last primary's epoch, the etcd
@@ -18,9 +19,12 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from shardmill import exitcodes
+from shardmill.config import MasterSettings
 from shardmill.errors import ElectionError, SteppedDown
 from shardmill.master.standby import etcd
 from shardmill.master.standby.etcd import Etcd, absent, delete, equals, held_by, put
+from shardmill.master.standby.kubeapi import KubeApi
+from shardmill.master.standby.kubelease import LeaseElection
 
 log = logging.getLogger(__name__)
 PROMOTE_FILE = "promote"  # `shardmill promote` writes it in the standby's state dir
@@ -150,9 +154,15 @@ class ManualElection:
         return None
 
 
-def make(
-    state_dir: Path, *, url: str | None, prefix: str, name: str, ttl: int, standby: bool
-) -> EtcdElection | ManualElection:
-    if url:
-        return EtcdElection(etcd.Etcd(url), prefix=prefix, name=name, ttl=ttl)
-    return ManualElection(state_dir, standby=standby)
+def make(settings: MasterSettings, *, name: str) -> Election:
+    """The election the settings ask for; ConfigError when its arbiter cannot be set up."""
+    assert settings.state_dir is not None, "MasterSettings checks it"
+    ttl = settings.lease_ttl
+    if settings.etcd:
+        return EtcdElection(
+            etcd.Etcd(settings.etcd), prefix=settings.election_key, name=name, ttl=ttl
+        )
+    if settings.k8s_lease:
+        api = KubeApi(settings.k8s_account, timeout=min(5.0, ttl / 4))
+        return LeaseElection(api, lease=settings.k8s_lease, name=name, ttl=ttl)
+    return ManualElection(settings.state_dir, standby=settings.standby)

@@ -45,8 +45,7 @@ class Standby:
         self.epoch = meta_epoch(settings.state_dir, "epoch")
         self.primary_epoch = meta_epoch(settings.state_dir, "primary_epoch")
         self.synced = False  # a snapshot came in this run: its commits follow
-        # A standby serves its role too: `shardmill health` (Compose, Swarm) must not call it
-        # dead while it waits, or the orchestrator would restart the copy meant to take over.
+        # Touched while it holds a live copy: `shardmill health` (a pod's probes) says ready.
         self.health = HealthFile(settings.health_file, f"standby pid {os.getpid()}")
         self.auth = _only_masters(ctx, security)
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
@@ -74,7 +73,8 @@ class Standby:
                     return None
                 if self.sock in ready:
                     self._drain()
-                self.health.touch(time.monotonic(), 1.0)
+                if self.synced:
+                    self.health.touch(time.monotonic(), 1.0)
                 if (epoch := self._campaign(election)) is not None:
                     return epoch
         finally:

@@ -3,7 +3,8 @@
 One job of slow shards runs through scaling 2 -> 4 workers, a `docker kill`ed worker task
 and a `docker kill`ed master task; Swarm replaces both, the master resumes from its state
 volume, work resumes (a new shard starts) within 5 s of the master's kill, and the answer
-equals NumPy's with every shard merged once.
+equals NumPy's with every shard merged once. The task notes each execution as it starts in a
+file on the stack's data volume, and every shard's story lists each of them, at its true time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +30,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 ROWS, COLS, SEED = 300_000, 3, 11
 SHARDS, NAP = 80, 1.0  # 80 one-second shards: about 20 s on 4 slots, time to act mid-job
+RUNS = "/data/runs.txt"  # on the data volume: a line per execution, from the task itself
+SLACK = 0.5  # seconds between a story's start and the task's own (a lease's trip, a fork)
+# How an attempt that never started ends: its worker died, or gave it back, before it could.
+UNRUN = ("lost", "never started", "released", "handed back")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,7 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
     job = stack.cli(
         "submit", "sm_ops:power_sum", "--format", "synthetic",
         "--synthetic", f"rows={ROWS},cols={COLS},seed={SEED}", "--shards", str(SHARDS),
-        "--option", "power=1", "--option", f"nap={NAP}",
+        "--option", "power=1", "--option", f"nap={NAP}", "--option", f"runs={RUNS}",
     )["job_id"]  # fmt: skip
     wait_until(lambda: stack.cli("status", job)["shards_done"] >= 2, timeout=60, what="2 shards")
     before = {w["worker_id"] for w in stack.cli("workers")}
@@ -98,6 +105,10 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
     np.testing.assert_allclose(result["power_sum"], np.abs(data).sum(axis=0), rtol=1e-9)
     status = stack.cli("status", job, "--shards")
     assert [s["merged"] for s in status["shards"]] == [1] * SHARDS
+    # And every shard's story lists each of its executions, as the task itself noted them
+    _assert_stories_list_every_execution(stack, status, killed)
+    # And `why` shows the restart between a shard's attempts, or across the one it cut through
+    _assert_why_shows_the_restart(stack, job, status)
     # And work resumed within 5 s of the kill: the restarted master handed out a new shard
     attempts = [a for s in status["shards"] for a in s["history"]]
     resumed = min(a["started"] for a in attempts if a["started"] > killed) - killed
@@ -116,3 +127,61 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
         what="every worker container healthy",
     )
     assert [stack.health(c) for c in stack.containers("master")] == ["healthy"]
+
+
+def _executions(stack: Stack) -> dict[int, list[tuple[str, float]]]:
+    """Each shard's executions (worker, start), from the lines the task wrote as it started."""
+    text = docker("exec", stack.containers("master")[0], "cat", RUNS)
+    found: dict[int, list[tuple[str, float]]] = defaultdict(list)
+    for line in text.splitlines():
+        first_row, worker, at = line.split()
+        shard, off = divmod(int(first_row), ROWS // SHARDS)
+        assert off == 0, f"a shard starting at row {first_row}: not an equal split"
+        found[shard].append((worker, float(at)))
+    return found
+
+
+def _assert_stories_list_every_execution(
+    stack: Stack, status: dict[str, Any], killed: float
+) -> None:
+    """Each execution is one attempt of its shard's story: same worker, started by then (and
+    not long before), not ended before it. An attempt no execution matches can only be a lease
+    its worker died before starting or gave back. Some executions ran through the kill."""
+    executions = _executions(stack)
+    across = 0
+    for shard in status["shards"]:
+        ran, left = executions.get(shard["index"], []), list(shard["history"])
+        assert ran, f"shard {shard['index']} never ran, by the task's own notes: {shard}"
+        for worker, at in sorted(ran, key=lambda r: r[1]):
+            match = [
+                a for a in left
+                if a["worker"] == worker and at - SLACK <= a["started"] <= at + SLACK / 10
+                and (a["ended"] is None or a["ended"] >= at)
+            ]  # fmt: skip
+            assert match, f"an execution on {worker} at {at:.3f} is not in the story: {shard}"
+            left.remove(match[0])
+            across += at < killed < match[0]["ended"]
+        assert all(a["outcome"] in UNRUN for a in left), f"attempts that never ran: {shard}"
+        numbers = [a["attempt"] for a in shard["history"]]
+        assert len(set(numbers)) == len(numbers), f"attempt numbers twice: {shard}"
+    assert across, "no execution was running when the master was killed"
+    print(f"stories: {sum(map(len, executions.values()))} executions of {SHARDS} shards, "
+          f"{across} running at the master's kill", file=sys.stderr)  # fmt: skip
+
+
+def _assert_why_shows_the_restart(stack: Stack, job: str, status: dict[str, Any]) -> None:
+    """`shardmill why` of a shard whose story the restart cuts: a line between two attempts,
+    or a note on the attempt it ran through (none such when every shard ran on one side)."""
+    restart = status["restarts"][-1]
+    for shard in status["shards"]:
+        spans = [(a["started"], a["ended"]) for a in shard["history"]]
+        if any(start < restart < end for start, end in spans):
+            expected = "across the master's restart at"
+        elif min(spans)[0] < restart < max(spans)[0]:
+            expected = "-- the master restarted at"
+        else:
+            continue
+        story = docker("exec", stack.client, "shardmill", "why", job, str(shard["index"]))
+        assert expected in story, story
+        return
+    print("no shard's story has an attempt on each side of the restart", file=sys.stderr)

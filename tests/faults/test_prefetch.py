@@ -141,3 +141,17 @@ def test_long_shards_are_not_hoarded_and_each_worker_shows_its_round_trip() -> N
         took = info.finished_at - info.started_at
         assert took < 6.0, f"40 x 0.5 s shards on 4 workers took {took:.2f} s"
         assert_merged_once(job)
+
+
+def test_a_new_workers_round_trip_is_known_at_once() -> None:
+    """Until the master knows a worker's round trip its queue is one shard deep: a fresh
+    cluster's first job of short tasks ran slow until the next heartbeat measured it."""
+    # Given a cluster whose heartbeats are 5 s apart
+    with (
+        LocalCluster(
+            workers=1, imports=["sm_tasks"], env=cluster_env(), heartbeat_interval=5.0
+        ) as cluster,
+        cluster.client() as client,
+    ):
+        # Then the worker's round trip is measured well before the first beat
+        wait_until(lambda: client.workers()[0].rtt is not None, timeout=2.0, what="an rtt")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_json, cluster_env, run_cli, wait_until
+from helpers import FAST, cli_json, cluster_env, run_cli, wait_until
 
 from shardmill import LocalCluster, exitcodes
+from shardmill.cli.details import stamp
 
 
 @pytest.fixture
@@ -91,7 +97,14 @@ def test_tables_fit_80_columns_with_whole_ids_and_true_numbers(
         assert max(len(line) for line in lines) <= 80, out.stdout
         assert job_id in out.stdout or cmd == ["workers"]
     workers = {w["worker_id"] for w in cli_json("workers", master=master)}
-    assert all(w in run_cli("workers", env=narrow).stdout for w in workers)
+    narrow_workers = run_cli("workers", env=narrow).stdout
+    assert all(w in narrow_workers for w in workers)
+    # And the columns left out are named, with the width that shows them all
+    note = " ".join(narrow_workers.split("columns hidden to fit 80: ")[1].split())
+    assert note.startswith("host, pid") and "--json" in note, narrow_workers
+    wide = {**narrow, "COLUMNS": note.split("COLUMNS=")[1].rstrip(")")}
+    everything = run_cli("workers", env=wide).stdout
+    assert "hidden" not in everything and "host" in everything and "shuffle" in everything
     # And a done shard names the worker that ran it, as `why` does
     status = run_cli("status", job_id, "--shards", env=narrow).stdout
     shard_rows = [line.split() for line in status.splitlines() if line.split()[:1] == ["0"]]
@@ -110,6 +123,31 @@ def test_submit_wait_json_and_watch_json(cluster: LocalCluster, npy: Path) -> No
     assert out["result"]["count"] == 20_000
     lines = run_cli("watch", out["job_id"], "--json", master=master).stdout.splitlines()
     assert json.loads(lines[-1])["state"] == "done"
+    # And a reader gone before the first line (`... --json | head -0`) gets no traceback,
+    # whether the command writes as it goes (watch) or at its exit (stdout block-buffered)
+    env = {**cluster_env(), **cluster.client_env()}
+    env.pop("PYTHONUNBUFFERED", None)
+    for cmd in (["watch", out["job_id"]], ["status", out["job_id"], "--shards"], ["jobs"]):
+        closed = _into_a_closed_pipe(*cmd, "--json", env=env)
+        assert (closed.returncode, closed.stderr) == (exitcodes.ERROR, ""), closed.stderr
+
+
+def _into_a_closed_pipe(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`shardmill ARGS` writing into a pipe whose reader has already gone."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "shardmill", *args],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
 
 
 def test_cancel_a_running_job(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -122,10 +160,48 @@ def test_cancel_a_running_job(cluster: LocalCluster, tmp_path: Path) -> None:
     assert out["state"] == "cancelled"
     proc = run_cli("result", job.id, master=master)
     assert proc.returncode == exitcodes.CANCELLED and "cancelled" in proc.stderr
+    # watching it then, in a pipe or on a terminal, ends without an ETA
+    watch = run_cli("watch", job.id, master=master)
+    assert watch.returncode == exitcodes.CANCELLED, watch.stderr
+    assert watch.stdout.splitlines()[-1].startswith(f"{job.id} cancelled"), watch.stdout
+    on_tty = _on_a_terminal("watch", job.id, env={**cluster_env(), **cluster.client_env()})
+    assert f"{job.id} cancelled" in on_tty
+    assert "ETA" not in watch.stdout + on_tty, watch.stdout + on_tty
     # the workers are free again at once: a new job runs
     with cluster.client() as client:
         assert client.call("sm_tasks:square", 4, timeout=30) == 16
         assert all(w.busy == 0 for w in client.workers())
+
+
+def _on_a_terminal(*args: str, env: dict[str, str]) -> str:
+    """What `shardmill ARGS` writes to a (pseudo-)terminal, where rich draws its live bar; for
+    short outputs only: the child writes into the terminal's buffer until it exits."""
+    leader, follower = pty.openpty()
+    try:
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "shardmill", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=follower,
+                stderr=follower,
+                env={**env, "COLUMNS": "120", "TERM": "xterm"},
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(follower)
+        chunks = []
+        while select.select([leader], [], [], 0)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: all read, and the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(leader)
 
 
 def test_exit_codes_name_the_problem(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -182,6 +258,26 @@ def test_failed_job_exit_code_and_message(cluster: LocalCluster) -> None:
     assert proc.returncode == exitcodes.JOB_FAILED
     assert "shard 0" in proc.stderr and "boom on 1" in proc.stderr
     assert "attempt 2" in proc.stderr and "next step" in proc.stderr
+    # `status JOB` shows people what the jobs table does not: owner, timing, failed attempts,
+    # lost workers
+    info = cli_json("status", job.id, master=cluster)
+    status = run_cli("status", job.id, master=cluster)
+    assert status.returncode == 0, status.stderr
+    facts = _facts(status.stdout)
+    assert facts["owner"] == info["owner"] != ""
+    assert facts["submitted"].endswith(stamp(info["submitted_at"]))
+    assert facts["started"].startswith(stamp(info["started_at"]))
+    took = info["finished_at"] - info["submitted_at"]
+    ran = info["finished_at"] - info["started_at"]
+    assert facts["failed"] == f"{stamp(info['finished_at'])} (+{took:.2f} s, ran {ran:.2f} s)"
+    assert facts["failed attempts"].startswith("2, the last: shard 0 attempt 2 on ")
+    assert facts["lost workers"] == "none"
+
+
+def _facts(stdout: str) -> dict[str, str]:
+    """`status JOB`'s lines of "label  value" (a label of words, then two spaces or more)."""
+    pairs = (re.match(r"(\S+(?: \S+)*) {2,}(.*)$", line) for line in stdout.splitlines())
+    return {m[1]: m[2] for m in pairs if m}
 
 
 def test_console_script_and_module_entry_points() -> None:
@@ -225,3 +321,39 @@ def test_bad_input_gets_one_clear_line_and_the_master_keeps_serving(
         assert "Traceback" not in proc.stderr, proc.stderr
     # And the master still serves
     assert cli_json("workers", master=master)
+
+
+def test_a_bad_csv_followed_without_a_terminal(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Given a CSV with a word where `--dtype b=float64` promises numbers
+    bad = tmp_path / "a-csv-whose-error-line-passes-eighty-columns.csv"
+    bad.write_text("a,b\n1,2\n3,x\n5,6\n")
+    # When it is submitted and followed with stdout a pipe, not a terminal
+    args = ("column_stats", str(bad), "--dtype", "b=float64", "--shards", "2", "--wait")
+    proc = run_cli("submit", *args, master=cluster)
+    assert proc.returncode == exitcodes.JOB_FAILED, proc.stderr
+    # Then every line of the job's error is on stdout whole, not wrapped at 80 columns
+    lines = proc.stdout.splitlines()
+    error = proc.stderr.removeprefix("shardmill: ").splitlines()
+    assert len(error) >= 3 and all(line in lines for line in error), proc.stdout
+    # And the job's last line is whole: its rate and time, and no ETA once it ended
+    job_id = lines[0].split()[1]
+    last = [line for line in lines if line.startswith(f"{job_id} failed")]
+    assert last and last[-1].endswith(" s") and "shards/s" in last[-1], proc.stdout
+    assert "ETA" not in last[-1]
+    # And the error names the CLI flag beside the Python field, and says it is not retried
+    assert "`--dtype b=str`" in proc.stderr and "dtypes={'b': 'str'}" in proc.stderr
+    assert "bad input is not retried" in proc.stderr
+
+
+def test_empty_tables_say_what_to_do() -> None:
+    # Given a master with no workers and no jobs
+    with LocalCluster(0, env=cluster_env(), **FAST) as bare:
+        # When jobs and workers are listed for people
+        jobs = run_cli("jobs", master=bare)
+        workers = run_cli("workers", master=bare)
+    # Then each says what to do instead of printing bare headers
+    assert jobs.returncode == workers.returncode == 0, jobs.stderr + workers.stderr
+    assert jobs.stdout.startswith("no jobs: submit one with `shardmill submit "), jobs.stdout
+    assert workers.stdout.startswith("no workers: start one with `shardmill worker "), (
+        workers.stdout
+    )

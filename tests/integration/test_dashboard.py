@@ -403,6 +403,12 @@ def test_watch_and_the_master_log_tell_the_lost_worker_and_the_retry(
     assert proc.returncode == 0, proc.stderr
     assert f"worker {victim} lost: its shards run again elsewhere" in proc.stdout
     assert "failed attempt: shard " in proc.stdout and f"on {victim}: lost" in proc.stdout
+    # and `status JOB` names it after the job's timing (no --json needed)
+    status = run_cli("status", killed_job, master=cluster).stdout
+    lost = [line for line in status.splitlines() if line.startswith("lost workers  ")]
+    assert lost and lost[0].endswith(f" {victim} (their shards ran again elsewhere)"), status
+    assert "\nfailed attempts  " in status
+    assert "\ndone  " in status and "\nstarted  " in status and "\nsubmitted  " in status
     # Every role logs JSON lines when told (--log-format json); the master logs each job's end.
     assert cluster.log_dir is not None
     records = [

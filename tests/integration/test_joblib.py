@@ -4,6 +4,7 @@ where pickling is off."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import joblib
@@ -43,6 +44,18 @@ def test_numpy_arguments_travel_as_frames(trusted: LocalCluster) -> None:
 def test_a_raising_call_raises_from_parallel(trusted: LocalCluster) -> None:
     with _config(trusted), pytest.raises(ValueError, match="boom on 3"):
         joblib.Parallel(n_jobs=-1)(joblib.delayed(sm_tasks.boom)(i) for i in [3])
+
+
+def test_a_parallel_inside_a_task_runs_on_its_worker(trusted: LocalCluster) -> None:
+    # When each task (pickled: a local function) runs a Parallel of its own on "shardmill"
+    with _config(trusted, pickle=True):
+        groups = joblib.Parallel(n_jobs=2)(
+            joblib.delayed(sm_tasks.nested_pids)(4) for _ in range(4)
+        )
+    # Then the inner calls ran on the worker that ran the task, in its process (threads)
+    for outer, inner in groups:
+        assert inner == [outer] * 4
+    assert os.getpid() not in {outer for outer, _ in groups}
 
 
 def _grid_search(n_jobs: int = -1) -> GridSearchCV:

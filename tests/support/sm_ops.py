@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -12,6 +13,10 @@ from shardmill.wire.spec import OpOptions
 
 
 def _map(block: Block, options: OpOptions) -> dict[str, Any]:
+    if runs := str(options.params.get("runs", "")):  # a line per execution, as it starts
+        worker = os.environ.get("SHARDMILL_WORKER_ID", "?")
+        with open(runs, "a") as f:  # one short write in append mode: lines never interleave
+            f.write(f"{block.first_row} {worker} {time.time():.3f}\n")
     time.sleep(float(str(options.params.get("nap", 0))))  # slow shards, for faults mid-job
     power = float(str(options.params.get("power", 2)))
     x = np.abs(np.asarray(block.values, dtype=np.float64)) ** power

@@ -215,3 +215,12 @@ def sum_after_flag(x: int, flag: str) -> int:
     if flag:
         wait_for_file(flag, timeout=60)
     return x * 10
+
+
+def nested_pids(n: int) -> tuple[int, list[int]]:
+    """A task that opens its own joblib Parallel on "shardmill": where did its calls run?"""
+    import joblib
+
+    with joblib.parallel_config(backend="shardmill"):
+        inner = joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(n))
+    return os.getpid(), inner

@@ -78,9 +78,17 @@ class Master:
 
 
 class Pair:
-    """Two masters, each the other's peer, both with `etcd` (or none: promote by hand)."""
+    """Two masters, each the other's peer, both with `etcd` (or none: promote by hand, or an
+    arbiter named in `extra`, its environment in `env`)."""
 
-    def __init__(self, base: Path, *, etcd: str | None, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        etcd: str | None,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         names = ("a", "b")
         ports = free_ports(6)
         self.masters = [
@@ -91,6 +99,7 @@ class Pair:
         ]
         self.etcd = etcd
         self.extra = list(extra)
+        self.env = {**cluster_env(), **(env or {})}
 
     def workers_address(self) -> str:
         return ",".join(f"tcp://127.0.0.1:{m.ports['port']}" for m in self.masters)
@@ -109,7 +118,7 @@ class Pair:
         self.close(m)
         m.lines = []
         log = open(m.state_dir.parent / f"master-{m.name}.log", "ab")  # noqa: SIM115
-        m.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=cluster_env())
+        m.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=self.env)
         log.close()
         m.reader = threading.Thread(target=_read_lines, args=(m.proc.stdout, m.lines), daemon=True)
         m.reader.start()

@@ -6,6 +6,7 @@ against a real SQLite state directory. A second master is a second Checkpointer 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
@@ -49,17 +50,26 @@ class Master:
         self.jobs, restored = self.ck.restore(NO_MODULES)
         for event in [*restored, ev.RestoreDone()]:
             self.state.handle(event, now=0.0)
-        self.state.handle(ev.WorkerReady("w1", slots=100), now=0.0)
+        self._carry_out(self.state.handle(ev.WorkerReady("w1", slots=100), now=0.0))
 
     def submit(self, job_id: str, msg: Submit) -> JobData:
         data = accept(msg, [], NO_MODULES)
         self.ck.job_added(job_id, data, spec=msg.spec, submitted_at=WALL)
         self.jobs[job_id] = data
-        self.state.handle(ev.JobAdded(job_id, msg.spec, len(data.descriptors)), now=0.0)
+        self._carry_out(self.state.handle(ev.JobAdded(job_id, msg.spec, len(data.descriptors)), 0))
         return data
 
-    def succeed(self, job_id: str, shard: int, result: tuple[bytes, list[Any]], now: float) -> None:
-        done = ev.ShardSucceeded("w1", job_id, shard, attempt=1, duration=0.5)
+    def succeed(
+        self,
+        job_id: str,
+        shard: int,
+        result: tuple[bytes, list[Any]],
+        now: float,
+        *,
+        worker: str = "w1",
+        attempt: int = 1,
+    ) -> None:
+        done = ev.ShardSucceeded(worker, job_id, shard, attempt=attempt, duration=0.5)
         self._carry_out(self.state.handle(done, now), job_id, result, now)
 
     def fail(self, job_id: str, shard: int, now: float) -> None:
@@ -83,6 +93,12 @@ class Master:
                 self._end(cmd.job_id, now)
             elif isinstance(cmd, ev.JobEnded):
                 self._end(cmd.job_id, now)
+            elif isinstance(cmd, ev.AttemptsGiven):
+                self.ck.attempts_given(cmd.job_id, cmd.high)
+            elif isinstance(cmd, ev.DropDuplicate):
+                job = self.state.jobs[cmd.job_id]
+                stories = [job.shards[i] for i in cmd.stories]
+                self.ck.dropped(cmd.job_id, stories, resent=job.resent, offset=WALL)
 
     def _end(self, job_id: str, now: float) -> None:
         job, data = self.state.jobs[job_id], self.jobs[job_id]
@@ -267,6 +283,40 @@ def test_an_op_job_resumes_from_its_partial(tmp_path: Path) -> None:
     again.ck.close()
 
 
+def test_duplicates_resent_copies_and_attempt_numbers_outlive_a_restart(tmp_path: Path) -> None:
+    # Given a map job of 2 shards, both leased (attempt 1, committed before it went out)
+    m = Master(tmp_path)
+    m.submit("j", _map_submit(2))
+    assert _rows(tmp_path, "SELECT attempts FROM jobs") == [(1,)]
+    # And shard 0 merged, a second execution's result for it (written after its row), and a
+    # copy of each result, resent
+    m.succeed("j", 0, _square(0), now=1.0)
+    m.ck.commit()
+    m.succeed("j", 0, _square(0), now=2.0, worker="w2", attempt=2)
+    m.succeed("j", 0, _square(0), now=2.5, worker="w2", attempt=2)
+    m.succeed("j", 0, _square(0), now=3.0)
+    m.ck.commit()
+    info = m.state.job_info("j")
+    assert (info.duplicates, info.resent) == (1, 2)
+    # When the master dies and another starts on the state dir
+    _kill(m)
+    m = Master(tmp_path)
+    # Then the story keeps the second execution, the counts are as they were, and shard 1
+    # runs again as attempt 2: attempt 1 may still run, and report, under its own number
+    after = m.state.hold_until  # when a restarted master gives out work
+    m._carry_out(m.state.handle_all([ev.WorkerSeen("w1"), ev.Tick()], now=after))
+    job = m.state.jobs["j"]
+    assert [(a.number, a.worker, a.outcome) for a in job.shards[0].history] == [
+        (1, "w1", "ok"), (2, "w2", "duplicate"),
+    ]  # fmt: skip
+    assert (m.state.job_info("j").duplicates, m.state.job_info("j").resent) == (1, 2)
+    assert [a.number for a in job.shards[1].history] == [2]
+    assert _rows(tmp_path, "SELECT attempts FROM jobs") == [(2,)]
+    m.succeed("j", 1, _square(1), now=after + 0.1, attempt=2)
+    assert _values(m, "j") == [[0], [1]]
+    m.ck.close()
+
+
 def test_a_failed_job_keeps_every_shards_story(tmp_path: Path) -> None:
     # Given a map job whose shard 1 fails for good after shard 0 merged
     m = Master(tmp_path)
@@ -346,7 +396,44 @@ def test_a_version_4_state_dir_gets_summaries_with_started_at_and_restarts(
     assert summary is not None and summary.state == "done" and summary.shards_done == 1
     assert summary.started_at == WALL + 0.5 and summary.restarts == (WALL + 3,)
     assert m.state.job_info("f").restarts == [WALL + 3]
+    assert gc.isenabled()  # off only while the summaries were read
     m.ck.close()
+
+
+def test_a_start_finds_unfinished_jobs_without_reading_the_finished_ones(
+    tmp_path: Path,
+) -> None:
+    # Given a state dir of finished jobs around two unfinished ones, written before the
+    # indexes existed
+    store = Store(tmp_path)
+    for i in range(6):
+        store.add_job(f"j{i}", MAP, [], [1], WALL + i, [])
+        if i not in (1, 4):
+            store.job_ended(
+                f"j{i}",
+                state="done",
+                error=None,
+                finished_at=WALL + 9,
+                result=None,
+                settled=msgpack.packb([]),
+            )
+    store.commit()
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript("DROP INDEX jobs_seq; DROP INDEX jobs_state;")
+    db.close()
+    # When a store opens it
+    again = Store(tmp_path)
+    # Then the unfinished jobs and the highest seq are looked up in indexes, not a table scan
+    plan = "EXPLAIN QUERY PLAN SELECT job_id FROM jobs WHERE state = 'running' ORDER BY seq"
+    assert "USING INDEX jobs_state (state=?)" in str(again.db.execute(plan).fetchall())
+    plan = "EXPLAIN QUERY PLAN SELECT MAX(seq) FROM jobs"
+    assert "INDEX jobs_seq" in str(again.db.execute(plan).fetchall())
+    # And what they find is what a scan finds: the unfinished jobs oldest first, new ones after
+    assert [job.job_id for job in again.load()] == ["j1", "j4"]
+    again.add_job("j6", MAP, [], [1], WALL + 6, [])
+    assert [job.job_id for job in again.load()] == ["j1", "j4", "j6"]
+    again.close()
 
 
 def test_the_wal_is_copied_back_off_the_loops_thread(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from helpers import parse_cli
 
+from shardmill.master.standby.serve import the_other
 from shardmill.wire.keyring import ADMINS
 from shardmill.wire.security import FOLDER, keygen
 
@@ -23,6 +24,12 @@ ROOT = Path(__file__).parents[2]
 KUBERNETES = kubernetes_validate.utils.latest_version()
 OVERLAYS = ("small", "many-workers")
 Objects = list[dict[str, Any]]
+MASTERS = [f"shardmill-master-{i}" for i in (0, 1)]  # the StatefulSet's pods
+
+
+def both(port: int) -> str:
+    """Both masters' addresses, by their pods' names under the headless Service."""
+    return ",".join(f"tcp://{pod}.shardmill-master:{port}" for pod in MASTERS)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +93,17 @@ def test_every_object_is_valid_kubernetes(base: Objects, overlays: dict[str, Obj
     assert kinds == [
         ("Deployment", "shardmill-dashboard"),
         ("Deployment", "shardmill-worker"),
+        ("Lease", "shardmill-master"),
         ("NetworkPolicy", "shardmill-dashboard"),
         ("NetworkPolicy", "shardmill-master"),
         ("NetworkPolicy", "shardmill-worker"),
+        ("PodDisruptionBudget", "shardmill-master"),
         ("PodDisruptionBudget", "shardmill-worker"),
+        ("Role", "shardmill-master-lease"),
+        ("RoleBinding", "shardmill-master-lease"),
         ("Service", "shardmill-dashboard"),
         ("Service", "shardmill-master"),
+        ("ServiceAccount", "shardmill-master"),
         ("StatefulSet", "shardmill-master"),
     ]
     validate(base)
@@ -118,7 +130,9 @@ def test_every_command_line_parses_with_the_cli(base: Objects) -> None:
                 assert pod["terminationGracePeriodSeconds"] > float(
                     env["SHARDMILL_WORKER_DRAIN_GRACE"]
                 )
-                assert args.master == "tcp://shardmill-master:5555"
+                assert args.master == both(5555)
+            if c["args"][0] == "dashboard":
+                assert args.master == both(5556)
             assert c["resources"]["requests"]
     assert roles == {
         "shardmill-master": "master",
@@ -130,7 +144,10 @@ def test_every_command_line_parses_with_the_cli(base: Objects) -> None:
 def test_every_pod_is_hardened_and_every_probe_has_a_timeout(base: Objects) -> None:
     for name, pod in pods(base).items():
         assert pod["securityContext"]["runAsNonRoot"] is True, name
-        assert pod["automountServiceAccountToken"] is False, name
+        # a token only where the Kubernetes API is spoken to: the masters' election
+        is_master = name == "shardmill-master"
+        assert pod["automountServiceAccountToken"] is is_master, name
+        assert pod.get("serviceAccountName") == ("shardmill-master" if is_master else None)
         for c in pod["containers"]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True, name
@@ -145,19 +162,56 @@ def test_every_pod_is_hardened_and_every_probe_has_a_timeout(base: Objects) -> N
     assert "initialDelaySeconds" not in master["livenessProbe"]
 
 
-def test_the_master_is_one_replica_behind_a_headless_service(base: Objects) -> None:
+def test_the_master_is_two_replicas_behind_a_headless_service(base: Objects) -> None:
     master = one(base, "StatefulSet", "shardmill-master")
-    assert master["spec"]["replicas"] == 1
-    (claim,) = master["spec"]["volumeClaimTemplates"]
+    assert master["spec"]["replicas"] == 2
+    assert master["spec"]["podManagementPolicy"] == "Parallel"  # a standby waits for either
+    (claim,) = master["spec"]["volumeClaimTemplates"]  # a state claim for each replica
     (container,) = master["spec"]["template"]["spec"]["containers"]
     assert parse_cli(container["args"]).state_dir == "/state"
     assert {"name": "state", "mountPath": "/state"} in container["volumeMounts"]
     assert claim["metadata"]["name"] == "state"
     service = one(base, "Service", "shardmill-master")
-    assert service["spec"]["clusterIP"] == "None"  # the name resolves to the pod itself
+    assert service["spec"]["clusterIP"] == "None"  # each pod has a name of its own
+    assert service["spec"]["publishNotReadyAddresses"] is True  # a standby not in sync yet
     assert master["spec"]["serviceName"] == "shardmill-master"
     named = {p["name"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= named
+    assert {"name": "replication", "containerPort": 5557} in container["ports"]
+    # a drain stops one master at a time, only while the other is ready
+    pdb = one(base, "PodDisruptionBudget", "shardmill-master")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "shardmill-master"}
+
+
+def test_the_masters_elect_through_a_lease_only_they_may_touch(base: Objects) -> None:
+    spec = pods(base)["shardmill-master"]
+    (container,) = spec["containers"]
+    args = parse_cli(container["args"])
+    # each master names the other by its pod's name (its host name), elected by the Lease
+    assert args.peer == both(5557)
+    for me, other in (MASTERS, MASTERS[::-1]):
+        assert the_other(args.peer, me) == f"tcp://{other}.shardmill-master:5557"
+    assert env_of(container)["SHARDMILL_MASTER_NAME"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+    assert args.k8s_lease == "shardmill-master" and int(args.lease_ttl) >= 2
+    lease = one(base, "Lease", args.k8s_lease)
+    assert "spec" not in lease  # the masters write it; `kubectl apply` leaves it to them
+    # the Role: get and update on that one Lease, create (RBAC cannot narrow it by name)
+    role = one(base, "Role", "shardmill-master-lease")
+    leases = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+    assert role["rules"] == [
+        {**leases, "resourceNames": [args.k8s_lease], "verbs": ["get", "update"]},
+        {**leases, "verbs": ["create"]},
+    ]
+    binding = one(base, "RoleBinding", "shardmill-master-lease")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "shardmill-master-lease"
+    }  # fmt: skip
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"]}]
+    account = one(base, "ServiceAccount", spec["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False  # only the master pod asks for it
 
 
 def test_workers_take_slots_from_their_cpu_request_and_survive_a_master_outage(
@@ -200,6 +254,7 @@ def test_network_policies_let_in_only_who_needs_each_port(base: Objects) -> None
         5555: [pod("shardmill-worker")],
         5556: [pod("shardmill-dashboard"), client],
         9100: [monitoring],  # metrics have no authentication
+        5557: [pod("shardmill-master")],  # the standby's replication port
     }
     assert _ingress(base, "shardmill-worker") == {5557: [pod("shardmill-worker")]}
     assert list(_ingress(base, "shardmill-dashboard")) == [8787]

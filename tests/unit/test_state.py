@@ -58,15 +58,18 @@ def test_result_is_merged_once_and_duplicates_are_counted() -> None:
     assert ev.MergeShard("j", 0) in first and ev.FinalizeJob("j") in first
     # When the same execution's result comes again (a worker resends after a reconnect)
     again = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=2)
-    # Then it is a replay, not a second execution
-    assert again == [ev.DropDuplicate("j", 0, "w1", replayed=True)]
-    assert (s.job_info("j").replayed, s.job_info("j").duplicates) == (1, 0)
-    # When a second execution's result comes (another worker ran it too)
+    # Then it is a resent copy, not a second execution, and no story changes
+    assert again == [ev.DropDuplicate("j", 0, "w1", resent=True)]
+    assert (s.job_info("j").resent, s.job_info("j").duplicates) == (1, 0)
+    # When a second execution's result comes (another worker ran it too), twice
     other = s.handle(ev.ShardSucceeded("w2", "j", 0, 2, duration=0.5), now=3)
-    # Then it is a counted duplicate, and that execution is in the shard's story
-    assert other == [ev.AskReregister("w2"), ev.DropDuplicate("j", 0, "w2")]
+    copy = s.handle(ev.ShardSucceeded("w2", "j", 0, 2, duration=0.5), now=4)
+    # Then it is a counted duplicate, that execution is in the shard's story (to be written),
+    # and its copy is a resent one
+    assert other == [ev.AskReregister("w2"), ev.DropDuplicate("j", 0, "w2", stories=(0,))]
+    assert copy == [ev.AskReregister("w2"), ev.DropDuplicate("j", 0, "w2", resent=True)]
     info = s.job_info("j", shards=True)
-    assert (info.replayed, info.duplicates) == (1, 1) and s.jobs["j"].shards[0].merged == 1
+    assert (info.resent, info.duplicates) == (2, 1) and s.jobs["j"].shards[0].merged == 1
     assert info.shards is not None
     assert [(a.attempt, a.worker, a.outcome) for a in info.shards[0].history] == [
         (1, "w1", "ok"), (2, "w2", "duplicate"),
@@ -146,15 +149,18 @@ def test_expired_worker_requeues_its_shards_charged_and_elsewhere() -> None:
     assert [(c.worker, c.attempt) for c in _sends(cmds)] == [("w2", 2)]
     shard = s.jobs["j"].shards[0]
     assert shard.charged == 1 and shard.history[0].outcome == "lost"
-    # And its late result, when it wakes, still counts once: first result wins
+    # And its late result, when it wakes, still counts once: first result wins, and the
+    # attempt written off as lost is the one that ran (one execution, one line in the story)
     late = s.handle(ev.ShardSucceeded("w1", "j", 0, 1), now=4)
     assert ev.MergeShard("j", 0) in late and ev.AskReregister("w1") in late
-    assert [(a.worker, a.outcome) for a in shard.history] == [
-        ("w1", "lost"),
-        ("w2", "superseded"),
-        ("w1", "ok (late)"),
+    assert [(a.number, a.worker, a.outcome) for a in shard.history] == [
+        (1, "w1", "ok (late)"),
+        (2, "w2", "superseded"),
     ]
-    assert s.handle(ev.ShardSucceeded("w2", "j", 0, 2), now=5) == [ev.DropDuplicate("j", 0, "w2")]
+    assert shard.history[0].error is None and shard.history[0].ended == 4
+    dropped = s.handle(ev.ShardSucceeded("w2", "j", 0, 2), now=5)
+    assert dropped == [ev.DropDuplicate("j", 0, "w2", stories=(0,))]
+    assert shard.history[1].outcome == "duplicate"  # it ran on: a second execution
 
 
 def test_disconnect_hands_back_without_charging() -> None:
@@ -686,3 +692,52 @@ def test_a_shard_that_raised_then_was_lost_fails_the_job_with_what_it_raised() -
         unpack_result(JobResult(req=1, job=s.job_info("j"), failure=failure), [])
     assert caught.value.remote_type == "ValueError" and caught.value.remote_traceback == "TB-7"
     assert "lost" in str(caught.value)
+
+
+def test_attempt_numbers_rise_through_commits_and_a_restart_numbers_above_them() -> None:
+    # Given a job's first leases: their number goes out only after the loop commits it, once
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=2), now=0)
+    cmds = s.handle(ev.JobAdded("j", SPEC, 3), now=0)
+    given = [type(c) for c in cmds if isinstance(c, ev.AttemptsGiven | ev.SendTask)]
+    assert given == [ev.AttemptsGiven, ev.SendTask, ev.SendTask]
+    assert ev.AttemptsGiven("j", 1) in cmds
+    # And the next shard's attempt 1 commits nothing; a retry's attempt 2 is committed first
+    cmds = s.handle(ev.ShardFailed("w1", "j", 0, 1, _error()), now=1)
+    assert [(c.shard, c.attempt) for c in _sends(cmds)] == [(2, 1)]
+    assert not [c for c in cmds if isinstance(c, ev.AttemptsGiven)]
+    cmds = s.handle(ev.ShardSucceeded("w1", "j", 1, 1), now=2)  # after the retry backoff
+    given = [type(c) for c in cmds if isinstance(c, ev.AttemptsGiven | ev.SendTask)]
+    assert given == [ev.AttemptsGiven, ev.SendTask] and ev.AttemptsGiven("j", 2) in cmds
+    assert [(c.shard, c.attempt) for c in _sends(cmds)] == [(0, 2)]
+    # When a restarted master resumes a job whose earlier master gave attempts up to 2
+    s = _state()
+    s.handle(ev.JobRestored("j", SPEC, 2, 0.0, JobState.RUNNING, {}, attempts_given=2), now=0)
+    s.handle(ev.RestoreDone(), now=0)
+    cmds = s.handle(ev.WorkerReady("w2", slots=1), now=5)
+    cmds += s.handle(ev.Tick(), now=5)
+    # Then its new attempts are numbered above them: an execution a worker reports late
+    # (attempt 1 or 2 of the earlier master) has a number of its own in the story
+    (send,) = _sends(cmds)
+    assert send.attempt == 3 and ev.AttemptsGiven("j", 3) in cmds
+    s.handle(ev.ShardSucceeded("w1", "j", send.shard, 1, duration=0.5), now=6)
+    history = s.jobs["j"].shards[send.shard].history
+    assert sorted((a.number, a.worker) for a in history) == [(1, "w1"), (3, "w2")]
+
+
+def test_an_attempt_written_off_whose_worker_re_registers_holding_it_runs_on() -> None:
+    # Given a worker expired while running a shard (its attempt written off as lost)
+    s = _state()
+    s.handle(ev.WorkerReady("w1", slots=1), now=0)
+    s.handle(ev.JobAdded("j", SPEC, 1), now=0)
+    s.handle(ev.Tick(), now=3.0)
+    shard = s.jobs["j"].shards[0]
+    assert [(a.number, a.outcome) for a in shard.history] == [(1, "lost")]
+    # When it re-registers still running that attempt
+    held = (Lease(job_id="j", shard=0, attempt=1),)
+    s.handle(ev.WorkerReady("w1", slots=1, held=held), now=3.1)
+    # Then the story has that one execution, running again, not a second attempt 1
+    assert [(a.number, a.worker, a.outcome) for a in shard.history] == [(1, "w1", "running")]
+    assert shard.lease == "w1"
+    s.handle(ev.ShardSucceeded("w1", "j", 0, 1, duration=0.5), now=3.5)
+    assert [(a.number, a.outcome, a.ended) for a in shard.history] == [(1, "ok", 3.5)]

@@ -122,3 +122,42 @@ def test_the_env_file_and_the_dashboard_file_set_what_an_operator_changes(
 def test_a_missing_key_directory_is_named() -> None:
     proc = _render()
     assert proc.returncode != 0 and "SHARDMILL_KEYS_DIR" in proc.stderr
+
+
+def test_the_ha_file_adds_a_standby_and_etcd_that_only_the_masters_reach() -> None:
+    proc = _render("swarm.ha.yaml", "swarm.dashboard.yaml", SHARDMILL_KEYS_DIR="/k")
+    assert proc.returncode == 0, proc.stderr
+    stack = yaml.safe_load(proc.stdout)
+    services = stack["services"]
+    a, b = (parse_cli(services[n]["command"]) for n in ("master", "master-b"))
+    # each names the other as its peer, both the same etcd, each its own state volume
+    assert (a.name, a.peer, b.name, b.peer) == (
+        "master", "tcp://master-b:5557", "master-b", "tcp://master:5557",
+    )  # fmt: skip
+    assert a.etcd == b.etcd == "http://etcd:2379" and a.state_dir == b.state_dir == "/state"
+    volumes = [
+        {v["source"] for v in services[n]["volumes"] if v["target"] == "/state"}
+        for n in ("master", "master-b")
+    ]
+    assert volumes == [{"state"}, {"state-b"}]
+    # the standby is the master again: same keys, same one-at-a-time deploy, name resolution
+    secrets = [sorted(services[n]["secrets"], key=str) for n in ("master", "master-b")]
+    assert secrets[0] == secrets[1]
+    for key in ("replicas", "endpoint_mode", "update_config"):
+        assert services["master-b"]["deploy"][key] == services["master"]["deploy"][key]
+    # workers follow whichever holds the lease; the dashboard can be told both
+    worker = parse_cli(services["worker"]["command"])
+    assert worker.master == "tcp://master:5555,tcp://master-b:5555"
+    # etcd: the image's etcd, its own health check, on a network no client container joins
+    etcd = services["etcd"]
+    assert etcd["entrypoint"] == ["etcd"] and "test" in etcd["healthcheck"]
+    assert set(etcd["networks"]) == {"election"}
+    assert {n for n, s in services.items() if "election" in s["networks"]} == {
+        "master", "master-b", "etcd",
+    }  # fmt: skip
+    assert "attachable" not in stack["networks"]["election"]
+    proc = _render("swarm.dashboard.yaml", SHARDMILL_KEYS_DIR="/k", SHARDMILL_DASHBOARD_MASTER="x")
+    assert (
+        yaml.safe_load(proc.stdout)["services"]["dashboard"]["environment"]["SHARDMILL_MASTER"]
+        == "x"
+    )
