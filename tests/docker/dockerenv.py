@@ -146,7 +146,9 @@ class Compose:
     @property
     def command(self) -> list[str]:
         files = [a for f in COMPOSE_FILES for a in ("-f", str(f))]
-        return ["docker", "compose", "-p", self.project, *files]
+        # No .env: one beside compose.yaml (docs/compose.md has `cp docker/ha.env .env`)
+        # would steer the project past what `env` says.
+        return ["docker", "compose", "-p", self.project, "--env-file", os.devnull, *files]
 
     def __call__(
         self, *args: str, timeout: float = 120.0, check: bool = True

@@ -23,6 +23,8 @@ def _config(*flags: str) -> dict[str, Any]:
     if docker is None or subprocess.run(version, capture_output=True).returncode != 0:
         pytest.skip("no docker compose: docker/install-compose.sh installs the plugin")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARDMILL_", "COMPOSE_"))}
+    if "--env-file" not in flags:  # not a .env beside compose.yaml (docs/compose.md makes one)
+        flags = ("--env-file", os.devnull, *flags)
     cmd = [docker, "compose", "-f", str(ROOT / "compose.yaml"), *flags, "config", "--format"]
     proc = subprocess.run([*cmd, "json"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
