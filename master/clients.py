@@ -22,7 +22,7 @@ from shardmill.master.brain import events as ev
 from shardmill.master.brain.failures import telling_error
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
-from shardmill.master.core import Core, send, user_id
+from shardmill.master.core import Core, send, send_header, user_id
 from shardmill.master.doors import ResultStreams, pickle_refusal
 from shardmill.master.history import History
 from shardmill.master.pipelines import PipelineRun
@@ -93,6 +93,10 @@ class ClientRequests:
         }
 
     def _reply(self, identity: bytes, msg: Message, arrays: Sequence[Any] = ()) -> None:
+        send(self.sock, identity, self._prepared(msg), arrays)
+
+    def _prepared(self, msg: Message) -> Message:
+        """The reply as sent: this master's epoch, owners by name."""
         if self.core.epoch:
             msg = msg.model_copy(update={"epoch": self.core.epoch})
         if self.keyring is not None:  # owners by name: one place for every reply of jobs
@@ -100,7 +104,7 @@ class ClientRequests:
                 msg = msg.model_copy(update={"job": self._named(msg.job)})
             elif isinstance(msg, JobList):
                 msg = msg.model_copy(update={"jobs": [self._named(j) for j in msg.jobs]})
-        send(self.sock, identity, msg, arrays)
+        return msg
 
     def _named(self, info: JobInfo) -> JobInfo:
         assert self.keyring is not None
@@ -200,11 +204,20 @@ class ClientRequests:
             self._reply(identity, JobStatus(req=msg.req, job=info))
 
     def _on_jobs(self, identity: bytes, msg: Any, arrays: list[Buffer]) -> None:
+        """Every job; finished ones as plain data (JobSummary.listed), added to the dumped
+        reply of the rest."""
         brain = self.core.brain
-        infos = [s.info() for s in brain.archive] + [brain.job_info(j) for j in brain.jobs]
         runs = self.core.pipelines.runs.values() if self.core.pipelines else []
         pipelines = [self._named_run(r.info()) for r in runs]
-        self._reply(identity, JobList(req=msg.req, jobs=infos, pipelines=pipelines))
+        live = [brain.job_info(j) for j in brain.jobs]
+        reply = self._prepared(JobList(req=msg.req, jobs=live, pipelines=pipelines))
+        header = reply.model_dump(mode="python")
+        finished = [s.listed() for s in brain.archive]
+        if self.keyring is not None:
+            for info in finished:
+                info["owner"] = self.keyring.owner_name(info["owner"])
+        header["jobs"] = finished + header["jobs"]
+        send_header(self.sock, identity, header)
 
     # ---- pipelines -----------------------------------------------------------------------------
 

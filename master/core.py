@@ -20,7 +20,7 @@ from shardmill.master.jobs import JobData
 from shardmill.master.metrics import Metrics
 from shardmill.ops.registry import Registry
 from shardmill.wire import shm
-from shardmill.wire.codec import encode
+from shardmill.wire.codec import encode, encode_header
 from shardmill.wire.protocol import Message, Ready
 from shardmill.wire.security import Security
 
@@ -84,6 +84,14 @@ def send(
         sock.send_multipart([identity, *encode(msg, arrays)], zmq.NOBLOCK, copy=False)
     except zmq.ZMQError as e:
         log.debug("cannot send %s to %s: %s", msg.kind, identity.hex(), e)
+
+
+def send_header(sock: zmq.Socket[bytes], identity: bytes, header: dict[str, Any]) -> None:
+    """As `send`, for a message already dumped to plain data."""
+    try:
+        sock.send_multipart([identity, *encode_header(header)], zmq.NOBLOCK, copy=False)
+    except zmq.ZMQError as e:
+        log.debug("cannot send %s to %s: %s", header.get("kind"), identity.hex(), e)
 
 
 def bind_router(

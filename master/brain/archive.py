@@ -15,6 +15,7 @@ import collections
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from shardmill.master.brain.model import Job
 from shardmill.master.brain.transitions import ShardState
@@ -89,29 +90,36 @@ class JobSummary:
     def pack(self) -> list[object]:
         return [getattr(self, f) for f in self.__slots__]
 
+    def listed(self) -> dict[str, Any]:
+        """`info().model_dump()`, without the model: a week of history is 100,000 of them in
+        one `jobs` reply, and the models made it seconds long and hundreds of MiB big."""
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "op": self.op,
+            "state": self.state,
+            "owner": self.owner,
+            "shards_total": self.shards_total,
+            "shards_done": self.shards_done,
+            "shards_failed": self.shards_failed,
+            "shards_running": 0,
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "duplicates": self.duplicates,
+            "attempts_failed": self.attempts_failed,
+            "shards_retrying": 0,
+            "lost_workers": list(self.lost_workers),
+            "last_failure": self.last_failure,
+            "missing_shards": list(self.missing_shards),
+            "shards": None,
+            "resent": self.resent,
+            "restarts": list(self.restarts),
+        }
+
     def info(self) -> JobInfo:
-        return JobInfo(
-            job_id=self.job_id,
-            name=self.name,
-            owner=self.owner,
-            op=self.op,
-            state=self.state,
-            shards_total=self.shards_total,
-            shards_done=self.shards_done,
-            shards_failed=self.shards_failed,
-            shards_running=0,
-            submitted_at=self.submitted_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            error=self.error,
-            duplicates=self.duplicates,
-            attempts_failed=self.attempts_failed,
-            lost_workers=list(self.lost_workers),
-            last_failure=self.last_failure,
-            missing_shards=list(self.missing_shards),
-            resent=self.resent,
-            restarts=list(self.restarts),
-        )
+        return JobInfo(**self.listed())
 
 
 class Archive:

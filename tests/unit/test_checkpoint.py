@@ -6,6 +6,7 @@ against a real SQLite state directory. A second master is a second Checkpointer 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
@@ -335,6 +336,9 @@ def test_a_failed_job_keeps_every_shards_story(tmp_path: Path) -> None:
     error = stored.shards[1].history[0].error
     assert error is not None and error.type == "ValueError" and not error.retryable
     assert _rows(tmp_path, "SELECT COUNT(*) FROM shards") == [(0,)]
+    # And it is listed (`jobs`, as plain data) as its info reads
+    assert summary.last_failure and summary.attempts_failed == 1
+    assert summary.listed() == summary.info().model_dump(mode="python")
     again.ck.close()
 
 
@@ -395,6 +399,8 @@ def test_a_version_4_state_dir_gets_summaries_with_started_at_and_restarts(
     assert summary is not None and summary.state == "done" and summary.shards_done == 1
     assert summary.started_at == WALL + 0.5 and summary.restarts == (WALL + 3,)
     assert m.state.job_info("f").restarts == [WALL + 3]
+    assert gc.isenabled()  # off only while the summaries were read
+    assert summary.listed() == summary.info().model_dump(mode="python")
     m.ck.close()
 
 
