@@ -99,11 +99,12 @@ def long_poll(client: Client, query: Message, timeout: float | None, what: str) 
 
 def failing_over(client: Client, exchange: Callable[[], Decoded]) -> Decoded:
     """`exchange` with each of the client's masters in turn (a primary and its standby) until
-    one answers; MasterUnreachable if none does."""
+    one answers; what the last one raised if none does. A refused handshake moves on too: a
+    standby's published port behind Docker's proxy accepts and hangs up, which looks the same."""
     for tries_left in range(len(client._masters) - 1, -1, -1):
         try:
             return exchange()
-        except MasterUnreachable:
+        except (MasterUnreachable, HandshakeRefused):
             if not tries_left:
                 raise
             client._at = (client._at + 1) % len(client._masters)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build shardmill:latest with no package index reachable from inside Docker.
+# Build shardmill:latest with no Python package index reachable from inside Docker (only the
+# Debian mirror the host's apt uses, for etcd).
 #
 #   1. pick a base image: python:3.12-slim if it is present or can be pulled,
 #      else shardmill-base:bookworm built from the Debian mirror (build-base.sh);
@@ -70,7 +71,10 @@ ls "$wheels"
 # can be deleted: every code change would otherwise leave ~450 MB of untagged images behind.
 # Unchanged wheels mean both builds are cache hits and nothing is replaced.
 old_ids="$(docker image inspect -f '{{.Id}}' "$TAG" "$TAG-build" 2>/dev/null || true)"
-build=(docker build -f "$here/Dockerfile" --build-arg BASE_IMAGE="$BASE_IMAGE")
+# etcd (the `ha` profile's arbiter) comes from the mirror the host's apt uses, when it has one.
+mirror="$("$here/apt-mirror.sh" 2>/dev/null || true)"
+build=(docker build -f "$here/Dockerfile" --build-arg BASE_IMAGE="$BASE_IMAGE"
+       --build-arg DEBIAN_MIRROR="$mirror")
 "${build[@]}" --target build -t "$TAG-build" "$@" "$here"
 "${build[@]}" -t "$TAG" "$@" "$here"
 new_ids="$(docker image inspect -f '{{.Id}}' "$TAG" "$TAG-build")"

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import zmq
 
-from shardmill.config import WorkerSettings
+from shardmill.config import WorkerSettings, addresses
 from shardmill.pipeline.store import PieceServer
 from shardmill.wire.security import Security
 
@@ -64,17 +64,20 @@ class Pieces:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _default_host(master: str) -> str:
+def _default_host(masters: str) -> str:
     """The address peers can reach this worker at: 127.0.0.1 beside a loopback master, else
-    this host's address on the route to the master (a container's or pod's own IP, which its
-    peers on the same network reach; its host name often resolves only locally)."""
-    url = urlparse(master)
-    host = url.hostname or ""
-    if host in LOOPBACK:
-        return "127.0.0.1"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((host, url.port or 5555))  # UDP: no packet is sent
-            return str(probe.getsockname()[0])
-    except OSError:
-        return socket.gethostname()
+    this host's address on the route to the first master it finds one to (a container's or
+    pod's own IP, which its peers on the same network reach; its host name often resolves
+    only locally). `masters`: the --master value, one address or a primary and its standby."""
+    for master in addresses(masters):
+        url = urlparse(master)
+        host = url.hostname or ""
+        if host in LOOPBACK:
+            return "127.0.0.1"
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, url.port or 5555))  # UDP: no packet is sent
+                return str(probe.getsockname()[0])
+        except OSError:  # does not resolve (yet): a standby's name, a master not up
+            continue
+    return socket.gethostname()

@@ -155,15 +155,20 @@ def workers(request: Request) -> list[WorkerInfo]:
         return client.workers()
 
 
-@api.get("/api/cluster", summary="The last minutes: rates, slots, queue, each worker's beat")
+@api.get(
+    "/api/cluster",
+    summary="The last minutes: rates, slots, queue, each worker's beat; the standby's state",
+)
 def cluster(request: Request) -> dict[str, Any]:
     with _master(request).client() as client:
-        alive, listed = client.workers(), client.jobs()
+        alive, listed, pong = client.workers(), client.jobs(), client.ping()
     history: History = request.app.state.history
     return {
         "history": history.columns(),
         "workers": [w.model_dump(mode="json") for w in alive],
         "lost": lost_workers(listed, alive),
+        # "in sync: NAME", "alone: WHY", or "" for a master without one (docs/standby.md)
+        "standby": pong.standby,
     }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from dockerenv import (
     compose_env,
     docker_daemon_error,
     run_script,
+    running,
     stale_files,
 )
 from helpers import free_ports, wait_until
@@ -48,20 +48,8 @@ def project(docker_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     name = f"smtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     env = compose_env(worker_port, client_port, dashboard_port)
     c = Compose(name, env, client_port, tmp_path_factory.mktemp("compose") / "keys")
-    try:
-        c("up", "-d", "--scale", "worker=3")
-        c.copy_client_keys()
+    with running(c, "--scale", "worker=3"):
         yield c
-    finally:
-        try:  # shown only when a test fails: what each container said last
-            logs = c("logs", "--no-color", "--tail", "80", check=False)
-            print(f"--- docker compose logs ({name}) ---\n{logs.stdout}", file=sys.stderr)
-        finally:
-            down = c(
-                "--profile", "client", "down", "-v", "--remove-orphans", "-t", "5", check=False
-            )
-        left = c.leftovers()
-        assert not left, f"project {name} left {left} behind: {down.stderr}"
 
 
 @pytest.fixture

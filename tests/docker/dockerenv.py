@@ -13,9 +13,12 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +146,9 @@ class Compose:
     @property
     def command(self) -> list[str]:
         files = [a for f in COMPOSE_FILES for a in ("-f", str(f))]
-        return ["docker", "compose", "-p", self.project, *files]
+        # No .env: one beside compose.yaml (docs/compose.md has `cp docker/ha.env .env`)
+        # would steer the project past what `env` says.
+        return ["docker", "compose", "-p", self.project, "--env-file", os.devnull, *files]
 
     def __call__(
         self, *args: str, timeout: float = 120.0, check: bool = True
@@ -190,3 +195,21 @@ class Compose:
             assert proc.returncode == 0, proc.stderr
             found[kind] = proc.stdout.split()
         return {k: v for k, v in found.items() if v}
+
+
+@contextmanager
+def running(c: Compose, *up: str) -> Iterator[Compose]:
+    """The project `up -d UP...` with the client's keys copied out; after: what each container
+    said last (shown when a test fails), `down -v` of every profile, and nothing left behind."""
+    try:
+        c("up", "-d", *up)
+        c.copy_client_keys()
+        yield c
+    finally:
+        try:
+            logs = c("logs", "--no-color", "--tail", "80", check=False)
+            print(f"--- docker compose logs ({c.project}) ---\n{logs.stdout}", file=sys.stderr)
+        finally:
+            down = c("--profile", "*", "down", "-v", "--remove-orphans", "-t", "5", check=False)
+        left = c.leftovers()
+        assert not left, f"project {c.project} left {left} behind: {down.stderr}"

@@ -5,6 +5,8 @@ and a `docker kill`ed master task; Swarm replaces both, the master resumes from 
 volume, work resumes (a new shard starts) within 5 s of the master's kill, and the answer
 equals NumPy's with every shard merged once. The task notes each execution as it starts in a
 file on the stack's data volume, and every shard's story lists each of them, at its true time.
+The job's last fifth waits for a gate the test opens at the master's kill, so that the faults
+land mid-job however slow the machine.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 ROWS, COLS, SEED = 300_000, 3, 11
 SHARDS, NAP = 80, 1.0  # 80 one-second shards: about 20 s on 4 slots, time to act mid-job
 RUNS = "/data/runs.txt"  # on the data volume: a line per execution, from the task itself
-SLACK = 0.5  # seconds between a story's start and the task's own (a lease's trip, a fork)
+# Shards from row GATE_ROW on wait for the GATE file, made once the master is killed: on a slow
+# machine the job would otherwise end before the faults (on an idle one they are past it then).
+GATE, GATE_ROW = "/data/gate", ROWS // SHARDS * (SHARDS * 4 // 5)
+SLACK = 0.05  # seconds a story's start may read after the task's own (two clocks' rounding)
 # How an attempt that never started ends: its worker died, or gave it back, before it could.
 UNRUN = ("lost", "never started", "released", "handed back")
 
@@ -72,6 +77,7 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
         "submit", "sm_ops:power_sum", "--format", "synthetic",
         "--synthetic", f"rows={ROWS},cols={COLS},seed={SEED}", "--shards", str(SHARDS),
         "--option", "power=1", "--option", f"nap={NAP}", "--option", f"runs={RUNS}",
+        "--option", f"gate={GATE}", "--option", f"gate_row={GATE_ROW}",
     )["job_id"]  # fmt: skip
     wait_until(lambda: stack.cli("status", job)["shards_done"] >= 2, timeout=60, what="2 shards")
     before = {w["worker_id"] for w in stack.cli("workers")}
@@ -92,6 +98,7 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
     master = stack.containers("master")
     docker("kill", *master)
     killed = time.time()
+    docker("exec", stack.containers("worker")[0], "touch", GATE)  # the job may end now
     wait_until(
         lambda: (now := stack.containers("master")) and now != master,
         timeout=90,
@@ -144,9 +151,10 @@ def _executions(stack: Stack) -> dict[int, list[tuple[str, float]]]:
 def _assert_stories_list_every_execution(
     stack: Stack, status: dict[str, Any], killed: float
 ) -> None:
-    """Each execution is one attempt of its shard's story: same worker, started by then (and
-    not long before), not ended before it. An attempt no execution matches can only be a lease
-    its worker died before starting or gave back. Some executions ran through the kill."""
+    """Each execution is one attempt of its shard's story: same worker, started by then (its
+    lease's trip, under load up to seconds, before the task's own start), not ended before it.
+    An attempt no execution matches can only be a lease its worker died before starting or
+    gave back. Some executions ran through the kill."""
     executions = _executions(stack)
     across = 0
     for shard in status["shards"]:
@@ -155,7 +163,7 @@ def _assert_stories_list_every_execution(
         for worker, at in sorted(ran, key=lambda r: r[1]):
             match = [
                 a for a in left
-                if a["worker"] == worker and at - SLACK <= a["started"] <= at + SLACK / 10
+                if a["worker"] == worker and a["started"] <= at + SLACK
                 and (a["ended"] is None or a["ended"] >= at)
             ]  # fmt: skip
             assert match, f"an execution on {worker} at {at:.3f} is not in the story: {shard}"

@@ -10,6 +10,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +139,44 @@ def test_a_wrong_master_key_is_named(secured: LocalCluster, keysets: dict[str, P
     message = refusal(secured.client_address, keys=keysets["wrong_master"])
     assert "master.key is not the public key of the master" in message
     wait_until(lambda: "another master's public key" in master_log(secured), what="the log")
+
+
+@contextlib.contextmanager
+def hanging_up() -> Iterator[str]:
+    """An address that accepts each connection and closes it at once, as Docker's proxy does
+    for a published port with nothing listening behind it (a standby master's client port)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                server.accept()[0].close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+def test_a_master_address_that_hangs_up_is_passed_over_for_the_next(
+    secured: LocalCluster,
+) -> None:
+    with hanging_up() as proxy:
+        # Given an address that hangs up: told of it alone, a client is refused by name
+        assert "is not the public key of the master" in refusal(proxy, keys=secured.keys_dir)
+        # When a client is told of it first, then of the master (a standby and its primary)
+        both = f"{proxy},{secured.client_address}"
+        with Client(both, keys=secured.keys_dir, connect_timeout=PATIENT) as client:
+            # Then the master answers it, at once: no timeout was waited out
+            started = time.monotonic()
+            assert client.ping().workers == 1
+            assert time.monotonic() - started < PATIENT / 2
 
 
 def test_the_cli_exits_with_the_settings_code_and_one_line(

@@ -1,17 +1,23 @@
 """A standby master with a real etcd: it takes over from a primary killed or paused, and the
-job ends exact with no shard merged twice; a primary whose standby is gone goes on alone."""
+job ends exact with no shard merged twice; a primary whose standby is gone goes on alone, and
+the dashboard's cluster page (in a real headless Chromium) says so."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from browser import chrome
 from faults import assert_merged_once
-from helpers import cluster_env, run_cli, runs, wait_until
+from helpers import cluster_env, free_ports, run_cli, runs, wait_until
+from selenium.webdriver.common.by import By
 from standby import Etcd, Master, Pair
 
 from shardmill import Client
@@ -112,18 +118,62 @@ def test_a_paused_primary_steps_down_when_it_wakes(pair: Pair, runs_dir: str) ->
 
 
 def test_a_primary_whose_standby_is_gone_goes_on_alone(pair: Pair, runs_dir: str) -> None:
-    # Given a primary with its standby in sync
+    # Given a primary with its standby in sync, and the dashboard's cluster page showing it
     primary = pair.primary()
     standby = pair.standby_of(primary)
     _in_sync(pair, primary)
-    # When the standby is killed
-    pair.signal(standby, signal.SIGKILL)
-    # Then the primary says it is alone, in status and metrics, once a commit finds it gone
-    with _client(pair) as c:
-        job = c.map("sm_tasks:counted", [(runs_dir, f"k{i}", i) for i in range(5)])
-        assert job.result(timeout=30) == [i + 1 for i in range(5)]
-        assert c.ping().standby.startswith("alone")
-        assert "shardmill_standby_in_sync 0.0" in c.metrics()
+    with _dashboard(pair) as base:
+        browser = chrome()
+        try:
+            browser.get(f"{base}/cluster")
+            shown = _standby_shown(browser, "in-sync")
+            assert shown == f"standby in sync: {standby.name}", shown
+            # When the standby is killed
+            pair.signal(standby, signal.SIGKILL)
+            # Then the primary says it is alone, in status and metrics, once a commit finds
+            # it gone, and the page says so in red, with what to do
+            with _client(pair) as c:
+                job = c.map("sm_tasks:counted", [(runs_dir, f"k{i}", i) for i in range(5)])
+                assert job.result(timeout=30) == [i + 1 for i in range(5)]
+                assert c.ping().standby.startswith("alone")
+                assert "shardmill_standby_in_sync 0.0" in c.metrics()
+            shown = _standby_shown(browser, "alone")
+            assert shown.startswith("standby alone: ") and "start the standby again" in shown
+        finally:
+            browser.quit()
+
+
+@contextmanager
+def _dashboard(pair: Pair) -> Iterator[str]:
+    """`shardmill dashboard` given both masters' addresses; its URL."""
+    (port,) = free_ports(1)
+    cmd = [sys.executable, "-m", "shardmill", "dashboard", "--insecure", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--master", pair.clients_address()], env=cluster_env())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(f"{base}/api/workers"), what="the dashboard to serve")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _standby_shown(browser: Any, state: str) -> str:
+    """The cluster page's standby line once it shows `state` (it refreshes every second)."""
+
+    def shown() -> str:
+        el = browser.find_element(By.ID, "standby")
+        return str(el.text) if el.get_attribute("data-state") == state else ""
+
+    return " ".join(wait_until(shown, timeout=20, what=f"the page to show {state}").split())
 
 
 def test_without_an_arbiter_the_standby_waits_for_promote(tmp_path: Path, runs_dir: str) -> None:
