@@ -37,7 +37,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         pair.start(pair.masters[1])
         wait_until(lambda: pair.masters[1].event("standby"), what="the standby to wait")
         for _ in range(2):
-            workers.append(_worker(pair))
+            workers.append(pair.worker(1))
         with _client(pair) as c:
             wait_until(lambda: len(c.workers()) == 2, what="two workers")
         assert first.alive()
@@ -48,14 +48,6 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             w.wait()
         pair.stop()
         etcd.stop()
-
-
-def _worker(pair: Pair) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "shardmill.worker", "--insecure", "--slots", "1"]
-    cmd += ["--master", pair.workers_address(), "--import", "sm_tasks"]
-    cmd += ["--heartbeat-interval", "0.05"]
-    env = {**cluster_env(), "SHARDMILL_WORKER_RECONNECT_MAX": "0.2"}
-    return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
 
 
 def _client(pair: Pair) -> Client:
@@ -185,7 +177,7 @@ def test_without_an_arbiter_the_standby_waits_for_promote(tmp_path: Path, runs_d
         pair.primary()
         new = pair.start(pair.masters[1], "--standby")
         wait_until(lambda: new.event("standby"), what="the standby to wait")
-        workers = [_worker(pair) for _ in range(2)]
+        workers = [pair.worker(1) for _ in range(2)]
         _in_sync(pair, old)
         job_id = _submit(pair, runs_dir)
         # When the primary dies, the standby does not take over by itself
