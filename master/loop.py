@@ -76,7 +76,7 @@ class MasterLoop:
         ]
         self._next_beat = 0.0
         self.health = HealthFile(settings.health_file, f"master pid {os.getpid()}")
-        self._next_prune = 0.0
+        self._next_prune = time.monotonic() + 2.0  # decodes the summaries: not before answering
 
     def _restore(self, restored: Sequence[ev.Event]) -> Pipelines:
         """The state dir's jobs, then pipelines, back as they were (no worker is here yet)."""

@@ -2,7 +2,9 @@
 
 With a state dir, a finished job shrinks to a `JobSummary` (state, counts, times, owner, the
 error): its shards' stories, timings and result stay in the state dir and are read when asked
-(master/history.py). A master restarted on a week of history reads summaries only.
+(master/history.py). A master restarted on a week of history reads summaries only, and
+decodes them when they are first asked for (a listing, a finished job's status, the first
+pruning pass, 2 s after the start): it answers clients and hands out work before that.
 
 Without a state dir there is nowhere else for the details to be: a finished job stays whole,
 but only within a budget (a count and bytes of results); past it the oldest are forgotten,
@@ -12,10 +14,13 @@ and a client asking for one is told so (`Archive.forgotten`).
 from __future__ import annotations
 
 import collections
+import gc
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from shardmill.master.brain.model import Job
 from shardmill.master.brain.transitions import ShardState
@@ -127,27 +132,59 @@ class Archive:
     state dir: (id, bytes) oldest first, and how many were forgotten past it."""
 
     def __init__(self) -> None:
-        self.summaries: dict[str, JobSummary] = {}
-        self.by_state: collections.Counter[str] = collections.Counter()
+        self._summaries: dict[str, JobSummary] = {}
+        self._by_state: collections.Counter[str] = collections.Counter()
+        self._packed: tuple[bytes, ...] = ()  # read back at a restart, not decoded yet
         self.kept: collections.deque[tuple[str, int]] = collections.deque()
         self.kept_bytes = 0
         self.forgotten = 0
 
-    def add(self, summary: JobSummary) -> None:
-        old = self.summaries.pop(summary.job_id, None)
-        if old is not None:
-            self.by_state[old.state] -= 1
-        self.summaries[summary.job_id] = summary
-        self.by_state[summary.state] += 1
+    def defer(self, packed: tuple[bytes, ...]) -> None:
+        """Summaries read back from the state dir (`JobSummary.pack`, msgpack), decoded when
+        first asked for."""
+        self._packed += packed
 
-    def add_all(self, summaries: Iterable[JobSummary]) -> None:
-        for summary in summaries:
-            self.add(summary)
+    @property
+    def summaries(self) -> dict[str, JobSummary]:
+        if self._packed:
+            self._decode()
+        return self._summaries
+
+    @property
+    def by_state(self) -> collections.Counter[str]:
+        if self._packed:
+            self._decode()
+        return self._by_state
+
+    def _decode(self) -> None:
+        """The garbage collector is off meanwhile: a week of history is 100,000 new objects,
+        and its passes over them were a quarter of the time."""
+        packed, self._packed = self._packed, ()
+        unpack, collecting = msgpack.unpackb, gc.isenabled()
+        gc.disable()
+        try:
+            for one in packed:
+                self._add(JobSummary.unpack(unpack(one)))
+        finally:
+            if collecting:
+                gc.enable()
+
+    def add(self, summary: JobSummary) -> None:
+        if self._packed:
+            self._decode()
+        self._add(summary)
+
+    def _add(self, summary: JobSummary) -> None:
+        old = self._summaries.pop(summary.job_id, None)
+        if old is not None:
+            self._by_state[old.state] -= 1
+        self._summaries[summary.job_id] = summary
+        self._by_state[summary.state] += 1
 
     def drop(self, job_id: str) -> JobSummary | None:
         summary = self.summaries.pop(job_id, None)
         if summary is not None:
-            self.by_state[summary.state] -= 1
+            self._by_state[summary.state] -= 1
         return summary
 
     def get(self, job_id: str) -> JobSummary | None:
@@ -160,7 +197,7 @@ class Archive:
         return iter(self.summaries.values())
 
     def __len__(self) -> int:
-        return len(self.summaries)
+        return len(self._summaries) + len(self._packed)  # no need to decode to count
 
     def keep(self, job_id: str, size: int, *, count: int, total: int) -> list[str]:
         """Keep a whole finished job of `size` bytes; the oldest kept jobs past `count` jobs

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shardmill.master.brain.archive import JobSummary
 from shardmill.master.brain.transitions import JobState, ShardState
 from shardmill.wire.protocol import AttemptInfo, ErrorInfo, JobInfo, Lease
 from shardmill.wire.spec import JobSpec
@@ -121,9 +120,10 @@ class JobArchived:
 
 @dataclass(frozen=True)
 class SummariesRestored:
-    """Finished jobs' summaries read back from the state dir after a restart."""
+    """Finished jobs' summaries read back from the state dir after a restart, packed
+    (`JobSummary.pack`, msgpack): the archive decodes them when first asked for."""
 
-    summaries: tuple[JobSummary, ...]
+    packed: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class MasterState(Roster, Ledger):
             ev.RestoreDone: self._on_restore_done,
             ev.PruneRequested: self._on_prune,
             ev.JobArchived: self._on_archived,
-            ev.SummariesRestored: lambda e: self.archive.add_all(e.summaries),
+            ev.SummariesRestored: lambda e: self.archive.defer(e.packed),
             ev.CancelRequested: lambda e: self._end_job(
                 self.jobs[e.job_id], JobState.CANCELLED, "cancelled by a client"
             ),

@@ -171,7 +171,12 @@ def test_a_short_map_job_ends_as_one_row_and_reads_back_whole(tmp_path: Path) ->
     m.ck.close()
     # When a new master reads the state dir
     again = Master(tmp_path)
-    # Then the result, every shard's state and every attempt's story are the same
+    # Then it counts the finished job without decoding its summary yet (a week of them
+    # need not hold up its first answer), and decodes it when it is asked for
+    archive = again.state.archive
+    assert len(archive) == 1 and archive._summaries == {}
+    assert archive.by_state == {"done": 1} and list(archive._summaries) == ["j"]
+    # And the result, every shard's state and every attempt's story are the same
     assert _values(again, "j") == [[i * i] for i in range(5)]
     summary = again.state.archive.get("j")
     assert summary is not None and summary.state == "done" and summary.shards_done == 5
