@@ -82,6 +82,15 @@ class Checkpointer:
         self.store.dropped(job_id, rows, resent=resent)
         self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
 
+    def unmerged(self, job_id: str, shard: Shard, *, offset: float) -> None:
+        """An attempt of a shard not merged ended: its story in a row of state "queued" (a
+        restart runs it again, story and all; its merge replaces the row), with the next
+        group commit."""
+        if self.store is not None:
+            history = _JSON(_attempts(shard.history, offset))
+            self.store.shards_settled([(job_id, shard.index, "queued", history, None)])
+            self._flush_at = self._flush_at or time.monotonic() + GROUP_COMMIT
+
     def shard_merged(
         self,
         job_id: str,

@@ -109,6 +109,7 @@ class MasterLoop:
             ev.DropDuplicate: self._duplicate,
             ev.JobStarted: lambda c, r: self.core.checkpoint.job_started(c.job_id, c.started_at),
             ev.AttemptsGiven: lambda c, r: self.core.checkpoint.attempts_given(c.job_id, c.high),
+            ev.StoryChanged: self._story_changed,
         }
 
     def endpoints(self) -> dict[str, str]:
@@ -330,6 +331,12 @@ class MasterLoop:
         self.metrics.merge_seconds.observe(time.perf_counter() - started)
         self.metrics.shards_done.inc(1 + len(cmd.more))
         return None
+
+    def _story_changed(self, cmd: ev.StoryChanged, result: Result | None) -> None:
+        job = self.core.brain.jobs.get(cmd.job_id)
+        if job is not None and not job.finished:  # a job's end writes every story itself
+            shard = job.shards[cmd.shard]
+            self.core.checkpoint.unmerged(cmd.job_id, shard, offset=self.core.brain.wall_offset)
 
     def _duplicate(self, cmd: ev.DropDuplicate, result: Result | None) -> None:
         if cmd.resent:

@@ -287,8 +287,8 @@ class Store:
                 "inputs = NULL, settled = ? WHERE job_id = ?",
                 (state, error, finished_at, cells[0], cells[1], job_id),
             )
-            if not keep_shard_rows:
-                self.db.execute("DELETE FROM shards WHERE job_id = ?", (job_id,))
+            kept = " AND state != 'done'" if keep_shard_rows else ""  # stories are in `settled`
+            self.db.execute("DELETE FROM shards WHERE job_id = ?" + kept, (job_id,))
             self.db.execute("DELETE FROM partials WHERE job_id = ?", (job_id,))
             if summary is not None:  # what a restart reads of it
                 self.db.execute("INSERT OR REPLACE INTO summaries VALUES (?, ?)", (job_id, summary))

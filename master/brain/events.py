@@ -287,6 +287,15 @@ class AttemptsGiven:
 
 
 @dataclass(frozen=True)
+class StoryChanged:
+    """An attempt of a shard not merged ended (failed, lost, given back): the loop writes its
+    story, so that a restart, which runs the shard again, keeps every execution in it."""
+
+    job_id: str
+    shard: int
+
+
+@dataclass(frozen=True)
 class DropDuplicate:
     job_id: str
     shard: int
@@ -312,4 +321,5 @@ Command = (
     | DropDuplicate
     | JobStarted
     | AttemptsGiven
+    | StoryChanged
 )

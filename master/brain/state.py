@@ -129,6 +129,7 @@ class MasterState(Roster, Ledger):
         """Its attempt ends uncharged with `outcome`, and it goes first in line again."""
         shard.close_attempt(self._now, outcome, err)
         job.requeue(shard, why, front=True)
+        self._out.append(ev.StoryChanged(job.job_id, shard.index))
 
     def _on_success(self, e: ev.ShardSucceeded) -> None:
         w = self.workers.get(e.worker)
@@ -234,6 +235,7 @@ class MasterState(Roster, Ledger):
     def _charge(self, job: Job, shard: Shard, err: ErrorInfo) -> None:
         """Count a failed attempt: retry after a backoff, or quarantine the shard."""
         job.charge(shard, err, self._now)
+        self._out.append(ev.StoryChanged(job.job_id, shard.index))
         spec = job.spec
         if not err.retryable or shard.charged >= spec.max_attempts:
             job.move(shard, S.FAILED, f"{err.kind} on attempt {shard.charged}")

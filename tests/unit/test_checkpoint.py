@@ -72,8 +72,8 @@ class Master:
         done = ev.ShardSucceeded(worker, job_id, shard, attempt=attempt, duration=0.5)
         self._carry_out(self.state.handle(done, now), job_id, result, now)
 
-    def fail(self, job_id: str, shard: int, now: float) -> None:
-        error = ErrorInfo(kind="error", type="ValueError", message="bad", retryable=False)
+    def fail(self, job_id: str, shard: int, now: float, *, retryable: bool = False) -> None:
+        error = ErrorInfo(kind="error", type="ValueError", message="bad", retryable=retryable)
         self._carry_out(self.state.handle(ev.ShardFailed("w1", job_id, shard, 1, error), now))
 
     def _carry_out(
@@ -93,6 +93,9 @@ class Master:
                 self._end(cmd.job_id, now)
             elif isinstance(cmd, ev.JobEnded):
                 self._end(cmd.job_id, now)
+            elif isinstance(cmd, ev.StoryChanged) and not self.state.jobs[cmd.job_id].finished:
+                shard = self.state.jobs[cmd.job_id].shards[cmd.shard]
+                self.ck.unmerged(cmd.job_id, shard, offset=WALL)
             elif isinstance(cmd, ev.AttemptsGiven):
                 self.ck.attempts_given(cmd.job_id, cmd.high)
             elif isinstance(cmd, ev.DropDuplicate):
@@ -320,6 +323,32 @@ def test_duplicates_resent_copies_and_attempt_numbers_outlive_a_restart(tmp_path
     m.succeed("j", 1, _square(1), now=after + 0.1, attempt=2)
     assert _values(m, "j") == [[0], [1]]
     m.ck.close()
+
+
+def test_a_failed_attempt_of_a_shard_not_merged_outlives_a_restart(tmp_path: Path) -> None:
+    # Given a map job whose shard 1 failed once (it waits to run again) and shard 0 merged
+    m = Master(tmp_path)
+    m.submit("j", _map_submit(2))
+    m.fail("j", 1, now=1.0, retryable=True)
+    m.succeed("j", 0, _square(0), now=1.5)
+    m.ck.commit()
+    # When the master dies and another starts on the state dir
+    _kill(m)
+    m = Master(tmp_path)
+    after = m.state.hold_until
+    m._carry_out(m.state.handle_all([ev.WorkerSeen("w1"), ev.Tick()], now=after))
+    # Then shard 1 runs again with its failed attempt still in its story, as attempt 3 (its
+    # retry, attempt 2, went out before the kill: it may yet report under its own number)
+    shard = m.state.jobs["j"].shards[1]
+    assert [(a.number, a.outcome) for a in shard.history] == [(1, "error"), (3, "running")]
+    assert shard.history[0].error is not None and shard.history[0].error.type == "ValueError"
+    # And once it is merged, the job ends with its result and that story, and no stale row
+    m.succeed("j", 1, _square(1), now=after + 0.1, attempt=3)
+    assert _values(m, "j") == [[0], [1]]
+    m.ck.close()
+    stored = Master(tmp_path).ck.load_finished("j", NO_MODULES)
+    assert stored is not None
+    assert [a.outcome for a in stored[0].shards[1].history] == ["error", "ok"]
 
 
 def test_a_failed_job_keeps_every_shards_story(tmp_path: Path) -> None:
