@@ -20,7 +20,7 @@ from helpers import cluster_env, free_ports, run_cli, runs, wait_until
 from selenium.webdriver.common.by import By
 from standby import Etcd, Master, Pair
 
-from shardmill import Client
+from shardmill import Client, exitcodes
 
 SHARDS = 40
 EXPECTED = [i + 1 for i in range(SHARDS)]
@@ -89,6 +89,16 @@ def test_the_standby_serves_within_5_s_of_a_kill(pair: Pair, runs_dir: str) -> N
     assert first["wall"] - killed_at < 5.0, first["wall"] - killed_at
     # And the job ends exact, no shard merged twice
     _finish(pair, job_id, runs_dir)
+    # And the killed master's state dir, started without its pair, is refused in one line
+    cmd = [sys.executable, "-m", "shardmill.master", "--insecure", "--state-dir"]
+    cmd += [str(old.state_dir), *("--port", "0", "--client-port", "0")]
+    refused = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == exitcodes.CONFIG, refused.stderr
+    assert "--peer" in refused.stderr and "--alone" in refused.stderr, refused.stderr
+    # And with --alone (the other one stopped for good) it serves that state on its own
+    with subprocess.Popen([*cmd, "--alone"], env=cluster_env(), stdout=subprocess.PIPE) as lone:
+        assert lone.stdout is not None and b'"listening"' in lone.stdout.readline()
+        lone.terminate()
 
 
 def test_a_paused_primary_steps_down_when_it_wakes(pair: Pair, runs_dir: str) -> None:
