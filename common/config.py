@@ -164,6 +164,11 @@ class MasterSettings(BaseSettings):
         1.0, gt=0, description="seconds a commit waits for the standby before it is let go"
     )
     name: str = Field("", description="this master's name in the election (default host-pid)")
+    alone: bool = Field(
+        False,
+        description="run a state dir that was one of a pair of masters without its pair: only "
+        "once the other master is stopped for good (else two primaries could serve)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MasterSettings:

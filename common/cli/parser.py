@@ -117,6 +117,12 @@ def _standby_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--standby-timeout", type=float, help="seconds a commit waits for it (1.0)")
     p.add_argument("--name", help="this master's name in the election (default host-pid)")
+    p.add_argument(
+        "--alone",
+        action="store_true",
+        default=None,
+        help="run a state dir that was one of a pair without --peer (the other one stopped)",
+    )
 
 
 def _promote(sub: Subparsers) -> None:

@@ -44,6 +44,7 @@ MASTER_FLAGS = (
     "standby",
     "standby_timeout",
     "name",
+    "alone",
 )
 WORKER_FLAGS = (
     "keys",
@@ -92,6 +93,13 @@ def cmd_master(args: argparse.Namespace) -> int:
         )
     if registry.broken:
         return exitcodes.CONFIG
+    if settings.peer is None and settings.state_dir is not None and not settings.alone:
+        from shardmill.master.standby.journal import paired_alone
+
+        refused = paired_alone(settings.state_dir)
+        if refused:
+            print(f"shardmill master: {refused}", file=sys.stderr)
+            return exitcodes.CONFIG
     return serve(settings, registry)
 
 

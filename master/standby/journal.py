@@ -131,3 +131,18 @@ def meta_epoch(state_dir: Path, key: str) -> int:
     finally:
         db.close()
     return int(row[0]) if row else 0
+
+
+def paired_alone(state_dir: Path) -> str | None:
+    """Why a master must not start alone (no --peer, no --alone) on `state_dir`: it was one of
+    a pair, and its other master may still be primary or win the election; None when not."""
+    epoch = meta_epoch(state_dir, "epoch")
+    if not epoch:
+        return None
+    return (
+        f"{state_dir} belongs to a master of a pair (epoch {epoch}): started without --peer it "
+        "would serve on its own while the other master may be primary too. Start it with "
+        "its pair's --peer and --etcd or --k8s-lease as before (with Compose, the `ha` "
+        "profile's .env: docs/compose.md), or, once the other master is stopped for good, "
+        "with --alone"
+    )

@@ -12,14 +12,12 @@ tests/unit/test_kubernetes.py.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from faults import assert_merged_once
-from helpers import cluster_env, wait_until
+from helpers import wait_until
 from k8sapi import LeaseApi
 from standby import Master, Pair
 
@@ -47,14 +45,6 @@ def _holder(api: LeaseApi) -> tuple[str, int, str]:
     return spec.get("holderIdentity", ""), spec.get("leaseTransitions", 0), notes.get(SYNCED, "")
 
 
-def _worker(pair: Pair) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "shardmill.worker", "--insecure", "--slots", "2"]
-    cmd += ["--master", pair.workers_address(), "--import", "sm_tasks"]
-    cmd += ["--heartbeat-interval", "0.05"]
-    env = {**cluster_env(), "SHARDMILL_WORKER_RECONNECT_MAX": "0.2"}
-    return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-
-
 def _run_job(pair: Pair, runs_dir: str, key: str) -> None:
     with Client(pair.clients_address(), insecure=True, connect_timeout=2) as c:
         job = c.map("sm_tasks:counted", [(runs_dir, f"{key}{i}", i) for i in range(6)])
@@ -78,7 +68,7 @@ def test_the_standby_takes_the_lease_over_with_a_higher_epoch(
         assert pair.primary() is old  # it found no Lease (404) and created it
         new = pair.start(pair.masters[1])
         wait_until(lambda: new.event("standby"), what="the standby to wait")
-        worker = _worker(pair)
+        worker = pair.worker(2)
         _run_job(pair, runs_dir, "before")
         wait_until(lambda: _holder(api) == (old.name, _epoch(old), new.name), what="in sync")
         # When the primary is killed

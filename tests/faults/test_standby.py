@@ -20,7 +20,7 @@ from helpers import cluster_env, free_ports, run_cli, runs, wait_until
 from selenium.webdriver.common.by import By
 from standby import Etcd, Master, Pair
 
-from shardmill import Client
+from shardmill import Client, exitcodes
 
 SHARDS = 40
 EXPECTED = [i + 1 for i in range(SHARDS)]
@@ -37,7 +37,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         pair.start(pair.masters[1])
         wait_until(lambda: pair.masters[1].event("standby"), what="the standby to wait")
         for _ in range(2):
-            workers.append(_worker(pair))
+            workers.append(pair.worker(1))
         with _client(pair) as c:
             wait_until(lambda: len(c.workers()) == 2, what="two workers")
         assert first.alive()
@@ -48,14 +48,6 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             w.wait()
         pair.stop()
         etcd.stop()
-
-
-def _worker(pair: Pair) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "shardmill.worker", "--insecure", "--slots", "1"]
-    cmd += ["--master", pair.workers_address(), "--import", "sm_tasks"]
-    cmd += ["--heartbeat-interval", "0.05"]
-    env = {**cluster_env(), "SHARDMILL_WORKER_RECONNECT_MAX": "0.2"}
-    return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
 
 
 def _client(pair: Pair) -> Client:
@@ -97,6 +89,16 @@ def test_the_standby_serves_within_5_s_of_a_kill(pair: Pair, runs_dir: str) -> N
     assert first["wall"] - killed_at < 5.0, first["wall"] - killed_at
     # And the job ends exact, no shard merged twice
     _finish(pair, job_id, runs_dir)
+    # And the killed master's state dir, started without its pair, is refused in one line
+    cmd = [sys.executable, "-m", "shardmill.master", "--insecure", "--state-dir"]
+    cmd += [str(old.state_dir), *("--port", "0", "--client-port", "0")]
+    refused = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == exitcodes.CONFIG, refused.stderr
+    assert "--peer" in refused.stderr and "--alone" in refused.stderr, refused.stderr
+    # And with --alone (the other one stopped for good) it serves that state on its own
+    with subprocess.Popen([*cmd, "--alone"], env=cluster_env(), stdout=subprocess.PIPE) as lone:
+        assert lone.stdout is not None and b'"listening"' in lone.stdout.readline()
+        lone.terminate()
 
 
 def test_a_paused_primary_steps_down_when_it_wakes(pair: Pair, runs_dir: str) -> None:
@@ -185,7 +187,7 @@ def test_without_an_arbiter_the_standby_waits_for_promote(tmp_path: Path, runs_d
         pair.primary()
         new = pair.start(pair.masters[1], "--standby")
         wait_until(lambda: new.event("standby"), what="the standby to wait")
-        workers = [_worker(pair) for _ in range(2)]
+        workers = [pair.worker(1) for _ in range(2)]
         _in_sync(pair, old)
         job_id = _submit(pair, runs_dir)
         # When the primary dies, the standby does not take over by itself

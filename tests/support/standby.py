@@ -107,6 +107,14 @@ class Pair:
     def clients_address(self) -> str:
         return ",".join(f"tcp://127.0.0.1:{m.ports['client']}" for m in self.masters)
 
+    def worker(self, slots: int) -> subprocess.Popen[bytes]:
+        """A worker given both masters' addresses, quick to notice a silent one."""
+        cmd = [sys.executable, "-m", "shardmill.worker", "--insecure", "--slots", str(slots)]
+        cmd += ["--master", self.workers_address(), "--import", "sm_tasks"]
+        cmd += ["--heartbeat-interval", "0.05"]
+        env = {**cluster_env(), "SHARDMILL_WORKER_RECONNECT_MAX": "0.2"}
+        return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+
     def start(self, m: Master, *flags: str) -> Master:
         other = next(o for o in self.masters if o is not m)
         cmd = [sys.executable, "-m", "shardmill.master", "--insecure", "--name", m.name]
