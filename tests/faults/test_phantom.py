@@ -5,27 +5,26 @@ worker, be leased shards or charge an attempt. Real master, a real worker key, r
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zmq
 from helpers import FAST, cluster_env, wait_until
 
 from shardmill import LocalCluster, __version__
+from shardmill.master.store import DB_NAME
 from shardmill.wire.codec import decode, encode
 from shardmill.wire.protocol import Ping, Ready
 from shardmill.wire.security import Security
 
-BIG = 150 * 2**20  # bytes sent by value: about a second of the master's own thread
-
 
 @pytest.fixture
 def idle_master(tmp_path: Path) -> Iterator[LocalCluster]:
-    """No workers; a state dir, so a big submit keeps the master's thread busy a while."""
+    """No workers; a state dir, whose database the test can hold locked to stall the master."""
     state = tmp_path / "state"
     with LocalCluster(
         workers=0, imports=["sm_tasks"], env=cluster_env(), state_dir=state, **FAST
@@ -71,28 +70,36 @@ def _busy(pinger: zmq.Socket[bytes]) -> None:
 
 def _reconnect_while_busy(cluster: LocalCluster, identity: bytes) -> tuple[bool, zmq.Socket]:
     """A stand-in worker says READY on one connection, closes it and says READY on a new one
-    with the same id while the master is busy with a 150 MB submit sent by value. True when
-    the master turned its loop only after the new connection's handshake: the race is set."""
+    with the same id while the master is busy. True when the master turned its loop only
+    after the new connection's handshake: the race is set.
+
+    Busy: a submit waits on the master's state database, which the test holds locked (BEGIN
+    IMMEDIATE), as a master stalled on a slow disk would. SQLite waits without the GIL, so
+    the master's ZAP thread still admits the new connection meanwhile. (A big by-value submit
+    kept the master busy too, but in msgpack, holding the GIL: the handshake then finished
+    only when the loop turned, and the race set only by luck.)"""
     first = _connected(cluster, _dealer(cluster, "worker", identity))
-    big, pinger = cluster.client(), _dealer(cluster, "client")
+    pinger = _dealer(cluster, "client")
     pinger.connect(cluster.client_address)
-    big.shared_memory = False
-    array = np.ones(BIG // 8)
-    sender = threading.Thread(target=lambda: big.map("sm_tasks:describe", [(array,)]))
+    lock = sqlite3.connect(Path(str(cluster.state_dir)) / DB_NAME, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the master's next write waits (5 s at most) for it
+    client = cluster.client()
+    sender = threading.Thread(target=lambda: client.map("sm_tasks:square", [(1,)]))
     sender.start()
     try:
         _busy(pinger)
         first.send_multipart(_ready())
         first.close(linger=2000)  # its READY still leaves
-        second = _dealer(cluster, "worker", identity)
-        second = _connected(cluster, second)
+        second = _connected(cluster, _dealer(cluster, "worker", identity))
         second.send_multipart(_ready())
         answered = pinger.poll(0)
         return not answered, second
     finally:
+        lock.execute("ROLLBACK")
+        lock.close()
         sender.join(timeout=60)
         pinger.close(linger=0)
-        big.close()
+        client.close()
 
 
 def _phantoms(cluster: LocalCluster, job_id: str) -> list[str]:
