@@ -251,10 +251,15 @@ class Client(PipelineCalls, StreamCalls):
 
     # ---- queries -------------------------------------------------------------------------------
 
-    def jobs(self) -> list[JobInfo]:
-        reply = self._request(JobsQuery()).msg
+    def jobs(self, finished: int | None = None) -> list[JobInfo]:
+        """Every unfinished job, and the `finished` most recently finished (None: all)."""
+        return list(self.job_list(finished).jobs)
+
+    def job_list(self, finished: int | None = None) -> JobList:
+        """As `jobs`, with how many finished jobs the master holds in all."""
+        reply = self._request(JobsQuery(finished=finished)).msg
         assert isinstance(reply, JobList)
-        return list(reply.jobs)
+        return reply
 
     def workers(self) -> list[WorkerInfo]:
         reply = self._request(WorkersQuery()).msg

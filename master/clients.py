@@ -19,6 +19,7 @@ from shardmill.errors import (
     StateDirError,
 )
 from shardmill.master.brain import events as ev
+from shardmill.master.brain.archive import JobSummary, newest_finished
 from shardmill.master.brain.failures import telling_error
 from shardmill.master.brain.transitions import ShardState
 from shardmill.master.brain.views import worker_infos
@@ -210,9 +211,13 @@ class ClientRequests:
         runs = self.core.pipelines.runs.values() if self.core.pipelines else []
         pipelines = [self._named_run(r.info()) for r in runs]
         live = [brain.job_info(j) for j in brain.jobs]
-        reply = self._prepared(JobList(req=msg.req, jobs=live, pipelines=pipelines))
-        header = reply.model_dump(mode="python")
-        finished = [s.listed() for s in brain.archive]
+        total = len(brain.archive) + sum(j.finished for j in brain.jobs.values())
+        archived: Sequence[JobSummary] = list(brain.archive)
+        if msg.finished is not None:  # the newest ones only
+            live, archived = newest_finished(live, archived, msg.finished)
+        reply = JobList(req=msg.req, jobs=live, pipelines=pipelines, finished_total=total)
+        header = self._prepared(reply).model_dump(mode="python")
+        finished = [s.listed() for s in archived]
         if self.keyring is not None:
             for info in finished:
                 info["owner"] = self.keyring.owner_name(info["owner"])

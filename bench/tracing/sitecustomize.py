@@ -20,8 +20,7 @@ if _DIR:
     from typing import Any
 
     import zmq
-    from zmq.sugar import poll as _zpoll
-    from zmq.sugar import socket as _zsocket
+    from zmq.sugar import poll as _zpoll, socket as _zsocket
 
     _now = time.perf_counter_ns
     _events: list[tuple[int, str]] = []

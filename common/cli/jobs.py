@@ -85,13 +85,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     if getattr(args, "prune", False):
         return _prune(args)
+    last = getattr(args, "last", None)
     with connect(args) as client:
-        jobs = client.jobs()
+        listed = client.job_list(last)
         pipelines = client.pipelines()
+    jobs = listed.jobs
 
     def human() -> None:
         if jobs or not pipelines:  # "no jobs: submit one ..." only when there is nothing
             show_jobs(jobs)
+        shown = sum(j.state != "running" for j in jobs)
+        if last is not None and shown < listed.finished_total:
+            print(
+                f"the {shown} most recently finished of {listed.finished_total:,} shown; "
+                "every one: without --last, or --json"
+            )
         if pipelines:
             show_pipelines(pipelines)
 

@@ -216,6 +216,12 @@ def _queries(sub: Subparsers) -> None:
     p.add_argument("job", nargs="?")
     p.add_argument("--shards", action="store_true", help="list every shard")
     p = _client(sub, "jobs", "list jobs", _lazy("jobs", "cmd_jobs"))
+    p.add_argument(
+        "--last",
+        type=int,
+        metavar="N",
+        help="only the N most recently finished (and every running)",
+    )
     p.add_argument("--prune", action="store_true", help="forget finished jobs (needs --older-than)")
     p.add_argument(
         "--older-than", type=float, help="with --prune: that ended this many seconds ago (0: all)"

@@ -32,6 +32,7 @@ from shardmill.observe.views import job_detail, job_row, lost_workers, newest_fi
 from shardmill.wire.protocol import JobInfo, PipelineInfo, WorkerInfo
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+RECENT = 200  # finished jobs a page lists, newest first (a week of history is 100,000)
 
 
 def _page(name: str) -> str:
@@ -135,10 +136,10 @@ def cluster_page() -> str:
     return _page("cluster.html")
 
 
-@api.get("/api/jobs", summary="Every job the master knows: running first, then newest first")
+@api.get("/api/jobs", summary="Running jobs and the 200 last finished: running first, newest first")
 def jobs(request: Request) -> list[dict[str, Any]]:
     with _master(request).client() as client:
-        listed = client.jobs()
+        listed = client.jobs(finished=RECENT)
     now = time.time()
     return [job_row(j, now) for j in newest_first(listed)]
 
@@ -161,7 +162,7 @@ def workers(request: Request) -> list[WorkerInfo]:
 )
 def cluster(request: Request) -> dict[str, Any]:
     with _master(request).client() as client:
-        alive, listed, pong = client.workers(), client.jobs(), client.ping()
+        alive, listed, pong = client.workers(), client.jobs(finished=RECENT), client.ping()
     history: History = request.app.state.history
     return {
         "history": history.columns(),

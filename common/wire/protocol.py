@@ -13,29 +13,13 @@ from pydantic import Field, TypeAdapter
 
 from shardmill.wire.info import (  # re-exported: the values messages carry
     AttemptInfo as AttemptInfo,
-)
-from shardmill.wire.info import (
     ErrorInfo as ErrorInfo,
-)
-from shardmill.wire.info import (
     JobInfo as JobInfo,
-)
-from shardmill.wire.info import (
     Lease as Lease,
-)
-from shardmill.wire.info import (
     PipelineInfo as PipelineInfo,
-)
-from shardmill.wire.info import (
     ShardInfo as ShardInfo,
-)
-from shardmill.wire.info import (
     ShmRef as ShmRef,
-)
-from shardmill.wire.info import (
     StageInfo as StageInfo,
-)
-from shardmill.wire.info import (
     WorkerInfo as WorkerInfo,
 )
 from shardmill.wire.spec import (
@@ -210,6 +194,7 @@ class StatusQuery(_Request):
 
 class JobsQuery(_Request):
     kind: Literal["jobs"] = "jobs"
+    finished: int | None = Field(None, ge=0)  # only the N last finished (and every running)
 
 
 class WorkersQuery(_Request):
@@ -292,6 +277,7 @@ class JobList(_Reply):
     kind: Literal["job_list"] = "job_list"
     jobs: list[JobInfo]
     pipelines: list[PipelineInfo] = []
+    finished_total: int = 0  # finished jobs the master holds, listed or not
 
 
 class PipelineStatus(_Reply):

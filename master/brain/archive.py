@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import collections
 import gc
+import heapq
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,3 +211,19 @@ class Archive:
             self.kept_bytes -= old_size
             gone.append(old)
         return gone
+
+
+def newest_finished(
+    live: list[JobInfo], archived: Sequence[JobSummary], n: int
+) -> tuple[list[JobInfo], list[JobSummary]]:
+    """Every unfinished job of `live`, and of its finished ones and `archived` only the `n`
+    that finished last (each list in its own order)."""
+    ends = [(i.finished_at or 0.0, k, False) for k, i in enumerate(live) if i.state != "running"]
+    ends += [(s.finished_at, k, True) for k, s in enumerate(archived)]
+    kept = heapq.nlargest(n, ends)
+    keep_live = {k for _, k, was_archived in kept if not was_archived}
+    keep_archived = sorted(k for _, k, was_archived in kept if was_archived)
+    return (
+        [i for k, i in enumerate(live) if i.state == "running" or k in keep_live],
+        [archived[k] for k in keep_archived],
+    )

@@ -72,6 +72,22 @@ def test_submit_status_jobs_result_workers_why(cluster: LocalCluster, npy: Path)
     assert [j["job_id"] for j in pruned] == [job_id] and cli_json("jobs", master=master) == []
 
 
+def test_jobs_last_lists_only_the_newest_finished(cluster: LocalCluster) -> None:
+    # Given two jobs finished one after the other
+    ids = []
+    with cluster.client() as client:
+        for i in range(2):
+            job = client.map("sm_tasks:square", [(i,)])
+            job.result()
+            ids.append(job.id)
+    # When `jobs --last 1` asks for the most recently finished only
+    listed = cli_json("jobs", "--last", "1", master=cluster)
+    # Then that is the newer one, and a person is told how many more there are
+    assert [j["job_id"] for j in listed if j["state"] != "running"] == [ids[1]]
+    out = run_cli("jobs", "--last", "1", master=cluster).stdout
+    assert ids[1] in out and ids[0] not in out and "the 1 most recently finished of" in out
+
+
 def test_human_output_and_wait_progress(cluster: LocalCluster, npy: Path) -> None:
     master = cluster
     proc = run_cli("submit", "column_stats", str(npy), "--shards", "4", "--wait", master=master)

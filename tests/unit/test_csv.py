@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from inprocess import run_spec
 
 from shardmill.data.csvfile import byte_splits, describe_csv, read_chunks

@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from shardmill.master.merge import MapMerger, OpMerger
 from shardmill.ops.column_stats import ColumnStats
