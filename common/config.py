@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_EDGE_BUDGET = 2 << 30  # bytes waiting between two pipeline stages (MasterSettings)
+
 _ADDRESS = re.compile(r"^(tcp://([^\s:/\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}|ipc://\S+)$")
 
 
@@ -114,6 +116,13 @@ class MasterSettings(BaseSettings):
         description="datasets must resolve inside one of these directories",
     )
     max_message_bytes: int = Field(256 * 2**20, ge=1024, description="largest message accepted")
+    edge_budget: int = Field(
+        DEFAULT_EDGE_BUDGET,
+        ge=0,
+        description="bytes of a pipeline stage's output that may wait on the workers' disks "
+        "for the next stage: beyond it the stage pauses while the next absorbs what waits "
+        "(0: no bound; a pipeline may say its own)",
+    )
     max_shards: int = Field(100_000, ge=1, description="most shards one job may have")
     max_queued_jobs: int = Field(1000, ge=1, description="unfinished jobs per client key")
     finished_jobs_kept: int = Field(

@@ -34,6 +34,7 @@ from shardmill.wire.protocol import ErrorInfo, PipelineInfo, StageInfo, Submit, 
 from shardmill.wire.spec import STAGE_FUNCTION, JobSpec
 
 log = logging.getLogger(__name__)
+Outcome = tuple[list[Any], list[ErrorInfo | None], str]  # a stage job's values, errors, state
 
 
 @dataclass
@@ -46,9 +47,8 @@ class PipelineRun:
     status: str = "running"
     finished_at: float | None = None
     error: str | None = None
-    job_id: str | None = None  # the stage job running now
-    run: Run | None = None
-    ended: tuple[list[Any], list[ErrorInfo | None], str] | None = None  # its job's end
+    jobs: dict[str, Run] = field(default_factory=dict)  # its stage jobs running now
+    ended: list[tuple[str, Outcome]] = field(default_factory=list)  # jobs that ended
     cancel: bool = False
     result: Packed | None = None
     waiters: list[tuple[bytes, int]] = field(default_factory=list)
@@ -56,6 +56,11 @@ class PipelineRun:
     @property
     def finished(self) -> bool:
         return self.status != "running"
+
+    @property
+    def job_id(self) -> str | None:
+        """Its newest stage job running now."""
+        return next(reversed(self.jobs), None)
 
     def info(self) -> PipelineInfo:
         st = self.state
@@ -73,6 +78,10 @@ class PipelineRun:
                 recomputed=list(p.recomputed),
                 waiting=self._waiting(p.index),
                 holders=[st.outputs[p.index].get(s, {}).get("holder", "") for s in range(p.shards)],
+                edge_budget=st.edge_budget if p.index < len(st.stages) - 1 else 0,
+                edge_bytes=st.waiting_bytes(p.index, list(self.jobs.values())),
+                edge_peak=st.peaks.get(p.index, 0),
+                waves=len(st.waves.get(p.index, [])),
             )
             for p in st.progress
         ]
@@ -95,8 +104,12 @@ class PipelineRun:
         stage = st.stages[index]
         if self.finished or len(st.outputs[index]) == stage.shards:
             return ""
-        if self.run is not None and self.run.stage == index:
-            return f"running in job {self.job_id}"
+        mine = [j for j, r in self.jobs.items() if r.stage == index and r.absorb is None]
+        if mine:
+            return f"running in job {mine[-1]}"
+        if st.consumer(index) is not None and 0 < st.edge_budget <= st.waiting_bytes(index, []):
+            held, budget = st.waiting_bytes(index, []) / 2**20, st.edge_budget / 2**20
+            return f"paused: {held:.1f} MiB wait for the next stage (edge budget {budget:.1f} MiB)"
         for parent in stage.parents:
             p = st.stages[parent]
             if len(st.outputs[parent]) < p.shards:
@@ -121,7 +134,10 @@ class Pipelines:
         if not isinstance(steps, list) or not steps:
             raise ShardmillError("steps: a pipeline needs at least a source step")
         stages = compile_stages(tuple(steps), data_roots=self.core.settings.data_roots)
-        state = PipelineState(stages, name=msg.name, fetch_timeout=msg.fetch_timeout)
+        budget = self.core.settings.edge_budget if msg.edge_budget is None else msg.edge_budget
+        state = PipelineState(
+            stages, name=msg.name, fetch_timeout=msg.fetch_timeout, edge_budget=budget
+        )
         pid = "p" + uuid.uuid4().hex[:11]
         run = PipelineRun(pid, owner, state, msg.max_attempts, submitted_at=time.time())
         self.runs[pid] = run
@@ -131,11 +147,14 @@ class Pipelines:
 
     def cancel(self, run: PipelineRun) -> None:
         run.cancel = True
-        if run.job_id is not None:
-            from shardmill.master.brain import events as ev
-
-            self.core.apply(ev.CancelRequested(run.job_id))
+        self._cancel_jobs(run)
         self.due.add(run.pipeline_id)
+
+    def _cancel_jobs(self, run: PipelineRun) -> None:
+        from shardmill.master.brain import events as ev
+
+        for job_id in run.jobs:
+            self.core.apply(ev.CancelRequested(job_id))
 
     # ---- the loop's hooks ----------------------------------------------------------------------
 
@@ -144,7 +163,7 @@ class Pipelines:
         pid = self.by_job.pop(job_id, None)
         if pid is None:
             return
-        self.runs[pid].ended = self._outcome(job_id)
+        self.runs[pid].ended.append((job_id, self._outcome(job_id)))
         self.due.add(pid)
 
     def step(self) -> list[PipelineRun]:
@@ -174,27 +193,47 @@ class Pipelines:
 
     def _advance(self, run: PipelineRun) -> None:
         try:
-            if run.ended is not None:
-                values, errors, state = run.ended
-                run.ended = None
+            while run.ended:
+                job_id, (values, errors, state) = run.ended.pop(0)
+                ran = run.jobs.pop(job_id)
                 if state != str(JobState.DONE):
                     raise PipelineFailed(errors[0].message if errors and errors[0] else state)
-                assert run.run is not None
-                run.state.ended(run.run, values, errors)
-                run.run, run.job_id = None, None
-            if run.job_id is not None:
-                return  # its stage job still runs
+                run.state.ended(ran, values, errors)
             if run.cancel:
-                self._end(run, "cancelled", "cancelled by a client")
+                if not run.jobs:
+                    self._end(run, "cancelled", "cancelled by a client")
                 return
-            nxt = run.state.next_run()
-            if nxt is None:
+            for nxt in run.state.next_runs(list(run.jobs.values()), self._width()):
+                self._start(run, nxt)
+            if not run.jobs:
+                if not run.state.done():
+                    raise PipelineFailed("nothing left to run, yet the last stage is not done")
                 run.result = pack_value(run.state.result())
                 self._end(run, "done", None)
-                return
-            self._start(run, nxt)
         except ShardmillError as e:  # a stage failed for good, or its job was refused
             self._end(run, "cancelled" if run.cancel else "failed", str(e))
+        except Exception as e:  # a bug here fails this pipeline, never the master
+            log.exception("pipeline %s: internal error", run.pipeline_id)
+            self._end(run, "failed", f"internal error in the master's pipeline driver: {e!r}")
+        finally:
+            self._let_go(run)
+
+    def _width(self) -> int:
+        return sum(w.slots for w in self.core.brain.workers.values() if not w.draining)
+
+    def _let_go(self, run: PipelineRun) -> None:
+        """Outputs every wave absorbed are let go, off the loop (best effort: a holder out of
+        reach drops them with the pipeline's end, or its sweep)."""
+        if not run.state.dropping:
+            return
+        holders: dict[str, str] = {}
+        outs: dict[str, list[str]] = {}
+        for holder, key, out in run.state.dropping:
+            holders[holder] = key
+            outs.setdefault(holder, []).append(out)
+        run.state.dropping.clear()
+        args = (holders, run.state.token)
+        threading.Thread(target=drop_outputs, args=args, kwargs={"outs": outs}, daemon=True).start()
 
     def _start(self, run: PipelineRun, nxt: Run) -> None:
         spec = JobSpec(
@@ -210,7 +249,8 @@ class Pipelines:
             packed = pack_value([(task,)])
             parts.append(packed)
             arrays.extend(packed.arrays)
-        job_id = f"{run.pipeline_id}-s{nxt.stage}-{uuid.uuid4().hex[:6]}"
+        kind = "s" if nxt.absorb is None else "a"  # a stage's shards, or a wave absorbed
+        job_id = f"{run.pipeline_id}-{kind}{nxt.stage}-{uuid.uuid4().hex[:6]}"
         msg = Submit(
             spec=spec,
             parts=[p.data for p in parts],
@@ -219,12 +259,12 @@ class Pipelines:
             job_id=job_id,
         )
         job = admit(self.core, msg, arrays, run.owner)
-        run.run, run.job_id = nxt, job_id
+        run.jobs[job_id] = nxt
         self.by_job[job_id] = run.pipeline_id
         run.state.started(nxt, job_id)
         queue(self.core, job, run.owner)
 
-    def _outcome(self, job_id: str) -> tuple[list[Any], list[ErrorInfo | None], str]:
+    def _outcome(self, job_id: str) -> Outcome:
         """A stage job's values (None where a shard failed), each shard's last error, state;
         an archived job's (a restarted master's) read from the state dir."""
         job = self.core.brain.jobs.get(job_id)
@@ -250,7 +290,7 @@ class Pipelines:
 
     def _end(self, run: PipelineRun, status: str, error: str | None) -> None:
         run.status, run.error, run.finished_at = status, error, time.time()
-        run.run = None
+        self._cancel_jobs(run)  # those still running, when one failed
         log.info("pipeline %s %s%s", run.pipeline_id, status, f": {error}" if error else "")
         holders = run.state.holders()
         if holders:  # best effort, off the loop: a holder out of reach sweeps them later
@@ -270,8 +310,10 @@ class Pipelines:
             "status": run.status,
             "finished_at": run.finished_at,
             "error": run.error,
-            "job_id": run.job_id,
-            "run": None if run.run is None else [run.run.stage, run.run.shards, run.run.name],
+            "jobs": [
+                [job_id, r.stage, r.shards, r.name, r.absorb, r.wave]
+                for job_id, r in run.jobs.items()
+            ],
             "state": run.state.record(),
             "result": None if run.result is None else run.result.data,
         }
@@ -301,13 +343,13 @@ class Pipelines:
             self.runs[run.pipeline_id] = run
             if run.finished:
                 continue
-            job_id = run.job_id
-            if job_id is None or not self.core.brain.known(job_id):
-                run.job_id, run.run = None, None  # its next job was not recorded: plan it again
-            elif job_id not in self.core.brain.active:  # ended (archived, most likely)
-                run.ended = self._outcome(job_id)
-            else:
-                self.by_job[job_id] = run.pipeline_id
+            for job_id in list(run.jobs):
+                if not self.core.brain.known(job_id):
+                    del run.jobs[job_id]  # never recorded: planned again
+                elif job_id not in self.core.brain.active:  # ended (archived, most likely)
+                    run.ended.append((job_id, self._outcome(job_id)))
+                else:
+                    self.by_job[job_id] = run.pipeline_id
             self.due.add(run.pipeline_id)
 
 
@@ -329,11 +371,12 @@ def _from_blob(blob: bytes) -> PipelineRun:
         status=rec["status"],
         finished_at=rec["finished_at"],
         error=rec["error"],
-        job_id=rec["job_id"],
     )
-    if rec["run"] is not None:
+    for job_id, stage, shards, name, absorb, wave in rec.get("jobs", []):
+        run.jobs[job_id] = Run(stage, list(shards), [], name, absorb=absorb, wave=wave)
+    if rec.get("run") is not None:  # written before waves: one job at a time
         stage, shards, name = rec["run"]
-        run.run = Run(stage, list(shards), [], name)
+        run.jobs[rec["job_id"]] = Run(stage, list(shards), [], name)
     if rec["result"] is not None:
         run.result = Packed(rec["result"], arrays[len(arrays) - n_result :])
     return run

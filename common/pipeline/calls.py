@@ -30,7 +30,8 @@ class PipelineCalls:
 
     def run(self, pipeline: Pipeline, **options: Any) -> PipelineJob:
         """Start a pipeline on the master (shardmill.pipeline); `options`: name, fetch_timeout
-        (seconds a reduce waits for a peer), max_attempts."""
+        (seconds a reduce waits for a peer), max_attempts, edge_budget (bytes a stage's
+        output may hold waiting for the next stage; 0: no bound; default the master's)."""
         packed = pack_value(list(pipeline.steps))
         reply = self._request(SubmitPipeline(steps=packed.data, **options), packed.arrays).msg
         assert isinstance(reply, Submitted)

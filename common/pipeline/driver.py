@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shardmill.errors import PipelineFailed
+from shardmill.pipeline.edges import DEFAULT_EDGE_BUDGET, EdgePlan, Run, running_shards
 from shardmill.pipeline.plan import Stage
 from shardmill.pipeline.tables import concat
 from shardmill.wire.protocol import ErrorInfo
@@ -45,21 +46,15 @@ class StageProgress:
     recomputed: list[int] = field(default_factory=list)  # shards run again for lost outputs
 
 
-@dataclass(frozen=True)
-class Run:
-    """Shards of one stage to run as one job: the next thing the pipeline needs."""
-
-    stage: int
-    shards: list[int]
-    tasks: list[dict[str, Any]]
-    name: str
+__all__ = ["PipelineState", "Run", "StageProgress"]
 
 
 @dataclass
-class PipelineState:
-    """The pipeline's decisions, without I/O: which stage shards run next (`next_run`), what
+class PipelineState(EdgePlan):
+    """The pipeline's decisions, without I/O: which stage shards run next (`next_runs`), what
     their ending means (`ended`: outputs recorded, lost holders written off), the result.
-    Driven by the client (`drive`) or by anything else that can run a stage job."""
+    The master runs each `Run` as a job; several may run at once (a producer's shards beside
+    its consumer absorbing a wave: shardmill.pipeline.edges)."""
 
     stages: list[Stage]
     name: str = ""
@@ -68,8 +63,12 @@ class PipelineState:
     outputs: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
     splitters: dict[int, list[Any]] = field(default_factory=dict)
     story: list[str] = field(default_factory=list)
+    edge_budget: int = DEFAULT_EDGE_BUDGET
+    waves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    peaks: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.dropping: list[tuple[str, str, str]] = []
         self.progress = [StageProgress(s.index, s.label, s.shards) for s in self.stages]
         self._ran: dict[int, set[int]] = {s.index: set() for s in self.stages}
         self._rounds: dict[int, int] = {s.index: 0 for s in self.stages}
@@ -77,33 +76,72 @@ class PipelineState:
         for s in self.stages:
             self.outputs.setdefault(s.index, {})
 
-    def next_run(self) -> Run | None:
-        """The next stage shards to run (parents first), or None when the last stage is done."""
-        return self._next(len(self.stages) - 1)
+    def next_runs(self, running: list[Run], width: int = 1) -> list[Run]:
+        """The stage shards that may start now, beside `running` (parents first; a producer
+        within its edge's budget, a wave absorbed when the edge fills): none when the last
+        stage is done or everything waits on what runs. `width`: the cluster's slots."""
+        self.width = max(1, width)
+        runs = self._plan(len(self.stages) - 1, running)
+        every = running + runs
+        for stage in self.stages[:-1]:
+            held = self.waiting_bytes(stage.index, every)
+            self.peaks[stage.index] = max(self.peaks.get(stage.index, 0), held)
+        return runs
 
-    def _next(self, index: int) -> Run | None:
+    def done(self) -> bool:
+        return self._complete(len(self.stages) - 1)
+
+    def _complete(self, index: int) -> bool:
+        return len(self.outputs[index]) == self.stages[index].shards
+
+    def _plan(self, index: int, running: list[Run]) -> list[Run]:
         stage = self.stages[index]
-        if len(self.outputs[index]) == stage.shards:
-            return None
+        if self._complete(index):
+            return []
+        runs: list[Run] = []
+        ready = True
         for parent in stage.parents:
-            if (run := self._next(parent)) is not None:
-                return run
-        self._rounds[index] += 1
-        if self._rounds[index] > MAX_RECOMPUTES:
-            raise PipelineFailed(
-                f"stage {index} ({stage.label}): outputs kept being lost after "
-                f"{MAX_RECOMPUTES} recomputes; are workers being replaced?"
-            )
-        missing = [s for s in range(stage.shards) if s not in self.outputs[index]]
-        self._splitters(stage)
-        self.progress[index].recomputed.extend(s for s in missing if s in self._ran[index])
-        self._ran[index].update(missing)
-        tasks = [self._task(stage, s) for s in missing]
-        return Run(index, missing, tasks, f"{self.name or 'pipeline'} stage {index}")
+            runs += self._plan(parent, running)
+            absorb = self._absorb_run(parent, running + runs)
+            if absorb is not None:
+                runs.append(absorb)
+            ready = ready and self._complete(parent) and self._settled(parent)
+            ready = ready and not any(r.absorb == parent for r in running + runs)
+        return runs + self._own(stage, running) if ready else runs
+
+    def _own(self, stage: Stage, running: list[Run]) -> list[Run]:
+        busy = running_shards(stage.index, running)
+        outs = self.outputs[stage.index]
+        missing = [s for s in range(stage.shards) if s not in outs and s not in busy]
+        take = self._gated(stage, missing, running) if missing else []
+        if not take:
+            return []
+        again = [s for s in take if s in self._ran[stage.index]]
+        if again:
+            self._rounds[stage.index] += 1
+            if self._rounds[stage.index] > MAX_RECOMPUTES:
+                raise PipelineFailed(
+                    f"stage {stage.index} ({stage.label}): outputs kept being lost after "
+                    f"{MAX_RECOMPUTES} recomputes; are workers being replaced?"
+                )
+            self.progress[stage.index].recomputed.extend(again)
+        self._ran[stage.index].update(take)
+        if stage.combine.get("combine") == "sort":
+            self._compute_splitters(stage, range(self.stages[stage.parents[0]].shards))
+        tasks = [self._task(stage, s) for s in take]
+        return [Run(stage.index, take, tasks, f"{self.name or 'pipeline'} stage {stage.index}")]
 
     def started(self, run: Run, job_id: str) -> None:
         stage = self.stages[run.stage]
         self.progress[run.stage].jobs.append(job_id)
+        if run.absorb is not None:
+            wave = self.waves[run.absorb][run.wave]
+            self.story.append(
+                f"stage {run.stage} ({stage.label}): partitions {_span(run.shards)} absorb "
+                f"stage {run.absorb}'s shards {wave['lo']}-{wave['hi'] - 1} (wave {run.wave}) "
+                f"in job {job_id}, so stage {run.absorb} may go on"
+            )
+            return
         self.story.append(
             f"stage {run.stage} ({stage.label}): shards {_span(run.shards)} in job {job_id}"
         )
@@ -114,7 +152,9 @@ class PipelineState:
         stage = self.stages[run.stage]
         lost: set[str] = set()
         for shard, value, err in zip(run.shards, values, errors, strict=True):
-            if value is not None:
+            if value is not None and run.absorb is not None:
+                self._absorbed(run, shard, value)
+            elif value is not None:
                 self._record(stage, shard, value)
             elif err is not None and err.type == FETCH_FAILED:
                 lost.update(_HOLDER.findall(err.message))
@@ -142,6 +182,12 @@ class PipelineState:
             "ran": [[i, sorted(r)] for i, r in self._ran.items()],
             "rounds": sorted(self._rounds.items()),
             "digests": [[i, s, d] for (i, s), d in self._digests.items()],
+            "edge_budget": self.edge_budget,
+            "waves": [
+                [i, [[w["lo"], w["hi"], sorted(w["parts"].items())] for w in ws]]
+                for i, ws in self.waves.items()
+            ],
+            "peaks": sorted(self.peaks.items()),
         }
 
     @classmethod
@@ -154,6 +200,12 @@ class PipelineState:
             outputs={i: dict(o) for i, o in rec["outputs"]},
             splitters=dict(rec["splitters"]),
             story=list(rec["story"]),
+            edge_budget=int(rec.get("edge_budget", 0)),
+            waves={
+                i: [{"lo": lo, "hi": hi, "parts": dict(parts)} for lo, hi, parts in ws]
+                for i, ws in rec.get("waves", [])
+            },
+            peaks=dict(rec.get("peaks", [])),
         )
         state.progress = [StageProgress(**p) for p in rec["progress"]]
         state._ran = {i: set(r) for i, r in rec["ran"]}
@@ -163,9 +215,10 @@ class PipelineState:
 
     def holders(self) -> dict[str, str]:
         """Every worker holding an output of this pipeline: address -> public key."""
+        absorbed = [w["parts"] for ws in self.waves.values() for w in ws]
         return {
             v["holder"]: v["key"]
-            for outs in self.outputs.values()
+            for outs in [*self.outputs.values(), *absorbed]
             for v in outs.values()
             if "holder" in v
         }
@@ -201,6 +254,13 @@ class PipelineState:
             f"stage {stage.index} shard {shard} ran again and gave other bytes: its functions "
             "are not deterministic"
         )
+        if self.waves.get(stage.index):
+            self._forget_waves(stage.index)
+            self.progress[stage.index].done = len(self.outputs[stage.index])
+            self.story.append(
+                f"every wave of stage {stage.index} absorbed so far read the old bytes: they "
+                "are absorbed again, from outputs made again"
+            )
         for consumer in self.stages:
             if stage.index in consumer.parents and self.outputs[consumer.index]:
                 redo = sorted(self.outputs[consumer.index])
@@ -223,6 +283,12 @@ class PipelineState:
                     f"stage {by.index} could not fetch from {holder}: stage "
                     f"{index} shards {_span(gone)} held there run again"
                 )
+        for producer, back in self._lose_waves(holder):
+            self.progress[producer].done = len(self.outputs[producer])
+            self.story.append(
+                f"stage {by.index} could not fetch from {holder}: the waves of stage "
+                f"{producer} it had absorbed are absorbed again, from its shards {_span(back)}"
+            )
 
     # ---- tasks ---------------------------------------------------------------------------------
 
@@ -238,40 +304,31 @@ class PipelineState:
         if stage.inputs:
             task["input"] = stage.inputs[shard]
         else:
-            parents = [self._pieces(p, stage, shard) for p in stage.parents]
+            parents = [self.ordered_pieces(p, stage, shard) for p in stage.parents]
             task["input"] = {"kind": "shuffle", "parents": parents, **stage.combine}
+            if self.edge_budget > 0 and self.streams(stage):
+                task["ops"] = []  # every wave ran them as it was absorbed
         return task
 
-    def _pieces(self, parent: int, stage: Stage, shard: int) -> list[dict[str, Any]]:
-        request: dict[str, Any]
+    def _request(self, parent: int, stage: Stage, shard: int) -> dict[str, Any]:
+        """What partition `shard` of `stage` asks of each output of `parent`."""
         cuts = self.splitters.get(parent)
         if cuts is None:
-            request = {"part": shard}
-        else:
-            rank = stage.shards - 1 - shard if stage.combine.get("descending") else shard
-            request = {
-                "lo": cuts[rank - 1] if rank else None,
-                "hi": cuts[rank] if rank < len(cuts) else None,
-            }
-        outs = self.outputs[parent]
-        return [
-            {
-                "holder": v["holder"],
-                "key": v["key"],
-                "out": v["out"],
-                "request": {**request, "run": run},
-            }
-            for _, v in sorted(outs.items())
-            for run in range(int(v.get("runs", 1)))
-        ]
+            return {"part": shard}
+        rank = stage.shards - 1 - shard if stage.combine.get("descending") else shard
+        return {
+            "lo": cuts[rank - 1] if rank else None,
+            "hi": cuts[rank] if rank < len(cuts) else None,
+        }
 
-    def _splitters(self, stage: Stage) -> None:
-        """A sort's split points, from every parent shard's sample (once: recomputed outputs
-        give the same sample)."""
-        if stage.combine.get("combine") != "sort" or stage.parents[0] in self.splitters:
-            return
+    def _compute_splitters(self, stage: Stage, shards: range) -> None:
+        """A sort's split points, from the samples of its parent's `shards` (once: recomputed
+        outputs give the same sample; with waves, the first wave's)."""
         parent = stage.parents[0]
-        samples = [np.asarray(v["sample"]) for _, v in sorted(self.outputs[parent].items())]
+        if parent in self.splitters:
+            return
+        outs = self.outputs[parent]
+        samples = [np.asarray(outs[s]["sample"]) for s in shards if s in outs]
         samples = [s for s in samples if len(s)]
         if not samples:
             self.splitters[parent] = []

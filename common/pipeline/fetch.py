@@ -198,15 +198,25 @@ def _message(lost: set[str], missing: dict[str, str], pieces: list[Piece], timeo
     return "map outputs cannot be fetched: " + "; ".join(parts) + " " + holders
 
 
-def drop_outputs(holders: dict[str, str], token: str, timeout: float = 1.0) -> list[str]:
-    """Ask each holder (address -> public key) to drop the pipeline's outputs; best effort:
-    returns the holders that did not confirm (their outputs go when unused for a while)."""
+def drop_outputs(
+    holders: dict[str, str],
+    token: str,
+    timeout: float = 1.0,
+    *,
+    outs: dict[str, list[str]] | None = None,
+) -> list[str]:
+    """Ask each holder (address -> public key) to drop the pipeline's outputs (with `outs`,
+    only those it names per holder); best effort: returns the holders that did not confirm
+    (their outputs go when the pipeline ends, or when unused for a while)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     peers = [_Peer(ctx, Piece(h, k, "", {})) for h, k in holders.items()]
     poller = zmq.Poller()
     try:
         for peer in peers:
-            peer.sock.send(msgpack.packb({"op": "drop", "token": token}))
+            ask: dict[str, Any] = {"op": "drop", "token": token}
+            if outs is not None:
+                ask["outs"] = outs.get(peer.holder, [])
+            peer.sock.send(msgpack.packb(ask))
             poller.register(peer.sock, zmq.POLLIN)
         waiting = {id(p.sock): p.holder for p in peers}
         deadline = time.monotonic() + timeout

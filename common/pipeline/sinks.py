@@ -52,7 +52,8 @@ class _Spilling(Sink):
                 f"{where}: this worker serves no shuffle (it predates pipelines, or its piece "
                 "server failed to start: see its log); upgrade or restart it"
             )
-        out_id = f"s{task['stage']}-{task['shard']}-{uuid.uuid4().hex[:12]}"
+        kind = "s" if task.get("absorb") is None else "a"  # a map output, or an absorbed run
+        out_id = f"{kind}{task['stage']}-{task['shard']}-{uuid.uuid4().hex[:12]}"
         self.writer = OutputWriter(root, task["token"], out_id, where)
         self.budget, self.where = budget, where
         self.buffered: list[Table] = []
@@ -141,6 +142,20 @@ class HashSink(_Spilling):
     def finish(self) -> dict[str, Any]:
         result = self._result({"kind": "hash"})
         result["sizes"] = self.sizes.tolist()
+        return result
+
+
+class RunSink(_Spilling):
+    """A consumer partition's absorbed wave: its rows in the order they come, one partition
+    (so a sorted wave stays sorted, run after run)."""
+
+    def _spill(self) -> None:
+        table = self._taken()
+        self.writer.run(table, np.array([0, rows(table)], dtype=np.int64))
+
+    def finish(self) -> dict[str, Any]:
+        result = self._result({"kind": "hash"})
+        result["sizes"] = [self.rows]
         return result
 
 

@@ -47,7 +47,10 @@ def shuffled(
     spec = task["input"]
     how = spec["combine"]
     if how == "agg":
-        yield from _folded(spec["agg"], streams, sides[0], task["budget"], where)
+        folded = _folded(spec["agg"], streams, sides[0], task["budget"], where)
+        if folded is not None:  # absorbing a wave: the partials, folded; else the aggregates
+            keys, aggs = spec["agg"]["keys"], [tuple(a) for a in spec["agg"]["aggs"]]
+            yield folded if spec.get("partial") else aggregate.finish(folded, keys, aggs)
     elif how == "sort":
         for table in merged(streams, sides[0], spec["key"]):
             yield take(table, np.arange(rows(table))[::-1]) if spec["descending"] else table
@@ -62,7 +65,7 @@ def shuffled(
 
 def _folded(
     agg: dict[str, Any], streams: Streams, ids: list[int], budget: int, where: str
-) -> Iterator[Table]:
+) -> Table | None:
     """Partial aggregates folded as pages arrive: memory holds one row per key seen so far
     and a few pages, never the partition's partial rows all at once."""
     keys, aggs = agg["keys"], [tuple(a) for a in agg["aggs"]]
@@ -75,9 +78,8 @@ def _folded(
             if held > budget // 4 and len(acc) > 1:
                 folded = aggregate.fold(concat(acc, where), keys, aggs, where)
                 acc, held = [folded], nbytes(folded)
-    if acc:
-        folded = aggregate.fold(concat(acc, where), keys, aggs, where)
-        yield aggregate.finish(folded, keys, aggs)
+    table = concat(acc, where)
+    return aggregate.fold(table, keys, aggs, where) if table else None
 
 
 def merged(streams: Streams, ids: list[int], key: str) -> Iterator[Table]:

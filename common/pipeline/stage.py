@@ -29,6 +29,8 @@ DEFAULT_BUDGET = 256 << 20  # a task's shuffle memory when the worker does not s
 def run_stage(task: dict[str, Any], *, registry: Registry) -> dict[str, Any]:
     """Run one stage shard; returns where its output went (or the output itself)."""
     where = f"stage {task['stage']} shard {task['shard']}"
+    if task.get("absorb") is not None:
+        where = f"stage {task['stage']} partition {task['shard']} absorbing wave {task['absorb']}"
     budget = int(os.environ.get("SHARDMILL_SHUFFLE_MEMORY") or DEFAULT_BUDGET)
     task = {**task, "budget": budget}
     sink = _sink(task, budget, where)
@@ -73,6 +75,8 @@ def _sink(task: dict[str, Any], budget: int, where: str) -> sinks.Sink:
         return sinks.WriteSink(out["path"], task["shard"], budget, where, reverse=reverse)
     if out["kind"] == "hash":
         return sinks.HashSink(task, budget, where)
+    if out["kind"] == "run":
+        return sinks.RunSink(task, budget, where)
     return sinks.RangeSink(task, budget, where)
 
 

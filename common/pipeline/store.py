@@ -144,21 +144,31 @@ def _slice(
     return a, max(a, b)
 
 
-def drop_token(root: Path, token: str) -> None:
+def drop_token(root: Path, token: str, outs: list[str] | None = None) -> None:
+    """A pipeline's outputs, all of them or those named, removed."""
     _checked(token)
-    shutil.rmtree(root / token, ignore_errors=True)
+    if outs is None:
+        shutil.rmtree(root / token, ignore_errors=True)
+        return
+    for out in outs:
+        _checked(str(out))
+        shutil.rmtree(root / token / str(out), ignore_errors=True)
 
 
 COUNT_EVERY = 2.0  # seconds between counts of the bytes a worker's shuffle directory holds
 
 
 def held_bytes(root: Path) -> int:
+    """Bytes of the outputs under `root`; what is dropped or renamed while it counts is
+    passed over (os.walk ignores a directory gone mid-walk; pathlib's glob raises)."""
     total = 0
-    for path in root.rglob("*.npy"):
-        try:
-            total += path.stat().st_size
-        except OSError:  # dropped meanwhile
-            continue
+    for top, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".npy"):
+                try:
+                    total += os.stat(os.path.join(top, name)).st_size
+                except OSError:  # dropped meanwhile
+                    continue
     return total
 
 
@@ -223,8 +233,8 @@ class PieceServer:
         req: Any = {}
         try:
             req = msgpack.unpackb(raw)
-            if req.get("op") == "drop":  # the pipeline is over: its outputs go
-                drop_token(self.root, str(req["token"]))
+            if req.get("op") == "drop":  # the pipeline is over, or a wave was absorbed
+                drop_token(self.root, str(req["token"]), req.get("outs"))
                 self._reply(identity, {"ok": True, "i": _index(req)}, [])
                 return
             os.utime(self.root / str(req["token"]))  # in use: not swept

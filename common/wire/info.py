@@ -125,6 +125,10 @@ class StageInfo(Frozen):
     recomputed: list[int] = []  # shards run again: their outputs were lost with a worker
     waiting: str = ""  # why it has not started, or why it runs again
     holders: list[str] = []  # per shard, the worker address holding its output ("": none)
+    edge_budget: int = 0  # bytes its output may hold waiting for the next stage (0: no bound)
+    edge_bytes: int = 0  # bytes of its output waiting now (and estimated for shards running)
+    edge_peak: int = 0  # the most that waited at once
+    waves: int = 0  # times the next stage absorbed a wave of its outputs early
 
 
 class PipelineInfo(Frozen):

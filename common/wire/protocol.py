@@ -241,6 +241,7 @@ class SubmitPipeline(_Request):
     name: str = ""
     fetch_timeout: float = Field(10.0, gt=0, le=3600)
     max_attempts: int = Field(3, ge=1, le=100)
+    edge_budget: int | None = Field(None, ge=0)  # bytes between two stages; None: the master's
 
 
 class PipelineQuery(_Request):
