@@ -20,6 +20,7 @@ STAGE_COLUMNS = [
     Col("fetched", rank=3, kind="num"),
     Col("recomputed", rank=5, kind="num"),
     Col("waiting", rank=6),
+    Col("edge (now/peak/budget)", rank=7),
 ]
 PIPELINE_COLUMNS = [
     Col("pipeline", kind="id"),
@@ -49,7 +50,17 @@ def stage_row(s: StageInfo) -> list[str]:
         _mib(s.bytes_fetched),
         str(len(s.recomputed)),
         s.waiting or "-",
+        _edge(s),
     ]
+
+
+def _edge(s: StageInfo) -> str:
+    """What its output holds waiting for the next stage, against the edge budget."""
+    if not s.edge_budget:
+        return "-"
+    mib = 2**20
+    held = f"{s.edge_bytes / mib:.1f}/{s.edge_peak / mib:.1f}/{s.edge_budget / mib:.1f} MiB"
+    return held + (f", {s.waves} waves" if s.waves else "")
 
 
 def show_pipeline(info: PipelineInfo) -> None:
