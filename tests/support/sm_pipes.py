@@ -60,3 +60,15 @@ def noise_sums(t: Table) -> Table:
         "n": np.bincount(inv).astype(np.int64),
         "s": np.bincount(inv, weights=t["noise"]).astype(np.int64),
     }
+
+
+def paced(t: Table) -> Table:
+    """A fast map: the events' columns named, 0.4 µs a row."""
+    time.sleep(len(t["0"]) * 0.4e-6)
+    return events(t)
+
+
+def slow_rows(t: Table) -> Table:
+    """Ten times slower than `paced`, row for row: 4 µs a row."""
+    time.sleep(len(t["user"]) * 4e-6)
+    return {**t, "twice": t["amount"] * 2}
