@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -22,3 +23,34 @@ def load_frame(part: tuple[str, int, int]) -> Any:
     path, a, b = part
     rows = np.load(path, mmap_mode="r")[a:b]
     return pd.DataFrame({"user": np.array(rows[:, 0]), "amount": np.array(rows[:, 1])})
+
+
+MAP_SECONDS_PER_ROW = 0.2e-6  # bench_backpressure: the map stage's pace ...
+SLOW_SECONDS_PER_ROW = 2e-6  # ... and the stage after it, ten times slower
+
+
+def paced(t: Table) -> Table:
+    """The fast map: the .npy's columns named, at MAP_SECONDS_PER_ROW."""
+    time.sleep(len(t["0"]) * MAP_SECONDS_PER_ROW)
+    return named(t)
+
+
+def slow(t: Table) -> Table:
+    """The slow stage's step, ten times the map's time a row: a batch's rows and the sum of
+    twice their amounts (one row a batch: the client gets little back)."""
+    time.sleep(len(t["user"]) * SLOW_SECONDS_PER_ROW)
+    return {"n": np.array([len(t["user"])]), "s": np.array([int(t["amount"].sum()) * 2])}
+
+
+def paced_frame(df: Any) -> Any:
+    """`paced` for Dask's partitions (pandas)."""
+    time.sleep(len(df) * MAP_SECONDS_PER_ROW)
+    return df
+
+
+def slow_frame(df: Any) -> Any:
+    """`slow` for Dask's partitions (pandas)."""
+    import pandas as pd
+
+    time.sleep(len(df) * SLOW_SECONDS_PER_ROW)
+    return pd.DataFrame({"n": [len(df)], "s": [int(df["amount"].sum()) * 2]})
