@@ -104,16 +104,20 @@ class PipelineRun:
         stage = st.stages[index]
         if self.finished or len(st.outputs[index]) == stage.shards:
             return ""
-        mine = [j for j, r in self.jobs.items() if r.stage == index and r.absorb is None]
-        if mine:
-            return f"running in job {mine[-1]}"
-        if st.consumer(index) is not None and 0 < st.edge_budget <= st.waiting_bytes(index, []):
-            held, budget = st.waiting_bytes(index, []) / 2**20, st.edge_budget / 2**20
-            return f"paused: {held:.1f} MiB wait for the next stage (edge budget {budget:.1f} MiB)"
         for parent in stage.parents:
             p = st.stages[parent]
             if len(st.outputs[parent]) < p.shards:
                 return f"waits for stage {parent}: {len(st.outputs[parent])}/{p.shards} done"
+        running = list(self.jobs.values())
+        if st.paused(index, running):
+            held, budget = st.waiting_bytes(index, running) / 2**20, st.edge_budget / 2**20
+            return (
+                f"paused: {held:.1f} MiB of its output wait for the next stage "
+                f"(edge budget {budget:.1f} MiB)"
+            )
+        mine = [j for j, r in self.jobs.items() if r.stage == index and r.absorb is None]
+        if mine:
+            return f"running in job {mine[-1]}"
         return "next"
 
 
@@ -154,7 +158,8 @@ class Pipelines:
         from shardmill.master.brain import events as ev
 
         for job_id in run.jobs:
-            self.core.apply(ev.CancelRequested(job_id))
+            if job_id in self.core.brain.active:  # (one may have ended in this same turn)
+                self.core.apply(ev.CancelRequested(job_id))
 
     # ---- the loop's hooks ----------------------------------------------------------------------
 

@@ -89,6 +89,15 @@ class EdgePlan:
         going = sum(1 for s in running_shards(producer, running) if s not in outs)
         return held + going * (self._estimate(producer) or 0)
 
+    def paused(self, index: int, running: list[Run]) -> bool:
+        """Whether the stage has shards to run that its edge has no room for now."""
+        stage = self.stages[index]
+        if self.consumer(index) is None or self.edge_budget <= 0 or self._complete(index):
+            return False
+        busy = running_shards(index, running)
+        missing = [s for s in range(stage.shards) if s not in self.outputs[index] and s not in busy]
+        return bool(missing) and not self._gated(stage, missing, running)
+
     def _estimate(self, producer: int) -> int | None:
         sizes = [int(v.get("bytes", 0)) for v in self.outputs[producer].values()]
         return max(sizes) if sizes else None

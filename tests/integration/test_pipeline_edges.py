@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST, cluster_env, wait_until
+from helpers import FAST, cli_json, cluster_env, wait_until
 
 from shardmill import Client, LocalCluster, Pipeline
 from shardmill.pipeline.sinks import partitions_of
@@ -27,20 +27,18 @@ def shuffle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(shuffle_dir: Path) -> Iterator[Client]:
+def cluster(shuffle_dir: Path) -> Iterator[LocalCluster]:
     env = {**cluster_env(), "SHARDMILL_WORKER_SHUFFLE_DIR": str(shuffle_dir)}
-    with (
-        LocalCluster(workers=2, imports=["sm_pipes"], env=env, **FAST) as cluster,
-        warm_pipes(cluster).client() as c,
-    ):
+    with LocalCluster(workers=2, imports=["sm_pipes"], env=env, **FAST) as c:
         yield c
 
 
-def warm_pipes(cluster: LocalCluster) -> LocalCluster:
+@pytest.fixture(scope="module")
+def client(cluster: LocalCluster) -> Iterator[Client]:
     with cluster.client() as c:
-        tables = [{"k": np.arange(4)}, {"k": np.arange(4)}]
+        tables = [{"k": np.arange(4)}, {"k": np.arange(4)}]  # both workers' children ready
         c.run(Pipeline.from_tables(tables).repartition("k").collect()).result(timeout=60)
-    return cluster
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +89,7 @@ def _held(root: Path) -> int:
 
 
 def test_a_fast_stage_waits_within_the_edge_budget_for_a_ten_times_slower_one(
-    client: Client, events: tuple[Path, np.ndarray], shuffle_dir: Path
+    cluster: LocalCluster, client: Client, events: tuple[Path, np.ndarray], shuffle_dir: Path
 ) -> None:
     # Given a map (0.4 µs a row) feeding, through a repartition, a map ten times slower
     path, data = events
@@ -105,6 +103,8 @@ def test_a_fast_stage_waits_within_the_edge_budget_for_a_ten_times_slower_one(
     # When it runs with a 4 MiB edge budget (its output: 19.2 MB)
     with Waiting(shuffle_dir) as waiting:
         job = client.run(p, edge_budget=BUDGET)
+        paused = "paused: "
+        wait_until(lambda: paused in job.progress()[0].waiting, timeout=60, what="a pause")
         got = job.result(timeout=300)
     # Then what waited on the workers' disks stayed within the budget (+10 %) all along ...
     assert waiting.samples > 50
@@ -112,6 +112,8 @@ def test_a_fast_stage_waits_within_the_edge_budget_for_a_ten_times_slower_one(
     producer = job.progress()[0]
     assert 0 < producer.edge_peak <= BUDGET and producer.waves > 2
     assert any("so stage 0 may go on" in line for line in job.story)
+    shown = cli_json("status", job.id, master=cluster)["stages"][0]
+    assert shown["edge_budget"] == BUDGET and shown["waves"] == producer.waves
     # ... and the rows are right: each partition's rows in map-shard order, the slow map run
     part = partitions_of({"user": data[:, 0]}, ["user"], 2, "test")
     order = np.concatenate([np.flatnonzero(part == k) for k in range(2)])
