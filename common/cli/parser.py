@@ -93,6 +93,11 @@ def _limit_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         help="without --state-dir: bytes of finished jobs' results kept in memory",
     )
+    p.add_argument(
+        "--edge-budget",
+        type=int,
+        help="bytes of a pipeline stage's output waiting for the next stage (default 2 GiB)",
+    )
 
 
 def _standby_flags(p: argparse.ArgumentParser) -> None:

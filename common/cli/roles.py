@@ -21,6 +21,7 @@ MASTER_FLAGS = (
     "max_result_bytes",
     "finished_jobs_kept",
     "finished_bytes_kept",
+    "edge_budget",
     "host",
     "port",
     "client_port",
