@@ -28,6 +28,10 @@ def test_groupby_and_sort_shuffle_between_worker_containers(compose: Compose) ->
         job = client.run(p)
         out = job.result(timeout=300)
         holders = set(job.progress()[0].holders)
+        # and again with an edge budget of about two map outputs: waves absorbed early
+        waved = client.run(p, edge_budget=150_000)
+        again = waved.result(timeout=300)
+        waves = waved.progress()[0].waves
     # Then the answer is NumPy's, and the map outputs lived in more than one container
     users, inv = np.unique(table["user"], return_inverse=True)
     total = np.bincount(inv, weights=table["amount"]).astype(np.int64)
@@ -36,3 +40,4 @@ def test_groupby_and_sort_shuffle_between_worker_containers(compose: Compose) ->
     assert np.array_equal(out["user"][order], users)
     assert np.array_equal(out["total"][order], total)
     assert len(holders) > 1 and not any("127.0.0.1" in h for h in holders), holders
+    assert waves >= 1 and all(again[k].tobytes() == out[k].tobytes() for k in out)
