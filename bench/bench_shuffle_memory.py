@@ -62,8 +62,8 @@ def main() -> int:
         seconds = time.perf_counter() - started
         stop.set()
         sampler.join()
+        stages = job.progress()  # (the master goes with the cluster)
     checked = _check(result["files"], rows)
-    stages = job.progress()
     report = {
         "gib": args.gib,
         "rows": rows,
@@ -74,6 +74,8 @@ def main() -> int:
         "peak_over_idle_mib": round((peak[0] - idle) / 2**20),
         "bytes_shuffled": stages[0].bytes_shuffled,
         "runs_spilled": stages[0].runs,
+        "edge_peak_mib": round(stages[0].edge_peak / 2**20),
+        "waves": stages[0].waves,
         "checked_rows": checked,
     }
     print(json.dumps(report, indent=1))
