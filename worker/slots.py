@@ -134,8 +134,15 @@ class Slots:
             if not free:
                 return
             child = min(free, key=lambda c: len(c.queue))
+            if not child.queue and child.has_output():  # idle yet readable: it died (EOF)
+                self._on_child(child)  # replaced, nothing charged; then look again
+                continue
             self.pending.popleft()
             if not child.start(run, now):
+                if child.running is run:  # it died idle before the task reached it
+                    child.queue.clear()
+                    child.queued_bytes = 0
+                    self.pending.appendleft(run)
                 self._report_death(child)
 
     def _on_child(self, child: ChildProcess) -> None:
