@@ -1,4 +1,4 @@
-"""Fixtures for tests against real containers: the image, and one Compose project per session."""
+"""Fixtures for tests against real containers: the image, and one Compose project per module."""
 
 from __future__ import annotations
 
@@ -41,10 +41,9 @@ def docker_image() -> str:
     pytest.fail(f"{IMAGE} does not hold the working tree's code; files that differ: {stale}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def project(docker_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
-    """A master and 3 workers (2 slots each) in a project of their own, shared by every test
-    module that asks for `compose` (bringing one up and down costs ~20 s); `down -v` after."""
+    """A master and 3 workers (2 slots each) in a project of their own; `down -v` after."""
     worker_port, client_port, dashboard_port = free_ports(3)
     name = f"smtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     env = compose_env(worker_port, client_port, dashboard_port)

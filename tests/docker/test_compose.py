@@ -1,4 +1,5 @@
-"""The Compose deployment with real containers: shared volume, CLI, and faults mid-job.
+"""The Compose deployment with real containers: shared volume, CLI, faults mid-job, and a
+pipeline whose shuffle crosses containers, worker to worker.
 
 The tests share one project (master + 3 workers with 2 slots each, heartbeats 0.2 s x 5)
 from the `compose` fixture, which settles it before each test. Slow shards come from
@@ -20,7 +21,7 @@ from dockerenv import Compose, run
 from faults import assert_merged_once
 from helpers import wait_until
 
-from shardmill import Client, Job
+from shardmill import Client, Job, Pipeline
 from shardmill.wire.protocol import ShardInfo
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
@@ -228,3 +229,39 @@ def test_master_restart_mid_job(compose: Compose, client: Client) -> None:
     again = [s.index for s in _shards(job) if s.index in merged_before and s.attempts != 1]
     assert not again, f"merged before the restart, yet run again: {again}"
     wait_until(lambda: len(client.workers()) == 3, timeout=30, what="the workers to re-register")
+
+
+def test_groupby_and_sort_shuffle_between_worker_containers(compose: Compose) -> None:
+    # Given tables sent by value, and the three worker containers of the project
+    rng = np.random.default_rng(21)
+    table = {"user": rng.integers(0, 3000, 60_000), "amount": rng.integers(0, 100, 60_000)}
+    parts = [{k: v[i::6] for k, v in table.items()} for i in range(6)]
+    p = (
+        Pipeline.from_tables(parts)
+        .groupby("user", partitions=6)
+        .agg(total=("amount", "sum"), n=("amount", "count"))
+        .sort("total", descending=True)
+        .collect()
+    )
+    # When it runs: each reduce shard fetches its partition from the containers that hold it
+    with compose.client() as client:
+        job = client.run(p)
+        out = job.result(timeout=300)
+        holders = set(job.progress()[0].holders)
+        # and in 24 shards, with an edge budget of about two map outputs and with none: waves
+        # absorbed early across containers (the first 6, one a slot, size the rest)
+        small = [{k: v[i::24] for k, v in table.items()} for i in range(24)]
+        q = Pipeline.from_tables(small).groupby("user", partitions=6).agg(n=("amount", "count"))
+        waved = client.run(q.collect(), edge_budget=100_000)
+        again = waved.result(timeout=300)
+        waves = waved.progress()[0].waves
+        plain = client.run(q.collect(), edge_budget=0).result(timeout=300)
+    # Then the answer is NumPy's, and the map outputs lived in more than one container
+    users, inv = np.unique(table["user"], return_inverse=True)
+    total = np.bincount(inv, weights=table["amount"]).astype(np.int64)
+    assert np.all(np.diff(out["total"]) <= 0)
+    order = np.argsort(out["user"])
+    assert np.array_equal(out["user"][order], users)
+    assert np.array_equal(out["total"][order], total)
+    assert len(holders) > 1 and not any("127.0.0.1" in h for h in holders), holders
+    assert waves >= 1 and all(again[k].tobytes() == plain[k].tobytes() for k in plain)
