@@ -81,8 +81,9 @@ def test_a_shard_that_kills_its_batch_is_found_running_alone(
             if shard.index == poison:
                 assert outcomes.count("crash") == 2, outcomes  # charged alone, twice
                 continue
-            assert shard.merged == 1 and outcomes[-1] == "ok", outcomes
-            assert set(outcomes) <= {"ok"} | BATCH_OUTCOMES, outcomes  # never charged
+            # (on a loaded machine a backup may start, and be superseded after the "ok")
+            assert shard.merged == 1 and "ok" in outcomes, outcomes
+            assert set(outcomes) <= {"ok", "superseded"} | BATCH_OUTCOMES, outcomes  # not charged
         mates = [s for s in info.shards if "its batch failed" in {a.outcome for a in s.history}]
         assert len(mates) >= 2  # the poison shard did die inside a batch
 
