@@ -25,46 +25,33 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_shuffle import HERE, PeakRss, make_data
+from bench_shuffle import HERE, Peak, make_data, peak_rss
 
 PARTS = 16
 
 
-class DiskPeak:
-    """The most bytes of files under `root` at once whose path passes `counts`, sampled."""
+def disk_peak(root: Path, counts: Callable[[Path], bool]) -> Peak:
+    """The most bytes of files under `root` at once whose directory passes `counts`."""
+    return Peak(lambda: _disk_bytes(root, counts), every=0.005)
 
-    def __init__(self, root: Path, counts: Callable[[Path], bool]) -> None:
-        self.root, self.counts, self.peak = root, counts, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> DiskPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            total = 0
-            for top, _, files in os.walk(self.root):
-                if not self.counts(Path(top)):
-                    continue
-                for name in files:
-                    try:
-                        total += os.stat(os.path.join(top, name)).st_size
-                    except OSError:  # gone meanwhile
-                        continue
-            self.peak = max(self.peak, total)
+def _disk_bytes(root: Path, counts: Callable[[Path], bool]) -> int:
+    total = 0
+    for top, _, files in os.walk(root):  # (os.walk passes over what goes away meanwhile)
+        if not counts(Path(top)):
+            continue
+        for name in files:
+            try:
+                total += os.stat(os.path.join(top, name)).st_size
+            except OSError:  # gone meanwhile
+                continue
+    return total
 
 
 def _map_output(top: Path) -> bool:
@@ -91,7 +78,7 @@ def shardmill_run(path: Path, shards: int, budget: int) -> dict[str, Any]:
     try:
         with LocalCluster(workers=2, slots=1, imports=["shuffle_tasks"], env=env) as cluster:
             client = cluster.client()
-            with PeakRss() as rss, DiskPeak(root, _map_output) as disk:
+            with peak_rss() as rss, disk_peak(root, _map_output) as disk:
                 started = time.perf_counter()
                 job = client.run(p, edge_budget=budget)
                 out = job.result(timeout=3600)
@@ -132,7 +119,7 @@ def dask_run(path: Path, shards: int) -> dict[str, Any]:
     chunk = -(-rows // shards)
     parts = [(str(path), a, min(a + chunk, rows)) for a in range(0, rows, chunk)]
     try:
-        with PeakRss() as rss, DiskPeak(root, lambda top: True) as disk:
+        with peak_rss() as rss, disk_peak(root, lambda top: True) as disk:
             started = time.perf_counter()
             df = dd.from_map(load_frame, parts).map_partitions(paced_frame)
             shuffled = df.shuffle("user", npartitions=PARTS, shuffle_method="p2p")

@@ -45,15 +45,15 @@ def make_data(rows: int, keys: int) -> Path:
     return path
 
 
-class PeakRss:
-    """The largest sum of RSS over this process's descendants, sampled in a thread."""
+class Peak:
+    """The largest value `measure()` returned, sampled every `every` seconds in a thread."""
 
-    def __init__(self) -> None:
-        self.peak = 0
+    def __init__(self, measure: Callable[[], int], every: float = 0.02) -> None:
+        self.measure, self.every, self.peak = measure, every, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Peak:
         self._thread.start()
         return self
 
@@ -62,8 +62,13 @@ class PeakRss:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _descendants_rss(os.getpid()))
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.measure())
+
+
+def peak_rss() -> Peak:
+    """The largest sum of RSS over this process's descendants."""
+    return Peak(lambda: _descendants_rss(os.getpid()))
 
 
 def _descendants_rss(root: int) -> int:
@@ -90,7 +95,7 @@ def _descendants_rss(root: int) -> int:
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, int, Any]:
-    with PeakRss() as peak:
+    with peak_rss() as peak:
         start = time.perf_counter()
         value = fn()
         seconds = time.perf_counter() - start

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,26 +52,36 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     return path, data
 
 
-class Waiting:
+@contextmanager
+def _waiting(root: Path) -> Iterator[dict[str, int]]:
     """The producer's map outputs on the workers' disks (written or being written), counted
-    every few milliseconds from outside the cluster; `peak` is the most seen at once."""
+    every few milliseconds from outside the cluster: "peak" is the most seen at once."""
+    seen = {"peak": 0, "samples": 0}
+    stop = threading.Event()
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.peak, self.samples = root, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def count() -> None:
+        while not stop.wait(0.005):
+            seen["peak"] = max(seen["peak"], _held(root))
+            seen["samples"] += 1
 
-    def __enter__(self) -> Waiting:
-        self._thread.start()
-        return self
+    counter = threading.Thread(target=count, daemon=True)
+    counter.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        counter.join()
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak, self.samples = max(self.peak, _held(self.root)), self.samples + 1
+def _paced(path: Path) -> Pipeline:
+    """A map (0.4 µs a row) feeding, through a repartition, a map ten times slower."""
+    return (
+        Pipeline.read(path, shards=SHARDS)
+        .map("sm_pipes:paced")
+        .repartition("user", partitions=2)
+        .map("sm_pipes:slow_rows")
+        .collect()
+    )
 
 
 def _held(root: Path) -> int:
@@ -93,22 +104,16 @@ def test_a_fast_stage_waits_within_the_edge_budget_for_a_ten_times_slower_one(
 ) -> None:
     # Given a map (0.4 µs a row) feeding, through a repartition, a map ten times slower
     path, data = events
-    p = (
-        Pipeline.read(path, shards=SHARDS)
-        .map("sm_pipes:paced")
-        .repartition("user", partitions=2)
-        .map("sm_pipes:slow_rows")
-        .collect()
-    )
+    p = _paced(path)
     # When it runs with a 4 MiB edge budget (its output: 19.2 MB)
-    with Waiting(shuffle_dir) as waiting:
+    with _waiting(shuffle_dir) as waiting:
         job = client.run(p, edge_budget=BUDGET)
         paused = "paused: "
         wait_until(lambda: paused in job.progress()[0].waiting, timeout=60, what="a pause")
         got = job.result(timeout=300)
     # Then what waited on the workers' disks stayed within the budget (+10 %) all along ...
-    assert waiting.samples > 50
-    assert 0 < waiting.peak <= BUDGET * 1.1, waiting.peak
+    assert waiting["samples"] > 50
+    assert 0 < waiting["peak"] <= BUDGET * 1.1, waiting["peak"]
     producer = job.progress()[0]
     assert 0 < producer.edge_peak <= BUDGET and producer.waves > 2
     assert any("so stage 0 may go on" in line for line in job.story)
@@ -120,9 +125,9 @@ def test_a_fast_stage_waits_within_the_edge_budget_for_a_ten_times_slower_one(
     assert np.array_equal(got["user"], data[order, 0])
     assert np.array_equal(got["twice"], data[order, 1] * 2)
     # Without a budget the whole output waits at once: the budget above is what bounded it
-    with Waiting(shuffle_dir) as unbounded:
+    with _waiting(shuffle_dir) as unbounded:
         same = client.run(p, edge_budget=0).result(timeout=300)
-    assert unbounded.peak > 3 * BUDGET
+    assert unbounded["peak"] > 3 * BUDGET
     assert all(same[k].tobytes() == got[k].tobytes() for k in got)
 
 
@@ -155,13 +160,7 @@ def test_master_then_worker_killed_mid_wave_give_the_exact_rows(
 ) -> None:
     # Given a master with a state directory, running the paced pipeline in waves
     path, data = events
-    p = (
-        Pipeline.read(path, shards=SHARDS)
-        .map("sm_pipes:paced")
-        .repartition("user", partitions=2)
-        .map("sm_pipes:slow_rows")
-        .collect()
-    )
+    p = _paced(path)
     with LocalCluster(
         workers=2, imports=["sm_pipes"], env=cluster_env(), state_dir=tmp_path / "state", **FAST
     ) as cluster:
