@@ -76,6 +76,8 @@ class Slots:
         for child in list(self.children):
             if child.fileno() in ready:
                 self._on_child(child)
+            elif not child.queue and child.gone():  # died idle, its EOF unseen (a forked
+                self._report_death(child)  # sibling holds its pipe): replaced, no charge
         self._check_timeouts(now)
         self._assign(now)
         if self.echoing:
@@ -134,8 +136,8 @@ class Slots:
             if not free:
                 return
             child = min(free, key=lambda c: len(c.queue))
-            if not child.queue and child.has_output():  # idle yet readable: it died (EOF)
-                self._on_child(child)  # replaced, nothing charged; then look again
+            if not child.queue and (child.gone() or child.has_output()):
+                self._report_death(child)  # it died idle: replaced, nothing charged
                 continue
             self.pending.popleft()
             if not child.start(run, now):

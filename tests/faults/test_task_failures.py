@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 from faults import alive, assert_merged_once, attempts, read_pid
-from helpers import runs, wait_until
+from helpers import cluster_env, runs, wait_until
+from shared import SharedCluster
 
 from shardmill import Failed, LocalCluster, RemoteError
+
+
+@pytest.fixture(scope="module")
+def _shared() -> Iterator[SharedCluster]:
+    """The module's cluster (as conftest's) beats as fast as FAST but waits 2 s, not 0.5, before
+    a worker expires: these tests kill and hang children, never workers, and on a loaded
+    machine an agent could go 0.5 s unheard, be taken for lost, and its shard show "lost"."""
+
+    def start() -> LocalCluster:
+        env = cluster_env()
+        fast = {"heartbeat_interval": 0.05, "heartbeat_liveness": 40}
+        return LocalCluster(workers=2, imports=["sm_tasks"], env=env, **fast)
+
+    shared = SharedCluster(start)
+    yield shared
+    shared.close()
 
 
 def _history(job, shard: int = 0):  # type: ignore[no-untyped-def]
@@ -118,8 +136,10 @@ def test_a_child_lost_with_tasks_queued_in_its_pipe_charges_only_its_own(
         assert os.path.exists(os.path.join(runs_dir, "queued-behind")), "no task was queued"
         # Shards held up behind the hung one may run elsewhere too (backups: `superseded`),
         # the hung one included, before its timeout kills the child
-        failed = [a.outcome for a in attempts(job) if a.outcome not in ("ok", "superseded")]
-        assert failed == ["crash"] if fault == "exit" else failed in ([], ["timeout"])
+        # ("duplicate": a copy of a merged result that came again, dropped: no charge either)
+        uncharged = ("ok", "superseded", "duplicate")
+        failed = [a.outcome for a in attempts(job) if a.outcome not in uncharged]
+        assert failed == ["crash"] if fault == "exit" else failed in ([], ["timeout"]), failed
         assert_merged_once(job)
         assert runs(runs_dir, "q150") == 2
 
@@ -130,11 +150,13 @@ def test_a_child_that_dies_idle_is_replaced_and_charges_nothing(
     with cluster.client() as client:
         # Given a child that exits 0.2 s after its task returned, between tasks
         pid = client.call("sm_tasks:die_idle", runs_dir, 0.2, timeout=30)
-        wait_until(lambda: not alive(pid), timeout=10, what="the child to exit")
+        # (reaped by its agent: a process whose main thread shows "Z" may still be exiting)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10, what="its reaping")
         # When more shards come / Then none is charged with its death: each runs once, ok
         job = client.map("sm_tasks:square", [(i,) for i in range(20)], chunk_size=1)
         assert job.result(timeout=60) == [i * i for i in range(20)]
-        assert [a.outcome for a in attempts(job)] == ["ok"] * 20
+        # (a backup speculation started, superseded by the shard's own "ok", is no charge)
+        assert [a.outcome for a in attempts(job) if a.outcome != "superseded"] == ["ok"] * 20
 
 
 def test_gil_holding_task_does_not_starve_heartbeats(cluster: LocalCluster) -> None:
