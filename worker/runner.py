@@ -191,11 +191,6 @@ class ChildProcess:
             self.queued_bytes -= run.size
         return rest
 
-    def gone(self) -> bool:
-        """Whether the child has exited (its exit reaped here): its pipe's EOF may not show
-        while a forked sibling still holds the pipe's other end."""
-        return self.proc.poll() is not None
-
     def has_output(self) -> bool:
         """Whether the child has written something not read yet (its result, or its EOF)."""
         return bool(select.select([self.fd], [], [], 0)[0])

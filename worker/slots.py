@@ -76,8 +76,6 @@ class Slots:
         for child in list(self.children):
             if child.fileno() in ready:
                 self._on_child(child)
-            elif not child.queue and child.gone():  # died idle, its EOF unseen (a forked
-                self._report_death(child)  # sibling holds its pipe): replaced, no charge
         self._check_timeouts(now)
         self._assign(now)
         if self.echoing:
@@ -136,8 +134,8 @@ class Slots:
             if not free:
                 return
             child = min(free, key=lambda c: len(c.queue))
-            if not child.queue and (child.gone() or child.has_output()):
-                self._report_death(child)  # it died idle: replaced, nothing charged
+            if not child.queue and child.has_output():  # idle yet readable: its EOF came
+                self._report_death(child)  # after this turn's poll: replaced, nothing charged
                 continue
             self.pending.popleft()
             if not child.start(run, now):
