@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from shardmill.errors import PipelineFailed
-from shardmill.pipeline.edges import DEFAULT_EDGE_BUDGET, EdgePlan, Run, running_shards
+from shardmill.pipeline.edges import DEFAULT_EDGE_BUDGET, EdgePlan, Run
 from shardmill.pipeline.plan import Stage
 from shardmill.pipeline.tables import concat
 from shardmill.wire.protocol import ErrorInfo
@@ -110,9 +110,7 @@ class PipelineState(EdgePlan):
         return runs + self._own(stage, running) if ready else runs
 
     def _own(self, stage: Stage, running: list[Run]) -> list[Run]:
-        busy = running_shards(stage.index, running)
-        outs = self.outputs[stage.index]
-        missing = [s for s in range(stage.shards) if s not in outs and s not in busy]
+        missing = self._missing(stage, running)
         take = self._gated(stage, missing, running) if missing else []
         if not take:
             return []
@@ -293,14 +291,7 @@ class PipelineState(EdgePlan):
     # ---- tasks ---------------------------------------------------------------------------------
 
     def _task(self, stage: Stage, shard: int) -> dict[str, Any]:
-        task: dict[str, Any] = {
-            "token": self.token,
-            "stage": stage.index,
-            "shard": shard,
-            "fetch_timeout": self.fetch_timeout,
-            "ops": stage.ops,
-            "output": stage.output,
-        }
+        task = self._task_head(stage, shard, stage.ops, stage.output)
         if stage.inputs:
             task["input"] = stage.inputs[shard]
         else:

@@ -24,7 +24,7 @@ from typing import Any
 from shardmill.config import DEFAULT_EDGE_BUDGET
 from shardmill.pipeline.plan import Stage
 
-__all__ = ["DEFAULT_EDGE_BUDGET", "EdgePlan", "Run", "pieces_of", "running_shards"]
+__all__ = ["DEFAULT_EDGE_BUDGET", "EdgePlan", "Run", "pieces_of"]
 STREAMING_OPS = ("map", "filter")  # narrow steps a consumer may run on a wave as it comes
 
 
@@ -94,9 +94,27 @@ class EdgePlan:
         stage = self.stages[index]
         if self.consumer(index) is None or self.edge_budget <= 0 or self._complete(index):
             return False
-        busy = running_shards(index, running)
-        missing = [s for s in range(stage.shards) if s not in self.outputs[index] and s not in busy]
+        missing = self._missing(stage, running)
         return bool(missing) and not self._gated(stage, missing, running)
+
+    def _missing(self, stage: Stage, running: list[Run]) -> list[int]:
+        """The stage's shards with no output that no run is making."""
+        busy = running_shards(stage.index, running)
+        outs = self.outputs[stage.index]
+        return [s for s in range(stage.shards) if s not in outs and s not in busy]
+
+    def _task_head(
+        self, stage: Stage, shard: int, ops: list[dict[str, Any]], output: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What every task of the pipeline carries, its input aside."""
+        return {
+            "token": self.token,
+            "stage": stage.index,
+            "shard": shard,
+            "fetch_timeout": self.fetch_timeout,
+            "ops": ops,
+            "output": output,
+        }
 
     def _estimate(self, producer: int) -> int | None:
         sizes = [int(v.get("bytes", 0)) for v in self.outputs[producer].values()]
@@ -240,16 +258,10 @@ class EdgePlan:
             combine = {**consumer.combine, "descending": False}
         request = self._request(producer, consumer, part)
         pieces = [piece for s in span for piece in pieces_of(self.outputs[producer][s], request)]
-        return {
-            "token": self.token,
-            "stage": consumer.index,
-            "shard": part,
-            "absorb": i,
-            "fetch_timeout": self.fetch_timeout,
-            "ops": consumer.ops if self.streams(consumer) else [],
-            "output": {"kind": "run"},
-            "input": {"kind": "shuffle", "parents": [pieces], **combine},
-        }
+        ops = consumer.ops if self.streams(consumer) else []
+        task = self._task_head(consumer, part, ops, {"kind": "run"})
+        task.update(absorb=i, input={"kind": "shuffle", "parents": [pieces], **combine})
+        return task
 
     def _absorbed(self, run: Run, shard: int, value: dict[str, Any]) -> None:
         """An absorbing partition's run is written; a wave absorbed whole lets go of its
