@@ -17,11 +17,13 @@ def _map(block: Block, options: OpOptions) -> dict[str, Any]:
         worker = os.environ.get("SHARDMILL_WORKER_ID", "?")
         with open(runs, "a") as f:  # one short write in append mode: lines never interleave
             f.write(f"{block.first_row} {worker} {time.time():.3f}\n")
-    time.sleep(float(str(options.params.get("nap", 0))))  # slow shards, for faults mid-job
+    nap = float(str(options.params.get("nap", 0)))  # slow shards, for faults mid-job
     if block.first_row >= int(str(options.params.get("gate_row", -1))) >= 0:
         gate = str(options.params["gate"])  # the job waits here until a test opens it
         while not os.path.exists(gate):
             time.sleep(0.05)
+        nap = float(str(options.params.get("gate_nap", nap)))  # still running as it opens
+    time.sleep(nap)
     power = float(str(options.params.get("power", 2)))
     x = np.abs(np.asarray(block.values, dtype=np.float64)) ** power
     return {"n": block.rows, "total": x.sum(axis=0)}
