@@ -87,7 +87,8 @@ class Agent:
         self.outbox: list[list[Any]] = []  # what this step sends, as bundles at its end
         self.recent = Recent()  # results sent lately: resent after a reconnect
         self.max_bytes = 256 * 2**20  # the largest message the master reads (its WELCOME says)
-        self.last_heard, self.next_beat = time.monotonic(), 0.0
+        self.last_heard, self.next_beat = time.monotonic(), 0.0  # (moved on by each reconnect)
+        self.heard_at = self.last_heard  # when the master was truly last heard
         self.reconnect_delay = self.interval
         self.draining_since: float | None = None
         self.health = HealthFile(settings.health_file, self.worker_id)
@@ -165,9 +166,7 @@ class Agent:
     def _reconnect(self) -> None:
         now = time.monotonic()
         quiet = self.watch is not None and self.watch.nothing_listening()
-        what = (
-            "nothing is listening there" if quiet else f"silent for {now - self.last_heard:.1f} s"
-        )
+        what = "nothing is listening there" if quiet else f"silent for {now - self.heard_at:.1f} s"
         log.warning(
             "%s; reconnecting (backoff %.1f s)",
             unreachable(self.settings.master, what, role="worker"),
@@ -281,7 +280,7 @@ class Agent:
 
     def _heard(self) -> None:
         now = time.monotonic()
-        self.last_heard = now
+        self.last_heard = self.heard_at = now
         self.reconnect_delay = self.interval
         self.health.touch(now, self.interval)
 
@@ -335,7 +334,9 @@ class Agent:
             self._fail(run.task, too_large(size, self.max_bytes), run.started)
             return
         self._send_frames(frames)
-        horizon = min(now, self.last_heard) - 2 * self.interval * self.liveness  # and a margin
+        # kept from before the master fell silent (not the reconnects since: a restarted master
+        # may not have saved what the old one took in its last moments) and a margin
+        horizon = min(now, self.heard_at) - 2 * self.interval * self.liveness
         self.recent.keep(now, frames, size, horizon)  # the master may not have had it
 
     def _fail(self, task: TaskHead, err: ErrorInfo, started: float) -> None:

@@ -96,6 +96,43 @@ def test_kill_inside_a_merge_commit(tmp_path: Path, runs_dir: str) -> None:
         _restart_and_finish(cluster, job_id, runs_dir, merged_before=merged)
 
 
+def test_a_result_sent_while_the_master_is_down_outlasts_the_reconnects(
+    tmp_path: Path, runs_dir: str
+) -> None:
+    # Given a worker of 2 slots (reconnecting at least every 0.5 s) running a 0.8 s shard and
+    # a 2.5 s one
+    env = {**cluster_env(), "SHARDMILL_WORKER_RECONNECT_MAX": "0.5"}
+    logs = tmp_path / "logs"
+    with LocalCluster(
+        workers=1, slots=2, imports=["sm_tasks"], env=env, state_dir=tmp_path / "s",
+        log_dir=logs, **FAST,
+    ) as cluster:  # fmt: skip
+        with cluster.client() as client:
+            args = [(runs_dir, "short", 0, 0.8), (runs_dir, "long", 1, 2.5)]
+            job_id = client.map("sm_tasks:slow", args, chunk_size=1).id
+        wait_until(lambda: runs(runs_dir, "short") and runs(runs_dir, "long"), what="both")
+        # When the master is killed, and stays down while both end: the short one's result goes
+        # to no one; the worker reconnects again and again, and after the long one's result
+        # (1.7 s later) twice more, each time dropping what its old socket held
+        cluster.kill_master()
+        wait_until(lambda: Path(runs_dir, "long.done").exists(), what="the long shard's end")
+        seen = _reconnects(logs)
+        wait_until(lambda: _reconnects(logs) >= seen + 2, what="two reconnects more")
+        cluster.start_master()
+        with cluster.client() as client:
+            job = client.job(job_id)
+            assert job.result(timeout=60) == [0, 3]
+            shards = client.status(job_id, shards=True).shards or []
+    # Then the short one's result, kept since the master was last heard (not since the last
+    # reconnect), came to the new master: neither shard ran again, each story holds its run
+    assert (runs(runs_dir, "short"), runs(runs_dir, "long")) == (1, 1)
+    assert [[a.outcome for a in s.history] for s in shards] == [["ok (late)"]] * 2, shards
+
+
+def _reconnects(logs: Path) -> int:
+    return (logs / "worker-0.log").read_text().count("reconnecting (backoff")
+
+
 def _stored_merged(state_dir: Path) -> set[int]:
     import sqlite3
 
