@@ -33,10 +33,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 ROWS, COLS, SEED = 300_000, 3, 11
 SHARDS, NAP = 80, 1.0  # 80 one-second shards: about 20 s on 4 slots, time to act mid-job
 RUNS = "/data/runs.txt"  # on the data volume: a line per execution, from the task itself
-# Shards from row GATE_ROW on wait for the GATE file, made just before the master is killed: on
-# a slow machine the job would otherwise end before the faults (on an idle one they are past it
-# then). Made before the kill, not after it: nothing competes with the new master's start. A
-# gated shard naps GATE_NAP after the gate opens, so those waiting run through the kill.
+# Shards from row GATE_ROW on wait for the GATE file, made just before the master is killed
+# (once a shard waits at it): on a slow machine the job would otherwise end before the faults,
+# on an idle one they would come before anything runs into the kill. Made before the kill, not
+# after it: nothing competes with the new master's start. A gated shard naps GATE_NAP after the
+# gate opens, so those waiting at it run through the kill.
 GATE, GATE_ROW, GATE_NAP = "/data/gate", ROWS // SHARDS * (SHARDS * 4 // 5), 3.0
 SLACK = 0.05  # seconds a story's start may read after the task's own (two clocks' rounding)
 # A superseded backup ends in the story when the master lets it go; its worker, told by a cancel
@@ -102,6 +103,7 @@ def test_scale_kill_a_worker_and_the_master_mid_job(stack: Stack) -> None:
     _running(stack, job)
     # And then the master's container is killed: Swarm restarts it on the same state volume
     master = stack.containers("master")
+    wait_until(lambda: _at_the_gate(stack), timeout=90, what="a shard waiting at the gate")
     # (the job's last shards may run from now on: 16 of them take 6 s more on 8 slots at least)
     docker("exec", master[0], "touch", GATE)
     docker("kill", *master)
@@ -158,6 +160,11 @@ def _executions(stack: Stack) -> dict[int, list[tuple[str, float]]]:
     return found
 
 
+def _at_the_gate(stack: Stack) -> bool:
+    """Whether a gated shard started (it waits at the gate, then runs through the kill)."""
+    return any(shard * (ROWS // SHARDS) >= GATE_ROW for shard in _executions(stack))
+
+
 def _cancel_on_the_way(attempt: dict[str, Any], at: float) -> bool:
     """A superseded attempt its worker took up after the master let it go, before the cancel."""
     return attempt["outcome"] == "superseded" and at <= attempt["ended"] + CANCEL_TRIP
@@ -177,7 +184,7 @@ def _assert_stories_list_every_execution(
     gave back, or a backup superseded before it started. Some executions ran through the
     kill."""
     executions = _executions(stack)
-    across = 0
+    across, near = 0, []  # near: (shard, start, end) of executions within 5 s of the kill
     for shard in status["shards"]:
         ran, left = executions.get(shard["index"], []), list(shard["history"])
         assert ran, f"shard {shard['index']} never ran, by the task's own notes: {shard}"
@@ -190,12 +197,14 @@ def _assert_stories_list_every_execution(
             assert match, f"an execution on {worker} at {at:.3f} is not in the story: {shard}"
             left.remove(match[0])
             across += at < killed < match[0]["ended"]
+            if abs(at - killed) < 5 or abs(match[0]["ended"] - killed) < 5:
+                near.append((shard["index"], round(at - killed, 2), match[0]))
         # (a backup superseded before its child took it up never ran either: `ran` is None)
         unrun = [a for a in left if a["outcome"] in UNRUN or _superseded_unstarted(a)]
         assert unrun == left, f"attempts that never ran: {shard}"
         numbers = [a["attempt"] for a in shard["history"]]
         assert len(set(numbers)) == len(numbers), f"attempt numbers twice: {shard}"
-    assert across, "no execution was running when the master was killed"
+    assert across, f"no execution was running when the master was killed: {near}"
     print(f"stories: {sum(map(len, executions.values()))} executions of {SHARDS} shards, "
           f"{across} running at the master's kill", file=sys.stderr)  # fmt: skip
 
