@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,10 @@ def client(compose: Compose) -> Iterator[Client]:
 
 def _nap_job(client: Client, shards: int) -> Job:
     return client.map("sm_tasks:nap", [(i, NAP) for i in range(shards)], chunk_size=1)
+
+
+def _leased(job: Job) -> int:
+    return sum(s.state == "leased" for s in _shards(job))
 
 
 def _shards(job: Job) -> list[ShardInfo]:
@@ -170,16 +175,20 @@ def test_docker_kill_a_worker_mid_job(compose: Compose, client: Client) -> None:
 
 
 def test_scale_up_mid_job(compose: Compose, client: Client) -> None:
-    # Given a job of 60 one-second shards running on 3 workers
-    job = _nap_job(client, 60)
+    # Given a job of 40 one-second shards on 3 workers, its shards held at a gate (a file on
+    # the shared volume) so that it still runs however long the scaling takes
+    gate = f"/data/gate-{uuid.uuid4().hex[:8]}"
+    job = client.map("sm_tasks:nap_after_flag", [(i, NAP, gate) for i in range(40)], chunk_size=1)
     before = _worker_ids(client)
-    wait_until(lambda: job.progress().shards_done >= 1, timeout=60, what="a first shard")
+    wait_until(lambda: _leased(job) >= 6, timeout=60, what="a shard in each slot")
     # When two more workers are started mid-job (--no-deps: the master is already up)
     compose("up", "-d", "--no-deps", "--no-recreate", "--scale", "worker=5", "worker")
     wait_until(lambda: len(client.workers()) == 5, timeout=30, what="5 workers")
     assert job.progress().state == "running"
+    # And the gate opens
+    compose("exec", "-T", "master", "touch", gate)
     # Then the job completes right, and the new workers took shards of it
-    assert job.result(timeout=120) == [i * 3 for i in range(60)]
+    assert job.result(timeout=120) == [i * 3 for i in range(40)]
     assert_merged_once(job)
     new = {w.worker_id: w.shards_done for w in client.workers() if w.worker_id not in before}
     assert len(new) == 2 and all(done > 0 for done in new.values()), new

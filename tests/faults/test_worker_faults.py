@@ -21,7 +21,10 @@ def drain_cluster() -> Iterator[LocalCluster]:
         imports=["sm_tasks"],
         env=cluster_env(),
         worker_args=["--drain-grace", "0.3"],
-        **FAST,
+        # 2 s of silence before a worker is lost: on a loaded machine a draining worker's
+        # hand-back must not lose a race with its expiry (FAST's is 0.5 s)
+        heartbeat_interval=0.05,
+        heartbeat_liveness=40,
     ) as c:
         yield c
 

@@ -15,6 +15,9 @@ from shardmill.job import Job
 
 ROWS, COLS, SHARDS = 64_000, 4, 64
 BATCH_OUTCOMES = {"its batch failed", "lost with its batch", "dropped with its batch"}
+# A mate's attempts that are not its own failure: a backup won, or (on a loaded machine) its
+# worker fell silent for a moment
+NOT_ITS_FAULT = {"ok", "superseded", "duplicate", "lost"} | BATCH_OUTCOMES
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def test_a_shard_that_kills_its_batch_is_found_running_alone(
                 continue
             # (on a loaded machine a backup may start, and be superseded after the "ok")
             assert shard.merged == 1 and "ok" in outcomes, outcomes
-            assert set(outcomes) <= {"ok", "superseded"} | BATCH_OUTCOMES, outcomes  # not charged
+            assert set(outcomes) <= NOT_ITS_FAULT, outcomes  # not charged
         mates = [s for s in info.shards if "its batch failed" in {a.outcome for a in s.history}]
         assert len(mates) >= 2  # the poison shard did die inside a batch
 
@@ -103,4 +106,5 @@ def test_a_shard_that_raises_in_a_batch_is_charged_and_its_mates_are_not(
         assert err is not None and "is poison" in err.message
         others = [s for s in info.shards if s.index != SHARDS // 2]
         assert all(s.merged == 1 for s in others)
-        assert all(a.outcome in {"ok"} | BATCH_OUTCOMES for s in others for a in s.history)
+        mates = {(s.index, a.outcome) for s in others for a in s.history}
+        assert {outcome for _, outcome in mates} <= NOT_ITS_FAULT, sorted(mates)

@@ -23,7 +23,11 @@ from browser import chrome, screenshots_on_failure
 from faults import agent_pid, worker_of
 from helpers import FAST, cluster_env, run_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -185,20 +189,26 @@ def test_jobs_are_listed_newest_first_and_a_failed_job_is_red(
     killed, printed, _ = jobs
     with shots():
         browser.get(f"{base}/")
-        rows = WebDriverWait(browser, 30).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-job-id]")
-        )
+
+        def table(d: Any) -> tuple[Any, ...]:
+            rows = d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-job-id]")
+            row = d.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{killed}"]')
+            failed = d.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{printed}"]')
+            bar = failed.find_element(By.CSS_SELECTOR, ".bar .failed")
+            return (
+                [r.get_attribute("data-job-id") for r in rows],
+                row.text,
+                [_colour(row, ".state"), _colour(failed, ".state")],
+                [bar.size["width"], _colour(failed, ".bar .failed"), _colour(failed, ".bar .done")],
+            )
+
+        ids, text, states, (width, *bar) = _read(browser, table)
         # Then the newest job is on top (none runs now), the first one at the bottom
-        assert [r.get_attribute("data-job-id") for r in rows] == jobs[::-1]
-        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{killed}"]')
-        assert "done" in row.text and "100 %" in row.text
-        assert _colour(row, ".state") == GREEN
+        assert ids == jobs[::-1]
+        assert "done" in text and "100 %" in text
         # And the failed job's state and progress bar are red, not a done job's green
-        failed = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{printed}"]')
-        assert _colour(failed, ".state") == RED
-        bar = failed.find_element(By.CSS_SELECTOR, ".bar .failed")
-        assert bar.size["width"] > 0 and _colour(failed, ".bar .failed") == RED
-        assert _colour(failed, ".bar .done") == RED
+        assert states == [GREEN, RED]
+        assert width > 0 and bar == [RED, RED]
 
 
 def test_an_attempt_that_raised_is_drawn_in_the_error_colour(
@@ -297,11 +307,20 @@ def test_the_cluster_page_charts_the_running_cluster(
         assert alive <= set(charts["memory"]["labels"]) and charts["slots"]["labels"][0] == "busy"
         assert len(browser.find_elements(By.CSS_SELECTOR, "#charts canvas")) >= 6
         # And the workers table has each live worker's pid, CPU and memory, and the lost one
+
+        def rows(d: Any) -> tuple[Any, ...]:
+            row = {
+                w: d.find_element(By.CSS_SELECTOR, f'#workers tr[data-worker-id="{w}"]')
+                for w in [*alive, victim]
+            }
+            texts = {w: r.text for w, r in row.items()}
+            return texts, row[victim].get_attribute("data-state")
+
+        texts, lost_state = _read(browser, rows)
         for worker in alive:
-            row = browser.find_element(By.CSS_SELECTOR, f'#workers tr[data-worker-id="{worker}"]')
-            assert " MiB" in row.text and " %" in row.text and worker.split("-")[1] in row.text
-        lost = browser.find_element(By.CSS_SELECTOR, f'#workers tr[data-worker-id="{victim}"]')
-        assert lost.get_attribute("data-state") == "lost" and killed_job in lost.text
+            text = texts[worker]
+            assert " MiB" in text and " %" in text and worker.split("-")[1] in text, text
+        assert lost_state == "lost" and killed_job in texts[victim], texts[victim]
 
 
 def test_the_api_docs_render_from_packaged_files(
@@ -333,6 +352,13 @@ def _rgb(css: str) -> tuple[int, ...]:
     if css.startswith("#"):
         return tuple(int(css[i : i + 2], 16) for i in (1, 3, 5))
     return tuple(int(float(v)) for v in css[css.index("(") + 1 : -1].split(",")[:3])
+
+
+def _read(browser: Any, read: Callable[[Any], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """What `read` gathers from the page, once it runs through with no element missing or gone
+    stale (the page redraws its tables each time it polls)."""
+    retry = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(browser, 30, ignored_exceptions=retry).until(read)  # type: ignore[no-any-return]
 
 
 def _colour(element: Any, css: str) -> tuple[int, ...]:

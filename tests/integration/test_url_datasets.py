@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST, cluster_env, wait_until
+from helpers import cluster_env, wait_until
 from sysprog import ensure
 
 from shardmill import JobFailed, JobSpecError, LocalCluster
@@ -73,7 +73,11 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path,
 
 @pytest.fixture(scope="module")
 def url_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(workers=2, env=cluster_env(), **FAST) as c:
+    # expiry after 2 s of silence, not FAST's 0.5 s: a re-run on a loaded machine would fetch
+    # a shard's bytes twice, and the test counts each byte
+    with LocalCluster(
+        workers=2, env=cluster_env(), heartbeat_interval=0.05, heartbeat_liveness=40
+    ) as c:
         yield c
 
 

@@ -160,6 +160,13 @@ def nap(x: int, seconds: float) -> int:
     return x * 3
 
 
+def nap_after_flag(x: int, seconds: float, flag: str) -> int:
+    """Waits for `flag` to exist (the test's go), then sleeps, then x*3: slow shards held back."""
+    wait_for_file(flag, timeout=60)
+    time.sleep(seconds)
+    return x * 3
+
+
 def backing(arr: np.ndarray) -> list[Any]:
     """What holds the argument's bytes in the child ("mmap" when it came by shared memory)."""
     base: Any = arr
