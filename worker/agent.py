@@ -87,9 +87,8 @@ class Agent:
         self.outbox: list[list[Any]] = []  # what this step sends, as bundles at its end
         self.recent = Recent()  # results sent lately: resent after a reconnect
         self.max_bytes = 256 * 2**20  # the largest message the master reads (its WELCOME says)
-        self.last_heard, self.next_beat = time.monotonic(), 0.0  # (moved on by each reconnect)
-        self.heard_at = self.last_heard  # when the master was truly last heard
-        self.reconnect_delay = self.interval
+        self.heard_at = self.last_heard = time.monotonic()  # last heard: truly / reconnected
+        self.next_beat, self.reconnect_delay = 0.0, self.interval
         self.draining_since: float | None = None
         self.health = HealthFile(settings.health_file, self.worker_id)
         self.alive = HealthFile(settings.alive_file, self.worker_id)
