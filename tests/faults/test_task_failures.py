@@ -7,7 +7,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from faults import alive, assert_merged_once, attempts, read_pid
+from faults import UNCHARGED, alive, assert_merged_once, attempts, read_pid
 from helpers import cluster_env, runs, wait_until
 from shared import SharedCluster
 
@@ -136,9 +136,7 @@ def test_a_child_lost_with_tasks_queued_in_its_pipe_charges_only_its_own(
         assert os.path.exists(os.path.join(runs_dir, "queued-behind")), "no task was queued"
         # Shards held up behind the hung one may run elsewhere too (backups: `superseded`),
         # the hung one included, before its timeout kills the child
-        # ("duplicate": a copy of a merged result that came again, dropped: no charge either)
-        uncharged = ("ok", "superseded", "duplicate")
-        failed = [a.outcome for a in attempts(job) if a.outcome not in uncharged]
+        failed = [a.outcome for a in attempts(job) if a.outcome not in UNCHARGED]
         assert failed == ["crash"] if fault == "exit" else failed in ([], ["timeout"]), failed
         assert_merged_once(job)
         assert runs(runs_dir, "q150") == 2

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import assert_merged_once
+from faults import UNCHARGED, assert_merged_once
 
 from shardmill import Client, LocalCluster
 from shardmill.job import Job
 
 ROWS, COLS, SHARDS = 64_000, 4, 64
 BATCH_OUTCOMES = {"its batch failed", "lost with its batch", "dropped with its batch"}
-# A mate's attempts that are not its own failure: a backup won, or (on a loaded machine) its
-# worker fell silent for a moment
-NOT_ITS_FAULT = {"ok", "superseded", "duplicate", "lost"} | BATCH_OUTCOMES
+NOT_ITS_FAULT = {*UNCHARGED, *BATCH_OUTCOMES}  # a mate's attempts, none charged to it
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,10 @@ from helpers import wait_until
 from shardmill import Client, Job, LocalCluster
 from shardmill.wire.protocol import AttemptInfo
 
+# Outcomes that charge the shard nothing: merged, a backup the other attempt beat, a second
+# copy of a merged result (dropped)
+UNCHARGED = ("ok", "superseded", "duplicate")
+
 
 def alive(pid: int) -> bool:
     try:

@@ -163,8 +163,7 @@ def nap(x: int, seconds: float) -> int:
 def nap_after_flag(x: int, seconds: float, flag: str) -> int:
     """Waits for `flag` to exist (the test's go), then sleeps, then x*3: slow shards held back."""
     wait_for_file(flag, timeout=60)
-    time.sleep(seconds)
-    return x * 3
+    return nap(x, seconds)
 
 
 def backing(arr: np.ndarray) -> list[Any]:
